@@ -1,0 +1,159 @@
+"""The composition root: builds every part from the settings, owns startup, drain and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from metrics.recorder import Recorder
+
+from . import __version__
+from .bus import Bus
+from .commands import CommandContext
+from .config import Settings
+from .domain.policy import Policy
+from .domain.signals import Kind, Signal
+from .domain.statuses import Channel
+from .engine import Engine, Topics, Unit, utcnow
+from .http import build_app
+from .pacing import Dispatcher, Scheduler
+from .ports import ChannelPort
+from .store import Store, open_store
+
+log = logging.getLogger("telgate.app")
+
+
+def restart_rule(unit: Unit, gateway_id: str) -> int:
+    """SPEC §9: what this gateway left in flight when it died is settled before anything else runs."""
+    keys = unit.txn.in_flight_contacts(gateway_id)
+    for key in keys:
+        unit.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
+    return len(keys)
+
+
+class App:
+    def __init__(self, settings: Settings, ports: list[ChannelPort] | None = None,
+                 store: Store | None = None) -> None:
+        self.settings = settings
+        self.started_at = utcnow()
+        self.recorder = Recorder(__version__, settings.metrics.campaign_label)
+        self.store = store or open_store(settings.store_url)
+        self.engine = Engine(self.store, settings.gateway.id, Topics(settings.bus.topic_prefix), self.recorder)
+        self.ports: dict[Channel, ChannelPort] = {p.channel: p for p in ports or []}
+        self.engine.ports = self.ports
+        retry = settings.retry
+        self.ctx = CommandContext(
+            default_region=settings.gateway.default_region,
+            default_policy=Policy(max_attempts=retry.max_attempts, delays_s=tuple(retry.delays_s),
+                                  retry_on=tuple(retry.retry_on)),
+            enabled=frozenset(self.ports),
+            ring_timeout_s=settings.sip.ring_timeout_s,
+            ambiguous_timeout_s=settings.whatsapp.ambiguous_timeout_s,
+        )
+        self.bus = Bus(settings.bus, settings.client_id, settings.gateway.id, self.engine, self.recorder,
+                       self.ctx, self.started_at, self._channel_states)
+        self.scheduler = Scheduler(self.engine)
+        self.dispatchers = [Dispatcher(self.engine, port) for port in self.ports.values()]
+        self.engine.on("commit", self.bus.notify)
+        self.engine.on("timers", self.scheduler.wake)
+        for d in self.dispatchers:
+            self.engine.on("dispatch", d.wake)
+        self.http_routes: list[web.RouteDef] = []
+        self.ready = asyncio.Event()
+        self.http_port: int | None = None
+
+    def _channel_states(self) -> tuple[str, str]:
+        voice = "up" if Channel.VOICE in self.ports else "off"
+        wa = "up" if Channel.WHATSAPP in self.ports else "off"
+        return voice, wa
+
+    def readiness(self) -> dict[str, str]:
+        return {
+            "store": "open" if self.store.is_open else "closed",
+            "bus": "connected" if self.bus.connected.is_set() else "disconnected",
+        }
+
+    async def _outbox_gauges(self) -> None:
+        while True:
+            count, oldest = await self.store.run(lambda txn: txn.outbox_stats())
+            self.recorder.outbox_pending.set(count)
+            self.recorder.outbox_oldest.set(0 if oldest is None else max(0.0, time.time() - oldest))
+            await asyncio.sleep(1.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.store.open()
+        runner: web.AppRunner | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                engine_task = tg.create_task(self.engine.run(), name="engine")
+                settled = await self.engine.execute(lambda u: restart_rule(u, self.settings.gateway.id))
+                if settled:
+                    log.info("restart rule applied", extra={"contacts": settled})
+                self.recorder.set_contacts(await self.store.run(lambda txn: txn.all_counts()))
+                host, port = self.settings.http.listen.rsplit(":", 1)
+                app = build_app(self.store, self.recorder, self.readiness, self.settings.http.max_body_bytes,
+                                self.http_routes)
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()
+                site = web.TCPSite(runner, host.strip("[]"), int(port))
+                await site.start()
+                server = getattr(site, "_server", None)
+                if server is not None and server.sockets:
+                    self.http_port = server.sockets[0].getsockname()[1]
+                background = [
+                    tg.create_task(self.bus.run(), name="bus"),
+                    tg.create_task(self.scheduler.run(), name="scheduler"),
+                    tg.create_task(self._outbox_gauges(), name="outbox-gauges"),
+                    *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
+                ]
+                log.info("telgate running", extra={"gateway_id": self.settings.gateway.id, "http": self.http_port,
+                                                   "bus": self.settings.bus.url, "version": __version__})
+                self.ready.set()
+                await stop.wait()
+                await self._drain(background)
+                engine_task.cancel()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await self.store.close()
+        log.info("telgate stopped")
+
+    async def _drain(self, background: list[asyncio.Task[Any]]) -> None:
+        deadline = time.monotonic() + self.settings.gateway.drain_timeout_s
+        log.info("draining", extra={"timeout_s": self.settings.gateway.drain_timeout_s})
+        await self.bus.stop_accepting()
+        for task in background:  # nothing new is dialled, sent or fired while draining
+            if task.get_name().startswith(("dispatch-", "scheduler")):
+                task.cancel()
+        while time.monotonic() < deadline and any(p.active() for p in self.ports.values()):
+            await asyncio.sleep(0.05)
+        while time.monotonic() < deadline and self.bus.connected.is_set():
+            await self.bus.flush_deletes()
+            if await self.bus.pending() == 0:
+                break
+            await asyncio.sleep(0.05)
+        await self.bus.close()
+        for task in background:
+            task.cancel()
+
+
+def run_forever(settings: Settings, ports: list[ChannelPort] | None = None) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await App(settings, ports).run(stop)
+
+    asyncio.run(main())
+
+
+__all__ = ["App", "datetime", "run_forever"]

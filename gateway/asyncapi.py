@@ -1,0 +1,87 @@
+"""The AsyncAPI 3 document of the bus and the JSON Schemas, generated from the payload models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import __version__
+from .wire import COMMANDS, CampaignStatusEvent, CommandResult, ContactStatusEvent, Presence
+
+EVENTS: dict[str, type[BaseModel]] = {
+    "ContactStatusEvent": ContactStatusEvent,
+    "CampaignStatusEvent": CampaignStatusEvent,
+    "CommandResult": CommandResult,
+    "Presence": Presence,
+}
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for kind, model in COMMANDS.items():
+        out[f"{kind.capitalize()}Command"] = model.model_json_schema(by_alias=True)
+    for name, model in EVENTS.items():
+        out[name] = model.model_json_schema(by_alias=True)
+    return out
+
+
+def document(prefix: str = "telgate") -> dict[str, Any]:
+    all_schemas = schemas()
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for name, schema in all_schemas.items():
+        messages[name] = {"name": name, "contentType": "application/json", "payload": {"$ref": f"#/components/schemas/{name}"}}
+
+    def chan(cid: str, address: str, message: str, params: list[str], desc: str) -> None:
+        channels[cid] = {
+            "address": address,
+            "description": desc,
+            "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+            **({"parameters": {p: {"description": p} for p in params}} if params else {}),
+        }
+
+    for kind in COMMANDS:
+        name = f"{kind.capitalize()}Command"
+        cid = f"cmd_{kind}"
+        chan(cid, f"{prefix}/v1/cmd/{kind}", name, [], f"`{kind}` commands (QoS 1); the gateway subscribes "
+             f"$share/{{shared_group}}/{prefix}/v1/cmd/+")
+        operations[f"receive_{kind}"] = {"action": "receive", "channel": {"$ref": f"#/channels/{cid}"}}
+    chan("contact_events", prefix + "/v1/evt/contact/{channel}/{campaign_id}/{contact_id}", "ContactStatusEvent",
+         ["channel", "campaign_id", "contact_id"], "Every change of a contact's status (QoS 1, at least once; "
+         "deduplicate on event_id, order by sequence)")
+    chan("campaign_events", prefix + "/v1/evt/campaign/{campaign_id}", "CampaignStatusEvent", ["campaign_id"],
+         "Campaign status (retained)")
+    chan("command_results", f"{prefix}/v1/evt/command", "CommandResult", [],
+         "A result for every command; also sent to the MQTT 5 Response Topic with its Correlation Data")
+    chan("presence", prefix + "/v1/gateways/{gateway_id}/status", "Presence", ["gateway_id"],
+         "Gateway presence (retained; the MQTT will sets offline)")
+    for cid in ("contact_events", "campaign_events", "command_results", "presence"):
+        operations[f"send_{cid}"] = {"action": "send", "channel": {"$ref": f"#/channels/{cid}"}}
+    defs: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
+    for name, schema in all_schemas.items():
+        for dname, d in schema.pop("$defs", {}).items():
+            defs[dname] = d
+        flat[name] = schema
+    flat.update(defs)
+    text = _rewrite_refs(flat)
+    return {
+        "asyncapi": "3.0.0",
+        "info": {"title": "telgate bus", "version": __version__,
+                 "description": "Commands in, contact-status events out. MQTT 5, QoS 1, UTF-8 JSON, 64 KiB max."},
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": text},
+    }
+
+
+def _rewrite_refs(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" and isinstance(v, str)
+                    else _rewrite_refs(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite_refs(v) for v in node]
+    return node

@@ -1,0 +1,271 @@
+"""The MQTT bus (SPEC §3): commands in over a shared subscription, the outbox out with QoS 1.
+
+- A command is acknowledged to the broker (manual PUBACK, in order) only after its result is committed,
+  so a crash before the commit gets it redelivered; its CommandResult is then published from the outbox.
+- An outbox row is deleted only after the broker's PUBACK; a reconnect republishes from the oldest
+  unacknowledged row in id order, so per-contact order holds and repeats carry the same event_id.
+- Presence is retained; the will sets `offline` when the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from metrics.recorder import Recorder
+
+from . import __version__
+from .commands import CommandContext, execute, publish_result
+from .config import BusSection
+from .engine import Engine, Topics
+from .store import OutboxRow
+from .wire import CommandResult, Presence, Rejection, parse_command
+
+log = logging.getLogger("telgate.bus")
+WINDOW = 64
+
+
+class Bus:
+    def __init__(
+        self,
+        cfg: BusSection,
+        client_id: str,
+        gateway_id: str,
+        engine: Engine,
+        recorder: Recorder,
+        ctx: CommandContext,
+        started_at: datetime,
+        channel_states: Callable[[], tuple[str, str]],
+    ) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.gateway_id = gateway_id
+        self.engine = engine
+        self.recorder = recorder
+        self.ctx = ctx
+        self.topics: Topics = engine.topics
+        self.started_at = started_at
+        self.channel_states = channel_states
+        url = urlsplit(cfg.url)
+        self.host = url.hostname or "127.0.0.1"
+        self.tls = url.scheme == "mqtts"
+        self.port = url.port or (8883 if self.tls else 1883)
+        self.connected = asyncio.Event()
+        self.accepting = True
+        self.state = "online"
+        self._client: aiomqtt.Client | None = None
+        self._wake = asyncio.Event()
+        self._acked: list[int] = []
+        self._acked_set: set[int] = set()
+        self._closing = False
+
+    # -- public ------------------------------------------------------------------------------
+    def notify(self) -> None:
+        """New rows in the outbox."""
+        self._wake.set()
+
+    async def stop_accepting(self) -> None:
+        self.accepting = False
+        self.state = "draining"
+        client = self._client
+        if client is not None and self.connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.unsubscribe(self._command_filter(), timeout=5)
+                await self._presence(client, "draining")
+
+    async def pending(self) -> int:
+        count, _ = await self.engine.store.run(lambda txn: txn.outbox_stats())
+        return count
+
+    async def close(self) -> None:
+        """Publish the offline presence and disconnect cleanly."""
+        self._closing = True
+        client = self._client
+        if client is not None and self.connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._presence(client, "offline")
+
+    # -- connection loop -------------------------------------------------------------------------
+    def _command_filter(self) -> str:
+        topic = self.topics.commands
+        return f"$share/{self.cfg.shared_group}/{topic}" if self.cfg.shared_group else topic
+
+    def _presence_payload(self, state: str) -> bytes:
+        pbx, wa = self.channel_states()
+        return Presence(
+            state=state, version=__version__, started_at=self.started_at,  # type: ignore[arg-type]
+            epoch=int(self.started_at.timestamp() * 1000), pbx=pbx, whatsapp=wa,  # type: ignore[arg-type]
+        ).model_dump_json().encode()
+
+    def _make_client(self) -> aiomqtt.Client:
+        tls_context = None
+        if self.tls:
+            tls_context = ssl.create_default_context(cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None)
+        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props.SessionExpiryInterval = 3600  # queued commands survive a short gateway outage
+        client = aiomqtt.Client(
+            self.host, self.port,
+            username=self.cfg.username,
+            password=self.cfg.password.get_secret_value() if self.cfg.password else None,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            keepalive=self.cfg.keepalive_s,
+            properties=connect_props,
+            tls_context=tls_context,
+            max_inflight_messages=WINDOW,
+            will=aiomqtt.Will(self.topics.presence(self.gateway_id), self._presence_payload("offline"), 1, True),
+            timeout=10,
+        )
+        client.pending_calls_threshold = WINDOW * 4
+        client._client.manual_ack_set(True)  # PUBACK a command only after its result is committed
+        return client
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while not self._closing:
+            try:
+                client = self._make_client()
+                async with client:
+                    self._client = client
+                    await self._presence(client, self.state)
+                    if self.accepting:
+                        await client.subscribe(self._command_filter(), qos=1)
+                    self.connected.set()
+                    self.recorder.bus_connected.set(1)
+                    backoff = 0.2
+                    log.info("bus connected", extra={"broker": f"{self.host}:{self.port}"})
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._publisher(client, tg), name="bus-publisher")
+                        tg.create_task(self._deleter(), name="bus-outbox-deleter")
+                        if self.accepting:
+                            tg.create_task(self._receiver(client), name="bus-receiver")
+            except* aiomqtt.MqttError as group:
+                log.warning("bus disconnected", extra={"detail": str(group.exceptions[0])})
+            except* (OSError, TimeoutError) as group:
+                log.warning("bus connection failed", extra={"detail": repr(group.exceptions[0])})
+            finally:
+                self._client = None
+                self.connected.clear()
+                self.recorder.bus_connected.set(0)
+            if self._closing:
+                return
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 15.0)
+
+    async def _presence(self, client: aiomqtt.Client, state: str) -> None:
+        await client.publish(self.topics.presence(self.gateway_id), self._presence_payload(state), qos=1,
+                             retain=True, timeout=10)
+
+    # -- commands in -----------------------------------------------------------------------------
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        acks: asyncio.Queue[tuple[asyncio.Future[Any] | None, int, int]] = asyncio.Queue()
+
+        async def acker() -> None:
+            while True:
+                fut, mid, qos = await acks.get()
+                if fut is not None:
+                    with contextlib.suppress(Exception):
+                        await fut
+                if qos > 0:
+                    client._client.ack(mid, qos)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(acker(), name="bus-acker")
+            async for message in client.messages:
+                fut = self._handle(message)
+                acks.put_nowait((fut, message.mid, message.qos))
+
+    def _handle(self, message: aiomqtt.Message) -> asyncio.Future[Any] | None:
+        topic = str(message.topic)
+        kind = topic.rsplit("/", 1)[-1]
+        props = message.properties
+        response_topic: str | None = getattr(props, "ResponseTopic", None) if props else None
+        correlation: bytes | None = getattr(props, "CorrelationData", None) if props else None
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
+        if not self.accepting:
+            return None
+        try:
+            cmd = parse_command(kind, bytes(payload))
+        except Rejection as rej:
+            self.recorder.command(kind if kind in ("dial", "send", "cancel", "remove", "blacklist", "campaign",
+                                                  "operator") else "unknown", "rejected")
+            result = CommandResult(command_id=rej.command_id, kind=kind, accepted=False, error=rej.error,
+                                   gateway_id=self.gateway_id, occurred_at=self.engine.clock())
+            log.info("command rejected", extra={"kind": kind, "code": rej.error.code, "field": rej.error.field})
+            return self.engine.submit(lambda unit: publish_result(unit, result, response_topic, correlation))
+
+        def work(unit: Any) -> CommandResult:
+            return execute(unit, cmd, self.ctx, self.gateway_id, response_topic, correlation)
+
+        fut = self.engine.submit(work)
+        fut.add_done_callback(lambda f: self._count(cmd.kind, f))
+        return fut
+
+    def _count(self, kind: str, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.recorder.command(kind, "error")
+            return
+        result: CommandResult = fut.result()
+        self.recorder.command(kind, "duplicate" if result.duplicate else
+                              "accepted" if result.accepted else "rejected")
+
+    # -- events out ------------------------------------------------------------------------------
+    async def _publisher(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+        cursor = 0
+        window = asyncio.Semaphore(WINDOW)
+        store = self.engine.store
+        while True:
+            self._wake.clear()
+            after = cursor
+            rows = await store.run(lambda txn: txn.outbox_fetch(after, WINDOW * 4))
+            if not rows:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                continue
+            for row in rows:
+                cursor = row.id
+                if row.id in self._acked_set:
+                    continue
+                await window.acquire()
+                tg.create_task(self._publish_row(client, row, window))
+
+    async def _publish_row(self, client: aiomqtt.Client, row: OutboxRow, window: asyncio.Semaphore) -> None:
+        props = None
+        if row.correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = row.correlation
+        try:
+            await client.publish(row.topic, row.payload, qos=1, retain=row.retain, properties=props, timeout=30)
+        finally:
+            window.release()
+        self._acked.append(row.id)
+        self._acked_set.add(row.id)
+        self.recorder.events_published.inc()
+
+    async def _deleter(self) -> None:
+        store = self.engine.store
+        while True:
+            await asyncio.sleep(0.02)
+            if not self._acked:
+                continue
+            ids, self._acked = self._acked, []
+            await store.run(lambda txn: txn.outbox_delete(ids))
+            self._acked_set.difference_update(ids)
+
+    async def flush_deletes(self) -> None:
+        ids, self._acked = self._acked, []
+        if ids:
+            await self.engine.store.run(lambda txn: txn.outbox_delete(ids))
+            self._acked_set.difference_update(ids)

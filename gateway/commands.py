@@ -1,0 +1,207 @@
+"""Commands (SPEC §4) → signals and campaign actions, inside the engine's transaction.
+
+Every command is answered with a CommandResult, stored under its `command_id`: the same id again is
+answered again with the stored result (flagged `duplicate`) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from .domain.campaign import Action
+from .domain.effects import TimerKind
+from .domain.policy import Policy
+from .domain.signals import Kind, Signal
+from .domain.state import Budget, ContactState
+from .domain.statuses import CampaignStatus, Channel
+from .engine import Unit
+from .phones import normalise
+from .wire import (
+    BlacklistCommand,
+    CampaignCommand,
+    CancelCommand,
+    Command,
+    CommandError,
+    CommandResult,
+    DialCommand,
+    OperatorCommand,
+    PolicyIn,
+    RemoveCommand,
+    SendCommand,
+)
+
+OPERATOR_SIGNALS = {
+    "assigned": Kind.ASSIGNED,
+    "accepted": Kind.ACCEPTED,
+    "rejected": Kind.OPERATOR_REJECTED,
+    "call_now": Kind.CALL_NOW,
+    "no_operator": Kind.NO_OPERATOR,
+    "connected": Kind.CONNECTED,
+    "wrapup_done": Kind.WRAPUP_DONE,
+}
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    default_region: str
+    default_policy: Policy
+    enabled: frozenset[Channel]
+    ring_timeout_s: float
+    ambiguous_timeout_s: float = 600.0
+
+
+class _No(Exception):
+    def __init__(self, code: str, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.error = CommandError(code=code, field=field, message=message)
+
+
+def merge_policy(default: Policy, given: PolicyIn | None) -> Policy:
+    if given is None:
+        return default
+    updates = {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.model_dump(exclude_none=True).items()}
+    return default.model_copy(update=updates)
+
+
+def execute(unit: Unit, cmd: Command, ctx: CommandContext, gateway_id: str,
+            response_topic: str | None, correlation: bytes | None) -> CommandResult:
+    """Apply one validated command; publish and store its result. Runs inside the transaction."""
+    stored = unit.txn.get_command(cmd.command_id)
+    if stored is not None:
+        result = CommandResult.model_validate_json(stored).model_copy(
+            update={"duplicate": True, "occurred_at": unit.now}
+        )
+        publish_result(unit, result, response_topic, correlation)
+        return result
+    contact_id = getattr(cmd, "contact_id", None)
+    error: CommandError | None = None
+    try:
+        _apply(unit, cmd, ctx)
+    except _No as no:
+        error = no.error
+    result = CommandResult(
+        command_id=cmd.command_id, kind=cmd.kind, campaign_id=cmd.campaign_id, contact_id=contact_id,
+        accepted=error is None, error=error, gateway_id=gateway_id, occurred_at=unit.now,
+    )
+    unit.txn.put_command(cmd.command_id, result.model_dump_json(by_alias=True).encode())
+    publish_result(unit, result, response_topic, correlation)
+    return result
+
+
+def publish_result(unit: Unit, result: CommandResult, response_topic: str | None, correlation: bytes | None) -> None:
+    payload = result.model_dump_json(by_alias=True).encode()
+    unit.txn.add_outbox(unit.engine.topics.command_result, payload)
+    if response_topic:
+        unit.txn.add_outbox(response_topic, payload, correlation=correlation)
+    unit.wrote = True
+
+
+def _refused(code: str | None, what: str) -> None:
+    if code is not None:
+        raise _No(code, "contact_id" if code in ("unknown_contact", "contact_busy", "contact_final",
+                                                 "contact_in_flight") else None, f"{what}: {code}")
+
+
+def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> None:
+    match cmd:
+        case DialCommand() | SendCommand():
+            _create(unit, cmd, ctx)
+        case CancelCommand(campaign_id=campaign_id, contact_id=contact_id):
+            if contact_id is not None:
+                d = unit.apply((campaign_id, contact_id), Signal(Kind.CANCEL, {"source": "admin", "kind": "cancel"}))
+                if d.illegal:
+                    raise _No("illegal_transition", "contact_id", f"cannot cancel: {d.illegal}")
+                _refused(d.refused, "cancel")
+            else:
+                for key in unit.txn.unfinished_contacts(campaign_id):
+                    unit.apply(key, Signal(Kind.CANCEL, {"source": "admin", "kind": "cancel"}))
+        case RemoveCommand(campaign_id=campaign_id, contact_id=contact_id):
+            d = unit.apply((campaign_id, contact_id), Signal(Kind.REMOVE, {"source": "admin", "kind": "remove"}))
+            if d.illegal:
+                raise _No("illegal_transition", "contact_id", f"cannot remove: {d.illegal}")
+            _refused(d.refused, "remove")
+        case BlacklistCommand(phone=phone, action=action):
+            number = normalise(phone, ctx.default_region)
+            if number is None:
+                raise _No("invalid_phone", "phone", "not a valid phone number")
+            unit.txn.blacklist(number, action == "add")
+            unit.wrote = True
+        case CampaignCommand():
+            _campaign(unit, cmd)
+        case OperatorCommand(campaign_id=campaign_id, contact_id=contact_id, signal=sig, operator_id=op):
+            d = unit.apply((campaign_id, contact_id),
+                           Signal(OPERATOR_SIGNALS[sig], {"source": "operator", "kind": sig, "operator_id": op},
+                                  operator_id=op))
+            _refused(d.refused, "operator")
+            if d.illegal:
+                raise _No("illegal_transition", "signal", f"operator signal not allowed now: {d.illegal}")
+
+
+def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> None:
+    channel = Channel.VOICE if isinstance(cmd, DialCommand) else Channel.WHATSAPP
+    if channel not in ctx.enabled:
+        raise _No("channel_disabled", "kind", f"the {channel} channel is not configured on this gateway")
+    camp = unit.campaign(cmd.campaign_id)
+    if camp.status is CampaignStatus.FINISHED:
+        raise _No("campaign_finished", "campaign_id", "the campaign is finished")
+    policy = merge_policy(ctx.default_policy, cmd.policy)
+    if policy.ring_timeout_s is None and channel is Channel.VOICE:
+        policy = policy.model_copy(update={"ring_timeout_s": ctx.ring_timeout_s})
+    phone = normalise(cmd.phone, ctx.default_region)
+    fields: dict[str, object] = {}
+    if isinstance(cmd, DialCommand):
+        fields = {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s, "connect_to": cmd.connect_to}
+    else:
+        fields = {"template": cmd.template.model_dump()}
+    state = ContactState(
+        campaign_id=cmd.campaign_id, contact_id=cmd.contact_id, channel=channel, policy=policy,
+        profile=cmd.profile, phone_raw=cmd.phone, meta=cmd.meta, **fields,  # type: ignore[arg-type]
+    )
+    d = unit.apply((cmd.campaign_id, cmd.contact_id), Signal(Kind.CREATE, phone=phone), create=state)
+    if d.refused:
+        existing = unit.txn.get_contact((cmd.campaign_id, cmd.contact_id))
+        if existing is not None and existing.channel is not channel:
+            raise _No("contact_busy", "contact_id", f"contact exists on the {existing.channel} channel")
+        _refused(d.refused, cmd.kind)
+
+
+def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
+    settings: dict[str, object] = {"start_at": cmd.start_at, "max_cps": cmd.max_cps,
+                                   "max_concurrent": cmd.max_concurrent}
+    if cmd.budget is not None:
+        settings["budget"] = Budget(**cmd.budget.model_dump())
+    existing = unit.txn.get_campaign(cmd.campaign_id)
+    if cmd.action == "create":
+        if existing is not None:
+            raise _No("campaign_exists", "campaign_id", "the campaign exists")
+        from .domain.campaign import new_campaign
+
+        camp = new_campaign(cmd.campaign_id, draft=True, **settings)
+        unit.txn.put_campaign(camp)
+        unit._campaign_event(camp, None)
+        return
+    decision = unit.campaign_action(cmd.campaign_id, Action(cmd.action), **settings)
+    if decision.refused:
+        raise _No(decision.refused, "action", f"campaign {cmd.action} refused: {decision.refused}")
+    state = decision.state
+    if state.status is CampaignStatus.PLANNED and decision.changed and state.start_at is not None:
+        unit.txn.add_timer(TimerKind.CAMPAIGN_START, state.campaign_id, None, state.start_at)
+        unit.wake_timers = True
+    if cmd.action == "finish":
+        for key in unit.txn.unfinished_contacts(cmd.campaign_id):
+            unit.apply(key, Signal(Kind.FINISH, {"source": "admin", "kind": "campaign_finished"}))
+
+
+def apply_timer(unit: Unit, timer_id: int, kind: TimerKind, campaign_id: str, contact_id: str | None,
+                now: datetime) -> None:
+    """A persisted timer fired: delete it and apply its signal in one transaction (fires once)."""
+    if not unit.txn.delete_timer(timer_id):
+        return
+    if kind is TimerKind.CAMPAIGN_START:
+        unit.campaign_action(campaign_id, Action.START_DUE)
+        return
+    assert contact_id is not None
+    signal_kind = {TimerKind.BCW: Kind.BCW_ELAPSED, TimerKind.ACW: Kind.ACW_ELAPSED,
+                   TimerKind.AMBIGUOUS: Kind.AMBIGUOUS_ELAPSED}[kind]
+    unit.apply((campaign_id, contact_id), Signal(signal_kind, {"source": "scheduler", "kind": str(kind)}))

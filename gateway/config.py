@@ -1,0 +1,215 @@
+"""One validated, frozen settings object (SPEC §2): TOML file + `TELGATE_<SECTION>__<KEY>` env.
+
+Unknown keys are an error naming the key; secrets are `SecretStr`, may come from `<key>_file`, and are
+masked whenever the settings are printed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("telgate_toml", default=None)
+
+
+class ConfigError(Exception):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        """`password_file = "/run/secrets/x"` fills `password` from that file (trailing newline cut)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key in list(out):
+            if key.endswith("_file") and key[:-5] in cls.model_fields and _is_secret(key[:-5]):
+                path = out.pop(key)
+                if path:
+                    try:
+                        out[key[:-5]] = Path(path).read_text().rstrip("\n")
+                    except OSError as exc:
+                        raise ValueError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+        return out
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name for word in ("password", "token", "secret"))
+
+
+class GatewaySection(_Section):
+    id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    data_dir: Path = Path("./var")
+    default_region: str = Field("CZ", pattern=r"^[A-Z]{2}$")
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+
+class StoreSection(_Section):
+    url: str = "sqlite:///{data_dir}/telgate.db"
+
+
+class BusSection(_Section):
+    url: str = Field("mqtt://127.0.0.1:1883", pattern=r"^mqtts?://")
+    username: str | None = None
+    password: SecretStr | None = None
+    topic_prefix: str = Field("telgate", pattern=r"^[A-Za-z0-9._/-]{1,64}$")
+    shared_group: str = Field("telgate", pattern=r"^[A-Za-z0-9._-]{0,64}$")
+    client_id: str = "telgate-{id}"
+    ca_file: Path | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+
+
+class HttpSection(_Section):
+    listen: str = Field("127.0.0.1:8080", pattern=r"^.+:\d{1,5}$")
+    max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
+
+
+class SipSection(_Section):
+    enabled: bool | None = None
+    pbx: str | None = None
+    transport: Literal["udp", "tcp"] = "udp"
+    local: str = "0.0.0.0:5060"
+    public_address: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    realm: str | None = None
+    from_user: str = "telgate"
+    from_display: str | None = None
+    register_: bool = Field(False, alias="register")
+    register_expires_s: int = Field(300, ge=30)
+    allowed_sources: list[str] = []
+    options_interval_s: float = Field(15.0, gt=0)
+    max_concurrent_calls: int = Field(100, ge=1)
+    max_cps: float = Field(10.0, gt=0)
+    ring_timeout_s: float = Field(30.0, gt=0)
+    connect_to: str = ""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pbx) if self.enabled is None else self.enabled and bool(self.pbx)
+
+
+class WhatsappSection(_Section):
+    enabled: bool | None = None
+    api_base: str = "https://graph.facebook.com"
+    api_version: str = "v21.0"
+    phone_number_id: str | None = None
+    access_token: SecretStr | None = None
+    app_secret: SecretStr | None = None
+    verify_token: SecretStr | None = None
+    max_mps: float = Field(80.0, gt=0)
+    request_timeout_s: float = Field(10.0, gt=0)
+    ambiguous_timeout_s: float = Field(600.0, gt=0)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.phone_number_id) if self.enabled is None else self.enabled and bool(self.phone_number_id)
+
+
+class InfluxSection(_Section):
+    url: str = ""
+    api: Literal["v1", "v2"] = "v1"
+    database: str = "telgate"
+    bucket: str = "telgate"
+    org: str = ""
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    interval_s: float = Field(10.0, gt=0)
+
+
+class MetricsSection(_Section):
+    campaign_label: bool = True
+
+
+class RetrySection(_Section):
+    max_attempts: int = Field(3, ge=1, le=100)
+    delays_s: list[float] = [300.0, 900.0]
+    retry_on: list[Literal["rejected", "unreachable", "failed"]] = ["rejected", "unreachable"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TELGATE_", env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    gateway: GatewaySection = GatewaySection()
+    store: StoreSection = StoreSection()
+    bus: BusSection = BusSection()
+    http: HttpSection = HttpSection()
+    sip: SipSection = SipSection()
+    whatsapp: WhatsappSection = WhatsappSection()
+    influx: InfluxSection = InfluxSection()
+    metrics: MetricsSection = MetricsSection()
+    retry: RetrySection = RetrySection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    # derived values: placeholders filled from other keys
+    @property
+    def store_url(self) -> str:
+        return self.store.url.replace("{data_dir}", str(self.gateway.data_dir))
+
+    @property
+    def client_id(self) -> str:
+        return self.bus.client_id.replace("{id}", self.gateway.id)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with every secret shown as ********."""
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        for section in data.values():
+            for key, value in section.items():
+                if _is_secret(key) and value is not None:
+                    section[key] = "********"
+        return data
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _toml_path.get()
+        if path is None:
+            return {}
+        try:
+            with path.open("rb") as fh:
+                return tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read configuration: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load and validate; `ConfigError.key` names the offending key (e.g. `bus.url`)."""
+    token = _toml_path.set(Path(path) if path else None)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise ConfigError(key, err["msg"]) from exc
+    finally:
+        _toml_path.reset(token)

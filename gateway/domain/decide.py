@@ -1,0 +1,235 @@
+"""decide(): the one function that gives a contact its next status (DESIGN.md, "The one idea").
+
+Pure: no I/O, no clock (`now` is an input), no asyncio. The shells build a `Signal`, call decide(),
+commit `Decision.state` with `Decision.events` in one transaction, then carry out `Decision.effects`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import effects as fx
+from .effects import Effect, TimerKind
+from .signals import Kind, Signal, Trigger
+from .state import ContactState, Mode
+from .statuses import WA_RANK, Channel, Status, is_final
+from .tables import ON_CALL_AWAITING, TABLES, Absorb, AfterCall, ByMode, Refuse, Retry, Stay, Target
+
+S = Status
+K = Kind
+
+VOICE_OUTCOMES = frozenset(
+    {K.RINGING, K.ANSWERED, K.REJECTED, K.UNREACHABLE, K.FAILED, K.INVALID_NUMBER, K.CLIENT_HANGUP, K.HANGUP}
+)
+_WA_UP_TARGET = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.READ}
+DEFAULT_AMBIGUOUS_TIMEOUT_S = 600.0
+PRIORITY_DUE = 0  # due retries, operator-ready previews: before new contacts (SPEC §10)
+PRIORITY_NEW = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A status change to publish; the shell adds event_id, occurred_at and the envelope."""
+
+    sequence: int
+    status: Status
+    previous_status: Status | None
+    final: bool
+    attempt: int
+    retry_at: datetime | None
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: ContactState
+    events: tuple[EventDraft, ...] = ()
+    effects: tuple[Effect, ...] = ()
+    illegal: str | None = None  # "<status> + <trigger>": counted, logged, never published
+    absorbed: str | None = None  # duplicate / stale / recorded: expected, acknowledged, not published
+    refused: str | None = None  # a command not allowed now: its rejection code
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.events) or bool(self.effects)
+
+
+def decide(state: ContactState, signal: Signal, now: datetime) -> Decision:
+    if signal.kind is K.CREATE:
+        return _create(state, signal, now)
+    if state.sequence == 0:
+        return Decision(state, refused="unknown_contact")
+    if (
+        state.channel is Channel.VOICE
+        and signal.kind in VOICE_OUTCOMES
+        and (not state.in_flight or (signal.attempt is not None and signal.attempt != state.attempt))
+        and state.status is not S.AWAITING_OPERATOR
+    ):
+        return Decision(state, absorbed="stale")
+    trigger = _trigger(state, signal)
+    row = (
+        ON_CALL_AWAITING
+        if state.status is S.AWAITING_OPERATOR and state.in_flight
+        else TABLES[state.channel].get(state.status, {})
+    )
+    target: Target | None = row.get(trigger)
+    if target is None:
+        if is_final(state.channel, state.status) and signal.kind in VOICE_OUTCOMES:
+            return Decision(state, absorbed="stale")
+        return Decision(state, illegal=f"{state.status} + {trigger}")
+    return _apply(state, signal, trigger, target, now)
+
+
+def _trigger(state: ContactState, signal: Signal) -> str:
+    k = signal.kind
+    if k is K.DIAL_DUE:
+        if signal.blacklisted:
+            return Trigger.BLACKLIST_HIT
+        if signal.plan_limit and state.attempt == 0:
+            return Trigger.PLAN_LIMIT
+    if k is K.FINISH and (state.in_flight or state.status in (S.ACW, S.SENT, S.DELIVERED)):
+        return Trigger.SETTLE
+    if k is K.CANCEL and state.channel is Channel.VOICE and (state.answered or state.status is S.ACW):
+        return Trigger.SETTLE
+    if k in _WA_UP_TARGET:
+        target_rank = WA_RANK[_WA_UP_TARGET[k]]
+        current = WA_RANK.get(state.status)
+        if state.status is S.READ or (current is not None and target_rank <= current):
+            return Trigger.DUPLICATE
+    return k
+
+
+def _evidence(signal: Signal, trigger: str) -> dict[str, Any]:
+    ev: dict[str, Any] = {"source": "gateway", "kind": str(trigger)}
+    ev.update(signal.evidence)
+    return ev
+
+
+def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, now: datetime) -> Decision:
+    if isinstance(target, Absorb):
+        return Decision(state, absorbed=target.why)
+    if isinstance(target, Refuse):
+        return Decision(state, refused=target.code)
+    if isinstance(target, Stay):
+        return _stay(state, signal, trigger, now)
+    retry_at: datetime | None = None
+    if isinstance(target, Retry):
+        new_status, retry_at = _retry(state, signal, target, now)
+    elif isinstance(target, ByMode):
+        new_status = target.predictive if state.mode is Mode.PREDICTIVE else target.other
+    elif isinstance(target, AfterCall):
+        new_status = S.ACW if state.wrapup else S.SUCCESS
+    else:
+        new_status = target
+    return _move(state, signal, trigger, new_status, retry_at, now)
+
+
+def _retry(state: ContactState, signal: Signal, rule: Retry, now: datetime) -> tuple[Status, datetime | None]:
+    policy = state.policy
+    allowed = rule.always or signal.kind is K.GATEWAY_RESTART or str(signal.kind) in policy.retry_on
+    if allowed and not state.no_retry and state.attempt < policy.max_attempts:
+        return S.RETRY_SCHEDULED, policy.retry_at(state.attempt, now, rule.at_least_s)
+    return rule.final, None
+
+
+def _stay(state: ContactState, signal: Signal, trigger: str, now: datetime) -> Decision:
+    k = signal.kind
+    effects: list[Effect] = []
+    new = state
+    if trigger is Trigger.SETTLE:
+        new = replace_state(state, no_retry=True)
+    elif k in (K.BCW_ELAPSED, K.CALL_NOW):
+        effects.append(fx.Enqueue(now, PRIORITY_DUE))
+    elif k is K.WA_ACCEPTED and signal.wamid:
+        new = replace_state(state, wamid=signal.wamid)
+        effects.append(fx.MapWamid(signal.wamid))
+    elif k in (K.WA_AMBIGUOUS, K.GATEWAY_RESTART):
+        wait = signal.duration_s if signal.duration_s is not None else DEFAULT_AMBIGUOUS_TIMEOUT_S
+        effects.append(fx.StartTimer(TimerKind.AMBIGUOUS, now + timedelta(seconds=wait)))
+    if new is not state:
+        new = replace_state(new, updated_at=now)
+    return Decision(new, effects=tuple(effects), absorbed=None if (effects or new is not state) else "no_change")
+
+
+def replace_state(state: ContactState, **changes: Any) -> ContactState:
+    return state.model_copy(update=changes)
+
+
+def _move(
+    state: ContactState, signal: Signal, trigger: str, new_status: Status, retry_at: datetime | None,
+    now: datetime,
+) -> Decision:
+    old = state.status
+    changes: dict[str, Any] = {"status": new_status, "retry_at": retry_at, "updated_at": now}
+    effects: list[Effect] = [fx.Dequeue(), fx.CancelTimers()]
+    k = signal.kind
+    final = is_final(state.channel, new_status)
+    attempt = state.attempt
+
+    if k is K.DIAL_DUE:  # entering calling / in_progress: a new attempt starts
+        attempt += 1
+        changes.update(attempt=attempt, in_flight=True, answered=False, no_retry=False, wamid=None)
+        if state.attempt == 0:
+            effects.append(fx.CountDialed())
+        effects.append(fx.Dial(attempt) if state.channel is Channel.VOICE else fx.Send(attempt))
+    elif k is K.ANSWERED:
+        changes["answered"] = True
+    elif k in (K.HANGUP, K.CLIENT_HANGUP):
+        changes.update(in_flight=False)
+        if state.answered and signal.duration_s:
+            effects.append(fx.AddTalkTime(signal.duration_s))
+    if old is S.CALLING and k is K.CANCEL:
+        effects.append(fx.CancelCall())
+    if k is K.WA_ACCOUNT:
+        effects.append(fx.PauseCampaign(str(signal.evidence.get("wa_error_title") or "whatsapp account error")))
+
+    if new_status is S.RETRY_SCHEDULED and retry_at is not None:
+        changes.update(in_flight=False, answered=False)
+        effects.append(fx.Enqueue(retry_at, PRIORITY_DUE))
+    elif new_status is S.BCW:
+        if state.bcw_s > 0:
+            effects.append(fx.StartTimer(TimerKind.BCW, now + timedelta(seconds=state.bcw_s)))
+        else:
+            effects.append(fx.Enqueue(now, PRIORITY_DUE))
+    elif new_status is S.ACW:
+        changes["in_flight"] = False
+        effects.append(fx.StartTimer(TimerKind.ACW, now + timedelta(seconds=state.acw_timeout_s)))
+    elif new_status is S.OPERATOR_ASSIGNED and state.mode is not Mode.PREVIEW:
+        effects.append(fx.Enqueue(now, PRIORITY_DUE))
+    if final:
+        changes.update(in_flight=False)
+
+    new_state = replace_state(state, **changes)
+    event = EventDraft(
+        sequence=state.sequence + 1,
+        status=new_status,
+        previous_status=old,
+        final=final,
+        attempt=attempt,
+        retry_at=retry_at,
+        evidence=_evidence(signal, trigger),
+    )
+    new_state = replace_state(new_state, sequence=event.sequence)
+    return Decision(new_state, events=(event,), effects=tuple(effects))
+
+
+def _create(state: ContactState, signal: Signal, now: datetime) -> Decision:
+    if state.sequence != 0:
+        return Decision(state, refused="contact_final" if is_final(state.channel, state.status) else "contact_busy")
+    first = EventDraft(1, S.INITIAL, None, False, 0, None, {"source": "command", "kind": "created"})
+    state = replace_state(state, status=S.INITIAL, sequence=1, phone=signal.phone, created_at=now, updated_at=now)
+    if signal.phone is None:
+        bad = EventDraft(
+            2, S.INVALID_RECORD, S.INITIAL, True, 0, None,
+            {"source": "gateway", "kind": "invalid_number", **signal.evidence},
+        )
+        return Decision(replace_state(state, status=S.INVALID_RECORD, sequence=2), events=(first, bad))
+    effects: tuple[Effect, ...] = ()
+    if state.mode is not Mode.PREVIEW or state.channel is Channel.WHATSAPP:
+        effects = (fx.Enqueue(now, PRIORITY_NEW),)
+    return Decision(state, events=(first,), effects=effects)
+
+
+__all__ = ["Decision", "EventDraft", "decide", "replace"]

@@ -1,0 +1,84 @@
+"""Effects: what a decision asks the shells to do after the state and its events are committed.
+
+Store effects (queue, timers, wamid map) are applied inside the same transaction as the state;
+channel effects (dial, cancel, send, hang up) are carried out after the commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class TimerKind(StrEnum):
+    BCW = "bcw"
+    ACW = "acw"
+    AMBIGUOUS = "ambiguous"
+    CAMPAIGN_START = "campaign_start"
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """The contact waits for a dial/send slot from `ready_at`; priority 0 goes first."""
+
+    ready_at: datetime
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dequeue:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    kind: TimerKind
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimers:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCall:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class MapWamid:
+    wamid: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddTalkTime:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PauseCampaign:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CountDialed:
+    """The contact got its first dial/send (campaign `max_contacts` budget)."""
+
+
+Effect = (
+    Enqueue | Dequeue | StartTimer | CancelTimers | Dial | CancelCall | Send | MapWamid | AddTalkTime
+    | PauseCampaign | CountDialed
+)
+STORE_EFFECTS = (Enqueue, Dequeue, StartTimer, CancelTimers, MapWamid, AddTalkTime, CountDialed)

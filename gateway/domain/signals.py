@@ -1,0 +1,79 @@
+"""Signals: everything that can happen to a contact, as frozen values.
+
+Adapters (bus commands, SIP calls, WhatsApp webhooks, the scheduler, the dispatcher) translate the
+outside world into a `Signal`; `decide()` is the only consumer. `evidence` is the raw proof that ends
+up in the published event's `signal` object (SIP code, Q.850 cause, wamid, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    # lifecycle, from commands and the dispatcher
+    CREATE = "create"
+    DIAL_DUE = "dial_due"  # the dispatcher found room for this contact (voice dial or WhatsApp send)
+    # voice call outcomes (SPEC §6.1)
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    REJECTED = "rejected"
+    UNREACHABLE = "unreachable"
+    FAILED = "failed"
+    INVALID_NUMBER = "invalid_number"
+    CLIENT_HANGUP = "client_hangup"
+    HANGUP = "hangup"
+    # operator signals (SPEC §4 operator)
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    OPERATOR_REJECTED = "operator_rejected"
+    CALL_NOW = "call_now"
+    NO_OPERATOR = "no_operator"
+    CONNECTED = "connected"
+    WRAPUP_DONE = "wrapup_done"
+    # timers
+    BCW_ELAPSED = "bcw_elapsed"
+    ACW_ELAPSED = "acw_elapsed"
+    AMBIGUOUS_ELAPSED = "ambiguous_elapsed"
+    # admin
+    CANCEL = "cancel"
+    REMOVE = "remove"
+    FINISH = "finish"
+    GATEWAY_RESTART = "gateway_restart"
+    # WhatsApp (SPEC §6.2), already classified by the adapter
+    WA_ACCEPTED = "wa_accepted"
+    WA_SENT = "wa_sent"
+    WA_DELIVERED = "wa_delivered"
+    WA_READ = "wa_read"
+    WA_DELIVERY_FAILED = "wa_delivery_failed"
+    WA_SENDING_FAILED = "wa_sending_failed"
+    WA_RETRYABLE = "wa_retryable"
+    WA_PAIR_LIMIT = "wa_pair_limit"
+    WA_INVALID = "wa_invalid"
+    WA_ACCOUNT = "wa_account"
+    WA_AMBIGUOUS = "wa_ambiguous"
+
+
+# Derived triggers: what decide() looks up in the tables after reading the state.
+class Trigger(StrEnum):
+    BLACKLIST_HIT = "blacklist_hit"
+    PLAN_LIMIT = "plan_limit"
+    SETTLE = "settle"  # let what is in flight end on its own, without a retry
+    DUPLICATE = "duplicate"  # a webhook status that does not move the contact up
+    RECORD_ONLY = "record_only"  # webhook of a message whose contact was canceled/removed
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    kind: Kind
+    evidence: dict[str, Any] = field(default_factory=dict)
+    # facts the shells resolve before deciding (the core reads no store)
+    phone: str | None = None  # CREATE: E.164 number, None when invalid/blank
+    blacklisted: bool = False  # DIAL_DUE
+    plan_limit: bool = False  # DIAL_DUE
+    attempt: int | None = None  # outcome of which attempt (stale outcomes are ignored)
+    duration_s: float | None = None  # HANGUP
+    wamid: str | None = None  # WA_ACCEPTED
+    operator_id: str | None = None

@@ -1,0 +1,73 @@
+"""What the store keeps per contact and per campaign: frozen values, replaced, never mutated."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .policy import Policy
+from .statuses import CampaignStatus, Channel, Profile, Status
+
+
+class Mode(StrEnum):
+    PROGRESSIVE = "progressive"
+    PREDICTIVE = "predictive"
+    PREVIEW = "preview"
+
+
+class ContactState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    campaign_id: str
+    contact_id: str
+    channel: Channel
+    status: Status = Status.INITIAL
+    sequence: int = 0  # sequence of the last event published for this contact
+    attempt: int = 0  # attempts started so far
+    policy: Policy = Policy()
+    profile: Profile = Profile.MLUVII
+    mode: Mode = Mode.PROGRESSIVE
+    phone: str | None = None  # E.164, None when invalid
+    phone_raw: str = ""
+    meta: dict[str, Any] | None = None
+    wrapup: bool = False
+    bcw_s: float = 0.0
+    acw_timeout_s: float = 120.0
+    connect_to: str | None = None
+    template: dict[str, Any] | None = None
+    in_flight: bool = False  # a call is placed / a message handed to the API
+    answered: bool = False  # the current call was answered
+    no_retry: bool = False  # admin cancel/finish while in flight: end without retry
+    wamid: str | None = None
+    retry_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_talk_minutes: float | None = None
+    max_contacts: int | None = None
+
+
+class CampaignState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    campaign_id: str
+    status: CampaignStatus = CampaignStatus.IN_PROGRESS
+    reason: str | None = None
+    start_at: datetime | None = None
+    budget: Budget = Budget()
+    max_cps: float | None = None
+    max_concurrent: int | None = None
+    talk_seconds: float = 0.0
+    dialed_contacts: int = 0  # contacts that got a first dial/send (max_contacts budget)
+    paused_by_gateway: bool = False
+
+    def budget_spent(self) -> bool:
+        limit = self.budget.max_talk_minutes
+        return limit is not None and self.talk_seconds >= limit * 60.0

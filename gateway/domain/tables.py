@@ -1,0 +1,211 @@
+"""Transition tables: the only place a contact's next status is written down.
+
+Rules:
+- `TABLE[channel][status][trigger]` gives the target; a (status, trigger) pair that is not listed is
+  illegal: decide() counts it, logs it naming both, and publishes nothing;
+- a target is a `Status` (move there) or one of the rules below, which decide() resolves with the
+  contact's policy and mode — no other place decides a status;
+- finals list nothing except the triggers that are expected after them (stale call outcomes,
+  duplicate or late webhooks), which are absorbed without an event;
+- `awaiting_operator` means two things in SPEC §5.1: waiting before the dial (no call), and a
+  predictive call answered and waiting for an operator; the second has its own row, `ON_CALL_AWAITING`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .signals import Kind, Trigger
+from .statuses import Channel, Status
+
+S = Status
+K = Kind
+T = Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """retry_scheduled when the signal may be retried and attempts remain, else `final`."""
+
+    final: Status
+    always: bool = False  # WhatsApp: retried regardless of `retry_on`
+    at_least_s: float = 0.0  # 131049: no sooner than 24 h
+
+
+@dataclass(frozen=True, slots=True)
+class ByMode:
+    """Answered: predictive calls wait for an operator, the others are connected."""
+
+    predictive: Status
+    other: Status
+
+
+@dataclass(frozen=True, slots=True)
+class AfterCall:
+    """The call ended after it was connected: ACW when the contact asked for wrap-up, else success."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stay:
+    """No status change, no event; the decision may still carry effects (enqueue, timers, wamid)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Absorb:
+    """An expected repeat or late signal: counted as `why`, acknowledged, nothing published."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """A command that is not allowed now: rejected with `code`, nothing changes."""
+
+    code: str
+
+
+Target = Status | Retry | ByMode | AfterCall | Stay | Absorb | Refuse
+Row = dict[str, Target]
+
+STALE = Absorb("stale")
+DUP = Absorb("duplicate")
+RECORD = Absorb("recorded")
+IN_FLIGHT = Refuse("contact_in_flight")
+
+_ADMIN: Row = {K.CANCEL: S.CANCELED_BY_ADMIN, K.FINISH: S.CANCELED_BY_ADMIN, K.REMOVE: S.REMOVED}
+_PRE_DIAL: Row = {
+    K.DIAL_DUE: S.CALLING,
+    T.BLACKLIST_HIT: S.BLACKLISTED,
+    T.PLAN_LIMIT: S.PLAN_LIMIT_EXCEEDED,
+    **_ADMIN,
+}
+_CALL_OUTCOMES_STALE: Row = {
+    k: STALE
+    for k in (K.RINGING, K.ANSWERED, K.REJECTED, K.UNREACHABLE, K.FAILED, K.INVALID_NUMBER, K.CLIENT_HANGUP,
+              K.HANGUP, K.CONNECTED, K.WRAPUP_DONE, K.ACW_ELAPSED, K.BCW_ELAPSED)
+}
+
+VOICE: dict[Status, Row] = {
+    S.INITIAL: {**_PRE_DIAL, K.ASSIGNED: S.OPERATOR_ASSIGNED, K.NO_OPERATOR: S.AWAITING_OPERATOR},
+    S.OPERATOR_ASSIGNED: {
+        **_PRE_DIAL,
+        K.ACCEPTED: S.BCW,
+        K.CALL_NOW: Stay(),
+        K.OPERATOR_REJECTED: S.REJECTED_BY_OPERATOR,
+        K.NO_OPERATOR: S.AWAITING_OPERATOR,
+    },
+    S.BCW: {
+        **_PRE_DIAL,
+        K.BCW_ELAPSED: Stay(),
+        K.CALL_NOW: Stay(),
+        K.OPERATOR_REJECTED: S.REJECTED_BY_OPERATOR,
+    },
+    S.AWAITING_OPERATOR: {**_ADMIN, K.ASSIGNED: S.OPERATOR_ASSIGNED, K.NO_OPERATOR: DUP},
+    S.CALLING: {
+        K.RINGING: Stay(),
+        K.ANSWERED: ByMode(predictive=S.AWAITING_OPERATOR, other=S.CALL_IN_PROGRESS),
+        K.REJECTED: Retry(S.COMPLETED_WITHOUT_ANSWER),
+        K.UNREACHABLE: Retry(S.COMPLETED_WITHOUT_ANSWER),
+        K.FAILED: Retry(S.DIAL_FAILED),
+        K.INVALID_NUMBER: S.INVALID_RECORD,
+        K.GATEWAY_RESTART: Retry(S.DIAL_FAILED),
+        K.CANCEL: S.CANCELED_BY_ADMIN,
+        T.SETTLE: Stay(),
+        K.REMOVE: IN_FLIGHT,
+    },
+    S.CALL_IN_PROGRESS: {
+        K.HANGUP: AfterCall(),
+        K.CLIENT_HANGUP: AfterCall(),
+        K.CONNECTED: DUP,
+        K.RINGING: STALE,
+        K.ANSWERED: DUP,
+        K.GATEWAY_RESTART: S.SUCCESS,
+        T.SETTLE: Stay(),
+        K.REMOVE: IN_FLIGHT,
+    },
+    S.ACW: {
+        K.WRAPUP_DONE: S.SUCCESS,
+        K.ACW_ELAPSED: S.SUCCESS,
+        T.SETTLE: Stay(),
+        K.REMOVE: IN_FLIGHT,
+    },
+    S.RETRY_SCHEDULED: {**_PRE_DIAL, **_CALL_OUTCOMES_STALE},
+}
+
+# predictive: answered, waiting for a free operator (a call is up)
+ON_CALL_AWAITING: Row = {
+    K.CONNECTED: S.CALL_IN_PROGRESS,
+    K.CLIENT_HANGUP: S.CANCELED_BY_CLIENT,
+    K.HANGUP: S.CANCELED_BY_CLIENT,
+    K.ANSWERED: DUP,
+    K.GATEWAY_RESTART: S.SUCCESS,
+    T.SETTLE: Stay(),
+    K.REMOVE: IN_FLIGHT,
+}
+
+_WA_LATE: Row = {
+    k: RECORD
+    for k in (K.WA_ACCEPTED, K.WA_SENT, K.WA_DELIVERED, K.WA_READ, K.WA_DELIVERY_FAILED, K.WA_SENDING_FAILED,
+              K.WA_RETRYABLE, K.WA_PAIR_LIMIT, K.WA_INVALID, K.WA_ACCOUNT, K.WA_AMBIGUOUS, K.AMBIGUOUS_ELAPSED,
+              T.DUPLICATE)
+}
+_WA_HANDED: Row = {  # the message is with Meta: it cannot be recalled
+    K.CANCEL: S.CANCELED_BY_ADMIN,
+    T.SETTLE: Stay(),
+    K.REMOVE: IN_FLIGHT,
+    T.DUPLICATE: DUP,
+    K.WA_ACCEPTED: DUP,
+    K.AMBIGUOUS_ELAPSED: STALE,
+}
+_WA_UP: Row = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.READ}
+
+WHATSAPP: dict[Status, Row] = {
+    S.INITIAL: {
+        K.DIAL_DUE: S.IN_PROGRESS,
+        T.BLACKLIST_HIT: S.BLACKLISTED,
+        T.PLAN_LIMIT: S.ERROR,
+        **_ADMIN,
+    },
+    S.IN_PROGRESS: {
+        **_WA_HANDED,
+        **_WA_UP,
+        K.WA_ACCEPTED: Stay(),
+        K.WA_SENDING_FAILED: S.SENDING_FAILED,
+        K.WA_DELIVERY_FAILED: S.DELIVERY_FAILED,
+        K.WA_RETRYABLE: Retry(S.ERROR, always=True),
+        K.WA_PAIR_LIMIT: Retry(S.DELIVERY_FAILED, always=True, at_least_s=86_400.0),
+        K.WA_INVALID: S.INVALID_RECORD,
+        K.WA_ACCOUNT: S.ERROR,
+        K.WA_AMBIGUOUS: Stay(),
+        K.AMBIGUOUS_ELAPSED: Retry(S.ERROR, always=True),
+        K.GATEWAY_RESTART: Stay(),
+    },
+    S.SENT: {**_WA_HANDED, **_WA_UP, K.WA_DELIVERY_FAILED: S.DELIVERY_FAILED,
+             K.WA_SENDING_FAILED: S.SENDING_FAILED},
+    S.DELIVERED: {**_WA_HANDED, **_WA_UP, K.WA_DELIVERY_FAILED: DUP, K.WA_SENDING_FAILED: DUP},
+    S.READ: {T.DUPLICATE: DUP, K.WA_DELIVERY_FAILED: DUP, K.WA_SENDING_FAILED: DUP, K.WA_ACCEPTED: DUP},
+    S.DELIVERY_FAILED: {
+        K.WA_DELIVERED: S.DELIVERED,
+        K.WA_READ: S.READ,
+        K.WA_SENT: DUP,
+        K.WA_DELIVERY_FAILED: DUP,
+        T.DUPLICATE: DUP,
+    },
+    S.SENDING_FAILED: {T.DUPLICATE: DUP, K.WA_SENDING_FAILED: DUP, K.WA_DELIVERY_FAILED: DUP},
+    S.ERROR: {T.DUPLICATE: DUP, K.WA_ACCOUNT: DUP, K.WA_RETRYABLE: STALE},
+    S.RETRY_SCHEDULED: {
+        K.DIAL_DUE: S.IN_PROGRESS,
+        T.BLACKLIST_HIT: S.BLACKLISTED,
+        T.PLAN_LIMIT: S.ERROR,
+        **_ADMIN,
+        **_WA_UP,  # a late webhook of the previous attempt still wins
+        T.DUPLICATE: DUP,
+        K.AMBIGUOUS_ELAPSED: STALE,
+    },
+    S.CANCELED_BY_ADMIN: _WA_LATE,
+    S.REMOVED: _WA_LATE,
+    S.INVALID_RECORD: {},
+    S.BLACKLISTED: {},
+}
+
+TABLES: dict[Channel, dict[Status, Row]] = {Channel.VOICE: VOICE, Channel.WHATSAPP: WHATSAPP}

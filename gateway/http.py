@@ -1,0 +1,70 @@
+"""HTTP (SPEC §7): health, readiness, metrics and the contact read API on one aiohttp server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from metrics.recorder import Recorder
+
+from .store import Store
+from .wire import ID_PATTERN
+
+
+def build_app(store: Store, recorder: Recorder, readiness: Callable[[], dict[str, str]],
+              max_body_bytes: int, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes)
+    id_re = ID_PATTERN.strip("^$")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        deps = readiness()
+        ok = all(v in ("up", "open", "connected", "off") for v in deps.values())
+        return web.json_response({"ready": ok, "dependencies": deps}, status=200 if ok else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            body = generate_openmetrics(recorder.registry)
+            ctype = OPENMETRICS_TYPE
+        else:
+            body = generate_latest(recorder.registry)
+            ctype = CONTENT_TYPE_LATEST
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    async def contact(request: web.Request) -> web.Response:
+        key = (request.match_info["campaign_id"], request.match_info["contact_id"])
+
+        def read(txn: Any) -> tuple[Any, list[bytes]]:
+            return txn.get_contact(key), txn.events(key)
+
+        state, events = await store.run(read)
+        if state is None:
+            return web.json_response({"error": "unknown contact"}, status=404)
+        body = {
+            "campaign_id": key[0], "contact_id": key[1], "channel": state.channel, "status": state.status,
+            "sequence": state.sequence, "attempt": state.attempt, "final": None,
+            "wa_message_id": state.wamid,
+            "events": [json.loads(e) for e in events],
+        }
+        from .domain.statuses import is_final
+
+        body["final"] = is_final(state.channel, state.status)
+        return web.json_response(body)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get(f"/v1/campaigns/{{campaign_id:{id_re}}}/contacts/{{contact_id:{id_re}}}", contact)
+    if extra_routes:
+        app.add_routes(extra_routes)
+    return app

@@ -1,0 +1,178 @@
+"""Pacing (SPEC §10): contacts wait in the store; the dispatcher hands them to a channel when there is room.
+
+Room is the channel's `max_concurrent`/`max_rate` and each campaign's own `max_concurrent`/`max_cps`.
+The token bucket is pure (time is an input); the dispatcher is the thin shell that sleeps between turns.
+Due retries and operator-ready previews (priority 0) go before new contacts; within a priority, first
+come first served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .domain.signals import Kind, Signal
+from .domain.state import CampaignState
+from .engine import Engine, Unit
+from .ports import ChannelPort
+from .store import Key
+
+log = logging.getLogger("telgate.pacing")
+
+
+@dataclass
+class TokenBucket:
+    rate: float  # tokens per second
+    burst: float
+    tokens: float = field(default=-1.0)
+    stamp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def _refill(self, now: float) -> None:
+        if self.stamp is not None and now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now if self.stamp is None or now > self.stamp else self.stamp
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self.tokens
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        self._refill(now)
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+    def wait_s(self, now: float, n: float = 1.0) -> float:
+        self._refill(now)
+        return 0.0 if self.tokens >= n else (n - self.tokens) / self.rate
+
+
+class Dispatcher:
+    MAX_TURN = 64
+
+    def __init__(self, engine: Engine, port: ChannelPort) -> None:
+        self.engine = engine
+        self.port = port
+        self.bucket = TokenBucket(port.max_rate, burst=max(1.0, min(port.max_rate, float(self.MAX_TURN))))
+        self.campaign_buckets: dict[str, TokenBucket] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, seconds))
+        except TimeoutError:
+            pass
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            free = self.port.max_concurrent - self.port.active()
+            if free <= 0:
+                await self._sleep(1.0)
+                continue
+            mono = self.engine.clock().timestamp()
+            if self.bucket.available(mono) < 1:
+                await self._sleep(self.bucket.wait_s(mono))
+                continue
+            room = min(free, int(self.bucket.available(mono)), self.MAX_TURN)
+            taken, next_at = await self.engine.execute(lambda unit: self._turn(unit, room))
+            if taken:
+                continue
+            wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
+            await self._sleep(min(30.0, wait))
+
+    def _campaign_room(self, camp: CampaignState, now: float) -> bool:
+        if camp.max_concurrent is not None and self.port.active(camp.campaign_id) >= camp.max_concurrent:
+            return False
+        if camp.max_cps is not None:
+            bucket = self.campaign_buckets.get(camp.campaign_id)
+            if bucket is None or bucket.rate != camp.max_cps:
+                bucket = self.campaign_buckets[camp.campaign_id] = TokenBucket(camp.max_cps, max(1.0, camp.max_cps))
+            return bucket.take(now)
+        return True
+
+    def _turn(self, unit: Unit, room: int) -> tuple[int, datetime | None]:
+        """Inside the transaction: pick ready contacts in order and start them (blacklist, budget checked)."""
+        txn, now = unit.txn, unit.now
+        stamp = now.timestamp()
+        channel = self.port.channel
+        skip: set[str] = set()
+        taken = 0
+        campaigns: dict[str, CampaignState] = {}
+        while taken < room:
+            keys: list[Key] = txn.ready_contacts(channel, now, room - taken, frozenset(skip))
+            if not keys:
+                break
+            for key in keys:
+                if key[0] in skip:
+                    continue
+                camp = campaigns.get(key[0]) or txn.get_campaign(key[0])
+                if camp is None:
+                    skip.add(key[0])
+                    continue
+                if not self._campaign_room(camp, stamp):
+                    skip.add(key[0])
+                    continue
+                contact = txn.get_contact(key)
+                if contact is None:
+                    continue
+                limit = camp.budget.max_contacts
+                signal = Signal(
+                    Kind.DIAL_DUE,
+                    {"source": "gateway", "kind": "dial" if channel == "voice" else "send"},
+                    blacklisted=bool(contact.phone) and txn.is_blacklisted(contact.phone or ""),
+                    plan_limit=limit is not None and camp.dialed_contacts >= limit,
+                )
+                decision = unit.apply(key, signal)
+                if decision.illegal or not decision.events:
+                    txn.set_ready(key, None)  # never spin on a contact that cannot start
+                    continue
+                campaigns[key[0]] = txn.get_campaign(key[0]) or camp
+                if decision.state.in_flight:
+                    self.bucket.take(stamp)
+                    taken += 1
+        next_at = None if taken else txn.next_ready_at(channel, frozenset())
+        return taken, next_at
+
+
+class Scheduler:
+    """Persisted timers (BCW, ACW, ambiguous sends, campaign start_at) fired once, also after a restart."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        from .commands import apply_timer
+
+        while True:
+            self._wake.clear()
+            now = self.engine.clock()
+            due = await self.engine.store.run(lambda txn: txn.due_timers(now, 256))
+            if due:
+                await asyncio.gather(*(
+                    self.engine.execute(
+                        lambda unit, t=t: apply_timer(unit, t.id, t.kind, t.campaign_id, t.contact_id, unit.now)
+                    )
+                    for t in due
+                ))
+                continue
+            next_at = await self.engine.store.run(lambda txn: txn.next_timer_at())
+            wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=min(30.0, max(0.001, wait)))
+            except TimeoutError:
+                pass

@@ -1,0 +1,27 @@
+"""Phone numbers to E.164 (SPEC §4): bad or blank numbers are not errors, they make `invalid_record`."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+
+def normalise(raw: str, default_region: str) -> str | None:
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        number = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask(phone: str | None) -> str:
+    """For logs: keep the country prefix and the last three digits."""
+    if not phone:
+        return ""
+    if len(phone) <= 6:
+        return "*" * len(phone)
+    return phone[:4] + "*" * (len(phone) - 7) + phone[-3:]

@@ -1,0 +1,27 @@
+"""Channel ports: what the engine asks of a channel adapter (voice over SIP, WhatsApp Cloud API).
+
+Adapters implement this protocol; `submit` must not block: it hands the effect to the adapter's own
+task group and returns. Outcomes come back as signals through `Engine.signal`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .domain.effects import Effect
+from .domain.state import ContactState
+from .domain.statuses import Channel
+
+
+class ChannelPort(Protocol):
+    channel: Channel
+    max_concurrent: int
+    max_rate: float  # new attempts per second
+
+    def active(self, campaign_id: str | None = None) -> int:
+        """Attempts in flight (all, or of one campaign)."""
+        ...
+
+    def submit(self, effect: Effect, contact: ContactState) -> None:
+        """Carry out Dial/Send/CancelCall for `contact` (after its decision was committed)."""
+        ...

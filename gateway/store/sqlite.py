@@ -1,0 +1,321 @@
+"""SQLite store: one connection owned by one thread; every `run` is one IMMEDIATE transaction.
+
+WAL with synchronous=FULL: a committed decision survives a crash and a power loss; the engine's group
+commit amortises the fsync over a batch of decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from ..domain.effects import TimerKind
+from ..domain.state import CampaignState, ContactState
+from ..domain.statuses import Channel
+from . import Key, OutboxRow, StoreError, Timer, Txn
+
+R = TypeVar("R")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS contacts (
+    campaign_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    status TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    ready_at REAL,
+    priority INTEGER NOT NULL DEFAULT 1,
+    state TEXT NOT NULL,
+    PRIMARY KEY (campaign_id, contact_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS contacts_ready ON contacts (channel, priority, ready_at) WHERE ready_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS contacts_in_flight ON contacts (owner) WHERE in_flight = 1;
+CREATE TABLE IF NOT EXISTS events (
+    campaign_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    published INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_contact ON events (campaign_id, contact_id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    correlation BLOB,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS campaigns (campaign_id TEXT PRIMARY KEY, state TEXT NOT NULL, status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS timers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    contact_id TEXT,
+    due_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
+CREATE INDEX IF NOT EXISTS timers_contact ON timers (campaign_id, contact_id);
+CREATE TABLE IF NOT EXISTS blacklist (phone TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, result BLOB NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS wamids (wamid TEXT PRIMARY KEY, campaign_id TEXT NOT NULL, contact_id TEXT NOT NULL);
+"""
+
+
+def _ts(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class _SqliteTxn:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def savepoint(self) -> None:
+        self.db.execute("SAVEPOINT work")
+
+    def rollback_savepoint(self) -> None:
+        self.db.execute("ROLLBACK TO work")
+        self.db.execute("RELEASE work")
+
+    def release_savepoint(self) -> None:
+        self.db.execute("RELEASE work")
+
+    # contacts
+    def get_contact(self, key: Key) -> ContactState | None:
+        row = self.db.execute("SELECT state FROM contacts WHERE campaign_id=? AND contact_id=?", key).fetchone()
+        return None if row is None else ContactState.model_validate_json(row[0])
+
+    def put_contact(self, state: ContactState, expected_sequence: int, owner: str | None) -> bool:
+        blob = state.model_dump_json(exclude_defaults=True)
+        if expected_sequence == 0:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO contacts (campaign_id, contact_id, channel, status, sequence, in_flight,"
+                " owner, state) VALUES (?,?,?,?,?,?,?,?)",
+                (state.campaign_id, state.contact_id, state.channel, state.status, state.sequence,
+                 int(state.in_flight), owner, blob),
+            )
+        else:
+            cur = self.db.execute(
+                "UPDATE contacts SET status=?, sequence=?, in_flight=?, owner=COALESCE(?, owner), state=?"
+                " WHERE campaign_id=? AND contact_id=? AND sequence=?",
+                (state.status, state.sequence, int(state.in_flight), owner, blob, state.campaign_id,
+                 state.contact_id, expected_sequence),
+            )
+        return cur.rowcount == 1
+
+    def set_ready(self, key: Key, ready_at: datetime | None, priority: int = 1) -> None:
+        self.db.execute(
+            "UPDATE contacts SET ready_at=?, priority=? WHERE campaign_id=? AND contact_id=?",
+            (None if ready_at is None else _ts(ready_at), priority, *key),
+        )
+
+    def _skip_clause(self, skip: frozenset[str]) -> tuple[str, list[str]]:
+        if not skip:
+            return "", []
+        return f" AND c.campaign_id NOT IN ({','.join('?' * len(skip))})", sorted(skip)
+
+    def ready_contacts(self, channel: Channel, now: datetime, limit: int, skip: frozenset[str]) -> list[Key]:
+        clause, args = self._skip_clause(skip)
+        rows = self.db.execute(
+            "SELECT c.campaign_id, c.contact_id FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
+            " WHERE c.channel=? AND c.ready_at IS NOT NULL AND c.ready_at <= ? AND g.status='in_progress'"
+            f"{clause} ORDER BY c.priority, c.ready_at LIMIT ?",
+            (channel, _ts(now), *args, limit),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def next_ready_at(self, channel: Channel, skip: frozenset[str]) -> datetime | None:
+        clause, args = self._skip_clause(skip)
+        row = self.db.execute(
+            "SELECT MIN(c.ready_at) FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
+            f" WHERE c.channel=? AND c.ready_at IS NOT NULL AND g.status='in_progress'{clause}",
+            (channel, *args),
+        ).fetchone()
+        return None if row[0] is None else _dt(row[0])
+
+    def in_flight_contacts(self, owner: str) -> list[Key]:
+        rows = self.db.execute(
+            "SELECT campaign_id, contact_id FROM contacts WHERE in_flight=1 AND (owner=? OR owner IS NULL)",
+            (owner,),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def unfinished_contacts(self, campaign_id: str) -> list[Key]:
+        rows = self.db.execute(
+            "SELECT campaign_id, contact_id FROM contacts WHERE campaign_id=? AND status NOT IN"
+            " ('success','canceled_by_client','completed_without_answer','dial_failed','invalid_record',"
+            "'blacklisted','rejected_by_operator','canceled_by_admin','removed','plan_limit_exceeded','read',"
+            "'delivery_failed','sending_failed','error')",
+            (campaign_id,),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def counts(self, campaign_id: str) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT status, COUNT(*) FROM contacts WHERE campaign_id=? GROUP BY status", (campaign_id,)
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def all_counts(self) -> list[tuple[str, str, str, int]]:
+        rows = self.db.execute(
+            "SELECT campaign_id, channel, status, COUNT(*) FROM contacts GROUP BY campaign_id, channel, status"
+        ).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # events and outbox
+    def add_event(self, key: Key, sequence: int, payload: bytes, published: bool) -> None:
+        self.db.execute(
+            "INSERT INTO events (campaign_id, contact_id, sequence, published, payload) VALUES (?,?,?,?,?)",
+            (*key, sequence, int(published), payload),
+        )
+
+    def events(self, key: Key) -> list[bytes]:
+        rows = self.db.execute(
+            "SELECT payload FROM events WHERE campaign_id=? AND contact_id=? ORDER BY rowid", key
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def add_outbox(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO outbox (topic, payload, retain, correlation, created_at) VALUES (?,?,?,?,?)",
+            (topic, payload, int(retain), correlation, datetime.now(UTC).timestamp()),
+        )
+
+    def outbox_fetch(self, after_id: int, limit: int) -> list[OutboxRow]:
+        rows = self.db.execute(
+            "SELECT id, topic, payload, retain, correlation, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [OutboxRow(r[0], r[1], bytes(r[2]), bool(r[3]), r[4], r[5]) for r in rows]
+
+    def outbox_delete(self, ids: list[int]) -> None:
+        self.db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+
+    def outbox_stats(self) -> tuple[int, float | None]:
+        row = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
+        return int(row[0]), row[1]
+
+    # timers
+    def add_timer(self, kind: TimerKind, campaign_id: str, contact_id: str | None, due_at: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO timers (kind, campaign_id, contact_id, due_at) VALUES (?,?,?,?)",
+            (kind, campaign_id, contact_id, _ts(due_at)),
+        )
+
+    def cancel_timers(self, key: Key) -> None:
+        self.db.execute("DELETE FROM timers WHERE campaign_id=? AND contact_id=?", key)
+
+    def due_timers(self, now: datetime, limit: int) -> list[Timer]:
+        rows = self.db.execute(
+            "SELECT id, kind, campaign_id, contact_id, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            (_ts(now), limit),
+        ).fetchall()
+        return [Timer(r[0], TimerKind(r[1]), r[2], r[3], _dt(r[4])) for r in rows]
+
+    def delete_timer(self, timer_id: int) -> bool:
+        return self.db.execute("DELETE FROM timers WHERE id=?", (timer_id,)).rowcount == 1
+
+    def next_timer_at(self) -> datetime | None:
+        row = self.db.execute("SELECT MIN(due_at) FROM timers").fetchone()
+        return None if row[0] is None else _dt(row[0])
+
+    # campaigns
+    def get_campaign(self, campaign_id: str) -> CampaignState | None:
+        row = self.db.execute("SELECT state FROM campaigns WHERE campaign_id=?", (campaign_id,)).fetchone()
+        return None if row is None else CampaignState.model_validate_json(row[0])
+
+    def put_campaign(self, state: CampaignState) -> None:
+        self.db.execute(
+            "INSERT INTO campaigns (campaign_id, state, status) VALUES (?,?,?) ON CONFLICT(campaign_id)"
+            " DO UPDATE SET state=excluded.state, status=excluded.status",
+            (state.campaign_id, state.model_dump_json(), state.status),
+        )
+
+    # blacklist, commands, wamids
+    def is_blacklisted(self, phone: str) -> bool:
+        return self.db.execute("SELECT 1 FROM blacklist WHERE phone=?", (phone,)).fetchone() is not None
+
+    def blacklist(self, phone: str, add: bool) -> None:
+        if add:
+            self.db.execute("INSERT OR IGNORE INTO blacklist (phone) VALUES (?)", (phone,))
+        else:
+            self.db.execute("DELETE FROM blacklist WHERE phone=?", (phone,))
+
+    def get_command(self, command_id: str) -> bytes | None:
+        row = self.db.execute("SELECT result FROM commands WHERE command_id=?", (command_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_command(self, command_id: str, result: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO commands (command_id, result, created_at) VALUES (?,?,?)",
+            (command_id, result, datetime.now(UTC).timestamp()),
+        )
+
+    def map_wamid(self, wamid: str, key: Key) -> None:
+        self.db.execute("INSERT OR REPLACE INTO wamids (wamid, campaign_id, contact_id) VALUES (?,?,?)", (wamid, *key))
+
+    def lookup_wamid(self, wamid: str) -> Key | None:
+        row = self.db.execute("SELECT campaign_id, contact_id FROM wamids WHERE wamid=?", (wamid,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store")
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def open(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+    def _run(self, fn: Callable[[Txn], R]) -> R:
+        db = self._db
+        if db is None:
+            raise StoreError("store is closed")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(_SqliteTxn(db))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    async def run(self, fn: Callable[[Txn], R]) -> R:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc

@@ -1,0 +1,1 @@
+"""Metrics: one recorder the engine and adapters report to, and its exporters. Knows no contacts."""

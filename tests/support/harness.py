@@ -1,0 +1,138 @@
+"""An in-process gateway on a real Mosquitto, with a backend client that sends commands and collects events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.app import App
+from gateway.config import Settings, load_settings
+from gateway.domain.statuses import Channel
+
+from .broker import free_port
+from .scripted import ScriptedPort
+
+
+def settings_for(broker_url: str, data_dir: Path, **sections: dict[str, Any]) -> Settings:
+    base: dict[str, Any] = {
+        "gateway": {"id": "gw-test", "data_dir": str(data_dir), "drain_timeout_s": 5},
+        "bus": {"url": broker_url, "client_id": f"telgate-test-{free_port()}"},
+        "http": {"listen": "127.0.0.1:0"},
+        "retry": {"max_attempts": 2, "delays_s": [0.2]},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return load_settings(None, **base)
+
+
+class Backend:
+    """A campaign backend on the bus: publishes commands, records every message the gateway sends."""
+
+    def __init__(self, client: aiomqtt.Client, prefix: str = "telgate") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.events: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self.campaigns: list[dict[str, Any]] = []
+        self.responses: list[tuple[bytes | None, dict[str, Any]]] = []
+        self.by_contact: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self._changed = asyncio.Event()
+
+    async def send(self, kind: str, payload: dict[str, Any] | bytes, response_topic: str | None = None,
+                   correlation: bytes | None = None) -> None:
+        props = None
+        if response_topic:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        await self.client.publish(f"{self.prefix}/v1/cmd/{kind}", body, qos=1, properties=props)
+
+    async def listen(self) -> None:
+        async for message in self.client.messages:
+            data = json.loads(message.payload)  # type: ignore[arg-type]
+            topic = str(message.topic)
+            if topic.startswith(f"{self.prefix}/v1/evt/contact/"):
+                self.events.append(data)
+                self.by_contact[(data["campaign_id"], data["contact_id"])].append(data)
+            elif topic == f"{self.prefix}/v1/evt/command":
+                self.results.append(data)
+            elif topic.startswith(f"{self.prefix}/v1/evt/campaign/"):
+                self.campaigns.append(data)
+            elif topic.startswith("backend/"):
+                corr = getattr(message.properties, "CorrelationData", None)
+                self.responses.append((corr, data))
+            self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async def loop() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    def result(self, command_id: str | None) -> dict[str, Any] | None:
+        for r in self.results:
+            if r["command_id"] == command_id:
+                return r
+        return None
+
+    def statuses(self, campaign: str, contact: str) -> list[str]:
+        return [e["status"] for e in self.by_contact[(campaign, contact)]]
+
+    def final(self, campaign: str, contact: str) -> bool:
+        evs = self.by_contact[(campaign, contact)]
+        return bool(evs) and evs[-1]["final"]
+
+
+@contextlib.asynccontextmanager
+async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Backend]:
+    host, port = broker_url.removeprefix("mqtt://").split(":")
+    async with aiomqtt.Client(host, int(port), protocol=aiomqtt.ProtocolVersion.V5,
+                              identifier=f"backend-{free_port()}") as client:
+        await client.subscribe(f"{prefix}/v1/evt/#", qos=1)
+        await client.subscribe("backend/#", qos=1)
+        b = Backend(client, prefix)
+        task = asyncio.create_task(b.listen())
+        try:
+            yield b
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def gateway(settings: Settings, channels: tuple[Channel, ...] = (Channel.VOICE, Channel.WHATSAPP),
+                  **port_kw: Any) -> AsyncIterator[App]:
+    app = App(settings)
+    ports = [ScriptedPort(app.engine, ch, **port_kw) for ch in channels]
+    app.ports.update({p.channel: p for p in ports})
+    from gateway.pacing import Dispatcher
+
+    app.ctx = app.ctx.__class__(**{**app.ctx.__dict__, "enabled": frozenset(app.ports)})
+    app.bus.ctx = app.ctx
+    for p in ports:
+        d = Dispatcher(app.engine, p)
+        app.dispatchers.append(d)
+        app.engine.on("dispatch", d.wake)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    await asyncio.wait_for(app.ready.wait(), 10)
+    await asyncio.wait_for(app.bus.connected.wait(), 10)
+    try:
+        yield app
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
