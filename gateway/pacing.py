@@ -20,6 +20,7 @@ from .ports import ChannelPort
 from .store import Key
 
 log = logging.getLogger("telgate.pacing")
+EPSILON = 1e-9
 
 
 @dataclass
@@ -44,14 +45,14 @@ class TokenBucket:
 
     def take(self, now: float, n: float = 1.0) -> bool:
         self._refill(now)
-        if self.tokens >= n:
-            self.tokens -= n
+        if self.tokens >= n - EPSILON:  # float sums of rate*dt fall a hair short of whole tokens
+            self.tokens = max(0.0, self.tokens - n)
             return True
         return False
 
     def wait_s(self, now: float, n: float = 1.0) -> float:
         self._refill(now)
-        return 0.0 if self.tokens >= n else (n - self.tokens) / self.rate
+        return 0.0 if self.tokens >= n - EPSILON else (n - self.tokens) / self.rate
 
 
 class Dispatcher:
@@ -81,7 +82,7 @@ class Dispatcher:
                 await self._sleep(1.0)
                 continue
             mono = self.engine.clock().timestamp()
-            if self.bucket.available(mono) < 1:
+            if self.bucket.available(mono) < 1 - EPSILON:
                 await self._sleep(self.bucket.wait_s(mono))
                 continue
             room = min(free, int(self.bucket.available(mono)), self.MAX_TURN)

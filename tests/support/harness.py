@@ -98,19 +98,40 @@ class Backend:
 
 @contextlib.asynccontextmanager
 async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Backend]:
+    """A backend with a persistent MQTT session that reconnects, as a real consumer would."""
     host, port = broker_url.removeprefix("mqtt://").split(":")
-    async with aiomqtt.Client(host, int(port), protocol=aiomqtt.ProtocolVersion.V5,
-                              identifier=f"backend-{free_port()}") as client:
-        await client.subscribe(f"{prefix}/v1/evt/#", qos=1)
-        await client.subscribe("backend/#", qos=1)
-        b = Backend(client, prefix)
-        task = asyncio.create_task(b.listen())
-        try:
-            yield b
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+    identifier = f"backend-{free_port()}"
+    connected = asyncio.Event()
+    holder: list[Backend] = []
+
+    async def loop() -> None:
+        first = True
+        while True:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            try:
+                async with aiomqtt.Client(host, int(port), protocol=aiomqtt.ProtocolVersion.V5,
+                                          identifier=identifier, clean_start=first, properties=props) as client:
+                    first = False
+                    await client.subscribe(f"{prefix}/v1/evt/#", qos=1)
+                    await client.subscribe("backend/#", qos=1)
+                    if not holder:
+                        holder.append(Backend(client, prefix))
+                    holder[0].client = client
+                    connected.set()
+                    await holder[0].listen()
+            except aiomqtt.MqttError:
+                connected.clear()
+                await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(loop())
+    try:
+        await asyncio.wait_for(connected.wait(), 10)
+        yield holder[0]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await task
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,92 @@
+"""Command validation names the field; configuration names the key; phones normalise to E.164."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_settings
+from gateway.pacing import TokenBucket
+from gateway.phones import mask, normalise
+from gateway.wire import MAX_PAYLOAD_BYTES, DialCommand, Rejection, parse_command
+
+GOOD = {"command_id": "c1", "campaign_id": "camp", "contact_id": "k1", "phone": "+420601234567"}
+
+
+def reject(kind: str, payload: bytes | dict[str, object]) -> tuple[str, str | None]:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    with pytest.raises(Rejection) as info:
+        parse_command(kind, body)
+    return info.value.error.code, info.value.error.field
+
+
+def test_good_dial() -> None:
+    cmd = parse_command("dial", json.dumps(GOOD).encode())
+    assert isinstance(cmd, DialCommand) and cmd.mode == "progressive"
+
+
+@pytest.mark.parametrize(("payload", "code", "field"), [
+    (b"not json", "invalid_json", None),
+    (b"[1,2]", "invalid_json", None),
+    ({**GOOD, "command_id": "a/b"}, "invalid_field", "command_id"),
+    ({**GOOD, "contact_id": "x+y"}, "invalid_field", "contact_id"),
+    ({**GOOD, "campaign_id": "c#"}, "invalid_field", "campaign_id"),
+    ({k: v for k, v in GOOD.items() if k != "contact_id"}, "missing_field", "contact_id"),
+    ({**GOOD, "surprise": 1}, "unknown_field", "surprise"),
+    ({**GOOD, "mode": "psychic"}, "invalid_field", "mode"),
+    ({**GOOD, "policy": {"max_attempts": "many"}}, "invalid_field", "policy.max_attempts"),
+    ({**GOOD, "meta": {"x": "y" * 5000}}, "invalid_field", "meta"),
+    ({**GOOD, "kind": "send"}, "invalid_field", "kind"),
+])
+def test_bad_dial_names_field(payload: bytes | dict[str, object], code: str, field: str | None) -> None:
+    assert reject("dial", payload) == (code, field)
+
+
+def test_unknown_kind_and_oversize() -> None:
+    assert reject("explode", GOOD) == ("unknown_kind", "kind")
+    assert reject("dial", b"{" + b" " * MAX_PAYLOAD_BYTES + b"}")[0] == "payload_too_large"
+
+
+def test_phone_normalisation() -> None:
+    assert normalise("601 234 567", "CZ") == "+420601234567"
+    assert normalise("+420 601 234 567", "CZ") == "+420601234567"
+    assert normalise("", "CZ") is None
+    assert normalise("12", "CZ") is None
+    assert normalise("call me maybe", "CZ") is None
+    assert mask("+420601234567") == "+420******567"
+
+
+def test_config_file_env_and_secret_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[bus]\nurl = "mqtt://10.0.0.1:1884"\npassword_file = "{secret}"\n[gateway]\nid = "gw-9"\n')
+    monkeypatch.setenv("TELGATE_BUS__TOPIC_PREFIX", "acme")
+    s = load_settings(cfg)
+    assert s.bus.url == "mqtt://10.0.0.1:1884" and s.bus.topic_prefix == "acme"
+    assert s.bus.password is not None and s.bus.password.get_secret_value() == "s3cret"
+    assert s.masked()["bus"]["password"] == "********"
+    assert "s3cret" not in json.dumps(s.masked())
+    assert s.client_id == "telgate-gw-9"
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[bus]\nurll = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert info.value.key == "bus.urll"
+    cfg.write_text("[sip]\nmax_cps = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert info.value.key == "sip.max_cps"
+
+
+def test_token_bucket_holds_rate() -> None:
+    b = TokenBucket(rate=10, burst=1)
+    taken = sum(1 for i in range(1000) if b.take(i * 0.01))  # 10 s at 100 tries/s
+    assert 100 <= taken <= 101
+    assert b.take(20.0) and not b.take(20.0)
+    assert b.wait_s(20.0) == pytest.approx(0.1)
