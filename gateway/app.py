@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -46,28 +47,37 @@ class App:
         self.recorder = Recorder(__version__, settings.metrics.campaign_label)
         self.store = store or open_store(settings.store_url)
         self.engine = Engine(self.store, settings.gateway.id, Topics(settings.bus.topic_prefix), self.recorder)
-        self.ports: dict[Channel, ChannelPort] = {p.channel: p for p in ports or []}
+        self.ports: dict[Channel, ChannelPort] = {}
         self.engine.ports = self.ports
         retry = settings.retry
         self.ctx = CommandContext(
             default_region=settings.gateway.default_region,
             default_policy=Policy(max_attempts=retry.max_attempts, delays_s=tuple(retry.delays_s),
                                   retry_on=tuple(retry.retry_on)),
-            enabled=frozenset(self.ports),
+            enabled=frozenset(),
             ring_timeout_s=settings.sip.ring_timeout_s,
             ambiguous_timeout_s=settings.whatsapp.ambiguous_timeout_s,
         )
         self.bus = Bus(settings.bus, settings.client_id, settings.gateway.id, self.engine, self.recorder,
                        self.ctx, self.started_at, self._channel_states)
         self.scheduler = Scheduler(self.engine)
-        self.dispatchers = [Dispatcher(self.engine, port) for port in self.ports.values()]
+        self.dispatchers: list[Dispatcher] = []
         self.engine.on("commit", self.bus.notify)
         self.engine.on("timers", self.scheduler.wake)
-        for d in self.dispatchers:
-            self.engine.on("dispatch", d.wake)
+        for port in ports or []:
+            self.add_port(port)
         self.http_routes: list[web.RouteDef] = []
         self.ready = asyncio.Event()
         self.http_port: int | None = None
+
+    def add_port(self, port: ChannelPort) -> None:
+        """Enable a channel (before `run`): its commands are accepted and its contacts dispatched."""
+        self.ports[port.channel] = port
+        self.ctx = dataclasses.replace(self.ctx, enabled=frozenset(self.ports))
+        self.bus.ctx = self.ctx
+        dispatcher = Dispatcher(self.engine, port)
+        self.dispatchers.append(dispatcher)
+        self.engine.on("dispatch", dispatcher.wake)
 
     def _channel_states(self) -> tuple[str, str]:
         voice = "up" if Channel.VOICE in self.ports else "off"

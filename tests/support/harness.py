@@ -45,6 +45,7 @@ class Backend:
         self.campaigns: list[dict[str, Any]] = []
         self.responses: list[tuple[bytes | None, dict[str, Any]]] = []
         self.by_contact: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.presence: dict[str, str] = {}
         self._changed = asyncio.Event()
 
     async def send(self, kind: str, payload: dict[str, Any] | bytes, response_topic: str | None = None,
@@ -69,6 +70,8 @@ class Backend:
                 self.results.append(data)
             elif topic.startswith(f"{self.prefix}/v1/evt/campaign/"):
                 self.campaigns.append(data)
+            elif topic.startswith(f"{self.prefix}/v1/gateways/"):
+                self.presence[topic.split("/")[-2]] = data["state"]
             elif topic.startswith("backend/"):
                 corr = getattr(message.properties, "CorrelationData", None)
                 self.responses.append((corr, data))
@@ -80,7 +83,11 @@ class Backend:
                 self._changed.clear()
                 await self._changed.wait()
 
-        await asyncio.wait_for(loop(), timeout)
+        try:
+            await asyncio.wait_for(loop(), timeout)
+        except TimeoutError:
+            seen = {f"{k[0]}/{k[1]}": [e["status"] for e in v] for k, v in list(self.by_contact.items())[:20]}
+            raise AssertionError(f"timed out after {timeout}s; contacts: {seen}; results: {self.results[-5:]}") from None
 
     def result(self, command_id: str | None) -> dict[str, Any] | None:
         for r in self.results:
@@ -114,6 +121,7 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
                                           identifier=identifier, clean_start=first, properties=props) as client:
                     first = False
                     await client.subscribe(f"{prefix}/v1/evt/#", qos=1)
+                    await client.subscribe(f"{prefix}/v1/gateways/+/status", qos=1)
                     await client.subscribe("backend/#", qos=1)
                     if not holder:
                         holder.append(Backend(client, prefix))
@@ -138,16 +146,8 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
 async def gateway(settings: Settings, channels: tuple[Channel, ...] = (Channel.VOICE, Channel.WHATSAPP),
                   **port_kw: Any) -> AsyncIterator[App]:
     app = App(settings)
-    ports = [ScriptedPort(app.engine, ch, **port_kw) for ch in channels]
-    app.ports.update({p.channel: p for p in ports})
-    from gateway.pacing import Dispatcher
-
-    app.ctx = app.ctx.__class__(**{**app.ctx.__dict__, "enabled": frozenset(app.ports)})
-    app.bus.ctx = app.ctx
-    for p in ports:
-        d = Dispatcher(app.engine, p)
-        app.dispatchers.append(d)
-        app.engine.on("dispatch", d.wake)
+    for ch in channels:
+        app.add_port(ScriptedPort(app.engine, ch, **port_kw))
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop))
     await asyncio.wait_for(app.ready.wait(), 10)

@@ -1,0 +1,124 @@
+"""Faults with real processes: the broker restarted mid-stream, the gateway SIGKILLed mid-campaign."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import Mosquitto
+from tests.support.harness import Backend, backend, gateway, settings_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def check_stream(b: Backend) -> int:
+    """Every contact's events form 1..n with no gap; a repeat carries the same event_id. Returns repeats."""
+    repeats = 0
+    by_seq: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    for e in b.events:
+        key = (e["campaign_id"], e["contact_id"])
+        seen = by_seq[key].get(e["sequence"])
+        if seen is not None:
+            assert seen == e["event_id"], f"{key} sequence {e['sequence']} published twice with different ids"
+            repeats += 1
+        by_seq[key][e["sequence"]] = e["event_id"]
+    for key, seqs in by_seq.items():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1)), f"gap in {key}: {sorted(seqs)}"
+    return repeats
+
+
+async def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    n_voice, n_wa = 150, 60
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path), delay_s=0.05):
+        for i in range(n_voice):
+            await b.send("dial", {"command_id": f"d{i}", "campaign_id": "v", "contact_id": f"k{i}",
+                                  "phone": "+420601234560"})
+        for i in range(n_wa):
+            await b.send("send", {"command_id": f"s{i}", "campaign_id": "w", "contact_id": f"k{i}",
+                                  "phone": "+420601234560", "template": {"name": "t", "language": "en"}})
+        await b.wait_for(lambda: len(b.events) >= 300, timeout=30)
+        broker.stop()  # SIGTERM: the broker keeps what it acknowledged (persistence), loses its connections
+        await asyncio.sleep(1.0)
+        broker.start()
+        await b.wait_for(lambda: all(b.final("v", f"k{i}") for i in range(n_voice))
+                         and all(b.final("w", f"k{i}") for i in range(n_wa)), timeout=60)
+        check_stream(b)
+        assert all(len({e["sequence"] for e in b.by_contact[("v", f"k{i}")]}) == 4 for i in range(n_voice))
+        assert all(len({e["sequence"] for e in b.by_contact[("w", f"k{i}")]}) == 5 for i in range(n_wa))
+
+
+def _start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0.3"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"), env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) -> None:
+    data = tmp_path / "gw"
+    cfg = tmp_path / "telgate.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "gw-crash"\ndata_dir = "{data}"\n[bus]\nurl = "{broker.url}"\nclient_id = "telgate-crash"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n[retry]\nmax_attempts = 2\ndelays_s = [60]\n'
+    )
+    log = tmp_path / "gateway.log"
+    proc = _start_gateway(cfg, log)
+    try:
+        async with backend(broker.url) as b:
+            await b.wait_for(lambda: b.presence.get("gw-crash") == "online")
+
+            def cmd(cid: str, contact: str, phone: str, **kw: Any) -> dict[str, Any]:
+                return {"command_id": cid, "campaign_id": "crash", "contact_id": contact, "phone": phone, **kw}
+
+            await b.send("dial", cmd("c1", "held", "+420601234565"))  # answered and held
+            await b.send("dial", cmd("c2", "ring", "+420601234566"))  # rings until cancelled
+            await b.send("dial", cmd("c3", "busy", "+420601234561", policy={"delays_s": [6]}))
+            await b.send("dial", cmd("c4", "pv", "+420601234560", mode="preview", bcw_s=6))
+            await b.send("operator", {"command_id": "o1", "campaign_id": "crash", "contact_id": "pv",
+                                      "signal": "assigned"})
+            await b.send("operator", {"command_id": "o2", "campaign_id": "crash", "contact_id": "pv",
+                                      "signal": "accepted"})
+            await b.wait_for(lambda: b.statuses("crash", "held")[-1:] == ["call_in_progress"]
+                             and b.statuses("crash", "ring")[-1:] == ["calling"]
+                             and b.statuses("crash", "busy")[-1:] == ["retry_scheduled"]
+                             and b.statuses("crash", "pv")[-1:] == ["bcw"], timeout=20)
+            await b.send("dial", cmd("c5", "late", "+420601234560"))
+            await b.wait_for(lambda: "calling" in b.statuses("crash", "late"), timeout=10)
+            broker.stop()  # the rest of "late" is committed while nobody can take it
+            await asyncio.sleep(1.5)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            db = sqlite3.connect(data / "telgate.db")
+            pending = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            db.close()
+            assert pending >= 2, "the events committed while the broker was away wait in the outbox"
+
+            broker.start()
+            b.presence.clear()
+            proc = _start_gateway(cfg, log)
+            await b.wait_for(lambda: b.presence.get("gw-crash") == "online")
+            await b.wait_for(lambda: b.final("crash", "held") and b.final("crash", "busy")
+                             and b.final("crash", "pv") and b.final("crash", "late")
+                             and b.statuses("crash", "ring")[-1:] == ["retry_scheduled"], timeout=30)
+            check_stream(b)
+            held = b.by_contact[("crash", "held")][-1]
+            assert held["status"] == "success" and held["signal"]["kind"] == "gateway_restart"
+            ring = b.by_contact[("crash", "ring")][-1]
+            assert ring["signal"]["kind"] == "gateway_restart" and ring["attempt"] == 1
+            assert b.statuses("crash", "busy")[-2:] == ["calling", "completed_without_answer"]
+            assert b.by_contact[("crash", "busy")][-1]["attempt"] == 2
+            assert b.statuses("crash", "pv")[-3:] == ["calling", "call_in_progress", "success"]
+            assert sorted({e["sequence"] for e in b.by_contact[("crash", "late")]}) == [1, 2, 3, 4]
+            assert b.statuses("crash", "late")[-1] == "success"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, log.read_text()[-2000:]

@@ -1,0 +1,32 @@
+"""Run a gateway process with scripted channel ports: `python -m tests.support.run_scripted CONFIG DELAY`.
+
+Used by the crash tests, which need a real process to SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from gateway import logs
+from gateway.app import App
+from gateway.config import load_settings
+from gateway.domain.statuses import Channel
+
+from .scripted import ScriptedPort
+
+
+async def main(config: str, delay: float) -> None:
+    app = App(load_settings(config))
+    for ch in (Channel.VOICE, Channel.WHATSAPP):
+        app.add_port(ScriptedPort(app.engine, ch, delay_s=delay))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await app.run(stop)
+
+
+if __name__ == "__main__":
+    logs.setup("INFO")
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
