@@ -40,8 +40,7 @@ def restart_rule(unit: Unit, gateway_id: str) -> int:
 
 
 class App:
-    def __init__(self, settings: Settings, ports: list[ChannelPort] | None = None,
-                 store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, ports: list[ChannelPort] | None = None, store: Store | None = None) -> None:
         self.settings = settings
         self.started_at = utcnow()
         self.recorder = Recorder(__version__, settings.metrics.campaign_label)
@@ -52,14 +51,23 @@ class App:
         retry = settings.retry
         self.ctx = CommandContext(
             default_region=settings.gateway.default_region,
-            default_policy=Policy(max_attempts=retry.max_attempts, delays_s=tuple(retry.delays_s),
-                                  retry_on=tuple(retry.retry_on)),
+            default_policy=Policy(
+                max_attempts=retry.max_attempts, delays_s=tuple(retry.delays_s), retry_on=tuple(retry.retry_on)
+            ),
             enabled=frozenset(),
             ring_timeout_s=settings.sip.ring_timeout_s,
             ambiguous_timeout_s=settings.whatsapp.ambiguous_timeout_s,
         )
-        self.bus = Bus(settings.bus, settings.client_id, settings.gateway.id, self.engine, self.recorder,
-                       self.ctx, self.started_at, self._channel_states)
+        self.bus = Bus(
+            settings.bus,
+            settings.client_id,
+            settings.gateway.id,
+            self.engine,
+            self.recorder,
+            self.ctx,
+            self.started_at,
+            self._channel_states,
+        )
         self.scheduler = Scheduler(self.engine)
         self.dispatchers: list[Dispatcher] = []
         self.engine.on("commit", self.bus.notify)
@@ -108,8 +116,9 @@ class App:
                     log.info("restart rule applied", extra={"contacts": settled})
                 self.recorder.set_contacts(await self.store.run(lambda txn: txn.all_counts()))
                 host, port = self.settings.http.listen.rsplit(":", 1)
-                app = build_app(self.store, self.recorder, self.readiness, self.settings.http.max_body_bytes,
-                                self.http_routes)
+                app = build_app(
+                    self.store, self.recorder, self.readiness, self.settings.http.max_body_bytes, self.http_routes
+                )
                 runner = web.AppRunner(app, access_log=None)
                 await runner.setup()
                 site = web.TCPSite(runner, host.strip("[]"), int(port))
@@ -123,8 +132,15 @@ class App:
                     tg.create_task(self._outbox_gauges(), name="outbox-gauges"),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                 ]
-                log.info("telgate running", extra={"gateway_id": self.settings.gateway.id, "http": self.http_port,
-                                                   "bus": self.settings.bus.url, "version": __version__})
+                log.info(
+                    "telgate running",
+                    extra={
+                        "gateway_id": self.settings.gateway.id,
+                        "http": self.http_port,
+                        "bus": self.settings.bus.url,
+                        "version": __version__,
+                    },
+                )
                 self.ready.set()
                 await stop.wait()
                 await self._drain(background)
@@ -142,7 +158,7 @@ class App:
         for task in background:  # nothing new is dialled, sent or fired while draining
             if task.get_name().startswith(("dispatch-", "scheduler")):
                 task.cancel()
-        while time.monotonic() < deadline and any(p.active() for p in self.ports.values()):
+        while time.monotonic() < deadline and any(p.active() for p in self.ports.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         while time.monotonic() < deadline and self.bus.connected.is_set():
             await self.bus.flush_deletes()

@@ -31,8 +31,12 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    for name, schema in all_schemas.items():
-        messages[name] = {"name": name, "contentType": "application/json", "payload": {"$ref": f"#/components/schemas/{name}"}}
+    for name in all_schemas:
+        messages[name] = {
+            "name": name,
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{name}"},
+        }
 
     def chan(cid: str, address: str, message: str, params: list[str], desc: str) -> None:
         channels[cid] = {
@@ -45,18 +49,42 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
     for kind in COMMANDS:
         name = f"{kind.capitalize()}Command"
         cid = f"cmd_{kind}"
-        chan(cid, f"{prefix}/v1/cmd/{kind}", name, [], f"`{kind}` commands (QoS 1); the gateway subscribes "
-             f"$share/{{shared_group}}/{prefix}/v1/cmd/+")
+        chan(
+            cid,
+            f"{prefix}/v1/cmd/{kind}",
+            name,
+            [],
+            f"`{kind}` commands (QoS 1); the gateway subscribes $share/{{shared_group}}/{prefix}/v1/cmd/+",
+        )
         operations[f"receive_{kind}"] = {"action": "receive", "channel": {"$ref": f"#/channels/{cid}"}}
-    chan("contact_events", prefix + "/v1/evt/contact/{channel}/{campaign_id}/{contact_id}", "ContactStatusEvent",
-         ["channel", "campaign_id", "contact_id"], "Every change of a contact's status (QoS 1, at least once; "
-         "deduplicate on event_id, order by sequence)")
-    chan("campaign_events", prefix + "/v1/evt/campaign/{campaign_id}", "CampaignStatusEvent", ["campaign_id"],
-         "Campaign status (retained)")
-    chan("command_results", f"{prefix}/v1/evt/command", "CommandResult", [],
-         "A result for every command; also sent to the MQTT 5 Response Topic with its Correlation Data")
-    chan("presence", prefix + "/v1/gateways/{gateway_id}/status", "Presence", ["gateway_id"],
-         "Gateway presence (retained; the MQTT will sets offline)")
+    chan(
+        "contact_events",
+        prefix + "/v1/evt/contact/{channel}/{campaign_id}/{contact_id}",
+        "ContactStatusEvent",
+        ["channel", "campaign_id", "contact_id"],
+        "Every change of a contact's status (QoS 1, at least once; deduplicate on event_id, order by sequence)",
+    )
+    chan(
+        "campaign_events",
+        prefix + "/v1/evt/campaign/{campaign_id}",
+        "CampaignStatusEvent",
+        ["campaign_id"],
+        "Campaign status (retained)",
+    )
+    chan(
+        "command_results",
+        f"{prefix}/v1/evt/command",
+        "CommandResult",
+        [],
+        "A result for every command; also sent to the MQTT 5 Response Topic with its Correlation Data",
+    )
+    chan(
+        "presence",
+        prefix + "/v1/gateways/{gateway_id}/status",
+        "Presence",
+        ["gateway_id"],
+        "Gateway presence (retained; the MQTT will sets offline)",
+    )
     for cid in ("contact_events", "campaign_events", "command_results", "presence"):
         operations[f"send_{cid}"] = {"action": "send", "channel": {"$ref": f"#/channels/{cid}"}}
     defs: dict[str, Any] = {}
@@ -69,8 +97,11 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
     text = _rewrite_refs(flat)
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "telgate bus", "version": __version__,
-                 "description": "Commands in, contact-status events out. MQTT 5, QoS 1, UTF-8 JSON, 64 KiB max."},
+        "info": {
+            "title": "telgate bus",
+            "version": __version__,
+            "description": "Commands in, contact-status events out. MQTT 5, QoS 1, UTF-8 JSON, 64 KiB max.",
+        },
         "defaultContentType": "application/json",
         "channels": channels,
         "operations": operations,
@@ -80,8 +111,14 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
 
 def _rewrite_refs(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" and isinstance(v, str)
-                    else _rewrite_refs(v)) for k, v in node.items()}
+        return {
+            k: (
+                v.replace("#/$defs/", "#/components/schemas/")
+                if k == "$ref" and isinstance(v, str)
+                else _rewrite_refs(v)
+            )
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_rewrite_refs(v) for v in node]
     return node

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -29,11 +30,19 @@ from . import __version__
 from .commands import CommandContext, execute, publish_result
 from .config import BusSection
 from .engine import Engine, Topics
-from .store import OutboxRow
+from .store import OutboxRow, Txn
 from .wire import CommandResult, Presence, Rejection, parse_command
 
 log = logging.getLogger("telgate.bus")
 WINDOW = 64
+
+
+def _fetch(txn: Txn, after: int) -> list[OutboxRow]:
+    return txn.outbox_fetch(after, WINDOW * 4)
+
+
+def _delete(txn: Txn, ids: list[int]) -> None:
+    txn.outbox_delete(ids)
 
 
 class Bus:
@@ -103,19 +112,28 @@ class Bus:
 
     def _presence_payload(self, state: str) -> bytes:
         pbx, wa = self.channel_states()
-        return Presence(
-            state=state, version=__version__, started_at=self.started_at,  # type: ignore[arg-type]
-            epoch=int(self.started_at.timestamp() * 1000), pbx=pbx, whatsapp=wa,  # type: ignore[arg-type]
-        ).model_dump_json().encode()
+        return (
+            Presence(
+                state=state,
+                version=__version__,
+                started_at=self.started_at,
+                epoch=int(self.started_at.timestamp() * 1000),
+                pbx=pbx,
+                whatsapp=wa,
+            )
+            .model_dump_json()
+            .encode()
+        )
 
     def _make_client(self) -> aiomqtt.Client:
         tls_context = None
         if self.tls:
             tls_context = ssl.create_default_context(cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None)
-        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = 3600  # queued commands survive a short gateway outage
         client = aiomqtt.Client(
-            self.host, self.port,
+            self.host,
+            self.port,
             username=self.cfg.username,
             password=self.cfg.password.get_secret_value() if self.cfg.password else None,
             identifier=self.client_id,
@@ -165,8 +183,9 @@ class Bus:
             backoff = min(backoff * 2, 15.0)
 
     async def _presence(self, client: aiomqtt.Client, state: str) -> None:
-        await client.publish(self.topics.presence(self.gateway_id), self._presence_payload(state), qos=1,
-                             retain=True, timeout=10)
+        await client.publish(
+            self.topics.presence(self.gateway_id), self._presence_payload(state), qos=1, retain=True, timeout=10
+        )
 
     # -- commands in -----------------------------------------------------------------------------
     async def _receiver(self, client: aiomqtt.Client) -> None:
@@ -199,10 +218,20 @@ class Bus:
         try:
             cmd = parse_command(kind, bytes(payload))
         except Rejection as rej:
-            self.recorder.command(kind if kind in ("dial", "send", "cancel", "remove", "blacklist", "campaign",
-                                                  "operator") else "unknown", "rejected")
-            result = CommandResult(command_id=rej.command_id, kind=kind, accepted=False, error=rej.error,
-                                   gateway_id=self.gateway_id, occurred_at=self.engine.clock())
+            self.recorder.command(
+                kind
+                if kind in ("dial", "send", "cancel", "remove", "blacklist", "campaign", "operator")
+                else "unknown",
+                "rejected",
+            )
+            result = CommandResult(
+                command_id=rej.command_id,
+                kind=kind,
+                accepted=False,
+                error=rej.error,
+                gateway_id=self.gateway_id,
+                occurred_at=self.engine.clock(),
+            )
             log.info("command rejected", extra={"kind": kind, "code": rej.error.code, "field": rej.error.field})
             return self.engine.submit(lambda unit: publish_result(unit, result, response_topic, correlation))
 
@@ -218,8 +247,7 @@ class Bus:
             self.recorder.command(kind, "error")
             return
         result: CommandResult = fut.result()
-        self.recorder.command(kind, "duplicate" if result.duplicate else
-                              "accepted" if result.accepted else "rejected")
+        self.recorder.command(kind, "duplicate" if result.duplicate else "accepted" if result.accepted else "rejected")
 
     # -- events out ------------------------------------------------------------------------------
     async def _publisher(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
@@ -228,8 +256,7 @@ class Bus:
         store = self.engine.store
         while True:
             self._wake.clear()
-            after = cursor
-            rows = await store.run(lambda txn: txn.outbox_fetch(after, WINDOW * 4))
+            rows = await store.run(functools.partial(_fetch, after=cursor))
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -244,7 +271,7 @@ class Bus:
     async def _publish_row(self, client: aiomqtt.Client, row: OutboxRow, window: asyncio.Semaphore) -> None:
         props = None
         if row.correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = row.correlation
         try:
             await client.publish(row.topic, row.payload, qos=1, retain=row.retain, properties=props, timeout=30)
@@ -255,17 +282,14 @@ class Bus:
         self.recorder.events_published.inc()
 
     async def _deleter(self) -> None:
-        store = self.engine.store
         while True:
             await asyncio.sleep(0.02)
             if not self._acked:
                 continue
-            ids, self._acked = self._acked, []
-            await store.run(lambda txn: txn.outbox_delete(ids))
-            self._acked_set.difference_update(ids)
+            await self.flush_deletes()
 
     async def flush_deletes(self) -> None:
         ids, self._acked = self._acked, []
         if ids:
-            await self.engine.store.run(lambda txn: txn.outbox_delete(ids))
+            await self.engine.store.run(functools.partial(_delete, ids=ids))
             self._acked_set.difference_update(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -43,10 +44,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import watch
 
     settings = _settings(args.config)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(watch(settings, args.campaign, args.seconds))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -7,7 +7,7 @@ answered again with the stored result (flagged `duplicate`) and changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Any
 
 from .domain.campaign import Action
 from .domain.effects import TimerKind
@@ -17,6 +17,7 @@ from .domain.state import Budget, ContactState
 from .domain.statuses import CampaignStatus, Channel
 from .engine import Unit
 from .phones import normalise
+from .store import Timer
 from .wire import (
     BlacklistCommand,
     CampaignCommand,
@@ -64,8 +65,14 @@ def merge_policy(default: Policy, given: PolicyIn | None) -> Policy:
     return default.model_copy(update=updates)
 
 
-def execute(unit: Unit, cmd: Command, ctx: CommandContext, gateway_id: str,
-            response_topic: str | None, correlation: bytes | None) -> CommandResult:
+def execute(
+    unit: Unit,
+    cmd: Command,
+    ctx: CommandContext,
+    gateway_id: str,
+    response_topic: str | None,
+    correlation: bytes | None,
+) -> CommandResult:
     """Apply one validated command; publish and store its result. Runs inside the transaction."""
     stored = unit.txn.get_command(cmd.command_id)
     if stored is not None:
@@ -81,8 +88,14 @@ def execute(unit: Unit, cmd: Command, ctx: CommandContext, gateway_id: str,
     except _No as no:
         error = no.error
     result = CommandResult(
-        command_id=cmd.command_id, kind=cmd.kind, campaign_id=cmd.campaign_id, contact_id=contact_id,
-        accepted=error is None, error=error, gateway_id=gateway_id, occurred_at=unit.now,
+        command_id=cmd.command_id,
+        kind=cmd.kind,
+        campaign_id=cmd.campaign_id,
+        contact_id=contact_id,
+        accepted=error is None,
+        error=error,
+        gateway_id=gateway_id,
+        occurred_at=unit.now,
     )
     unit.txn.put_command(cmd.command_id, result.model_dump_json(by_alias=True).encode())
     publish_result(unit, result, response_topic, correlation)
@@ -99,8 +112,11 @@ def publish_result(unit: Unit, result: CommandResult, response_topic: str | None
 
 def _refused(code: str | None, what: str) -> None:
     if code is not None:
-        raise _No(code, "contact_id" if code in ("unknown_contact", "contact_busy", "contact_final",
-                                                 "contact_in_flight") else None, f"{what}: {code}")
+        raise _No(
+            code,
+            "contact_id" if code in ("unknown_contact", "contact_busy", "contact_final", "contact_in_flight") else None,
+            f"{what}: {code}",
+        )
 
 
 def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> None:
@@ -130,9 +146,10 @@ def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> None:
         case CampaignCommand():
             _campaign(unit, cmd)
         case OperatorCommand(campaign_id=campaign_id, contact_id=contact_id, signal=sig, operator_id=op):
-            d = unit.apply((campaign_id, contact_id),
-                           Signal(OPERATOR_SIGNALS[sig], {"source": "operator", "kind": sig, "operator_id": op},
-                                  operator_id=op))
+            d = unit.apply(
+                (campaign_id, contact_id),
+                Signal(OPERATOR_SIGNALS[sig], {"source": "operator", "kind": sig, "operator_id": op}, operator_id=op),
+            )
             _refused(d.refused, "operator")
             if d.illegal:
                 raise _No("illegal_transition", "signal", f"operator signal not allowed now: {d.illegal}")
@@ -149,14 +166,20 @@ def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> 
     if policy.ring_timeout_s is None and channel is Channel.VOICE:
         policy = policy.model_copy(update={"ring_timeout_s": ctx.ring_timeout_s})
     phone = normalise(cmd.phone, ctx.default_region)
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     if isinstance(cmd, DialCommand):
         fields = {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s, "connect_to": cmd.connect_to}
     else:
         fields = {"template": cmd.template.model_dump()}
     state = ContactState(
-        campaign_id=cmd.campaign_id, contact_id=cmd.contact_id, channel=channel, policy=policy,
-        profile=cmd.profile, phone_raw=cmd.phone, meta=cmd.meta, **fields,  # type: ignore[arg-type]
+        campaign_id=cmd.campaign_id,
+        contact_id=cmd.contact_id,
+        channel=channel,
+        policy=policy,
+        profile=cmd.profile,
+        phone_raw=cmd.phone,
+        meta=cmd.meta,
+        **fields,
     )
     d = unit.apply((cmd.campaign_id, cmd.contact_id), Signal(Kind.CREATE, phone=phone), create=state)
     if d.refused:
@@ -167,8 +190,7 @@ def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> 
 
 
 def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
-    settings: dict[str, object] = {"start_at": cmd.start_at, "max_cps": cmd.max_cps,
-                                   "max_concurrent": cmd.max_concurrent}
+    settings: dict[str, Any] = {"start_at": cmd.start_at, "max_cps": cmd.max_cps, "max_concurrent": cmd.max_concurrent}
     if cmd.budget is not None:
         settings["budget"] = Budget(**cmd.budget.model_dump())
     existing = unit.txn.get_campaign(cmd.campaign_id)
@@ -193,15 +215,18 @@ def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
             unit.apply(key, Signal(Kind.FINISH, {"source": "admin", "kind": "campaign_finished"}))
 
 
-def apply_timer(unit: Unit, timer_id: int, kind: TimerKind, campaign_id: str, contact_id: str | None,
-                now: datetime) -> None:
+def apply_timer(unit: Unit, timer: Timer) -> None:
     """A persisted timer fired: delete it and apply its signal in one transaction (fires once)."""
-    if not unit.txn.delete_timer(timer_id):
+    if not unit.txn.delete_timer(timer.id):
         return
+    kind, campaign_id, contact_id = timer.kind, timer.campaign_id, timer.contact_id
     if kind is TimerKind.CAMPAIGN_START:
         unit.campaign_action(campaign_id, Action.START_DUE)
         return
     assert contact_id is not None
-    signal_kind = {TimerKind.BCW: Kind.BCW_ELAPSED, TimerKind.ACW: Kind.ACW_ELAPSED,
-                   TimerKind.AMBIGUOUS: Kind.AMBIGUOUS_ELAPSED}[kind]
+    signal_kind = {
+        TimerKind.BCW: Kind.BCW_ELAPSED,
+        TimerKind.ACW: Kind.ACW_ELAPSED,
+        TimerKind.AMBIGUOUS: Kind.AMBIGUOUS_ELAPSED,
+    }[kind]
     unit.apply((campaign_id, contact_id), Signal(signal_kind, {"source": "scheduler", "kind": str(kind)}))

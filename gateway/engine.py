@@ -8,6 +8,7 @@ race; a compare-and-set conflict (another instance moved the contact) re-runs th
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from .domain.statuses import Channel, label
 from .ids import uuid7
 from .ports import ChannelPort
 from .store import Conflict, Key, Store, Txn
-from .wire import CampaignStatusEvent, ContactStatusEvent
+from .wire import CampaignStatusEvent, ContactStatusEvent, SignalEvidence
 
 log = logging.getLogger("telgate.engine")
 R = TypeVar("R")
@@ -78,16 +79,20 @@ class Unit:
         state = self.txn.get_contact(key)
         if state is None:
             if create is None:
-                return Decision(ContactState(campaign_id=key[0], contact_id=key[1], channel=Channel.VOICE),
-                                refused="unknown_contact")
+                return Decision(
+                    ContactState(campaign_id=key[0], contact_id=key[1], channel=Channel.VOICE),
+                    refused="unknown_contact",
+                )
             state = create
         before = state.sequence
         decision = decide(state, signal, self.now)
         rec = self.engine.recorder
         if decision.illegal:
             self.notes.append(lambda: rec.illegal_transition(state.channel))
-            log.warning("illegal transition dropped", extra={"campaign_id": key[0], "contact_id": key[1],
-                                                              "transition": decision.illegal})
+            log.warning(
+                "illegal transition dropped",
+                extra={"campaign_id": key[0], "contact_id": key[1], "transition": decision.illegal},
+            )
             return decision
         if decision.absorbed:
             why = decision.absorbed
@@ -95,7 +100,7 @@ class Unit:
             if why == "recorded":
                 self._record_late(key, state, signal)
             return decision
-        if decision.refused or not decision.changed and decision.state is state:
+        if decision.refused or (not decision.changed and decision.state is state):
             return decision
         new = decision.state
         owner = self.engine.gateway_id if new.in_flight else None
@@ -106,17 +111,25 @@ class Unit:
             payload = self.engine.contact_event(new, draft, self.now)
             self.txn.add_event(key, draft.sequence, payload, True)
             self.txn.add_outbox(self.engine.topics.contact(new.channel, key[0], key[1]), payload)
-            ch, st, prev = str(new.channel), str(draft.status), (str(draft.previous_status)
-                                                                 if draft.previous_status else None)
-            self.notes.append(lambda ch=ch, st=st, prev=prev: rec.transition(ch, st, prev, key[0]))
+            ch, st, prev = (
+                str(new.channel),
+                str(draft.status),
+                (str(draft.previous_status) if draft.previous_status else None),
+            )
+            self.notes.append(functools.partial(rec.transition, ch, st, prev, key[0]))
         for effect in decision.effects:
             self._effect(key, new, effect)
         return decision
 
     def _record_late(self, key: Key, state: ContactState, signal: Signal) -> None:
         """A webhook for a message whose contact was canceled/removed: kept for the read API, not published."""
-        payload = json.dumps({"recorded_at": self.now.isoformat(), "signal": {"kind": str(signal.kind),
-                              **signal.evidence}, "published": False}).encode()
+        payload = json.dumps(
+            {
+                "recorded_at": self.now.isoformat(),
+                "signal": {"kind": str(signal.kind), **signal.evidence},
+                "published": False,
+            }
+        ).encode()
         self.txn.add_event(key, state.sequence, payload, False)
 
     def _effect(self, key: Key, state: ContactState, effect: fx.Effect) -> None:
@@ -158,8 +171,9 @@ class Unit:
                 self._campaign_event(camp, None)
         return camp
 
-    def campaign_action(self, campaign_id: str, action: Action, reason: str | None = None,
-                        **settings: Any) -> CampaignDecision:
+    def campaign_action(
+        self, campaign_id: str, action: Action, reason: str | None = None, **settings: Any
+    ) -> CampaignDecision:  # settings: start_at, budget, max_cps, max_concurrent
         camp = self.campaign(campaign_id)
         decision = decide_campaign(camp, action, self.now, reason=reason, **settings)
         if decision.refused:
@@ -173,8 +187,13 @@ class Unit:
 
     def _campaign_event(self, camp: CampaignState, previous: Any) -> None:
         event = CampaignStatusEvent(
-            event_id=uuid7(), occurred_at=self.now, campaign_id=camp.campaign_id, status=camp.status,
-            previous_status=previous, reason=camp.reason, counts=self.txn.counts(camp.campaign_id),
+            event_id=uuid7(),
+            occurred_at=self.now,
+            campaign_id=camp.campaign_id,
+            status=camp.status,
+            previous_status=previous,
+            reason=camp.reason,
+            counts=self.txn.counts(camp.campaign_id),
         )
         payload = event.model_dump_json(by_alias=True).encode()
         self.txn.add_outbox(self.engine.topics.campaign(camp.campaign_id), payload, retain=True)
@@ -237,7 +256,7 @@ class Engine:
         for _attempt in range(5):
             now = self.clock()
             try:
-                units, results = await self.store.run(lambda txn: self._apply_batch(txn, now, live))
+                units, results = await self.store.run(functools.partial(self._apply_batch, now=now, batch=live))
                 break
             except Conflict as exc:
                 log.info("compare-and-set conflict, deciding again", extra={"detail": str(exc)})
@@ -315,7 +334,7 @@ class Engine:
             max_attempts=state.policy.max_attempts,
             retry_at=draft.retry_at,
             phone=state.phone or state.phone_raw or None,
-            signal=signal,  # type: ignore[arg-type]
+            signal=SignalEvidence.model_validate(signal),
             meta=state.meta,
         )
         return event.model_dump_json(by_alias=True, exclude_none=False).encode()

@@ -17,8 +17,13 @@ from .store import Store
 from .wire import ID_PATTERN
 
 
-def build_app(store: Store, recorder: Recorder, readiness: Callable[[], dict[str, str]],
-              max_body_bytes: int, extra_routes: list[web.RouteDef] | None = None) -> web.Application:
+def build_app(
+    store: Store,
+    recorder: Recorder,
+    readiness: Callable[[], dict[str, str]],
+    max_body_bytes: int,
+    extra_routes: list[web.RouteDef] | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)
     id_re = ID_PATTERN.strip("^$")
 
@@ -32,7 +37,7 @@ def build_app(store: Store, recorder: Recorder, readiness: Callable[[], dict[str
 
     async def metrics(request: web.Request) -> web.Response:
         if "application/openmetrics-text" in request.headers.get("Accept", ""):
-            body = generate_openmetrics(recorder.registry)
+            body = generate_openmetrics(recorder.registry)  # type: ignore[no-untyped-call]
             ctype = OPENMETRICS_TYPE
         else:
             body = generate_latest(recorder.registry)
@@ -51,8 +56,13 @@ def build_app(store: Store, recorder: Recorder, readiness: Callable[[], dict[str
         if state is None:
             return web.json_response({"error": "unknown contact"}, status=404)
         body = {
-            "campaign_id": key[0], "contact_id": key[1], "channel": state.channel, "status": state.status,
-            "sequence": state.sequence, "attempt": state.attempt, "final": None,
+            "campaign_id": key[0],
+            "contact_id": key[1],
+            "channel": state.channel,
+            "status": state.status,
+            "sequence": state.sequence,
+            "attempt": state.attempt,
+            "final": None,
             "wa_message_id": state.wamid,
             "events": [json.loads(e) for e in events],
         }

@@ -9,6 +9,8 @@ come first served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +19,7 @@ from .domain.signals import Kind, Signal
 from .domain.state import CampaignState
 from .engine import Engine, Unit
 from .ports import ChannelPort
-from .store import Key
+from .store import Key, Timer, Txn
 
 log = logging.getLogger("telgate.pacing")
 EPSILON = 1e-9
@@ -69,10 +71,8 @@ class Dispatcher:
         self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, seconds))
-        except TimeoutError:
-            pass
 
     async def run(self) -> None:
         while True:
@@ -86,7 +86,7 @@ class Dispatcher:
                 await self._sleep(self.bucket.wait_s(mono))
                 continue
             room = min(free, int(self.bucket.available(mono)), self.MAX_TURN)
-            taken, next_at = await self.engine.execute(lambda unit: self._turn(unit, room))
+            taken, next_at = await self.engine.execute(functools.partial(self._turn, room=room))
             if taken:
                 continue
             wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
@@ -146,6 +146,10 @@ class Dispatcher:
         return taken, next_at
 
 
+def _due_timers(txn: Txn, now: datetime) -> list[Timer]:
+    return txn.due_timers(now, 256)
+
+
 class Scheduler:
     """Persisted timers (BCW, ACW, ambiguous sends, campaign start_at) fired once, also after a restart."""
 
@@ -162,18 +166,11 @@ class Scheduler:
         while True:
             self._wake.clear()
             now = self.engine.clock()
-            due = await self.engine.store.run(lambda txn: txn.due_timers(now, 256))
+            due = await self.engine.store.run(functools.partial(_due_timers, now=now))
             if due:
-                await asyncio.gather(*(
-                    self.engine.execute(
-                        lambda unit, t=t: apply_timer(unit, t.id, t.kind, t.campaign_id, t.contact_id, unit.now)
-                    )
-                    for t in due
-                ))
+                await asyncio.gather(*(self.engine.execute(functools.partial(apply_timer, timer=t)) for t in due))
                 continue
             next_at = await self.engine.store.run(lambda txn: txn.next_timer_at())
             wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(30.0, max(0.001, wait)))
-            except TimeoutError:
-                pass

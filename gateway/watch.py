@@ -43,8 +43,12 @@ class Tally:
         table.add_column("contacts", justify="right")
         table.add_column("statuses")
         for (campaign, channel), by_status in sorted(self.counts().items()):
-            table.add_row(campaign, channel, str(sum(by_status.values())),
-                          "  ".join(f"{s}={n}" for s, n in sorted(by_status.items())))
+            table.add_row(
+                campaign,
+                channel,
+                str(sum(by_status.values())),
+                "  ".join(f"{s}={n}" for s, n in sorted(by_status.items())),
+            )
         return table
 
 
@@ -54,9 +58,13 @@ async def watch(settings: Settings, campaign: str | None, seconds: float | None)
     topic = f"{prefix}/v1/evt/contact/+/{campaign or '+'}/+"
     tally = Tally()
     deadline = None if seconds is None else time.monotonic() + seconds
-    async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, username=settings.bus.username,
-                              password=settings.bus.password.get_secret_value() if settings.bus.password else None,
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with aiomqtt.Client(
+        url.hostname or "127.0.0.1",
+        url.port or 1883,
+        username=settings.bus.username,
+        password=settings.bus.password.get_secret_value() if settings.bus.password else None,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
         await client.subscribe(topic, qos=1)
         with Live(tally.table(), refresh_per_second=4) as live:
             while deadline is None or time.monotonic() < deadline:
@@ -66,7 +74,7 @@ async def watch(settings: Settings, campaign: str | None, seconds: float | None)
                 except TimeoutError:
                     break
                 try:
-                    event = json.loads(message.payload)  # type: ignore[arg-type]
+                    event = json.loads(message.payload)  # type: ignore[arg-type,unused-ignore]
                 except (TypeError, ValueError):
                     continue
                 if isinstance(event, dict) and tally.add(event):

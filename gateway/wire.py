@@ -125,8 +125,7 @@ class OperatorCommand(_Command):
 
 
 Command = (
-    DialCommand | SendCommand | CancelCommand | RemoveCommand | BlacklistCommand | CampaignCommand
-    | OperatorCommand
+    DialCommand | SendCommand | CancelCommand | RemoveCommand | BlacklistCommand | CampaignCommand | OperatorCommand
 )
 COMMANDS: dict[str, type[BaseModel]] = {
     "dial": DialCommand,
@@ -245,11 +244,11 @@ def parse_command(kind: str, payload: bytes) -> Command:
     command_id = raw.get("command_id") if isinstance(raw.get("command_id"), str) else None
     model = COMMANDS.get(kind)
     if model is None:
-        raise Rejection("unknown_kind", "kind", f"unknown command kind {kind!r}; known: {sorted(COMMANDS)}",
-                        command_id)
+        raise Rejection("unknown_kind", "kind", f"unknown command kind {kind!r}; known: {sorted(COMMANDS)}", command_id)
     if "kind" in raw and raw["kind"] != kind:
-        raise Rejection("invalid_field", "kind", f"payload kind {raw['kind']!r} does not match topic kind {kind!r}",
-                        command_id)
+        raise Rejection(
+            "invalid_field", "kind", f"payload kind {raw['kind']!r} does not match topic kind {kind!r}", command_id
+        )
     try:
         cmd: Command = model.model_validate(raw)  # type: ignore[assignment]
     except ValidationError as exc:

@@ -18,22 +18,30 @@ class Recorder:
         self.build_info = Info("telgate_build", "telgate build", registry=r)
         self.build_info.info({"version": version})
         self.transitions = Counter(
-            "telgate_contact_transitions", "Contact status changes published",
-            ["channel", "status", "campaign"], registry=r,
+            "telgate_contact_transitions",
+            "Contact status changes published",
+            ["channel", "status", "campaign"],
+            registry=r,
         )
-        self.contacts = Gauge("telgate_contacts", "Contacts by current status", ["channel", "status", "campaign"],
-                              registry=r)
+        self.contacts = Gauge(
+            "telgate_contacts", "Contacts by current status", ["channel", "status", "campaign"], registry=r
+        )
         self.commands = Counter("telgate_commands", "Commands by kind and result", ["kind", "result"], registry=r)
-        self.events_published = Counter("telgate_events_published", "Bus messages acknowledged by the broker",
-                                        registry=r)
-        self.illegal = Counter("telgate_illegal_transitions", "Signals that were illegal in the contact's status",
-                               ["channel"], registry=r)
-        self.absorbed = Counter("telgate_signals_absorbed", "Duplicate, stale or recorded-only signals",
-                                ["channel", "why"], registry=r)
-        self.outbox_pending = Gauge("telgate_outbox_pending", "Bus messages committed, not yet acknowledged",
-                                    registry=r)
-        self.outbox_oldest = Gauge("telgate_outbox_oldest_age_seconds", "Age of the oldest unacknowledged message",
-                                   registry=r)
+        self.events_published = Counter(
+            "telgate_events_published", "Bus messages acknowledged by the broker", registry=r
+        )
+        self.illegal = Counter(
+            "telgate_illegal_transitions", "Signals that were illegal in the contact's status", ["channel"], registry=r
+        )
+        self.absorbed = Counter(
+            "telgate_signals_absorbed", "Duplicate, stale or recorded-only signals", ["channel", "why"], registry=r
+        )
+        self.outbox_pending = Gauge(
+            "telgate_outbox_pending", "Bus messages committed, not yet acknowledged", registry=r
+        )
+        self.outbox_oldest = Gauge(
+            "telgate_outbox_oldest_age_seconds", "Age of the oldest unacknowledged message", registry=r
+        )
         self.bus_connected = Gauge("telgate_bus_connected", "1 while connected to the MQTT broker", registry=r)
 
     def _campaign(self, campaign: str) -> str:

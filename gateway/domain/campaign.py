@@ -50,14 +50,41 @@ CTarget = CampaignStatus | StartOrPlan | Same | No
 A = Action
 
 CAMPAIGN: dict[CampaignStatus, dict[Action, CTarget]] = {
-    C.DRAFT: {A.START: StartOrPlan(), A.FINISH: C.FINISHED, A.CREATE: No("campaign_exists"),
-              A.PAUSE: No("not_started"), A.RESUME: No("not_started"), A.AUTO_PAUSE: Same()},
-    C.PLANNED: {A.START: StartOrPlan(), A.START_DUE: C.IN_PROGRESS, A.PAUSE: C.PAUSED, A.FINISH: C.FINISHED,
-                A.CREATE: No("campaign_exists"), A.RESUME: StartOrPlan(), A.AUTO_PAUSE: Same()},
-    C.IN_PROGRESS: {A.START: Same(), A.RESUME: Same(), A.PAUSE: C.PAUSED, A.AUTO_PAUSE: C.PAUSED,
-                    A.FINISH: C.FINISHED, A.CREATE: No("campaign_exists"), A.START_DUE: Same()},
-    C.PAUSED: {A.RESUME: C.IN_PROGRESS, A.START: C.IN_PROGRESS, A.PAUSE: Same(), A.AUTO_PAUSE: Same(),
-               A.FINISH: C.FINISHED, A.CREATE: No("campaign_exists"), A.START_DUE: Same()},
+    C.DRAFT: {
+        A.START: StartOrPlan(),
+        A.FINISH: C.FINISHED,
+        A.CREATE: No("campaign_exists"),
+        A.PAUSE: No("not_started"),
+        A.RESUME: No("not_started"),
+        A.AUTO_PAUSE: Same(),
+    },
+    C.PLANNED: {
+        A.START: StartOrPlan(),
+        A.START_DUE: C.IN_PROGRESS,
+        A.PAUSE: C.PAUSED,
+        A.FINISH: C.FINISHED,
+        A.CREATE: No("campaign_exists"),
+        A.RESUME: StartOrPlan(),
+        A.AUTO_PAUSE: Same(),
+    },
+    C.IN_PROGRESS: {
+        A.START: Same(),
+        A.RESUME: Same(),
+        A.PAUSE: C.PAUSED,
+        A.AUTO_PAUSE: C.PAUSED,
+        A.FINISH: C.FINISHED,
+        A.CREATE: No("campaign_exists"),
+        A.START_DUE: Same(),
+    },
+    C.PAUSED: {
+        A.RESUME: C.IN_PROGRESS,
+        A.START: C.IN_PROGRESS,
+        A.PAUSE: Same(),
+        A.AUTO_PAUSE: Same(),
+        A.FINISH: C.FINISHED,
+        A.CREATE: No("campaign_exists"),
+        A.START_DUE: Same(),
+    },
     C.FINISHED: {},
 }
 
@@ -72,7 +99,8 @@ class CampaignDecision:
 
 def new_campaign(campaign_id: str, draft: bool, **settings: Any) -> CampaignState:
     return CampaignState(
-        campaign_id=campaign_id, status=C.DRAFT if draft else C.IN_PROGRESS,
+        campaign_id=campaign_id,
+        status=C.DRAFT if draft else C.IN_PROGRESS,
         **{k: v for k, v in settings.items() if v is not None},
     )
 
@@ -82,8 +110,11 @@ def decide_campaign(
 ) -> CampaignDecision:
     target = CAMPAIGN[state.status].get(action)
     if target is None:
-        return CampaignDecision(state, False, refused="campaign_finished" if state.status is C.FINISHED
-                                else f"illegal:{state.status}+{action}")
+        return CampaignDecision(
+            state,
+            False,
+            refused="campaign_finished" if state.status is C.FINISHED else f"illegal:{state.status}+{action}",
+        )
     if isinstance(target, No):
         return CampaignDecision(state, False, refused=target.code)
     updates = {k: v for k, v in settings.items() if v is not None}
@@ -95,9 +126,11 @@ def decide_campaign(
         target = C.PLANNED if state.start_at is not None and state.start_at > now else C.IN_PROGRESS
     if action in (A.RESUME, A.START) and target is C.IN_PROGRESS and state.budget_spent():
         return CampaignDecision(state, False, refused="budget_spent")
-    new = state.model_copy(update={
-        "status": target,
-        "reason": reason if action is A.AUTO_PAUSE else None,
-        "paused_by_gateway": action is A.AUTO_PAUSE,
-    })
+    new = state.model_copy(
+        update={
+            "status": target,
+            "reason": reason if action is A.AUTO_PAUSE else None,
+            "paused_by_gateway": action is A.AUTO_PAUSE,
+        }
+    )
     return CampaignDecision(new, target is not state.status, previous=state.status)

@@ -158,7 +158,11 @@ def replace_state(state: ContactState, **changes: Any) -> ContactState:
 
 
 def _move(
-    state: ContactState, signal: Signal, trigger: str, new_status: Status, retry_at: datetime | None,
+    state: ContactState,
+    signal: Signal,
+    trigger: str,
+    new_status: Status,
+    retry_at: datetime | None,
     now: datetime,
 ) -> Decision:
     old = state.status
@@ -222,7 +226,12 @@ def _create(state: ContactState, signal: Signal, now: datetime) -> Decision:
     state = replace_state(state, status=S.INITIAL, sequence=1, phone=signal.phone, created_at=now, updated_at=now)
     if signal.phone is None:
         bad = EventDraft(
-            2, S.INVALID_RECORD, S.INITIAL, True, 0, None,
+            2,
+            S.INVALID_RECORD,
+            S.INITIAL,
+            True,
+            0,
+            None,
             {"source": "gateway", "kind": "invalid_number", **signal.evidence},
         )
         return Decision(replace_state(state, status=S.INVALID_RECORD, sequence=2), events=(first, bad))

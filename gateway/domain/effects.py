@@ -78,7 +78,16 @@ class CountDialed:
 
 
 Effect = (
-    Enqueue | Dequeue | StartTimer | CancelTimers | Dial | CancelCall | Send | MapWamid | AddTalkTime
-    | PauseCampaign | CountDialed
+    Enqueue
+    | Dequeue
+    | StartTimer
+    | CancelTimers
+    | Dial
+    | CancelCall
+    | Send
+    | MapWamid
+    | AddTalkTime
+    | PauseCampaign
+    | CountDialed
 )
 STORE_EFFECTS = (Enqueue, Dequeue, StartTimer, CancelTimers, MapWamid, AddTalkTime, CountDialed)

@@ -102,15 +102,31 @@ class _SqliteTxn:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO contacts (campaign_id, contact_id, channel, status, sequence, in_flight,"
                 " owner, state) VALUES (?,?,?,?,?,?,?,?)",
-                (state.campaign_id, state.contact_id, state.channel, state.status, state.sequence,
-                 int(state.in_flight), owner, blob),
+                (
+                    state.campaign_id,
+                    state.contact_id,
+                    state.channel,
+                    state.status,
+                    state.sequence,
+                    int(state.in_flight),
+                    owner,
+                    blob,
+                ),
             )
         else:
             cur = self.db.execute(
                 "UPDATE contacts SET status=?, sequence=?, in_flight=?, owner=COALESCE(?, owner), state=?"
                 " WHERE campaign_id=? AND contact_id=? AND sequence=?",
-                (state.status, state.sequence, int(state.in_flight), owner, blob, state.campaign_id,
-                 state.contact_id, expected_sequence),
+                (
+                    state.status,
+                    state.sequence,
+                    int(state.in_flight),
+                    owner,
+                    blob,
+                    state.campaign_id,
+                    state.contact_id,
+                    expected_sequence,
+                ),
             )
         return cur.rowcount == 1
 

@@ -14,9 +14,26 @@ from tests.support.harness import Backend, backend, gateway, settings_for
 
 pytestmark = pytest.mark.integration
 
-EVENT_KEYS = {"schema", "event_id", "sequence", "occurred_at", "gateway_id", "campaign_id", "contact_id",
-              "channel", "status", "label", "previous_status", "final", "attempt", "max_attempts", "retry_at",
-              "phone", "signal", "meta"}
+EVENT_KEYS = {
+    "schema",
+    "event_id",
+    "sequence",
+    "occurred_at",
+    "gateway_id",
+    "campaign_id",
+    "contact_id",
+    "channel",
+    "status",
+    "label",
+    "previous_status",
+    "final",
+    "attempt",
+    "max_attempts",
+    "retry_at",
+    "phone",
+    "signal",
+    "meta",
+}
 
 
 def dial(cid: str, contact: str, phone: str, campaign: str = "spring", **kw: Any) -> dict[str, Any]:
@@ -34,14 +51,27 @@ async def test_voice_and_whatsapp_flows_with_spec_payloads(broker: Mosquitto, tm
         await b.send("dial", dial("d2", "busy", "+420601234561", policy={"max_attempts": 2, "delays_s": [0.1]}))
         await b.send("dial", dial("d3", "bad", "not a number"))
         await b.send("dial", dial("d4", "nonum", "+420601234564"))
-        await b.send("send", {"command_id": "s1", "campaign_id": "wa", "contact_id": "w1", "phone": "601 234 560",
-                              "template": {"name": "reminder", "language": "cs", "components": []}})
+        await b.send(
+            "send",
+            {
+                "command_id": "s1",
+                "campaign_id": "wa",
+                "contact_id": "w1",
+                "phone": "601 234 560",
+                "template": {"name": "reminder", "language": "cs", "components": []},
+            },
+        )
         done = [("spring", "ok"), ("spring", "busy"), ("spring", "bad"), ("spring", "nonum"), ("wa", "w1")]
         await b.wait_for(lambda: all(b.final(*k) for k in done))
 
         assert b.statuses("spring", "ok") == ["initial", "calling", "call_in_progress", "success"]
-        assert b.statuses("spring", "busy") == ["initial", "calling", "retry_scheduled", "calling",
-                                               "completed_without_answer"]
+        assert b.statuses("spring", "busy") == [
+            "initial",
+            "calling",
+            "retry_scheduled",
+            "calling",
+            "completed_without_answer",
+        ]
         assert b.statuses("spring", "bad") == ["initial", "invalid_record"]
         assert b.statuses("spring", "nonum") == ["initial", "calling", "invalid_record"]
         assert b.statuses("wa", "w1") == ["initial", "in_progress", "sent", "delivered", "read"]
@@ -65,8 +95,9 @@ async def test_voice_and_whatsapp_flows_with_spec_payloads(broker: Mosquitto, tm
 async def test_idempotent_command_and_response_topic(broker: Mosquitto, tmp_path: Path) -> None:
     async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
         for _ in range(2):
-            await b.send("dial", dial("same", "k", "+420601234560"), response_topic="backend/replies",
-                         correlation=b"corr-1")
+            await b.send(
+                "dial", dial("same", "k", "+420601234560"), response_topic="backend/replies", correlation=b"corr-1"
+            )
         await b.wait_for(lambda: b.final("spring", "k") and len(b.responses) == 2)
         answers = [r for r in b.results if r["command_id"] == "same"]
         assert [a["accepted"] for a in answers] == [True, True]
@@ -86,8 +117,11 @@ async def test_cancel_remove_blacklist_busy(broker: Mosquitto, tmp_path: Path) -
         await b.send("remove", {"command_id": "rm1", "campaign_id": "spring", "contact_id": "ringing"})
         await b.send("cancel", {"command_id": "x1", "campaign_id": "spring", "contact_id": "ringing"})
         await b.wait_for(lambda: b.final("spring", "ringing") and b.result("rm1") is not None)
-        assert b.result("r2")["error"] == {"code": "contact_busy", "field": "contact_id",  # type: ignore[index]
-                                           "message": "dial: contact_busy"}
+        assert b.result("r2")["error"] == {
+            "code": "contact_busy",
+            "field": "contact_id",  # type: ignore[index]
+            "message": "dial: contact_busy",
+        }
         assert b.result("rm1")["error"]["code"] == "contact_in_flight"  # type: ignore[index]
         assert b.statuses("spring", "ringing") == ["initial", "calling", "canceled_by_admin"]
 
@@ -142,8 +176,15 @@ async def test_operator_preview_flow(broker: Mosquitto, tmp_path: Path) -> None:
         await b.wait_for(lambda: b.statuses("spring", "pv")[-1:] == ["acw"])
         await b.send("operator", {"command_id": "o3", **op, "signal": "wrapup_done"})
         await b.wait_for(lambda: b.final("spring", "pv"))
-        assert b.statuses("spring", "pv") == ["initial", "operator_assigned", "bcw", "calling", "call_in_progress",
-                                             "acw", "success"]
+        assert b.statuses("spring", "pv") == [
+            "initial",
+            "operator_assigned",
+            "bcw",
+            "calling",
+            "call_in_progress",
+            "acw",
+            "success",
+        ]
         await b.send("operator", {"command_id": "o4", **op, "signal": "connected"})
         await b.wait_for(lambda: b.result("o4") is not None)
         assert b.result("o4")["error"]["code"] == "illegal_transition"  # type: ignore[index]
@@ -151,8 +192,16 @@ async def test_operator_preview_flow(broker: Mosquitto, tmp_path: Path) -> None:
 
 async def test_channel_disabled_when_not_configured(broker: Mosquitto, tmp_path: Path) -> None:
     async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path), channels=(Channel.VOICE,)):
-        await b.send("send", {"command_id": "s1", "campaign_id": "wa", "contact_id": "w1", "phone": "+420601234560",
-                              "template": {"name": "t", "language": "en"}})
+        await b.send(
+            "send",
+            {
+                "command_id": "s1",
+                "campaign_id": "wa",
+                "contact_id": "w1",
+                "phone": "+420601234560",
+                "template": {"name": "t", "language": "en"},
+            },
+        )
         await b.wait_for(lambda: b.result("s1") is not None)
         assert b.result("s1")["error"]["code"] == "channel_disabled"  # type: ignore[index]
         assert not b.events
@@ -162,16 +211,28 @@ BAD: list[tuple[str, bytes, str, str | None]] = [
     ("dial", b"{not json", "invalid_json", None),
     ("dial", json.dumps(dial("x1", "k", "+420601234560", mode=7)).encode(), "invalid_field", "mode"),
     ("explode", json.dumps(dial("x2", "k", "+420601234560")).encode(), "unknown_kind", "kind"),
-    ("dial", json.dumps({"campaign_id": "spring", "contact_id": "k", "phone": "1"}).encode(), "missing_field",
-     "command_id"),
+    (
+        "dial",
+        json.dumps({"campaign_id": "spring", "contact_id": "k", "phone": "1"}).encode(),
+        "missing_field",
+        "command_id",
+    ),
     ("dial", json.dumps(dial("x3", "k/1", "+420601234560")).encode(), "invalid_field", "contact_id"),
     ("dial", json.dumps(dial("x4", "k+", "+420601234560")).encode(), "invalid_field", "contact_id"),
     ("dial", json.dumps(dial("x5", "k#", "+420601234560")).encode(), "invalid_field", "contact_id"),
     ("dial", json.dumps(dial("x6", "k", "+420601234560", extra=True)).encode(), "unknown_field", "extra"),
-    ("dial", json.dumps(dial("x7", "k", "+420601234560", meta={"a": "b" * 70_000})).encode(),
-     "payload_too_large", None),
-    ("campaign", json.dumps({"command_id": "x8", "campaign_id": "c", "action": "explode"}).encode(),
-     "invalid_field", "action"),
+    (
+        "dial",
+        json.dumps(dial("x7", "k", "+420601234560", meta={"a": "b" * 70_000})).encode(),
+        "payload_too_large",
+        None,
+    ),
+    (
+        "campaign",
+        json.dumps({"command_id": "x8", "campaign_id": "c", "action": "explode"}).encode(),
+        "invalid_field",
+        "action",
+    ),
     ("dial", b"\xff\xfe", "invalid_json", None),
 ]
 

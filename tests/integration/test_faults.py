@@ -41,25 +41,43 @@ async def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_pa
     n_voice, n_wa = 150, 60
     async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path), delay_s=0.05):
         for i in range(n_voice):
-            await b.send("dial", {"command_id": f"d{i}", "campaign_id": "v", "contact_id": f"k{i}",
-                                  "phone": "+420601234560"})
+            await b.send(
+                "dial", {"command_id": f"d{i}", "campaign_id": "v", "contact_id": f"k{i}", "phone": "+420601234560"}
+            )
         for i in range(n_wa):
-            await b.send("send", {"command_id": f"s{i}", "campaign_id": "w", "contact_id": f"k{i}",
-                                  "phone": "+420601234560", "template": {"name": "t", "language": "en"}})
+            await b.send(
+                "send",
+                {
+                    "command_id": f"s{i}",
+                    "campaign_id": "w",
+                    "contact_id": f"k{i}",
+                    "phone": "+420601234560",
+                    "template": {"name": "t", "language": "en"},
+                },
+            )
         await b.wait_for(lambda: len(b.events) >= 300, timeout=30)
         broker.stop()  # SIGTERM: the broker keeps what it acknowledged (persistence), loses its connections
         await asyncio.sleep(1.0)
         broker.start()
-        await b.wait_for(lambda: all(b.final("v", f"k{i}") for i in range(n_voice))
-                         and all(b.final("w", f"k{i}") for i in range(n_wa)), timeout=60)
+        await b.wait_for(
+            lambda: (
+                all(b.final("v", f"k{i}") for i in range(n_voice)) and all(b.final("w", f"k{i}") for i in range(n_wa))
+            ),
+            timeout=60,
+        )
         check_stream(b)
         assert all(len({e["sequence"] for e in b.by_contact[("v", f"k{i}")]}) == 4 for i in range(n_voice))
         assert all(len({e["sequence"] for e in b.by_contact[("w", f"k{i}")]}) == 5 for i in range(n_wa))
 
 
 def _start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0.3"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0.3"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) -> None:
@@ -82,14 +100,21 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
             await b.send("dial", cmd("c2", "ring", "+420601234566"))  # rings until cancelled
             await b.send("dial", cmd("c3", "busy", "+420601234561", policy={"delays_s": [6]}))
             await b.send("dial", cmd("c4", "pv", "+420601234560", mode="preview", bcw_s=6))
-            await b.send("operator", {"command_id": "o1", "campaign_id": "crash", "contact_id": "pv",
-                                      "signal": "assigned"})
-            await b.send("operator", {"command_id": "o2", "campaign_id": "crash", "contact_id": "pv",
-                                      "signal": "accepted"})
-            await b.wait_for(lambda: b.statuses("crash", "held")[-1:] == ["call_in_progress"]
-                             and b.statuses("crash", "ring")[-1:] == ["calling"]
-                             and b.statuses("crash", "busy")[-1:] == ["retry_scheduled"]
-                             and b.statuses("crash", "pv")[-1:] == ["bcw"], timeout=20)
+            await b.send(
+                "operator", {"command_id": "o1", "campaign_id": "crash", "contact_id": "pv", "signal": "assigned"}
+            )
+            await b.send(
+                "operator", {"command_id": "o2", "campaign_id": "crash", "contact_id": "pv", "signal": "accepted"}
+            )
+            await b.wait_for(
+                lambda: (
+                    b.statuses("crash", "held")[-1:] == ["call_in_progress"]
+                    and b.statuses("crash", "ring")[-1:] == ["calling"]
+                    and b.statuses("crash", "busy")[-1:] == ["retry_scheduled"]
+                    and b.statuses("crash", "pv")[-1:] == ["bcw"]
+                ),
+                timeout=20,
+            )
             await b.send("dial", cmd("c5", "late", "+420601234560"))
             await b.wait_for(lambda: "calling" in b.statuses("crash", "late"), timeout=10)
             broker.stop()  # the rest of "late" is committed while nobody can take it
@@ -105,9 +130,16 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
             b.presence.clear()
             proc = _start_gateway(cfg, log)
             await b.wait_for(lambda: b.presence.get("gw-crash") == "online")
-            await b.wait_for(lambda: b.final("crash", "held") and b.final("crash", "busy")
-                             and b.final("crash", "pv") and b.final("crash", "late")
-                             and b.statuses("crash", "ring")[-1:] == ["retry_scheduled"], timeout=30)
+            await b.wait_for(
+                lambda: (
+                    b.final("crash", "held")
+                    and b.final("crash", "busy")
+                    and b.final("crash", "pv")
+                    and b.final("crash", "late")
+                    and b.statuses("crash", "ring")[-1:] == ["retry_scheduled"]
+                ),
+                timeout=30,
+            )
             check_stream(b)
             held = b.by_contact[("crash", "held")][-1]
             assert held["status"] == "success" and held["signal"]["kind"] == "gateway_restart"

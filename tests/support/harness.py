@@ -48,8 +48,13 @@ class Backend:
         self.presence: dict[str, str] = {}
         self._changed = asyncio.Event()
 
-    async def send(self, kind: str, payload: dict[str, Any] | bytes, response_topic: str | None = None,
-                   correlation: bytes | None = None) -> None:
+    async def send(
+        self,
+        kind: str,
+        payload: dict[str, Any] | bytes,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
         props = None
         if response_topic:
             props = Properties(PacketTypes.PUBLISH)
@@ -87,7 +92,9 @@ class Backend:
             await asyncio.wait_for(loop(), timeout)
         except TimeoutError:
             seen = {f"{k[0]}/{k[1]}": [e["status"] for e in v] for k, v in list(self.by_contact.items())[:20]}
-            raise AssertionError(f"timed out after {timeout}s; contacts: {seen}; results: {self.results[-5:]}") from None
+            raise AssertionError(
+                f"timed out after {timeout}s; contacts: {seen}; results: {self.results[-5:]}"
+            ) from None
 
     def result(self, command_id: str | None) -> dict[str, Any] | None:
         for r in self.results:
@@ -117,8 +124,14 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
             try:
-                async with aiomqtt.Client(host, int(port), protocol=aiomqtt.ProtocolVersion.V5,
-                                          identifier=identifier, clean_start=first, properties=props) as client:
+                async with aiomqtt.Client(
+                    host,
+                    int(port),
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    identifier=identifier,
+                    clean_start=first,
+                    properties=props,
+                ) as client:
                     first = False
                     await client.subscribe(f"{prefix}/v1/evt/#", qos=1)
                     await client.subscribe(f"{prefix}/v1/gateways/+/status", qos=1)
@@ -143,8 +156,9 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
 
 
 @contextlib.asynccontextmanager
-async def gateway(settings: Settings, channels: tuple[Channel, ...] = (Channel.VOICE, Channel.WHATSAPP),
-                  **port_kw: Any) -> AsyncIterator[App]:
+async def gateway(
+    settings: Settings, channels: tuple[Channel, ...] = (Channel.VOICE, Channel.WHATSAPP), **port_kw: Any
+) -> AsyncIterator[App]:
     app = App(settings)
     for ch in channels:
         app.add_port(ScriptedPort(app.engine, ch, **port_kw))

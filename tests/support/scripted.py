@@ -26,8 +26,14 @@ OUTCOMES = {
 
 
 class ScriptedPort:
-    def __init__(self, engine: Engine, channel: Channel, max_concurrent: int = 100, max_rate: float = 1000.0,
-                 delay_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        channel: Channel,
+        max_concurrent: int = 100,
+        max_rate: float = 1000.0,
+        delay_s: float = 0.01,
+    ) -> None:
         self.engine = engine
         self.channel = channel
         self.max_concurrent = max_concurrent
@@ -62,8 +68,9 @@ class ScriptedPort:
         if self.channel is Channel.WHATSAPP:
             ev = {"source": "whatsapp", "wa_message_id": f"wamid.{key[1]}.{attempt}"}
             await asyncio.sleep(d)
-            await self._emit(key, Kind.WA_ACCEPTED, attempt, evidence={**ev, "kind": "accepted"},
-                             wamid=ev["wa_message_id"])
+            await self._emit(
+                key, Kind.WA_ACCEPTED, attempt, evidence={**ev, "kind": "accepted"}, wamid=ev["wa_message_id"]
+            )
             for kind in (Kind.WA_SENT, Kind.WA_DELIVERED, Kind.WA_READ):
                 await asyncio.sleep(d)
                 await self._emit(key, kind, attempt, evidence={**ev, "kind": kind.value.removeprefix("wa_")})
@@ -78,17 +85,28 @@ class ScriptedPort:
             if digit in OUTCOMES:
                 kind, code, reason, q850 = OUTCOMES[digit]
                 await asyncio.sleep(d)
-                await self._emit(key, kind, attempt, evidence={**call, "kind": kind.value, "sip_code": code,
-                                                               "reason": reason, "q850_cause": q850})
+                await self._emit(
+                    key,
+                    kind,
+                    attempt,
+                    evidence={**call, "kind": kind.value, "sip_code": code, "reason": reason, "q850_cause": q850},
+                )
                 return
             await asyncio.sleep(d)
             await self._emit(key, Kind.ANSWERED, attempt, evidence={**call, "kind": "answered", "sip_code": 200})
             if digit == "5":
                 await asyncio.Event().wait()
             await asyncio.sleep(d)
-            await self._emit(key, Kind.HANGUP, attempt, duration_s=12.0,
-                             evidence={**call, "kind": "hangup", "duration_s": 12.0})
+            await self._emit(
+                key, Kind.HANGUP, attempt, duration_s=12.0, evidence={**call, "kind": "hangup", "duration_s": 12.0}
+            )
         except asyncio.CancelledError:
-            await asyncio.shield(self._emit(key, Kind.UNREACHABLE, attempt, evidence={
-                **call, "kind": "unreachable", "sip_code": 487, "reason": "Request Terminated"}))
+            await asyncio.shield(
+                self._emit(
+                    key,
+                    Kind.UNREACHABLE,
+                    attempt,
+                    evidence={**call, "kind": "unreachable", "sip_code": 487, "reason": "Request Terminated"},
+                )
+            )
             raise

@@ -41,8 +41,14 @@ DUE = Signal(K.DIAL_DUE)
 
 
 def test_progressive_flow_to_success_with_sequence() -> None:
-    state, ds = run(contact(), CREATE, DUE, Signal(K.RINGING, attempt=1), Signal(K.ANSWERED, attempt=1),
-                    Signal(K.HANGUP, attempt=1, duration_s=30))
+    state, ds = run(
+        contact(),
+        CREATE,
+        DUE,
+        Signal(K.RINGING, attempt=1),
+        Signal(K.ANSWERED, attempt=1),
+        Signal(K.HANGUP, attempt=1, duration_s=30),
+    )
     assert statuses(ds) == ["initial", "calling", "call_in_progress", "success"]
     assert [e.sequence for d in ds for e in d.events] == [1, 2, 3, 4]
     assert state.status is S.SUCCESS and not state.in_flight
@@ -52,8 +58,14 @@ def test_progressive_flow_to_success_with_sequence() -> None:
 
 
 def test_wrapup_goes_through_acw_and_timer() -> None:
-    state, ds = run(contact(wrapup=True), CREATE, DUE, Signal(K.ANSWERED, attempt=1),
-                    Signal(K.HANGUP, attempt=1), Signal(K.WRAPUP_DONE))
+    _state, ds = run(
+        contact(wrapup=True),
+        CREATE,
+        DUE,
+        Signal(K.ANSWERED, attempt=1),
+        Signal(K.HANGUP, attempt=1),
+        Signal(K.WRAPUP_DONE),
+    )
     assert statuses(ds) == ["initial", "calling", "call_in_progress", "acw", "success"]
     assert fx.StartTimer(fx.TimerKind.ACW, T0 + timedelta(seconds=120)) in ds[3].effects
 
@@ -83,10 +95,14 @@ def test_no_operator_waits_before_dial() -> None:
     assert statuses(ds) == ["initial", "awaiting_operator", "operator_assigned", "calling"]
 
 
-@pytest.mark.parametrize(("kind", "final"), [
-    (K.REJECTED, S.COMPLETED_WITHOUT_ANSWER), (K.UNREACHABLE, S.COMPLETED_WITHOUT_ANSWER),
-    (K.FAILED, S.DIAL_FAILED),
-])
+@pytest.mark.parametrize(
+    ("kind", "final"),
+    [
+        (K.REJECTED, S.COMPLETED_WITHOUT_ANSWER),
+        (K.UNREACHABLE, S.COMPLETED_WITHOUT_ANSWER),
+        (K.FAILED, S.DIAL_FAILED),
+    ],
+)
 def test_retry_then_final_when_attempts_spent(kind: Kind, final: Status) -> None:
     policy = Policy(max_attempts=2, delays_s=(60,), retry_on=("rejected", "unreachable", "failed"))
     state, ds = run(contact(policy=policy), CREATE, DUE, Signal(kind, attempt=1))
@@ -124,8 +140,9 @@ def test_cancel_ringing_call_cancels_it_and_late_outcome_is_stale() -> None:
 
 
 def test_cancel_connected_call_runs_to_end_without_retry() -> None:
-    state, ds = run(contact(), CREATE, DUE, Signal(K.ANSWERED, attempt=1), Signal(K.CANCEL),
-                    Signal(K.HANGUP, attempt=1))
+    _state, ds = run(
+        contact(), CREATE, DUE, Signal(K.ANSWERED, attempt=1), Signal(K.CANCEL), Signal(K.HANGUP, attempt=1)
+    )
     assert statuses(ds) == ["initial", "calling", "call_in_progress", "success"]
 
 
@@ -142,7 +159,7 @@ def test_remove_refused_in_flight_allowed_waiting() -> None:
 
 
 def test_restart_rule() -> None:
-    state, ds = run(contact(), CREATE, DUE, Signal(K.GATEWAY_RESTART, {"kind": "gateway_restart"}))
+    _state, ds = run(contact(), CREATE, DUE, Signal(K.GATEWAY_RESTART, {"kind": "gateway_restart"}))
     assert statuses(ds)[-1] == "retry_scheduled" and ds[-1].events[0].evidence["kind"] == "gateway_restart"
     one = contact(policy=Policy(max_attempts=1))
     _, ds = run(one, CREATE, DUE, Signal(K.GATEWAY_RESTART))
@@ -180,7 +197,7 @@ def wa_sent() -> ContactState:
 
 
 def test_whatsapp_moves_only_up_and_read_without_delivered() -> None:
-    state, ds = run(wa_sent(), Signal(K.WA_READ), Signal(K.WA_DELIVERED), Signal(K.WA_SENT))
+    _state, ds = run(wa_sent(), Signal(K.WA_READ), Signal(K.WA_DELIVERED), Signal(K.WA_SENT))
     assert statuses(ds) == ["read"]
     assert [d.absorbed for d in ds[1:]] == ["duplicate", "duplicate"]
 
@@ -220,7 +237,7 @@ def test_whatsapp_ambiguous_timeout() -> None:
 
 
 def test_whatsapp_webhooks_after_cancel_are_recorded_not_published() -> None:
-    state, ds = run(wa_sent(), Signal(K.CANCEL), Signal(K.WA_DELIVERED))
+    _state, ds = run(wa_sent(), Signal(K.CANCEL), Signal(K.WA_DELIVERED))
     assert statuses(ds) == ["canceled_by_admin"] and ds[1].absorbed == "recorded"
 
 

@@ -38,8 +38,14 @@ signals = st.builds(
 def test_any_signal_sequence_keeps_the_contract(
     channel: Channel, mode: Mode, wrapup: bool, max_attempts: int, phone: str | None, seq: list[Signal]
 ) -> None:
-    state = ContactState(campaign_id="c", contact_id="k", channel=channel, mode=mode, wrapup=wrapup,
-                         policy=Policy(max_attempts=max_attempts, retry_on=("rejected", "unreachable", "failed")))
+    state = ContactState(
+        campaign_id="c",
+        contact_id="k",
+        channel=channel,
+        mode=mode,
+        wrapup=wrapup,
+        policy=Policy(max_attempts=max_attempts, retry_on=("rejected", "unreachable", "failed")),
+    )
     d = decide(state, Signal(Kind.CREATE, phone=phone), T0)
     state = d.state
     expected_seq = 0

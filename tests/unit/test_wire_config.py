@@ -27,19 +27,22 @@ def test_good_dial() -> None:
     assert isinstance(cmd, DialCommand) and cmd.mode == "progressive"
 
 
-@pytest.mark.parametrize(("payload", "code", "field"), [
-    (b"not json", "invalid_json", None),
-    (b"[1,2]", "invalid_json", None),
-    ({**GOOD, "command_id": "a/b"}, "invalid_field", "command_id"),
-    ({**GOOD, "contact_id": "x+y"}, "invalid_field", "contact_id"),
-    ({**GOOD, "campaign_id": "c#"}, "invalid_field", "campaign_id"),
-    ({k: v for k, v in GOOD.items() if k != "contact_id"}, "missing_field", "contact_id"),
-    ({**GOOD, "surprise": 1}, "unknown_field", "surprise"),
-    ({**GOOD, "mode": "psychic"}, "invalid_field", "mode"),
-    ({**GOOD, "policy": {"max_attempts": "many"}}, "invalid_field", "policy.max_attempts"),
-    ({**GOOD, "meta": {"x": "y" * 5000}}, "invalid_field", "meta"),
-    ({**GOOD, "kind": "send"}, "invalid_field", "kind"),
-])
+@pytest.mark.parametrize(
+    ("payload", "code", "field"),
+    [
+        (b"not json", "invalid_json", None),
+        (b"[1,2]", "invalid_json", None),
+        ({**GOOD, "command_id": "a/b"}, "invalid_field", "command_id"),
+        ({**GOOD, "contact_id": "x+y"}, "invalid_field", "contact_id"),
+        ({**GOOD, "campaign_id": "c#"}, "invalid_field", "campaign_id"),
+        ({k: v for k, v in GOOD.items() if k != "contact_id"}, "missing_field", "contact_id"),
+        ({**GOOD, "surprise": 1}, "unknown_field", "surprise"),
+        ({**GOOD, "mode": "psychic"}, "invalid_field", "mode"),
+        ({**GOOD, "policy": {"max_attempts": "many"}}, "invalid_field", "policy.max_attempts"),
+        ({**GOOD, "meta": {"x": "y" * 5000}}, "invalid_field", "meta"),
+        ({**GOOD, "kind": "send"}, "invalid_field", "kind"),
+    ],
+)
 def test_bad_dial_names_field(payload: bytes | dict[str, object], code: str, field: str | None) -> None:
     assert reject("dial", payload) == (code, field)
 
