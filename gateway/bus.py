@@ -151,6 +151,15 @@ class Bus:
         return client
 
     async def run(self) -> None:
+        """Connect, reconnect with backoff, until `close`; deletes of acknowledged rows outlive connections."""
+        async with asyncio.TaskGroup() as tg:
+            deleter = tg.create_task(self._deleter(), name="bus-outbox-deleter")
+            try:
+                await self._connection_loop()
+            finally:
+                deleter.cancel()
+
+    async def _connection_loop(self) -> None:
         backoff = 0.2
         while not self._closing:
             try:
@@ -166,7 +175,6 @@ class Bus:
                     log.info("bus connected", extra={"broker": f"{self.host}:{self.port}"})
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._publisher(client, tg), name="bus-publisher")
-                        tg.create_task(self._deleter(), name="bus-outbox-deleter")
                         if self.accepting:
                             tg.create_task(self._receiver(client), name="bus-receiver")
             except* aiomqtt.MqttError as group:
@@ -289,7 +297,17 @@ class Bus:
             await self.flush_deletes()
 
     async def flush_deletes(self) -> None:
+        """Delete the rows the broker acknowledged. Rows stay in `_acked_set` (never republished on this
+        run) until their delete is committed; a failed or cancelled delete puts them back in the queue."""
         ids, self._acked = self._acked, []
-        if ids:
+        if not ids:
+            return
+        done = False
+        try:
             await self.engine.store.run(functools.partial(_delete, ids=ids))
-            self._acked_set.difference_update(ids)
+            done = True
+        finally:
+            if done:
+                self._acked_set.difference_update(ids)
+            else:
+                self._acked[:0] = ids

@@ -66,21 +66,24 @@ class Backend:
 
     async def listen(self) -> None:
         async for message in self.client.messages:
-            data = json.loads(message.payload)  # type: ignore[arg-type]
-            topic = str(message.topic)
-            if topic.startswith(f"{self.prefix}/v1/evt/contact/"):
-                self.events.append(data)
-                self.by_contact[(data["campaign_id"], data["contact_id"])].append(data)
-            elif topic == f"{self.prefix}/v1/evt/command":
-                self.results.append(data)
-            elif topic.startswith(f"{self.prefix}/v1/evt/campaign/"):
-                self.campaigns.append(data)
-            elif topic.startswith(f"{self.prefix}/v1/gateways/"):
-                self.presence[topic.split("/")[-2]] = data["state"]
-            elif topic.startswith("backend/"):
-                corr = getattr(message.properties, "CorrelationData", None)
-                self.responses.append((corr, data))
-            self._changed.set()
+            self.take(message)
+
+    def take(self, message: aiomqtt.Message) -> None:
+        data = json.loads(message.payload)  # type: ignore[arg-type]
+        topic = str(message.topic)
+        if topic.startswith(f"{self.prefix}/v1/evt/contact/"):
+            self.events.append(data)
+            self.by_contact[(data["campaign_id"], data["contact_id"])].append(data)
+        elif topic == f"{self.prefix}/v1/evt/command":
+            self.results.append(data)
+        elif topic.startswith(f"{self.prefix}/v1/evt/campaign/"):
+            self.campaigns.append(data)
+        elif topic.startswith(f"{self.prefix}/v1/gateways/"):
+            self.presence[topic.split("/")[-2]] = data["state"]
+        elif topic.startswith("backend/"):
+            corr = getattr(message.properties, "CorrelationData", None)
+            self.responses.append((corr, data))
+        self._changed.set()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         async def loop() -> None:
@@ -91,7 +94,8 @@ class Backend:
         try:
             await asyncio.wait_for(loop(), timeout)
         except TimeoutError:
-            seen = {f"{k[0]}/{k[1]}": [e["status"] for e in v] for k, v in list(self.by_contact.items())[:20]}
+            items = sorted(self.by_contact.items(), key=lambda kv: bool(kv[1]) and kv[1][-1]["final"])
+            seen = {f"{k[0]}/{k[1]}": [e["status"] for e in v] for k, v in items[:12]}
             raise AssertionError(
                 f"timed out after {timeout}s; contacts: {seen}; results: {self.results[-5:]}"
             ) from None
@@ -119,7 +123,6 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
     holder: list[Backend] = []
 
     async def loop() -> None:
-        first = True
         while True:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
@@ -129,10 +132,11 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
                     int(port),
                     protocol=aiomqtt.ProtocolVersion.V5,
                     identifier=identifier,
-                    clean_start=first,
+                    # clean_start=False from the first connection: Mosquitto 2.0 keeps only such
+                    # sessions across its own restart
+                    clean_start=False,
                     properties=props,
                 ) as client:
-                    first = False
                     await client.subscribe(f"{prefix}/v1/evt/#", qos=1)
                     await client.subscribe(f"{prefix}/v1/gateways/+/status", qos=1)
                     await client.subscribe("backend/#", qos=1)
@@ -140,7 +144,12 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
                         holder.append(Backend(client, prefix))
                     holder[0].client = client
                     connected.set()
-                    await holder[0].listen()
+                    try:
+                        await holder[0].listen()
+                    finally:
+                        # aiomqtt PUBACKs on receipt: what it queued before the disconnect is ours to process
+                        while not client._queue.empty():
+                            holder[0].take(client._queue.get_nowait())
             except aiomqtt.MqttError:
                 connected.clear()
                 await asyncio.sleep(0.2)

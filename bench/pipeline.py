@@ -1,0 +1,266 @@
+"""Pipeline benchmark: commands → decisions → SQLite on disk → events on a real Mosquitto.
+
+Side by side in one run with its limit: the same number of bare QoS 1 publishes through aiomqtt.
+The gateway runs as its own process (tests/support/run_scripted.py: scripted channels that answer at
+once), the load generator and the collector in this one, as a backend would be.
+
+    python -m bench.pipeline [--contacts 5000] [--queued 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.support.broker import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 64
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def client(port: int, name: str, clean: bool = True) -> aiomqtt.Client:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 600
+    c = aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=name,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=clean,
+        properties=props,
+        max_inflight_messages=WINDOW,
+    )
+    c.pending_calls_threshold = WINDOW * 4
+    return c
+
+
+async def publish_all(c: aiomqtt.Client, items: list[tuple[str, bytes]], stamps: list[float] | None = None) -> None:
+    sem = asyncio.Semaphore(WINDOW)
+
+    async def one(topic: str, payload: bytes) -> None:
+        try:
+            await c.publish(topic, payload, qos=1)
+        finally:
+            sem.release()
+
+    async with asyncio.TaskGroup() as tg:
+        for topic, payload in items:
+            await sem.acquire()
+            if stamps is not None:
+                stamps.append(time.perf_counter())
+            tg.create_task(one(topic, payload))
+
+
+async def bare_baseline(port: int, n: int) -> float:
+    payload = b"x" * 420  # about the size of a ContactStatusEvent
+    async with client(port, "bench-bare-sub") as sub, client(port, "bench-bare-pub") as pub:
+        await sub.subscribe("bare/#", qos=1)
+        got = 0
+        done = asyncio.Event()
+
+        async def count() -> None:
+            nonlocal got
+            async for _ in sub.messages:
+                got += 1
+                if got >= n:
+                    done.set()
+                    return
+
+        t0 = time.perf_counter()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(count())
+            await publish_all(pub, [(f"bare/{i % 100}", payload) for i in range(n)])
+            await asyncio.wait_for(done.wait(), 120)
+        return n / (time.perf_counter() - t0)
+
+
+def start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    prefix = os.environ.get("BENCH_WRAP", "").split()
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def run_pipeline(port: int, contacts: int, workdir: Path) -> dict[str, Any]:
+    cfg = workdir / "telgate.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "gw-bench"\ndata_dir = "{workdir / "var"}"\n[bus]\nurl = "mqtt://127.0.0.1:{port}"\n'
+        f'[http]\nlisten = "127.0.0.1:{free_port()}"\n[metrics]\ncampaign_label = false\n'
+    )
+    proc = start_gateway(cfg, workdir / "gateway.log")
+    try:
+        async with client(port, "bench-backend") as c:
+            await c.subscribe("telgate/v1/evt/contact/#", qos=1)
+            await c.subscribe("telgate/v1/gateways/+/status", qos=1)
+            async for m in c.messages:  # wait for the gateway to be online
+                if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
+                    break
+            sent_at: list[float] = []
+            first_event: dict[str, float] = {}
+            events = 0
+            finals = 0
+            done = asyncio.Event()
+
+            async def collect() -> None:
+                nonlocal events, finals
+                async for m in c.messages:
+                    now = time.perf_counter()
+                    e = json.loads(m.payload)  # type: ignore[arg-type]
+                    events += 1
+                    if e["sequence"] == 1:
+                        first_event.setdefault(e["contact_id"], now)
+                    if e["final"]:
+                        finals += 1
+                        if finals >= contacts:
+                            done.set()
+                            return
+
+            cmds = [
+                (
+                    "telgate/v1/cmd/dial",
+                    json.dumps(
+                        {"command_id": f"b{i}", "campaign_id": "bench", "contact_id": f"k{i}", "phone": "+420601234560"}
+                    ).encode(),
+                )
+                for i in range(contacts)
+            ]
+            t0 = time.perf_counter()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(collect())
+                await publish_all(c, cmds, sent_at)
+                await asyncio.wait_for(done.wait(), 600)
+            elapsed = time.perf_counter() - t0
+            lat = sorted((first_event[f"k{i}"] - sent_at[i]) * 1000 for i in range(contacts))
+            return {
+                "events": events,
+                "seconds": elapsed,
+                "events_per_s": events / elapsed,
+                "p50_ms": statistics.median(lat),
+                "p99_ms": lat[int(len(lat) * 0.99) - 1],
+                "rss_kib": rss_kib(proc.pid),
+            }
+    finally:
+        proc.send_signal(signal.SIGINT if os.environ.get("BENCH_WRAP") else signal.SIGTERM)
+        proc.wait(60)
+
+
+async def run_queued(port: int, queued: int, workdir: Path) -> dict[str, int]:
+    """Contacts waiting in a draft campaign: measured in the store, not in the process."""
+    cfg = workdir / "queued.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "gw-queue"\ndata_dir = "{workdir / "varq"}"\n[bus]\nurl = "mqtt://127.0.0.1:{port}"\n'
+        f'client_id = "telgate-queue"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+        "[metrics]\ncampaign_label = false\n"
+    )
+    proc = start_gateway(cfg, workdir / "queued.log")
+    marks: dict[str, int] = {}
+    try:
+        async with client(port, "bench-queue") as c:
+            await c.subscribe("telgate/v1/evt/command", qos=1)
+            await c.subscribe("telgate/v1/gateways/gw-queue/status", qos=1)
+            async for m in c.messages:
+                if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
+                    break
+            await c.publish(
+                "telgate/v1/cmd/campaign",
+                json.dumps({"command_id": "q-create", "campaign_id": "queued", "action": "create"}).encode(),
+                qos=1,
+            )
+            results = 0
+            step = queued // 10
+
+            async def collect() -> None:
+                nonlocal results
+                async for _ in c.messages:
+                    results += 1
+                    if results % step == 1 and results // step in (1, 10):
+                        pass
+                    if results >= queued + 1:
+                        return
+
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(collect())
+                for start in range(0, queued, step):
+                    await publish_all(
+                        c,
+                        [
+                            (
+                                "telgate/v1/cmd/dial",
+                                json.dumps(
+                                    {
+                                        "command_id": f"q{i}",
+                                        "campaign_id": "queued",
+                                        "contact_id": f"q{i}",
+                                        "phone": "+420601234560",
+                                    }
+                                ).encode(),
+                            )
+                            for i in range(start, start + step)
+                        ],
+                    )
+                    while results < start + step:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                    marks[f"rss_kib_after_{start + step}"] = rss_kib(proc.pid)
+                await asyncio.wait_for(task, 300)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return marks
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--contacts", type=int, default=5000)
+    parser.add_argument("--queued", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(work / "mosquitto")
+        broker.start()
+        try:
+            pipe = await run_pipeline(broker.port, args.contacts, work)
+            bare = await bare_baseline(broker.port, pipe["events"])
+            queued = await run_queued(broker.port, args.queued, work) if args.queued else {}
+        finally:
+            broker.stop()
+    report = {
+        "contacts": args.contacts,
+        "status_events": pipe["events"],
+        "pipeline_events_per_s": round(pipe["events_per_s"]),
+        "bare_qos1_publishes_per_s": round(bare),
+        "ratio_to_bare": round(pipe["events_per_s"] / bare, 3),
+        "command_to_first_event_p50_ms": round(pipe["p50_ms"], 1),
+        "command_to_first_event_p99_ms": round(pipe["p99_ms"], 1),
+        "gateway_rss_kib_after_pipeline": pipe["rss_kib"],
+        **queued,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
