@@ -75,8 +75,11 @@ class Unit:
     wrote: bool = False
 
     # -- contacts -----------------------------------------------------------------------------
-    def apply(self, key: Key, signal: Signal, create: ContactState | None = None) -> Decision:
-        state = self.txn.get_contact(key)
+    def apply(
+        self, key: Key, signal: Signal, create: ContactState | None = None, current: ContactState | None = None
+    ) -> Decision:
+        """Decide `signal` for the contact; `current` is its state when the caller has just read it."""
+        state = current or self.txn.get_contact(key)
         if state is None:
             if create is None:
                 return Decision(
@@ -109,8 +112,7 @@ class Unit:
         self.wrote = True
         for draft in decision.events:
             payload = self.engine.contact_event(new, draft, self.now)
-            self.txn.add_event(key, draft.sequence, payload, True)
-            self.txn.add_outbox(self.engine.topics.contact(new.channel, key[0], key[1]), payload)
+            self.txn.add_event(key, self.engine.topics.contact(new.channel, key[0], key[1]), payload)
             ch, st, prev = (
                 str(new.channel),
                 str(draft.status),
@@ -130,7 +132,7 @@ class Unit:
                 "published": False,
             }
         ).encode()
-        self.txn.add_event(key, state.sequence, payload, False)
+        self.txn.record(key, payload)
 
     def _effect(self, key: Key, state: ContactState, effect: fx.Effect) -> None:
         txn = self.txn
@@ -148,13 +150,10 @@ class Unit:
             case fx.MapWamid(wamid):
                 txn.map_wamid(wamid, key)
             case fx.CountDialed():
-                camp = self.campaign(key[0])
-                txn.put_campaign(camp.model_copy(update={"dialed_contacts": camp.dialed_contacts + 1}))
+                txn.bump_campaign(key[0], dialed=1)
             case fx.AddTalkTime(seconds):
-                camp = self.campaign(key[0])
-                camp = camp.model_copy(update={"talk_seconds": camp.talk_seconds + seconds})
-                txn.put_campaign(camp)
-                if camp.budget_spent():
+                talk, limit_minutes = txn.bump_campaign(key[0], talk_s=seconds)
+                if limit_minutes is not None and talk >= limit_minutes * 60.0:
                     self.campaign_action(key[0], Action.AUTO_PAUSE, reason="budget_spent")
             case fx.PauseCampaign(reason):
                 self.campaign_action(key[0], Action.AUTO_PAUSE, reason=reason)

@@ -110,6 +110,7 @@ class Dispatcher:
         skip: set[str] = set()
         taken = 0
         campaigns: dict[str, CampaignState] = {}
+        dialed: dict[str, int] = {}
         while taken < room:
             keys: list[Key] = txn.ready_contacts(channel, now, room - taken, frozenset(skip))
             if not keys:
@@ -127,18 +128,20 @@ class Dispatcher:
                 contact = txn.get_contact(key)
                 if contact is None:
                     continue
+                campaigns[key[0]] = camp
                 limit = camp.budget.max_contacts
                 signal = Signal(
                     Kind.DIAL_DUE,
                     {"source": "gateway", "kind": "dial" if channel == "voice" else "send"},
                     blacklisted=bool(contact.phone) and txn.is_blacklisted(contact.phone or ""),
-                    plan_limit=limit is not None and camp.dialed_contacts >= limit,
+                    plan_limit=limit is not None and camp.dialed_contacts + dialed.get(key[0], 0) >= limit,
                 )
-                decision = unit.apply(key, signal)
+                decision = unit.apply(key, signal, current=contact)
                 if decision.illegal or not decision.events:
                     txn.set_ready(key, None)  # never spin on a contact that cannot start
                     continue
-                campaigns[key[0]] = txn.get_campaign(key[0]) or camp
+                if contact.attempt == 0 and decision.state.attempt == 1:
+                    dialed[key[0]] = dialed.get(key[0], 0) + 1
                 if decision.state.in_flight:
                     self.bucket.take(stamp)
                     taken += 1

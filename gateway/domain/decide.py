@@ -27,6 +27,10 @@ _WA_UP_TARGET = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.RE
 DEFAULT_AMBIGUOUS_TIMEOUT_S = 600.0
 PRIORITY_DUE = 0  # due retries, operator-ready previews: before new contacts (SPEC §10)
 PRIORITY_NEW = 1
+# statuses in which a contact may wait in the dispatch queue / hold a persisted timer: leaving them
+# clears the queue entry / the timers (and only leaving them costs a write)
+QUEUEABLE = frozenset({S.INITIAL, S.OPERATOR_ASSIGNED, S.BCW, S.RETRY_SCHEDULED})
+TIMED = frozenset({S.BCW, S.ACW, S.IN_PROGRESS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,11 @@ def _move(
 ) -> Decision:
     old = state.status
     changes: dict[str, Any] = {"status": new_status, "retry_at": retry_at, "updated_at": now}
-    effects: list[Effect] = [fx.Dequeue(), fx.CancelTimers()]
+    effects: list[Effect] = []
+    if old in QUEUEABLE:
+        effects.append(fx.Dequeue())
+    if old in TIMED:
+        effects.append(fx.CancelTimers())
     k = signal.kind
     final = is_final(state.channel, new_status)
     attempt = state.attempt

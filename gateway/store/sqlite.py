@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -37,23 +38,28 @@ CREATE TABLE IF NOT EXISTS contacts (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contacts_ready ON contacts (channel, priority, ready_at) WHERE ready_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS contacts_in_flight ON contacts (owner) WHERE in_flight = 1;
-CREATE TABLE IF NOT EXISTS events (
-    campaign_id TEXT NOT NULL,
-    contact_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    published INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_contact ON events (campaign_id, contact_id);
-CREATE TABLE IF NOT EXISTS outbox (
+-- every bus message and every contact event, written once: `pending` rows are the outbox (published in
+-- id order, cleared on PUBACK); rows with a contact are its event history for the read API
+CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
-    retain INTEGER NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0,
     correlation BLOB,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    pending INTEGER NOT NULL,
+    campaign_id TEXT,
+    contact_id TEXT
 );
-CREATE TABLE IF NOT EXISTS campaigns (campaign_id TEXT PRIMARY KEY, state TEXT NOT NULL, status TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (id) WHERE pending = 1;
+CREATE INDEX IF NOT EXISTS messages_contact ON messages (campaign_id, contact_id) WHERE contact_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS campaigns (
+    campaign_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    status TEXT NOT NULL,
+    dialed_contacts INTEGER NOT NULL DEFAULT 0,
+    talk_seconds REAL NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS timers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -189,37 +195,44 @@ class _SqliteTxn:
         ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
-    # events and outbox
-    def add_event(self, key: Key, sequence: int, payload: bytes, published: bool) -> None:
+    # events and outbox: one table
+    def add_event(self, key: Key, topic: str, payload: bytes) -> None:
         self.db.execute(
-            "INSERT INTO events (campaign_id, contact_id, sequence, published, payload) VALUES (?,?,?,?,?)",
-            (*key, sequence, int(published), payload),
+            "INSERT INTO messages (topic, payload, created_at, pending, campaign_id, contact_id) VALUES (?,?,?,1,?,?)",
+            (topic, payload, time.time(), *key),
+        )
+
+    def record(self, key: Key, payload: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO messages (topic, payload, created_at, pending, campaign_id, contact_id) VALUES ('',?,?,0,?,?)",
+            (payload, time.time(), *key),
         )
 
     def events(self, key: Key) -> list[bytes]:
         rows = self.db.execute(
-            "SELECT payload FROM events WHERE campaign_id=? AND contact_id=? ORDER BY rowid", key
+            "SELECT payload FROM messages WHERE campaign_id=? AND contact_id=? ORDER BY id", key
         ).fetchall()
         return [bytes(r[0]) for r in rows]
 
     def add_outbox(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> None:
         self.db.execute(
-            "INSERT INTO outbox (topic, payload, retain, correlation, created_at) VALUES (?,?,?,?,?)",
-            (topic, payload, int(retain), correlation, datetime.now(UTC).timestamp()),
+            "INSERT INTO messages (topic, payload, retain, correlation, created_at, pending) VALUES (?,?,?,?,?,1)",
+            (topic, payload, int(retain), correlation, time.time()),
         )
 
     def outbox_fetch(self, after_id: int, limit: int) -> list[OutboxRow]:
         rows = self.db.execute(
-            "SELECT id, topic, payload, retain, correlation, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, topic, payload, retain, correlation, created_at FROM messages"
+            " WHERE pending = 1 AND id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
         return [OutboxRow(r[0], r[1], bytes(r[2]), bool(r[3]), r[4], r[5]) for r in rows]
 
     def outbox_delete(self, ids: list[int]) -> None:
-        self.db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+        self.db.executemany("UPDATE messages SET pending = 0 WHERE id=?", [(i,) for i in ids])
 
     def outbox_stats(self) -> tuple[int, float | None]:
-        row = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
+        row = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM messages WHERE pending = 1").fetchone()
         return int(row[0]), row[1]
 
     # timers
@@ -248,15 +261,30 @@ class _SqliteTxn:
 
     # campaigns
     def get_campaign(self, campaign_id: str) -> CampaignState | None:
-        row = self.db.execute("SELECT state FROM campaigns WHERE campaign_id=?", (campaign_id,)).fetchone()
-        return None if row is None else CampaignState.model_validate_json(row[0])
+        row = self.db.execute(
+            "SELECT state, dialed_contacts, talk_seconds FROM campaigns WHERE campaign_id=?", (campaign_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        state = CampaignState.model_validate_json(row[0])
+        return state.model_copy(update={"dialed_contacts": row[1], "talk_seconds": row[2]})
 
     def put_campaign(self, state: CampaignState) -> None:
+        """Status and settings; the counters are only ever moved by `bump_campaign`."""
+        blob = state.model_dump_json(exclude={"dialed_contacts", "talk_seconds"})
         self.db.execute(
             "INSERT INTO campaigns (campaign_id, state, status) VALUES (?,?,?) ON CONFLICT(campaign_id)"
             " DO UPDATE SET state=excluded.state, status=excluded.status",
-            (state.campaign_id, state.model_dump_json(), state.status),
+            (state.campaign_id, blob, state.status),
         )
+
+    def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
+        row = self.db.execute(
+            "UPDATE campaigns SET dialed_contacts = dialed_contacts + ?, talk_seconds = talk_seconds + ?"
+            " WHERE campaign_id = ? RETURNING talk_seconds, json_extract(state, '$.budget.max_talk_minutes')",
+            (dialed, talk_s, campaign_id),
+        ).fetchone()
+        return (0.0, None) if row is None else (float(row[0]), row[1])
 
     # blacklist, commands, wamids
     def is_blacklisted(self, phone: str) -> bool:
