@@ -99,7 +99,7 @@ async def bare_baseline(port: int, n: int) -> float:
 def start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     prefix = os.environ.get("BENCH_WRAP", "").split()
     return subprocess.Popen(
-        [*prefix, sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0"],
+        [*prefix, sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0", "100000"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),

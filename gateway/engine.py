@@ -199,6 +199,12 @@ class Unit:
         self.wrote = True
 
 
+class _WorkFailed(Exception):
+    def __init__(self, index: int) -> None:
+        super().__init__(f"work {index} of the batch failed")
+        self.index = index
+
+
 @dataclass
 class _Work(Generic[R]):
     fn: Callable[[Unit], R]
@@ -250,30 +256,39 @@ class Engine:
 
     async def _run_batch(self, batch: list[_Work[Any]]) -> None:
         live = [w for w in batch if not w.future.done()]
-        if not live:
-            return
-        for _attempt in range(5):
+        conflicts = 0
+        while live:
             now = self.clock()
             try:
                 units, results = await self.store.run(functools.partial(self._apply_batch, now=now, batch=live))
-                break
-            except Conflict as exc:
+            except Conflict as exc:  # another instance moved a contact: decide the batch again on fresh state
+                conflicts += 1
                 log.info("compare-and-set conflict, deciding again", extra={"detail": str(exc)})
-            except BaseException as exc:
-                for w in live:
-                    if not w.future.done():
-                        w.future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                log.error("store transaction failed", extra={"detail": repr(exc)})
+                if conflicts < 5:
+                    continue
+                self._fail(live, Conflict("gave up after 5 conflicts"))
                 return
-        else:
-            for w in live:
-                if not w.future.done():
-                    w.future.set_exception(Conflict("gave up after 5 conflicts"))
+            except _WorkFailed as failed:  # a bug in one piece of work: fail it alone, run the rest again
+                log.error("work failed", exc_info=failed.__cause__)
+                live[failed.index].future.set_exception(failed.__cause__ or failed)
+                del live[failed.index]
+                continue
+            except Exception as exc:  # the store itself failed (disk full, I/O error): nothing was committed
+                log.error("store transaction failed", extra={"detail": repr(exc)})
+                self._fail(live, exc)
+                return
+            self._after_commit(units, live, results)
             return
+
+    @staticmethod
+    def _fail(works: list[_Work[Any]], exc: BaseException) -> None:
+        for w in works:
+            if not w.future.done():
+                w.future.set_exception(exc)
+
+    def _after_commit(self, units: list[Unit], works: list[_Work[Any]], results: list[Any]) -> None:
         wrote = dispatch = timers = False
-        for unit, work, (ok, result) in zip(units, live, results, strict=True):
+        for unit, work, result in zip(units, works, results, strict=True):
             for note in unit.notes:
                 note()
             for effect, contact in unit.after:
@@ -284,40 +299,33 @@ class Engine:
             dispatch |= unit.wake_dispatch
             timers |= unit.wake_timers
             if not work.future.done():
-                if ok:
-                    work.future.set_result(result)
-                else:
-                    work.future.set_exception(result)
+                work.future.set_result(result)
         for what, flag in (("commit", wrote), ("dispatch", dispatch), ("timers", timers)):
             if flag:
                 for cb in self._listeners[what]:
                     cb()
 
-    def _apply_batch(
-        self, txn: Txn, now: datetime, batch: list[_Work[Any]]
-    ) -> tuple[list[Unit], list[tuple[bool, Any]]]:
+    def _apply_batch(self, txn: Txn, now: datetime, batch: list[_Work[Any]]) -> tuple[list[Unit], list[Any]]:
+        """In the store thread, inside one transaction. Any exception rolls the whole batch back."""
         units: list[Unit] = []
-        results: list[tuple[bool, Any]] = []
-        for work in batch:
+        results: list[Any] = []
+        for index, work in enumerate(batch):
             unit = Unit(txn, now, self)
-            txn.savepoint()
             try:
-                results.append((True, work.fn(unit)))
-                txn.release_savepoint()
+                results.append(work.fn(unit))
             except Conflict:
                 raise
-            except Exception as exc:  # one failing piece of work is undone alone, not the batch
-                txn.rollback_savepoint()
-                log.exception("work failed", extra={"detail": repr(exc)})
-                unit = Unit(txn, now, self)
-                results.append((False, exc))
+            except Exception as exc:
+                raise _WorkFailed(index) from exc
             units.append(unit)
         return units, results
 
     # -- event payloads --------------------------------------------------------------------------
     def contact_event(self, state: ContactState, draft: Any, now: datetime) -> bytes:
         signal = {k: v for k, v in draft.evidence.items() if v is not None}
-        event = ContactStatusEvent(
+        # every value is already typed by the domain: construct without validating again (hot path);
+        # tests validate published payloads against the model
+        event = ContactStatusEvent.model_construct(
             event_id=uuid7(int(now.timestamp() * 1000)),
             sequence=draft.sequence,
             occurred_at=now,
@@ -333,7 +341,7 @@ class Engine:
             max_attempts=state.policy.max_attempts,
             retry_at=draft.retry_at,
             phone=state.phone or state.phone_raw or None,
-            signal=SignalEvidence.model_validate(signal),
+            signal=SignalEvidence.model_construct(**signal),
             meta=state.meta,
         )
         return event.model_dump_json(by_alias=True, exclude_none=False).encode()

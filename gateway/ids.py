@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 import uuid
+
+_random = random.Random()  # seeded from os.urandom; ids must be unique, not secret
 
 
 def uuid7(now_ms: int | None = None) -> str:
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = _random.getrandbits(80)
     value = (ms & 0xFFFF_FFFF_FFFF) << 80
     value |= 0x7 << 76
     value |= ((rand >> 62) & 0xFFF) << 64

@@ -87,16 +87,6 @@ class _SqliteTxn:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
-    def savepoint(self) -> None:
-        self.db.execute("SAVEPOINT work")
-
-    def rollback_savepoint(self) -> None:
-        self.db.execute("ROLLBACK TO work")
-        self.db.execute("RELEASE work")
-
-    def release_savepoint(self) -> None:
-        self.db.execute("RELEASE work")
-
     # contacts
     def get_contact(self, key: Key) -> ContactState | None:
         row = self.db.execute("SELECT state FROM contacts WHERE campaign_id=? AND contact_id=?", key).fetchone()

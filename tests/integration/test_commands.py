@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.domain.statuses import Channel
+from gateway.wire import CampaignStatusEvent, CommandResult, ContactStatusEvent
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, settings_for
 
@@ -88,6 +90,13 @@ async def test_voice_and_whatsapp_flows_with_spec_payloads(broker: Mosquitto, tm
         assert b.by_contact[("wa", "w1")][0]["phone"] == "+420601234560"
         assert b.by_contact[("wa", "w1")][2]["signal"]["wa_message_id"] == "wamid.w1.1"
         assert len({e["event_id"] for e in b.events}) == len(b.events)
+        for e in b.events:  # every published payload is valid against the model that generates the schema
+            ContactStatusEvent.model_validate(e)
+            assert uuid.UUID(e["event_id"]).version == 7
+        for r in b.results:
+            CommandResult.model_validate(r)
+        for c in b.campaigns:
+            CampaignStatusEvent.model_validate(c)
         assert {r["command_id"] for r in b.results if r["accepted"]} == {"d1", "d2", "d3", "d4", "s1"}
         assert any(c["campaign_id"] == "spring" and c["status"] == "in_progress" for c in b.campaigns)
 

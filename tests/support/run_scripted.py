@@ -1,4 +1,4 @@
-"""Run a gateway process with scripted channel ports: `python -m tests.support.run_scripted CONFIG DELAY`.
+"""Run a gateway with scripted channel ports: `python -m tests.support.run_scripted CONFIG DELAY [RATE]`.
 
 Used by the crash tests, which need a real process to SIGKILL.
 """
@@ -17,10 +17,10 @@ from gateway.domain.statuses import Channel
 from .scripted import ScriptedPort
 
 
-async def main(config: str, delay: float) -> None:
+async def main(config: str, delay: float, rate: float) -> None:
     app = App(load_settings(config))
     for ch in (Channel.VOICE, Channel.WHATSAPP):
-        app.add_port(ScriptedPort(app.engine, ch, delay_s=delay))
+        app.add_port(ScriptedPort(app.engine, ch, delay_s=delay, max_rate=rate, max_concurrent=100_000))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -29,4 +29,4 @@ async def main(config: str, delay: float) -> None:
 
 if __name__ == "__main__":
     logs.setup("INFO")
-    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 1000.0))
