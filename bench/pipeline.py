@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,13 +51,18 @@ def client(port: int, name: str, clean: bool = True) -> aiomqtt.Client:
         clean_start=clean,
         properties=props,
         max_inflight_messages=WINDOW,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
     c.pending_calls_threshold = WINDOW * 4
     return c
 
 
-async def publish_all(c: aiomqtt.Client, items: list[tuple[str, bytes]], stamps: list[float] | None = None) -> None:
+async def publish_all(
+    c: aiomqtt.Client, items: list[tuple[str, bytes]], stamps: list[float] | None = None, rate: float | None = None
+) -> None:
+    """Publish with WINDOW in flight; with `rate`, offered at that many messages per second."""
     sem = asyncio.Semaphore(WINDOW)
+    start = time.perf_counter()
 
     async def one(topic: str, payload: bytes) -> None:
         try:
@@ -65,7 +71,11 @@ async def publish_all(c: aiomqtt.Client, items: list[tuple[str, bytes]], stamps:
             sem.release()
 
     async with asyncio.TaskGroup() as tg:
-        for topic, payload in items:
+        for i, (topic, payload) in enumerate(items):
+            if rate is not None:
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             await sem.acquire()
             if stamps is not None:
                 stamps.append(time.perf_counter())
@@ -85,8 +95,9 @@ async def bare_baseline(port: int, n: int) -> float:
         await sub.subscribe("bare/#", qos=1)
         got = 0
         t0 = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.pipeline", "--bare-publisher",
-                                                    str(port), str(n), cwd=ROOT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.pipeline", "--bare-publisher", str(port), str(n), cwd=ROOT
+        )
         async for _ in sub.messages:
             got += 1
             if got >= n:
@@ -107,7 +118,7 @@ def start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def run_pipeline(port: int, contacts: int, workdir: Path) -> dict[str, Any]:
+async def run_pipeline(port: int, contacts: int, workdir: Path, paced: float) -> dict[str, Any]:
     cfg = workdir / "telgate.toml"
     cfg.write_text(
         f'[gateway]\nid = "gw-bench"\ndata_dir = "{workdir / "var"}"\n[bus]\nurl = "mqtt://127.0.0.1:{port}"\n'
@@ -121,50 +132,59 @@ async def run_pipeline(port: int, contacts: int, workdir: Path) -> dict[str, Any
             async for m in c.messages:  # wait for the gateway to be online
                 if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
                     break
-            sent_at: list[float] = []
-            first_event: dict[str, float] = {}
-            events = 0
-            finals = 0
-            done = asyncio.Event()
 
-            async def collect() -> None:
-                nonlocal events, finals
-                async for m in c.messages:
-                    now = time.perf_counter()
-                    e = json.loads(m.payload)  # type: ignore[arg-type]
-                    events += 1
-                    if e["sequence"] == 1:
-                        first_event.setdefault(e["contact_id"], now)
-                    if e["final"]:
-                        finals += 1
-                        if finals >= contacts:
-                            done.set()
-                            return
+            async def phase(tag: str, n: int, rate: float | None) -> dict[str, float]:
+                sent_at: list[float] = []
+                first_event: dict[str, float] = {}
+                events = finals = 0
+                done = asyncio.Event()
 
-            cmds = [
-                (
-                    "telgate/v1/cmd/dial",
-                    json.dumps(
-                        {"command_id": f"b{i}", "campaign_id": "bench", "contact_id": f"k{i}", "phone": "+420601234560"}
-                    ).encode(),
-                )
-                for i in range(contacts)
-            ]
-            t0 = time.perf_counter()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(collect())
-                await publish_all(c, cmds, sent_at)
-                await asyncio.wait_for(done.wait(), 600)
-            elapsed = time.perf_counter() - t0
-            lat = sorted((first_event[f"k{i}"] - sent_at[i]) * 1000 for i in range(contacts))
-            return {
-                "events": events,
-                "seconds": elapsed,
-                "events_per_s": events / elapsed,
-                "p50_ms": statistics.median(lat),
-                "p99_ms": lat[int(len(lat) * 0.99) - 1],
-                "rss_kib": rss_kib(proc.pid),
-            }
+                async def collect() -> None:
+                    nonlocal events, finals
+                    async for m in c.messages:
+                        now = time.perf_counter()
+                        e = json.loads(m.payload)  # type: ignore[arg-type]
+                        events += 1
+                        if e["sequence"] == 1:
+                            first_event.setdefault(e["contact_id"], now)
+                        if e["final"]:
+                            finals += 1
+                            if finals >= n:
+                                done.set()
+                                return
+
+                cmds = [
+                    (
+                        "telgate/v1/cmd/dial",
+                        json.dumps(
+                            {
+                                "command_id": f"{tag}{i}",
+                                "campaign_id": tag,
+                                "contact_id": f"{tag}{i}",
+                                "phone": "+420601234560",
+                            }
+                        ).encode(),
+                    )
+                    for i in range(n)
+                ]
+                t0 = time.perf_counter()
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(collect())
+                    await publish_all(c, cmds, sent_at, rate)
+                    await asyncio.wait_for(done.wait(), 600)
+                elapsed = time.perf_counter() - t0
+                lat = sorted((first_event[f"{tag}{i}"] - sent_at[i]) * 1000 for i in range(n))
+                return {
+                    "events": events,
+                    "seconds": elapsed,
+                    "events_per_s": events / elapsed,
+                    "p50_ms": statistics.median(lat),
+                    "p99_ms": lat[int(len(lat) * 0.99) - 1],
+                }
+
+            burst = await phase("burst", contacts, None)
+            steady = await phase("paced", max(1, int(paced * 5)), paced)
+            return {**burst, "paced": steady, "rss_kib": rss_kib(proc.pid)}
     finally:
         proc.send_signal(signal.SIGINT if os.environ.get("BENCH_WRAP") else signal.SIGTERM)
         proc.wait(60)
@@ -238,6 +258,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--contacts", type=int, default=5000)
     parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--paced", type=float, default=400.0, help="contacts/s offered in the latency phase")
     parser.add_argument("--bare-publisher", nargs=2, type=int, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_publisher:
@@ -248,7 +269,7 @@ async def main() -> None:
         broker = Mosquitto(work / "mosquitto")
         broker.start()
         try:
-            pipe = await run_pipeline(broker.port, args.contacts, work)
+            pipe = await run_pipeline(broker.port, args.contacts, work, args.paced)
             bare = await bare_baseline(broker.port, pipe["events"])
             queued = await run_queued(broker.port, args.queued, work) if args.queued else {}
         finally:
@@ -259,8 +280,12 @@ async def main() -> None:
         "pipeline_events_per_s": round(pipe["events_per_s"]),
         "bare_qos1_publishes_per_s": round(bare),
         "ratio_to_bare": round(pipe["events_per_s"] / bare, 3),
-        "command_to_first_event_p50_ms": round(pipe["p50_ms"], 1),
-        "command_to_first_event_p99_ms": round(pipe["p99_ms"], 1),
+        "burst_command_to_first_event_p50_ms": round(pipe["p50_ms"], 1),
+        "burst_command_to_first_event_p99_ms": round(pipe["p99_ms"], 1),
+        "paced_contacts_per_s": args.paced,
+        "paced_events_per_s": round(pipe["paced"]["events_per_s"]),
+        "paced_command_to_first_event_p50_ms": round(pipe["paced"]["p50_ms"], 1),
+        "paced_command_to_first_event_p99_ms": round(pipe["paced"]["p99_ms"], 1),
         "gateway_rss_kib_after_pipeline": pipe["rss_kib"],
         **queued,
     }

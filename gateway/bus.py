@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from datetime import datetime
@@ -145,6 +146,8 @@ class Bus:
             max_inflight_messages=WINDOW,
             will=aiomqtt.Will(self.topics.presence(self.gateway_id), self._presence_payload("offline"), 1, True),
             timeout=10,
+            # paho leaves Nagle on: a status event would wait for the previous segment's delayed ACK (~40 ms)
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         client.pending_calls_threshold = WINDOW * 4
         client._client.manual_ack_set(True)  # PUBACK a command only after its result is committed

@@ -30,8 +30,9 @@ class Recorder:
         self.events_published = Counter(
             "telgate_events_published", "Bus messages acknowledged by the broker", registry=r
         )
-        self.publish_refused = Counter("telgate_bus_publish_refused", "Publishes the broker answered with an error",
-                                       registry=r)
+        self.publish_refused = Counter(
+            "telgate_bus_publish_refused", "Publishes the broker answered with an error", registry=r
+        )
         self.illegal = Counter(
             "telgate_illegal_transitions", "Signals that were illegal in the contact's status", ["channel"], registry=r
         )

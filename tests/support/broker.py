@@ -28,7 +28,7 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nmax_inflight_messages 0\nmax_queued_messages 0\n"
+            f"persistence_location {workdir}/\nmax_inflight_messages 0\nmax_queued_messages 0\nset_tcp_nodelay true\n"
             f"log_dest file {workdir}/mosquitto.log\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             # as root, mosquitto drops to the `mosquitto` user, which cannot write the test's own folder:

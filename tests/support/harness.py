@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -136,6 +137,7 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
                     # sessions across its own restart
                     clean_start=False,
                     properties=props,
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                 ) as client:
                     await client.subscribe(f"{prefix}/v1/evt/#", qos=1)
                     await client.subscribe(f"{prefix}/v1/gateways/+/status", qos=1)
