@@ -257,3 +257,26 @@ async def test_bad_input_is_rejected_naming_the_field_and_changes_nothing(broker
         assert not b.events and not b.campaigns  # nothing changed
         await b.send("dial", dial("fine", "k", "+420601234560"))  # and the service is still up
         await b.wait_for(lambda: b.final("spring", "k"))
+
+
+async def test_planned_campaign_starts_on_its_timer_and_talk_budget_pauses(broker: Mosquitto, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+        start_at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        camp = {"campaign_id": "later"}
+        await b.send(
+            "campaign", {"command_id": "p0", **camp, "action": "create", "budget": {"max_talk_minutes": 0.3}}
+        )  # 18 s; each scripted call talks 12 s
+        await b.send("campaign", {"command_id": "p1", **camp, "action": "start", "start_at": start_at})
+        for i in range(3):
+            await b.send("dial", dial(f"l{i}", f"k{i}", "+420601234560", campaign="later"))
+        await b.wait_for(lambda: b.result("l2") is not None)
+        assert [c["status"] for c in b.campaigns if c["campaign_id"] == "later"] == ["draft", "planned"]
+        assert b.statuses("later", "k0") == ["initial"]
+        await b.wait_for(lambda: any(c["status"] == "paused" for c in b.campaigns if c["campaign_id"] == "later"))
+        paused = [c for c in b.campaigns if c["campaign_id"] == "later"][-1]
+        assert paused["reason"] == "budget_spent" and paused["previous_status"] == "in_progress"
+        await b.send("campaign", {"command_id": "p2", **camp, "action": "resume"})
+        await b.wait_for(lambda: b.result("p2") is not None)
+        assert b.result("p2")["error"]["code"] == "budget_spent"  # type: ignore[index]

@@ -128,3 +128,29 @@ async def test_readyz_follows_the_bus_and_read_api(broker: Mosquitto, tmp_path: 
             await asyncio.wait_for(app.bus.connected.wait(), 15)
             async with http.get(f"{base}/readyz") as r:
                 assert r.status == 200
+
+
+async def test_watch_shows_contacts_per_status_from_the_bus(broker: Mosquitto, tmp_path: Path) -> None:
+    env = {**os.environ, "TELGATE_BUS__URL": broker.url, "COLUMNS": "160"}
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+        watch = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "watch",
+            "--seconds",
+            "4",
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(1.5)  # let it subscribe
+        for i, phone in enumerate(["+420601234560", "+420601234564", "+420601234560"]):
+            await b.send(
+                "dial", {"command_id": f"w{i}", "campaign_id": "watched", "contact_id": f"k{i}", "phone": phone}
+            )
+        out, err = await asyncio.wait_for(watch.communicate(), 20)
+        assert watch.returncode == 0, err.decode()
+        text = out.decode()
+        assert "watched" in text and "success=2" in text and "invalid_record=1" in text
