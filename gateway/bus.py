@@ -169,9 +169,9 @@ class Bus:
                 client = self._make_client()
                 async with client:
                     self._client = client
-                    await self._presence(client, self.state)
                     if self.accepting:
                         await client.subscribe(self._command_filter(), qos=1)
+                    await self._presence(client, self.state)  # `online` means commands are being taken
                     self.connected.set()
                     self.recorder.bus_connected.set(1)
                     backoff = 0.2
