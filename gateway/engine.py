@@ -246,6 +246,18 @@ class Engine:
     async def signal(self, key: Key, signal: Signal) -> Decision:
         return await self.execute(lambda unit: unit.apply(key, signal))
 
+    async def auto_pause(self, channel: Channel, reason: str) -> list[str]:
+        """The hook a channel calls when its far side is down (PBX, WhatsApp account): every campaign in
+        progress with contacts on that channel pauses itself with `reason` (SPEC §5.3)."""
+
+        def work(unit: Unit) -> list[str]:
+            ids = unit.txn.campaigns_with_channel(channel, "in_progress")
+            for campaign_id in ids:
+                unit.campaign_action(campaign_id, Action.AUTO_PAUSE, reason=reason)
+            return ids
+
+        return await self.execute(work)
+
     async def run(self) -> None:
         """The batch loop; runs until cancelled."""
         while True:

@@ -173,6 +173,14 @@ class _SqliteTxn:
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
+    def campaigns_with_channel(self, channel: Channel, status: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT g.campaign_id FROM campaigns g WHERE g.status = ? AND EXISTS"
+            " (SELECT 1 FROM contacts c WHERE c.campaign_id = g.campaign_id AND c.channel = ?)",
+            (status, channel),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def counts(self, campaign_id: str) -> dict[str, int]:
         rows = self.db.execute(
             "SELECT status, COUNT(*) FROM contacts WHERE campaign_id=? GROUP BY status", (campaign_id,)

@@ -54,3 +54,12 @@ async def test_signals_for_one_contact_apply_in_submission_order(engine: Engine)
     assert [d.state.sequence for d in decisions] == [2, 3, 4]
     history = await engine.store.run(lambda t: t.events(("c", "k")))
     assert len(history) == 4
+
+
+async def test_auto_pause_hook_pauses_campaigns_of_that_channel(engine: Engine) -> None:
+    await engine.execute(lambda u: create(u, "k"))  # a voice contact in campaign "c"
+    paused = await engine.auto_pause(Channel.VOICE, "pbx_down")
+    assert paused == ["c"]
+    camp = await engine.store.run(lambda t: t.get_campaign("c"))
+    assert camp is not None and camp.status == "paused" and camp.reason == "pbx_down" and camp.paused_by_gateway
+    assert await engine.auto_pause(Channel.WHATSAPP, "account") == []
