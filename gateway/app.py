@@ -14,6 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from metrics.recorder import Recorder
+from whatsapp import webhook
+from whatsapp.client import CloudApiClient
 
 from . import __version__
 from .bus import Bus
@@ -27,6 +29,7 @@ from .http import build_app
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
 from .store import Store, open_store
+from .whatsapp_channel import WhatsAppChannel
 
 log = logging.getLogger("telgate.app")
 
@@ -70,13 +73,33 @@ class App:
         )
         self.scheduler = Scheduler(self.engine)
         self.dispatchers: list[Dispatcher] = []
+        self.http_routes: list[web.RouteDef] = []
+        self.ready = asyncio.Event()
+        self.http_port: int | None = None
         self.engine.on("commit", self.bus.notify)
         self.engine.on("timers", self.scheduler.wake)
         for port in ports or []:
             self.add_port(port)
-        self.http_routes: list[web.RouteDef] = []
-        self.ready = asyncio.Event()
-        self.http_port: int | None = None
+        self.whatsapp: WhatsAppChannel | None = None
+        if settings.whatsapp.active:
+            self._whatsapp(settings)
+
+    def _whatsapp(self, settings: Settings) -> None:
+        wa = settings.whatsapp
+        assert wa.phone_number_id and wa.access_token and wa.app_secret and wa.verify_token
+        client = CloudApiClient(
+            wa.api_base, wa.api_version, wa.phone_number_id, wa.access_token.get_secret_value(), wa.request_timeout_s
+        )
+        self.whatsapp = WhatsAppChannel(self.engine, client, self.recorder, wa.max_mps, wa.ambiguous_timeout_s)
+        self.add_port(self.whatsapp)
+        self.http_routes += webhook.routes(
+            "/webhooks/whatsapp",
+            wa.app_secret.get_secret_value().encode(),
+            wa.verify_token.get_secret_value(),
+            settings.http.max_body_bytes,
+            self.whatsapp.on_notification,
+            lambda result: self.recorder.wa_webhooks.labels(result).inc(),
+        )
 
     def add_port(self, port: ChannelPort) -> None:
         """Enable a channel (before `run`): its commands are accepted and its contacts dispatched."""
@@ -89,7 +112,7 @@ class App:
 
     def _channel_states(self) -> tuple[str, str]:
         voice = "up" if Channel.VOICE in self.ports else "off"
-        wa = "up" if Channel.WHATSAPP in self.ports else "off"
+        wa = "off" if Channel.WHATSAPP not in self.ports else (self.whatsapp.state if self.whatsapp else "up")
         return voice, wa
 
     def readiness(self) -> dict[str, str]:
@@ -131,6 +154,7 @@ class App:
                     tg.create_task(self.scheduler.run(), name="scheduler"),
                     tg.create_task(self._outbox_gauges(), name="outbox-gauges"),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
+                    *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),
                 ]
                 log.info(
                     "telgate running",

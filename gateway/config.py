@@ -117,6 +117,14 @@ class WhatsappSection(_Section):
     def active(self) -> bool:
         return bool(self.phone_number_id) if self.enabled is None else self.enabled and bool(self.phone_number_id)
 
+    @model_validator(mode="after")
+    def _secrets_when_active(self) -> WhatsappSection:
+        if self.active:
+            for key in ("access_token", "app_secret", "verify_token"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"whatsapp.{key} (or {key}_file) is required when phone_number_id is set")
+        return self
+
 
 class InfluxSection(_Section):
     url: str = ""

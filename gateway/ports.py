@@ -25,3 +25,7 @@ class ChannelPort(Protocol):
     def submit(self, effect: Effect, contact: ContactState) -> None:
         """Carry out Dial/Send/CancelCall for `contact` (after its decision was committed)."""
         ...
+
+    async def run(self) -> None:
+        """The adapter's own tasks (transport, sends in flight) until cancelled."""
+        ...

@@ -6,7 +6,7 @@ campaign id only while `campaign_label` is on.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 
 class Recorder:
@@ -44,6 +44,18 @@ class Recorder:
         )
         self.outbox_oldest = Gauge(
             "telgate_outbox_oldest_age_seconds", "Age of the oldest unacknowledged message", registry=r
+        )
+        self.wa_requests = Counter(
+            "telgate_whatsapp_requests", "Cloud API send requests by outcome", ["outcome", "error_code"], registry=r
+        )
+        self.wa_request_duration = Histogram(
+            "telgate_whatsapp_request_duration_seconds",
+            "Cloud API send request duration",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.wa_webhooks = Counter(
+            "telgate_whatsapp_webhooks", "Webhook statuses and POSTs by result", ["result"], registry=r
         )
         self.bus_connected = Gauge("telgate_bus_connected", "1 while connected to the MQTT broker", registry=r)
 

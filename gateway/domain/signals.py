@@ -53,6 +53,7 @@ class Kind(StrEnum):
     WA_PAIR_LIMIT = "wa_pair_limit"
     WA_INVALID = "wa_invalid"
     WA_ACCOUNT = "wa_account"
+    WA_REJECTED = "wa_rejected"  # the API refused this message with a code in no row of §6.2
     WA_AMBIGUOUS = "wa_ambiguous"
 
 

@@ -170,6 +170,7 @@ _WA_LATE: Row = {
         K.WA_ACCOUNT,
         K.WA_AMBIGUOUS,
         K.AMBIGUOUS_ELAPSED,
+        K.WA_REJECTED,
         T.DUPLICATE,
     )
 }
@@ -182,6 +183,17 @@ _WA_HANDED: Row = {  # the message is with Meta: it cannot be recalled
     K.AMBIGUOUS_ELAPSED: STALE,
 }
 _WA_UP: Row = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.READ}
+# a send refused by the API, or a `failed` webhook, while the message is not known to be delivered
+_WA_FAILURES: Row = {
+    K.WA_SENDING_FAILED: S.SENDING_FAILED,
+    K.WA_DELIVERY_FAILED: S.DELIVERY_FAILED,
+    K.WA_RETRYABLE: Retry(S.ERROR, always=True),
+    K.WA_PAIR_LIMIT: Retry(S.DELIVERY_FAILED, always=True, at_least_s=86_400.0),
+    K.WA_INVALID: S.INVALID_RECORD,
+    K.WA_ACCOUNT: S.ERROR,
+    K.WA_REJECTED: S.ERROR,
+}
+_WA_FAILED_LATE: Row = {k: DUP for k in _WA_FAILURES}  # a failure after delivery or a final status
 
 WHATSAPP: dict[Status, Row] = {
     S.INITIAL: {
@@ -193,29 +205,24 @@ WHATSAPP: dict[Status, Row] = {
     S.IN_PROGRESS: {
         **_WA_HANDED,
         **_WA_UP,
+        **_WA_FAILURES,
         K.WA_ACCEPTED: Stay(),
-        K.WA_SENDING_FAILED: S.SENDING_FAILED,
-        K.WA_DELIVERY_FAILED: S.DELIVERY_FAILED,
-        K.WA_RETRYABLE: Retry(S.ERROR, always=True),
-        K.WA_PAIR_LIMIT: Retry(S.DELIVERY_FAILED, always=True, at_least_s=86_400.0),
-        K.WA_INVALID: S.INVALID_RECORD,
-        K.WA_ACCOUNT: S.ERROR,
         K.WA_AMBIGUOUS: Stay(),
         K.AMBIGUOUS_ELAPSED: Retry(S.ERROR, always=True),
         K.GATEWAY_RESTART: Stay(),
     },
-    S.SENT: {**_WA_HANDED, **_WA_UP, K.WA_DELIVERY_FAILED: S.DELIVERY_FAILED, K.WA_SENDING_FAILED: S.SENDING_FAILED},
-    S.DELIVERED: {**_WA_HANDED, **_WA_UP, K.WA_DELIVERY_FAILED: DUP, K.WA_SENDING_FAILED: DUP},
-    S.READ: {T.DUPLICATE: DUP, K.WA_DELIVERY_FAILED: DUP, K.WA_SENDING_FAILED: DUP, K.WA_ACCEPTED: DUP},
+    S.SENT: {**_WA_HANDED, **_WA_UP, **_WA_FAILURES},
+    S.DELIVERED: {**_WA_HANDED, **_WA_UP, **_WA_FAILED_LATE},
+    S.READ: {T.DUPLICATE: DUP, K.WA_ACCEPTED: DUP, **_WA_FAILED_LATE},
     S.DELIVERY_FAILED: {
         K.WA_DELIVERED: S.DELIVERED,
         K.WA_READ: S.READ,
         K.WA_SENT: DUP,
-        K.WA_DELIVERY_FAILED: DUP,
         T.DUPLICATE: DUP,
+        **_WA_FAILED_LATE,
     },
-    S.SENDING_FAILED: {T.DUPLICATE: DUP, K.WA_SENDING_FAILED: DUP, K.WA_DELIVERY_FAILED: DUP},
-    S.ERROR: {T.DUPLICATE: DUP, K.WA_ACCOUNT: DUP, K.WA_RETRYABLE: STALE},
+    S.SENDING_FAILED: {T.DUPLICATE: DUP, **_WA_FAILED_LATE},
+    S.ERROR: {T.DUPLICATE: DUP, **_WA_FAILED_LATE},
     S.RETRY_SCHEDULED: {
         K.DIAL_DUE: S.IN_PROGRESS,
         T.BLACKLIST_HIT: S.BLACKLISTED,

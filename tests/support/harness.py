@@ -88,9 +88,10 @@ class Backend:
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         async def loop() -> None:
-            while not predicate():
+            while not predicate():  # woken by every bus message, and every 50 ms for other sources
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.05)
 
         try:
             await asyncio.wait_for(loop(), timeout)

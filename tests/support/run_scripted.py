@@ -20,6 +20,8 @@ from .scripted import ScriptedPort
 async def main(config: str, delay: float, rate: float) -> None:
     app = App(load_settings(config))
     for ch in (Channel.VOICE, Channel.WHATSAPP):
+        if ch in app.ports:  # configured for real (e.g. WhatsApp against the Cloud API stand-in)
+            continue
         app.add_port(ScriptedPort(app.engine, ch, delay_s=delay, max_rate=rate, max_concurrent=100_000))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -42,6 +42,9 @@ class ScriptedPort:
         self._active: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.started: list[tuple[str, str, int]] = []
 
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # its attempts run as tasks of their own, cancelled with the loop
+
     def active(self, campaign_id: str | None = None) -> int:
         if campaign_id is None:
             return len(self._active)

@@ -1,0 +1,236 @@
+"""The WhatsApp channel: `send` effects → the Cloud API client; results and webhooks → signals (§6.2).
+
+`whatsapp/` knows the Cloud API, not contacts; this adapter is the translation layer between the two.
+The wamid → contact map lives in the store (it survives restarts); a webhook whose wamid is unknown
+(an ambiguous send that got no response) is matched by its `biz_opaque_callback_data`
+(`{campaign_id}/{contact_id}/{attempt}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from metrics.recorder import Recorder
+from whatsapp.client import Accepted, CloudApiClient, Failed, SendResult, TimedOut
+from whatsapp.errors import ErrorClass, classify, is_account_level
+from whatsapp.models import ApiError, Notification, Status
+from whatsapp.ratelimit import PairLimit, SendLimiter
+
+from .domain import effects as fx
+from .domain.signals import Kind, Signal
+from .domain.state import ContactState
+from .domain.statuses import Channel
+from .engine import Engine, Unit
+from .store import Key
+
+log = logging.getLogger("telgate.whatsapp")
+
+CLASS_KIND = {
+    ErrorClass.RETRYABLE: Kind.WA_RETRYABLE,
+    ErrorClass.PAIR_LIMIT: Kind.WA_PAIR_LIMIT,
+    ErrorClass.INVALID: Kind.WA_INVALID,
+    ErrorClass.ACCOUNT: Kind.WA_ACCOUNT,
+    ErrorClass.SENDING_FAILED: Kind.WA_SENDING_FAILED,
+    ErrorClass.UNDELIVERED: Kind.WA_DELIVERY_FAILED,
+    ErrorClass.REJECTED: Kind.WA_REJECTED,
+}
+STATUS_KIND = {"sent": Kind.WA_SENT, "delivered": Kind.WA_DELIVERED, "read": Kind.WA_READ, "played": Kind.WA_READ}
+
+
+def callback_data(contact: ContactState, attempt: int) -> str:
+    return f"{contact.campaign_id}/{contact.contact_id}/{attempt}"
+
+
+def parse_callback(data: str | None) -> tuple[Key, int] | None:
+    if not data:
+        return None
+    parts = data.rsplit("/", 1)
+    if len(parts) != 2 or "/" not in parts[0] or not parts[1].isdigit():
+        return None
+    campaign_id, contact_id = parts[0].split("/", 1)
+    return (campaign_id, contact_id), int(parts[1])
+
+
+def _error_evidence(err: ApiError | None) -> dict[str, Any]:
+    if err is None:
+        return {}
+    details = err.error_data.details if err.error_data else None
+    return {"wa_error_code": err.code, "wa_error_title": err.text or None, "wa_error_details": details}
+
+
+def result_signal(result: SendResult, attempt: int, ambiguous_timeout_s: float) -> Signal:
+    """A send's outcome → the domain signal (the first row of §6.2's table that matches)."""
+    base = {"source": "whatsapp"}
+    match result:
+        case Accepted(wamid, message_status, http_status, _):
+            return Signal(
+                Kind.WA_ACCEPTED,
+                {
+                    **base,
+                    "kind": "accepted",
+                    "wa_message_id": wamid,
+                    "message_status": message_status,
+                    "http_status": http_status,
+                },
+                wamid=wamid,
+                attempt=attempt,
+            )
+        case Failed(error_class, code, title, details, http_status, _):
+            return Signal(
+                CLASS_KIND[error_class],
+                {
+                    **base,
+                    "kind": "api_error",
+                    "wa_error_code": code,
+                    "wa_error_title": title or None,
+                    "wa_error_details": details,
+                    "http_status": http_status,
+                },
+                attempt=attempt,
+            )
+        case TimedOut(written=True):
+            return Signal(
+                Kind.WA_AMBIGUOUS,
+                {**base, "kind": "timeout", "written": True},
+                attempt=attempt,
+                duration_s=ambiguous_timeout_s,
+            )
+        case TimedOut():
+            return Signal(Kind.WA_RETRYABLE, {**base, "kind": "timeout", "written": False}, attempt=attempt)
+    raise AssertionError(result)
+
+
+def status_signal(status: Status) -> Signal | None:
+    """A webhook status → the domain signal; None for a value we do not know (counted, ignored)."""
+    evidence = {
+        "source": "whatsapp",
+        "kind": status.status,
+        "wa_message_id": status.id,
+        "status_timestamp": None if status.timestamp is None else str(status.timestamp),
+    }
+    if status.status in STATUS_KIND:
+        return Signal(STATUS_KIND[status.status], evidence)
+    if status.status == "failed":
+        err = status.errors[0] if status.errors else None
+        kind = CLASS_KIND[classify(err.code if err else None, on_webhook=True)]
+        return Signal(kind, {**evidence, **_error_evidence(err)})
+    return None
+
+
+class WhatsAppChannel:
+    """The ChannelPort for WhatsApp: sends with the API's rate and Meta's pair limit, in its own tasks."""
+
+    channel = Channel.WHATSAPP
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: CloudApiClient,
+        recorder: Recorder,
+        max_mps: float,
+        ambiguous_timeout_s: float = 600.0,
+        max_concurrent: int = 256,
+        pair_interval_s: float = 6.0,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.recorder = recorder
+        self.max_rate = max_mps
+        self.max_concurrent = max_concurrent
+        self.ambiguous_timeout_s = ambiguous_timeout_s
+        self.limiter = SendLimiter(max_mps, burst=max(1.0, max_mps / 10))
+        self.pairs = PairLimit(pair_interval_s)
+        self._queue: asyncio.Queue[tuple[ContactState, int]] = asyncio.Queue()
+        self._active: Counter[str] = Counter()
+        self.state = "up"
+
+    def active(self, campaign_id: str | None = None) -> int:
+        return sum(self._active.values()) if campaign_id is None else self._active[campaign_id]
+
+    def submit(self, effect: fx.Effect, contact: ContactState) -> None:
+        if isinstance(effect, fx.Send):
+            self._active[contact.campaign_id] += 1
+            self._queue.put_nowait((contact, effect.attempt))
+
+    async def run(self) -> None:
+        async with self.client, asyncio.TaskGroup() as tg:
+            while True:
+                contact, attempt = await self._queue.get()
+                tg.create_task(self._send(contact, attempt), name=f"wa-send-{contact.contact_id}")
+
+    async def _send(self, contact: ContactState, attempt: int) -> None:
+        key = (contact.campaign_id, contact.contact_id)
+        try:
+            now = time.monotonic()
+            wait = max(self.pairs.reserve(contact.phone or "", now), self.limiter.delay(now))
+            while wait > 0:
+                await asyncio.sleep(wait)
+                wait = self.limiter.delay(time.monotonic())
+            assert contact.template is not None and contact.phone is not None
+            result = await self.client.send_template(contact.phone, contact.template, callback_data(contact, attempt))
+            self._observe(result)
+            signal = result_signal(result, attempt, self.ambiguous_timeout_s)
+            await self.engine.signal(key, signal)
+            if isinstance(result, Failed) and result.code == 130429:
+                self.limiter.rate_limited(time.monotonic())
+            if isinstance(result, Failed) and result.error_class is ErrorClass.ACCOUNT:
+                await self._account_error(result.code, result.title)
+        finally:
+            self._active[contact.campaign_id] -= 1
+            if self._active[contact.campaign_id] <= 0:
+                del self._active[contact.campaign_id]
+
+    def _observe(self, result: SendResult) -> None:
+        match result:
+            case Accepted(elapsed_s=elapsed):
+                outcome, code = "accepted", ""
+            case Failed(error_class, code_, _, _, _, elapsed):
+                outcome, code = str(error_class), "" if code_ is None else str(code_)
+            case TimedOut(written, elapsed):
+                outcome, code = ("ambiguous_timeout" if written else "timeout"), ""
+        self.recorder.wa_requests.labels(outcome, code).inc()
+        self.recorder.wa_request_duration.observe(elapsed)
+
+    async def _account_error(self, code: int | None, title: str | None) -> None:
+        reason = f"whatsapp_account_error:{code}" + (f" {title}" if title else "")
+        self.state = "down"
+        paused = await self.engine.auto_pause(Channel.WHATSAPP, reason)
+        log.error("whatsapp account-level error, campaigns paused", extra={"code": code, "campaigns": paused})
+
+    # -- webhooks ------------------------------------------------------------------------------------
+    async def on_notification(self, note: Notification) -> None:
+        """Apply every status of one POST in one transaction; returns once it is committed."""
+        statuses = note.statuses()
+        for _ in note.messages():
+            self.recorder.wa_webhooks.labels("incoming_ignored").inc()
+        if statuses:
+            outcomes = await self.engine.execute(lambda unit: [self._apply_status(unit, s) for s in statuses])
+            for outcome in outcomes:
+                self.recorder.wa_webhooks.labels(outcome).inc()
+        for err in note.errors():
+            self.recorder.wa_webhooks.labels("account_error" if is_account_level(err.code) else "value_error").inc()
+            log.warning("whatsapp webhook error", extra={"code": err.code, "title": err.text})
+            if is_account_level(err.code):
+                await self._account_error(err.code, err.text)
+
+    def _apply_status(self, unit: Unit, status: Status) -> str:
+        signal = status_signal(status)
+        if signal is None:
+            return "unknown_status"
+        key = unit.txn.lookup_wamid(status.id)
+        if key is None:
+            parsed = parse_callback(status.biz_opaque_callback_data)
+            if parsed is None:
+                return "unmatched"
+            key = parsed[0]
+            unit.txn.map_wamid(status.id, key)
+        decision = unit.apply(key, signal)
+        if decision.refused == "unknown_contact":
+            return "unmatched"
+        if decision.events:
+            return "applied"
+        return decision.absorbed or ("illegal" if decision.illegal else "no_change")

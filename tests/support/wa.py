@@ -1,0 +1,42 @@
+"""WhatsApp test rig: the Cloud API stand-in (real HTTP) and a gateway configured against it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gateway.app import App
+from whatsapp.standin import Scenario, StandIn
+
+from .harness import gateway, settings_for
+
+TOKEN = "EAAG-test-token"
+SECRET = "app-secret-for-tests"
+VERIFY = "verify-me"
+
+
+@contextlib.asynccontextmanager
+async def wa_rig(
+    broker_url: str, data_dir: Path, scenarios: dict[str, Scenario] | None = None, **whatsapp: Any
+) -> AsyncIterator[tuple[App, StandIn]]:
+    async with StandIn(
+        access_token=TOKEN, app_secret=SECRET, webhook_url="http://127.0.0.1:9/unset", scenarios=scenarios or {}
+    ) as standin:
+        settings = settings_for(
+            broker_url,
+            data_dir,
+            whatsapp={
+                "api_base": standin.api_base,
+                "phone_number_id": standin.phone_number_id,
+                "access_token": TOKEN,
+                "app_secret": SECRET,
+                "verify_token": VERIFY,
+                "max_mps": 500,
+                **whatsapp,
+            },
+        )
+        async with gateway(settings, channels=()) as app:
+            standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
+            yield app, standin

@@ -1,0 +1,275 @@
+"""A local WhatsApp Cloud API stand-in for tests, benchmarks and the demo — real HTTP both ways.
+
+It follows Meta's documented contract: `POST /{version}/{phone_number_id}/messages` with a bearer
+token, Meta-shaped success (`messages[0].id`, `message_status`) and error bodies (`error.code`,
+`error.error_data.details`, `fbtrace_id`); then status webhooks to the configured URL, signed with
+`X-Hub-Signature-256` over the raw body, batched, delayed, duplicated as a scenario says, and retried
+with backoff when the receiver does not answer 200 — as Meta does.
+
+What happens to a message is chosen by a `Scenario` per recipient number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+Step = tuple[float, str, int | None]  # (seconds after the send, status, error code for `failed`)
+
+ERROR_TITLES = {
+    130429: "Rate limit hit",
+    131026: "Message undeliverable",
+    131049: "Meta chose not to deliver",
+    131047: "Re-engagement message",
+    100: "Invalid parameter",
+    131008: "Required parameter is missing",
+    190: "Access token has expired",
+    131031: "Business account locked",
+    131000: "Something went wrong",
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    statuses: tuple[Step, ...] = ((0.02, "sent", None), (0.04, "delivered", None), (0.06, "read", None))
+    send_error: tuple[int, int] | None = None  # (HTTP status, error code) instead of accepting
+    send_delay_s: float = 0.0  # hold the response this long (to make the client time out)
+    duplicate: bool = False  # deliver every webhook twice
+    message_status: str | None = "accepted"
+    errors_after_s: float | None = None  # an account-level value.errors notification after the send
+    error_code: int = 0
+    wamid: str | None = None  # answer with this message id (to replay recorded webhooks against it)
+
+
+@dataclass
+class Sent:
+    wamid: str
+    to: str
+    template: str
+    callback_data: str | None
+    at: float
+
+
+@dataclass
+class StandIn:
+    access_token: str
+    app_secret: str
+    webhook_url: str
+    phone_number_id: str = "100000000000001"
+    api_version: str = "v21.0"
+    scenarios: dict[str, Scenario] = field(default_factory=dict)
+    default: Scenario = Scenario()
+    batch_window_s: float = 0.01  # statuses due within this window go in one POST
+    max_batch: int = 1000
+    retry_delays_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)
+    host: str = "127.0.0.1"
+    port: int = 0
+    sent: list[Sent] = field(default_factory=list)
+    deliveries: int = 0  # webhook POSTs made (retries included)
+    refused_deliveries: int = 0  # answered with something other than 200
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._due: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
+        self._runner: web.AppRunner | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> StandIn:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post("/{version}/{pnid}/messages", self._send)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._session = await self._stack.enter_async_context(aiohttp.ClientSession())
+        self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._tasks.create_task(self._deliver_loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
+        if self._tasks is not None:
+            for task in list(self._tasks._tasks):
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await self._stack.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- the send endpoint -------------------------------------------------------------------------
+    def _error(self, http: int, code: int, details: str | None = None) -> web.Response:
+        body = {
+            "error": {
+                "message": f"({code}) {ERROR_TITLES.get(code, 'Error')}",
+                "type": "OAuthException",
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": details or ERROR_TITLES.get(code, "Error")},
+                "fbtrace_id": f"A{next(self._ids):015d}",
+            }
+        }
+        return web.json_response(body, status=http)
+
+    async def _send(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+            return self._error(401, 190, "Invalid OAuth access token")
+        if request.match_info["pnid"] != self.phone_number_id:
+            return self._error(400, 100, "Unsupported post request: unknown phone number id")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._error(400, 100, "Invalid JSON")
+        to = str(body.get("to", ""))
+        tpl = body.get("template") or {}
+        if (
+            body.get("messaging_product") != "whatsapp"
+            or body.get("type") != "template"
+            or not to
+            or not tpl.get("name")
+            or not isinstance(tpl.get("language"), dict)
+        ):
+            return self._error(400, 131008, "Required parameter is missing")
+        scenario = self.scenarios.get(to, self.default)
+        if scenario.send_delay_s:
+            await asyncio.sleep(scenario.send_delay_s)
+        if scenario.send_error is not None:
+            http, code = scenario.send_error
+            return self._error(http, code)
+        wamid = scenario.wamid or f"wamid.STANDIN{next(self._ids):012d}"
+        now = time.monotonic()
+        callback = body.get("biz_opaque_callback_data")
+        self.sent.append(Sent(wamid, to, tpl["name"], callback, now))
+        for delay, status, status_code in scenario.statuses:
+            self._due.put_nowait((now + delay, self._status(wamid, to, status, status_code, callback)))
+            if scenario.duplicate:
+                self._due.put_nowait((now + delay + 0.001, self._status(wamid, to, status, status_code, callback)))
+        if scenario.errors_after_s is not None:
+            self._due.put_nowait(
+                (
+                    now + scenario.errors_after_s,
+                    {
+                        "errors": [
+                            {"code": scenario.error_code, "title": ERROR_TITLES.get(scenario.error_code, "Error")}
+                        ]
+                    },
+                )
+            )
+        message: dict[str, Any] = {"id": wamid}
+        if scenario.message_status:
+            message["message_status"] = scenario.message_status
+        return web.json_response(
+            {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [message]}
+        )
+
+    @staticmethod
+    def _status(wamid: str, to: str, status: str, code: int | None, callback: str | None) -> dict[str, Any]:
+        st: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(time.time())), "recipient_id": to}
+        if callback is not None:
+            st["biz_opaque_callback_data"] = callback
+        if status in ("sent", "delivered"):
+            st["pricing"] = {"billable": True, "pricing_model": "PMP", "category": "marketing"}
+        if status == "failed" and code is not None:
+            st["errors"] = [
+                {
+                    "code": code,
+                    "title": ERROR_TITLES.get(code, "Error"),
+                    "error_data": {"details": ERROR_TITLES.get(code, "Error")},
+                }
+            ]
+        return {"statuses": [st]}
+
+    # -- webhooks out ------------------------------------------------------------------------------
+    def envelope(self, values: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "WABA_STANDIN",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550000000",
+                                    "phone_number_id": self.phone_number_id,
+                                },
+                                **v,
+                            },
+                        }
+                        for v in values
+                    ],
+                }
+            ],
+        }
+
+    def sign(self, body: bytes) -> str:
+        return "sha256=" + hmac.new(self.app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+    async def post_webhook(self, payload: dict[str, Any] | bytes, signature: str | None = None) -> int:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": signature if signature is not None else self.sign(body),
+        }
+        self.deliveries += 1
+        try:
+            async with self._session.post(self.webhook_url, data=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    self.refused_deliveries += 1
+                return resp.status
+        except aiohttp.ClientError:
+            self.refused_deliveries += 1
+            return 0
+
+    async def _deliver_with_retries(self, values: list[dict[str, Any]]) -> None:
+        payload = self.envelope(values)
+        for delay in (0.0, *self.retry_delays_s):
+            if delay:
+                await asyncio.sleep(delay)
+            if await self.post_webhook(payload) == 200:
+                return
+
+    async def _deliver_loop(self) -> None:
+        pending: list[tuple[float, dict[str, Any]]] = []
+        assert self._tasks is not None
+        while True:
+            timeout = None
+            if pending:
+                timeout = max(0.0, min(t for t, _ in pending) - time.monotonic())
+            try:
+                item = await asyncio.wait_for(self._due.get(), timeout)
+                pending.append(item)
+                while not self._due.empty():
+                    pending.append(self._due.get_nowait())
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            ready = sorted((p for p in pending if p[0] <= now + self.batch_window_s), key=lambda p: p[0])
+            if not ready:
+                continue
+            pending = [p for p in pending if p[0] > now + self.batch_window_s]
+            statuses = [v for _, v in ready if "statuses" in v]
+            others = [v for _, v in ready if "statuses" not in v]
+            merged = [s for v in statuses for s in v["statuses"]]
+            for i in range(0, len(merged), self.max_batch):
+                self._tasks.create_task(self._deliver_with_retries([{"statuses": merged[i : i + self.max_batch]}]))
+            for v in others:
+                self._tasks.create_task(self._deliver_with_retries([v]))
