@@ -341,3 +341,100 @@ async def test_real_world_webhook_payloads(broker: Mosquitto, tmp_path: Path) ->
             text = await r.text()
         assert 'telgate_whatsapp_webhooks_total{result="unknown_status"} 2.0' in text
         assert 'telgate_whatsapp_webhooks_total{result="incoming_ignored"} 3.0' in text
+
+
+async def test_pair_limit_one_send_per_number_per_6_s(broker: Mosquitto, tmp_path: Path) -> None:
+    async with backend(broker.url) as b, wa_rig(broker.url, tmp_path) as (_app, standin):
+        for i in range(2):
+            await b.send("send", send(f"p{i}", f"p{i}", "420601000060"))
+        await b.send("send", send("other", "other", "420601000061"))
+        await b.wait_for(lambda: len(standin.sent) == 3, timeout=15)
+        to_pair = sorted(s.at for s in standin.sent if s.to == "420601000060")
+        other = next(s.at for s in standin.sent if s.to == "420601000061")
+        assert to_pair[1] - to_pair[0] >= 5.95
+        assert other - to_pair[0] < 1.0  # another number is not held back
+
+
+async def test_gateway_killed_between_send_and_webhooks(broker: Mosquitto, tmp_path: Path) -> None:
+    import os
+    import signal as sig
+    import subprocess
+    import sys
+
+    from tests.support.broker import free_port
+    from tests.support.wa import TOKEN, VERIFY
+    from whatsapp.standin import StandIn
+
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    late = Scenario(statuses=((1.5, "sent", None), (1.6, "delivered", None), (1.7, "read", None)))
+    async with StandIn(
+        access_token=TOKEN,
+        app_secret=SECRET,
+        webhook_url=f"http://127.0.0.1:{port}/webhooks/whatsapp",
+        scenarios={"420601000070": late},
+        retry_delays_s=(0.5, 1.0, 2.0, 4.0, 8.0),
+    ) as standin:
+        cfg = tmp_path / "telgate.toml"
+        cfg.write_text(
+            f'[gateway]\nid = "gw-wa"\ndata_dir = "{tmp_path / "var"}"\n[bus]\nurl = "{broker.url}"\n'
+            f'client_id = "telgate-wa"\n[http]\nlisten = "127.0.0.1:{port}"\n'
+            f'[whatsapp]\napi_base = "{standin.api_base}"\nphone_number_id = "{standin.phone_number_id}"\n'
+            f'access_token = "{TOKEN}"\napp_secret = "{SECRET}"\nverify_token = "{VERIFY}"\n'
+        )
+        log = (tmp_path / "gw.log").open("ab")
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0.01"],
+                cwd=root,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": str(root)},
+            )
+
+        proc = start()
+        try:
+            async with backend(broker.url) as b:
+                await b.wait_for(lambda: b.presence.get("gw-wa") == "online", timeout=20)
+                await b.send("send", send("k1", "k", "420601000070"))
+                await b.wait_for(lambda: len(standin.sent) == 1 and b.statuses("wa", "k")[-1:] == ["in_progress"])
+                proc.send_signal(sig.SIGKILL)  # accepted by Meta; the webhooks are still to come
+                proc.wait(10)
+                await asyncio.sleep(2.0)  # Meta's first deliveries fail: nobody answers
+                assert standin.refused_deliveries >= 1
+                b.presence.clear()
+                proc = start()
+                await b.wait_for(lambda: b.final("wa", "k"), timeout=30)
+                await asyncio.sleep(0.5)
+                # rows the broker acknowledged just before the kill may come again: with the same event_id
+                events = b.unique("wa", "k")
+                assert [e["status"] for e in events] == ["initial", "in_progress", "sent", "delivered", "read"]
+                assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5]
+                assert events[-1]["signal"]["wa_message_id"] == standin.sent[0].wamid
+                received = len(b.by_contact[("wa", "k")])
+                # Meta repeating a POST the gateway did acknowledge: nothing new
+                wamid = standin.sent[0].wamid
+                again = json.dumps(
+                    standin.envelope(
+                        [
+                            {
+                                "statuses": [
+                                    {
+                                        "id": wamid,
+                                        "status": "read",
+                                        "timestamp": "1700000000",
+                                        "recipient_id": "420601000070",
+                                    }
+                                ]
+                            }
+                        ]
+                    )
+                ).encode()
+                assert await standin.post_webhook(again) == 200
+                await asyncio.sleep(0.3)
+                assert len(b.by_contact[("wa", "k")]) == received
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(sig.SIGTERM)
+                assert proc.wait(20) == 0

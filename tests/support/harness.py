@@ -108,6 +108,13 @@ class Backend:
                 return r
         return None
 
+    def unique(self, campaign: str, contact: str) -> list[dict[str, Any]]:
+        """The contact's events as a consumer keeps them: deduplicated on event_id, ordered by sequence."""
+        seen: dict[str, dict[str, Any]] = {}
+        for e in self.by_contact[(campaign, contact)]:
+            seen.setdefault(e["event_id"], e)
+        return sorted(seen.values(), key=lambda e: e["sequence"])
+
     def statuses(self, campaign: str, contact: str) -> list[str]:
         return [e["status"] for e in self.by_contact[(campaign, contact)]]
 
