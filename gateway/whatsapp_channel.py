@@ -142,7 +142,7 @@ class WhatsAppChannel:
         self.max_rate = max_mps
         self.max_concurrent = max_concurrent
         self.ambiguous_timeout_s = ambiguous_timeout_s
-        self.limiter = SendLimiter(max_mps, burst=max(1.0, max_mps / 10))
+        self.limiter = SendLimiter(max_mps, burst=max(1.0, max_mps / 100))  # at most 10 ms of sends at once
         self.pairs = PairLimit(pair_interval_s)
         self._queue: asyncio.Queue[tuple[ContactState, int]] = asyncio.Queue()
         self._active: Counter[str] = Counter()
