@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 from aiohttp import web
 
 from bench.pipeline import client
@@ -62,25 +61,30 @@ async def drive(url: str, bodies: list[bytes]) -> tuple[float, list[float]]:
         while not queue.empty():
             body = queue.get_nowait()
             t0 = time.perf_counter()
-            async with http.post(url, data=body, headers={"Content-Type": "application/json",
-                                                          "X-Hub-Signature-256": signature(SECRET.encode(), body)}) as r:
+            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature(SECRET.encode(), body)}
+            async with http.post(url, data=body, headers=headers) as r:
                 await r.read()
                 assert r.status == 200, r.status
             times.append((time.perf_counter() - t0) * 1000)
 
     start = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=IN_FLIGHT)) as http:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(IN_FLIGHT):
-                tg.create_task(worker(http))
+    connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
+    async with aiohttp.ClientSession(connector=connector) as http, asyncio.TaskGroup() as tg:
+        for _ in range(IN_FLIGHT):
+            tg.create_task(worker(http))
     return time.perf_counter() - start, times
 
 
 def bodies_for(standin: StandIn, wamids: list[str], per_post: int) -> list[bytes]:
-    statuses = [{"id": w, "status": st, "timestamp": "1700000000", "recipient_id": "0"}
-                for st in ("sent", "delivered", "read") for w in wamids]
-    return [json.dumps(standin.envelope([{"statuses": statuses[i:i + per_post]}])).encode()
-            for i in range(0, len(statuses), per_post)]
+    statuses = [
+        {"id": w, "status": st, "timestamp": "1700000000", "recipient_id": "0"}
+        for st in ("sent", "delivered", "read")
+        for w in wamids
+    ]
+    return [
+        json.dumps(standin.envelope([{"statuses": statuses[i : i + per_post]}])).encode()
+        for i in range(0, len(statuses), per_post)
+    ]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,8 +105,12 @@ async def main() -> None:
         broker.start()
         http_port = free_port()
         quiet = Scenario(statuses=())
-        async with StandIn(access_token=TOKEN, app_secret=SECRET, default=quiet,
-                           webhook_url=f"http://127.0.0.1:{http_port}/webhooks/whatsapp") as standin:
+        async with StandIn(
+            access_token=TOKEN,
+            app_secret=SECRET,
+            default=quiet,
+            webhook_url=f"http://127.0.0.1:{http_port}/webhooks/whatsapp",
+        ) as standin:
             cfg = work / "telgate.toml"
             cfg.write_text(
                 f'[gateway]\nid = "gw-wa-bench"\ndata_dir = "{work / "var"}"\n[bus]\nurl = "{broker.url}"\n'
@@ -110,12 +118,19 @@ async def main() -> None:
                 f'[whatsapp]\napi_base = "{standin.api_base}"\nphone_number_id = "{standin.phone_number_id}"\n'
                 f'access_token = "{TOKEN}"\napp_secret = "{SECRET}"\nverify_token = "{VERIFY}"\nmax_mps = 1000\n'
             )
-            gw = subprocess.Popen([sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0"], cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=(work / "gw.log").open("ab"),
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            gw = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0"],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=(work / "gw.log").open("ab"),
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             bare_port = free_port()
-            bare = subprocess.Popen([sys.executable, "-m", "bench.whatsapp", "--bare-server", str(bare_port)],
-                                    cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            bare = subprocess.Popen(
+                [sys.executable, "-m", "bench.whatsapp", "--bare-server", str(bare_port)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             try:
                 async with client(broker.port, "bench-wa") as c:
                     await c.subscribe("telgate/v1/evt/contact/#", qos=1)
@@ -126,12 +141,25 @@ async def main() -> None:
                     total = max(args.sends, args.messages * 2)
                     # queue every contact in a draft campaign first, then start it: the send phase is sends only
                     await c.subscribe("telgate/v1/evt/command", qos=1)
-                    await c.publish("telgate/v1/cmd/campaign", json.dumps(
-                        {"command_id": "create", "campaign_id": "bench", "action": "create"}).encode(), qos=1)
+                    await c.publish(
+                        "telgate/v1/cmd/campaign",
+                        json.dumps({"command_id": "create", "campaign_id": "bench", "action": "create"}).encode(),
+                        qos=1,
+                    )
                     for i in range(total):
-                        await c.publish("telgate/v1/cmd/send", json.dumps({
-                            "command_id": f"s{i}", "campaign_id": "bench", "contact_id": f"k{i}",
-                            "phone": f"+420601{i:06d}", "template": {"name": "t", "language": "en"}}).encode(), qos=1)
+                        await c.publish(
+                            "telgate/v1/cmd/send",
+                            json.dumps(
+                                {
+                                    "command_id": f"s{i}",
+                                    "campaign_id": "bench",
+                                    "contact_id": f"k{i}",
+                                    "phone": f"+420601{i:06d}",
+                                    "template": {"name": "t", "language": "en"},
+                                }
+                            ).encode(),
+                            qos=1,
+                        )
                     results = 0
                     async for m in c.messages:
                         if str(m.topic).endswith("/evt/command"):
@@ -139,10 +167,13 @@ async def main() -> None:
                             if results >= total + 1:
                                 break
                     await c.unsubscribe("telgate/v1/evt/command")
-                    await c.publish("telgate/v1/cmd/campaign", json.dumps(
-                        {"command_id": "start", "campaign_id": "bench", "action": "start"}).encode(), qos=1)
+                    await c.publish(
+                        "telgate/v1/cmd/campaign",
+                        json.dumps({"command_id": "start", "campaign_id": "bench", "action": "start"}).encode(),
+                        qos=1,
+                    )
                     deadline = time.monotonic() + 120
-                    while len(standin.sent) < total:  # noqa: ASYNC110
+                    while len(standin.sent) < total:
                         if time.monotonic() > deadline:
                             raise RuntimeError(f"only {len(standin.sent)} of {total} sends arrived")
                         await asyncio.sleep(0.05)
@@ -159,15 +190,18 @@ async def main() -> None:
 
                     async def count_events(n: int) -> None:
                         async for m in c.messages:  # the webhook statuses' events (not the sends' in_progress)
-                            if str(m.topic).startswith("telgate/v1/evt/contact/") and json.loads(
-                                    m.payload)["status"] in ("sent", "delivered", "read"):  # type: ignore[arg-type]
+                            if str(m.topic).startswith("telgate/v1/evt/contact/") and json.loads(m.payload)[
+                                "status"
+                            ] in ("sent", "delivered", "read"):  # type: ignore[arg-type]
                                 counter["events"] += 1
                                 if counter["events"] >= n:
                                     return
 
                     half = args.messages
-                    for shape, per_post, ids in (("one_per_post", 1, wamids[:half]),
-                                                 ("hundred_per_post", 100, wamids[half:2 * half])):
+                    for shape, per_post, ids in (
+                        ("one_per_post", 1, wamids[:half]),
+                        ("hundred_per_post", 100, wamids[half : 2 * half]),
+                    ):
                         bodies = bodies_for(standin, ids, per_post)
                         n_statuses = 3 * len(ids)
                         counter["events"] = 0
@@ -178,9 +212,11 @@ async def main() -> None:
                         elapsed = time.perf_counter() - start
                         bare_s, bare_times = await drive(f"http://127.0.0.1:{bare_port}/webhooks/whatsapp", bodies)
                         report[shape] = {
-                            "posts": len(bodies), "statuses": n_statuses,
+                            "posts": len(bodies),
+                            "statuses": n_statuses,
                             "statuses_per_s_end_to_end": round(n_statuses / elapsed),
-                            "p50_ms": round(statistics.median(times), 1), "p99_ms": round(pct(times, 0.99), 1),
+                            "p50_ms": round(statistics.median(times), 1),
+                            "p99_ms": round(pct(times, 0.99), 1),
                             "bare_statuses_per_s": round(n_statuses / bare_s),
                             "bare_p50_ms": round(statistics.median(bare_times), 1),
                             "bare_p99_ms": round(pct(bare_times, 0.99), 1),
