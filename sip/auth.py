@@ -36,8 +36,14 @@ def parse_challenge(value: str) -> Challenge:
     if algorithm not in HASHES:
         raise AuthError(f"unsupported algorithm {algorithm!r}")
     qop = tuple(q.strip() for q in fields.get("qop", "").split(",") if q.strip())
-    return Challenge(fields["realm"], fields["nonce"], algorithm, qop, fields.get("opaque"),
-                     fields.get("stale", "").lower() == "true")
+    return Challenge(
+        fields["realm"],
+        fields["nonce"],
+        algorithm,
+        qop,
+        fields.get("opaque"),
+        fields.get("stale", "").lower() == "true",
+    )
 
 
 def best(challenges: list[str]) -> Challenge:
@@ -53,8 +59,9 @@ def best(challenges: list[str]) -> Challenge:
     return sorted(parsed, key=lambda c: c.algorithm != "SHA-256")[0]
 
 
-def response(ch: Challenge, username: str, password: str, method: str, uri: str, cnonce: str | None = None,
-             nc: int = 1) -> str:
+def response(
+    ch: Challenge, username: str, password: str, method: str, uri: str, cnonce: str | None = None, nc: int = 1
+) -> str:
     """The Authorization / Proxy-Authorization value answering `ch`."""
     h = HASHES[ch.algorithm]
 
