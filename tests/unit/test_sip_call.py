@@ -1,0 +1,159 @@
+"""The UAC call core with an in-memory PBX and a fake clock: SPEC §6.1's flows, CANCEL rule, auth, races."""
+
+from __future__ import annotations
+
+import itertools
+
+from sip.call import Answered, Call, EndKind, Ended, Ringing, Send, UacConfig, respond
+from sip.message import Headers, Request, Response, parse
+
+CFG = UacConfig(local_host="127.0.0.1", local_port=5070, pbx="127.0.0.1:5060", username="telgate", password="pw")
+_counter = itertools.count()
+
+
+def new_call(ring_timeout: float = 30.0) -> tuple[Call, Request]:
+    call = Call(
+        CFG, "+420601234567", f"c{next(_counter)}", ring_timeout, b"v=0\r\n", token=lambda: f"t{next(_counter)}"
+    )
+    events = call.start(0.0)
+    invite = sent(events)[0]
+    assert isinstance(invite, Request) and invite.method == "INVITE"
+    return call, invite
+
+
+def sent(events: list[object]) -> list[Request | Response]:
+    return [e.message for e in events if isinstance(e, Send)]
+
+
+def reply(req: Request, status: int, reason: str = "", to_tag: str = "pbx1", **extra: str) -> Response:
+    resp = respond(req, status, reason, to_tag=to_tag if status > 100 else None)
+    for name, value in extra.items():
+        resp = Response(resp.status, resp.reason, resp.headers.with_(name.replace("_", "-"), value))
+    return parse(resp.encode())  # type: ignore[return-value]  # through the wire, as the shell does
+
+
+def ended(events: list[object]) -> Ended:
+    found = [e for e in events if isinstance(e, Ended)]
+    assert len(found) == 1, events
+    return found[0]
+
+
+def test_answer_then_remote_bye_with_duration() -> None:
+    call, invite = new_call()
+    assert Ringing(180, "Ringing", True) in call.receive(reply(invite, 180, "Ringing"), 0.3)
+    ok = reply(invite, 200, "OK", Contact="<sip:bob@10.0.0.9:5062>", Record_Route="<sip:proxy;lr>")
+    events = call.receive(ok, 1.0)
+    assert Answered(200) in events
+    ack = sent(events)[0]
+    assert isinstance(ack, Request) and ack.method == "ACK" and ack.uri == "sip:bob@10.0.0.9:5062"
+    assert ack.headers.get("route") == "<sip:proxy;lr>" and ack.headers.get("cseq") == "1 ACK"
+    assert "tag=pbx1" in (ack.headers.get("to") or "")
+    again = call.receive(ok, 1.5)  # the 2xx retransmitted: ACKed again, nothing else
+    assert sent(again) == [ack] and not [e for e in again if not isinstance(e, Send)]
+    bye = Request(
+        "BYE",
+        "sip:telgate@127.0.0.1:5070",
+        ok.headers.without("contact").replace("CSeq", "1 BYE").replace("Reason", "Q.850;cause=16"),
+    )
+    events = call.receive(bye, 13.0)
+    assert sent(events)[0].status == 200  # type: ignore[union-attr]
+    end = ended(events)
+    assert end.kind is EndKind.REMOTE_HANGUP and end.duration_s == 12.0 and end.q850 == 16 and end.answered
+
+
+def test_we_hang_up_with_bye_in_the_dialog() -> None:
+    call, invite = new_call()
+    call.receive(reply(invite, 200, "OK", Contact="<sip:bob@10.0.0.9>"), 1.0)
+    bye = sent(call.hangup(31.0))[0]
+    assert isinstance(bye, Request) and bye.method == "BYE" and bye.headers.get("cseq") == "2 BYE"
+    end = ended(call.receive(reply(bye, 200, "OK"), 31.1))
+    assert end.kind is EndKind.LOCAL_HANGUP and end.duration_s == 30.0
+
+
+def test_busy_is_acked_and_rejected_with_q850() -> None:
+    call, invite = new_call()
+    events = call.receive(reply(invite, 486, "Busy Here", Reason="Q.850;cause=17"), 0.5)
+    ack = sent(events)[0]
+    assert isinstance(ack, Request) and ack.method == "ACK"
+    assert ack.headers.get("via") == invite.headers.get("via")  # same branch: inside the transaction
+    end = ended(events)
+    assert (end.kind, end.status, end.reason, end.q850) == (EndKind.REJECTED, 486, "Busy Here", 17)
+
+
+def test_ring_timeout_cancels_only_after_a_provisional() -> None:
+    call, invite = new_call(ring_timeout=5.0)
+    call.receive(reply(invite, 183, "Session Progress"), 0.2)
+    assert call.get_timer() == 5.0  # the 1xx stopped Timer A: the ring timeout is next
+    events = call.handle_timer(5.0)
+    cancel = sent(events)[0]
+    assert isinstance(cancel, Request) and cancel.method == "CANCEL"
+    assert cancel.headers.get("via") == invite.headers.get("via") and cancel.headers.get("cseq") == "1 CANCEL"
+    call.receive(reply(cancel, 200, "OK"), 5.1)
+    end = ended(call.receive(reply(invite, 487, "Request Terminated"), 5.2))
+    assert end.kind is EndKind.UNREACHABLE and end.status == 487
+
+
+def test_no_provisional_leaves_it_to_timer_b() -> None:
+    call, _invite = new_call(ring_timeout=5.0)
+    events: list[object] = []
+    now = 0.0
+    while not call.ended:
+        now = call.get_timer() or now
+        events += call.handle_timer(now)
+    assert not [m for m in sent(events) if isinstance(m, Request) and m.method == "CANCEL"]
+    end = ended(events)
+    assert end.kind is EndKind.FAILED and now == 32.0
+
+
+def test_digest_retry_once_with_cseq_plus_one_and_new_branch() -> None:
+    call, invite = new_call()
+    challenge = reply(
+        invite,
+        407,
+        "Proxy Authentication Required",
+        Proxy_Authenticate='Digest realm="pbx", nonce="n1", algorithm=SHA-256, qop="auth"',
+    )
+    events = call.receive(challenge, 0.1)
+    ack, invite2 = sent(events)
+    assert isinstance(invite2, Request) and invite2.method == "INVITE"
+    assert ack.method == "ACK" and invite2.headers.get("cseq") == "2 INVITE"  # type: ignore[union-attr]
+    assert invite2.headers.get("via") != invite.headers.get("via")
+    assert (invite2.headers.get("proxy-authorization") or "").startswith('Digest username="telgate"')
+    assert "algorithm=SHA-256" in (invite2.headers.get("proxy-authorization") or "")
+    end = ended(
+        call.receive(reply(invite2, 401, "Unauthorized", WWW_Authenticate='Digest realm="pbx", nonce="n2"'), 0.2)
+    )
+    assert end.kind is EndKind.FAILED and end.status == 401  # a second challenge is a failure
+
+
+def test_200_after_our_cancel_is_acked_then_byed() -> None:
+    call, invite = new_call()
+    call.receive(reply(invite, 180, "Ringing"), 0.1)
+    cancel = sent(call.cancel(0.5))[0]
+    assert cancel.method == "CANCEL"  # type: ignore[union-attr]
+    events = call.receive(reply(invite, 200, "OK", Contact="<sip:bob@10.0.0.9>"), 0.6)
+    methods = [m.method for m in sent(events) if isinstance(m, Request)]
+    assert methods == ["ACK", "BYE"]
+    end = ended(events)
+    assert end.kind is EndKind.UNREACHABLE and end.status == 200
+
+
+def test_cancel_before_any_provisional_waits_for_one() -> None:
+    call, invite = new_call()
+    assert sent(call.cancel(0.1)) == []  # RFC 3261 §9.1: not yet
+    events = call.receive(reply(invite, 180, "Ringing"), 0.3)
+    assert [m.method for m in sent(events) if isinstance(m, Request)] == ["CANCEL"]
+
+
+def test_in_dialog_options_and_unknown_methods() -> None:
+    call, invite = new_call()
+    ok = reply(invite, 200, "OK", Contact="<sip:bob@10.0.0.9>")
+    call.receive(ok, 1.0)
+    options = Request("OPTIONS", "sip:telgate@127.0.0.1", ok.headers.replace("CSeq", "5 OPTIONS"))
+    assert sent(call.receive(options, 2.0))[0].status == 200  # type: ignore[union-attr]
+    message = Request("MESSAGE", "sip:telgate@127.0.0.1", ok.headers.replace("CSeq", "6 MESSAGE"))
+    assert sent(call.receive(message, 2.0))[0].status == 501  # type: ignore[union-attr]
+
+
+def test_headers_helper_is_used() -> None:
+    assert Headers().with_("v", "x").get("via") == "x"
