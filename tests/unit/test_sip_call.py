@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from sip.call import Answered, Call, EndKind, Ended, Ringing, Send, UacConfig, respond
+from sip.call import Answered, Call, Ended, EndKind, Ringing, Send, UacConfig, respond
 from sip.message import Headers, Request, Response, parse
 
 CFG = UacConfig(local_host="127.0.0.1", local_port=5070, pbx="127.0.0.1:5060", username="telgate", password="pw")
