@@ -29,6 +29,7 @@ from .http import build_app
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
 from .store import Store, open_store
+from .voice_channel import VoiceChannel
 from .whatsapp_channel import WhatsAppChannel
 
 log = logging.getLogger("telgate.app")
@@ -83,6 +84,10 @@ class App:
         self.whatsapp: WhatsAppChannel | None = None
         if settings.whatsapp.active:
             self._whatsapp(settings)
+        self.voice: VoiceChannel | None = None
+        if settings.sip.active:
+            self.voice = VoiceChannel(self.engine, self.recorder, settings.sip)
+            self.add_port(self.voice)
 
     def _whatsapp(self, settings: Settings) -> None:
         wa = settings.whatsapp

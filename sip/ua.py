@@ -1,0 +1,129 @@
+"""The user agent (sans-IO): routes datagrams to calls by Call-ID, answers what no call owns.
+
+Out of a dialog: OPTIONS gets 200 (PBX keepalives), a BYE/CANCEL for an unknown dialog 481, an INVITE
+603 (telgate places calls, it does not take them), anything else 501. A malformed request gets 400
+when its Via, From, To, Call-ID and CSeq can still be read; a malformed response is dropped. Both are
+counted in `stats`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .call import Call, CallEvent, Send, UacConfig, respond
+from .message import Headers, ParseError, Request, Response, parse
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    data: bytes
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class CallUpdate:
+    call_id: str
+    event: CallEvent
+
+
+Output = Datagram | CallUpdate
+_HDR = re.compile(rb"^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def bad_request(data: bytes, reason: str, status: int) -> Response | None:
+    """A best-effort 400/505 to a request we could not parse, if we can tell where to send it."""
+    if data[:4].upper() == b"SIP/":
+        return None
+    found: dict[str, str] = {}
+    for name, value in _HDR.findall(data[:8192]):
+        key = {"v": "via", "f": "from", "t": "to", "i": "call-id"}.get(name.decode().lower(), name.decode().lower())
+        found.setdefault(key, value.decode("utf-8", "replace").strip())
+    if not all(k in found for k in ("via", "from", "to", "call-id", "cseq")):
+        return None
+    h = Headers()
+    for k in ("via", "from", "to", "call-id", "cseq"):
+        h = h.with_(k, found[k])
+    phrase = "Version Not Supported" if status == 505 else f"Bad Request ({reason[:60]})"
+    return Response(status, phrase, h)
+
+
+@dataclass
+class UserAgent:
+    cfg: UacConfig
+    pbx: Addr
+    token: Callable[[], str]
+    calls: dict[str, Call] = field(default_factory=dict)
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def place(self, number: str, ring_timeout_s: float, sdp: bytes, now: float) -> tuple[str, list[Output]]:
+        call_id = f"{self.token()}{self.token()}@{self.cfg.local_host}"
+        call = Call(self.cfg, number, call_id, ring_timeout_s, sdp, token=self.token)
+        self.calls[call_id] = call
+        return call_id, self._outputs(call, call.start(now))
+
+    def cancel(self, call_id: str, now: float) -> list[Output]:
+        call = self.calls.get(call_id)
+        return [] if call is None else self._outputs(call, call.cancel(now))
+
+    def hangup(self, call_id: str, now: float) -> list[Output]:
+        call = self.calls.get(call_id)
+        return [] if call is None else self._outputs(call, call.hangup(now))
+
+    def _outputs(self, call: Call, events: list[CallEvent]) -> list[Output]:
+        out: list[Output] = []
+        for e in events:
+            if isinstance(e, Send):
+                out.append(Datagram(e.message.encode(), self.pbx))
+            else:
+                out.append(CallUpdate(call.call_id, e))
+        if call.ended and call.get_timer() is None:
+            self.calls.pop(call.call_id, None)
+        return out
+
+    def get_timer(self) -> float | None:
+        times = [t for c in self.calls.values() if (t := c.get_timer()) is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        for call in list(self.calls.values()):
+            t = call.get_timer()
+            if t is not None and t <= now:
+                out += self._outputs(call, call.handle_timer(now))
+            elif t is None and call.ended:
+                self.calls.pop(call.call_id, None)
+        return out
+
+    def receive(self, data: bytes, addr: Addr, now: float) -> list[Output]:
+        try:
+            message = parse(data)
+        except ParseError as exc:
+            reply = bad_request(data, exc.reason, exc.status)
+            self.stats[
+                "malformed_request" if reply is not None or data[:4].upper() != b"SIP/" else "malformed_response"
+            ] += 1
+            return [] if reply is None else [Datagram(reply.encode(), addr)]
+        call = self.calls.get(message.headers.get("call-id") or "")
+        if call is not None:
+            out = self._outputs(call, call.receive(message, now))
+            # responses to requests a call received go back where the request came from
+            return [Datagram(o.data, addr) if isinstance(o, Datagram) and o.data[:4] == b"SIP/" else o for o in out]
+        if isinstance(message, Response):
+            self.stats["stray_response"] += 1
+            return []
+        return [Datagram(self._out_of_dialog(message).encode(), addr)]
+
+    def _out_of_dialog(self, req: Request) -> Response:
+        self.stats[f"out_of_dialog_{req.method.lower()}"] += 1
+        if req.method == "OPTIONS":
+            return respond(req, 200, "OK", to_tag=self.token())
+        if req.method in ("BYE", "CANCEL", "NOTIFY", "INFO", "UPDATE", "PRACK"):
+            return respond(req, 481, "Call/Transaction Does Not Exist", to_tag=self.token())
+        if req.method == "INVITE":
+            return respond(req, 603, "Decline", to_tag=self.token())
+        return respond(req, 501, "Not Implemented", to_tag=self.token())
