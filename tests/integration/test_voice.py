@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,12 @@ from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Status:
+    status: int
+
 
 # scenario → (final status, evidence on the last event)
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -79,3 +86,96 @@ async def test_answered_then_the_callee_hangs_up(broker: Mosquitto, tmp_path: Pa
             assert end["q850_cause"] == 16 and 0.8 <= end["duration_s"] <= 3.0
             await asyncio.sleep(0.2)
             assert pbx.proc is not None and pbx.proc.wait(5) == 0, pbx.errors()  # SIPp saw its scenario through
+
+
+async def test_200_crossing_our_cancel_is_acked_then_byed(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("answer_after_cancel.xml", tmp_path / "sipp") as pbx:
+        settings = voice_settings(broker, tmp_path, pbx.address)
+        async with backend(broker.url) as b, gateway(settings, channels=()):
+            await b.send(
+                "dial",
+                {
+                    "command_id": "d1",
+                    "campaign_id": "v",
+                    "contact_id": "k",
+                    "phone": "+420601234567",
+                    "policy": {"ring_timeout_s": 30},
+                },
+            )
+            await b.wait_for(lambda: b.statuses("v", "k")[-1:] == ["calling"])
+            await asyncio.sleep(0.3)  # ringing
+            await b.send("cancel", {"command_id": "x1", "campaign_id": "v", "contact_id": "k"})
+            await b.wait_for(lambda: b.final("v", "k"))
+            assert [e["status"] for e in b.unique("v", "k")] == ["initial", "calling", "canceled_by_admin"]
+            assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
+
+
+async def test_client_hangs_up_before_the_operator_connects(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("answer_then_bye.xml", tmp_path / "sipp") as pbx:
+        async with backend(broker.url) as b, gateway(voice_settings(broker, tmp_path, pbx.address), channels=()):
+            await b.send(
+                "dial",
+                {
+                    "command_id": "d1",
+                    "campaign_id": "p",
+                    "contact_id": "k",
+                    "phone": "+420601234567",
+                    "mode": "predictive",
+                },
+            )
+            await b.wait_for(lambda: b.final("p", "k"), timeout=15)
+            statuses = [e["status"] for e in b.unique("p", "k")]
+            assert statuses == ["initial", "calling", "awaiting_operator", "canceled_by_client"]
+
+
+async def test_the_sip_port_answers_bad_and_stray_requests(broker: Mosquitto, tmp_path: Path) -> None:
+    import socket
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.conftest import CORPORA
+
+    async with gateway(voice_settings(broker, tmp_path, "127.0.0.1:9"), channels=()) as app:
+        assert app.voice is not None
+        await asyncio.wait_for(app.voice.ready.wait(), 5)
+        port = app.voice.ua.cfg.local_port
+
+        def ask(data: bytes) -> Status | None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(1.0)
+                s.sendto(data, ("127.0.0.1", port))
+                try:
+                    reply = s.recv(65536)
+                except TimeoutError:
+                    return None
+            return Status(int(reply.split(b" ", 2)[1]))  # the status line (a reply may echo a bad Via)
+
+        base = (
+            "{m} sip:telgate@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKq\r\n"
+            "From: <sip:pbx@127.0.0.1>;tag=1\r\nTo: <sip:telgate@127.0.0.1>\r\nCall-ID: stray\r\n"
+            "CSeq: 1 {m}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        options = await asyncio.to_thread(ask, base.format(m="OPTIONS").encode())
+        assert options is not None and options.status == 200
+        bye = await asyncio.to_thread(ask, base.format(m="BYE").encode())
+        assert bye is not None and bye.status == 481  # no such dialog
+        mismatch = base.format(m="BYE").replace("CSeq: 1 BYE", "CSeq: 1 INVITE").encode()
+        bad = await asyncio.to_thread(ask, mismatch)
+        assert bad is not None and bad.status == 400
+        torture = CORPORA / "sip" / "rfc4475" / "badvers.dat"
+        if torture.exists():
+            vers = await asyncio.to_thread(ask, torture.read_bytes())
+            assert vers is not None and vers.status == 505
+
+        @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.binary(max_size=1500))
+        def fuzz(data: bytes) -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(data, ("127.0.0.1", port))
+
+        await asyncio.to_thread(fuzz)
+        await asyncio.sleep(0.3)
+        after = await asyncio.to_thread(ask, base.format(m="OPTIONS").encode())
+        assert after is not None and after.status == 200  # still answering
+        assert app.voice.ua.stats["out_of_dialog_options"] >= 2
