@@ -107,10 +107,18 @@ async def bare_baseline(port: int, n: int) -> float:
         return rate
 
 
-def start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+async def wait_online(c: aiomqtt.Client) -> None:
+    """Wait for a gateway's retained presence to say `online` (subscribe to its status topic first)."""
+    async for m in c.messages:
+        if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
+            return
+
+
+def start_gateway(cfg: Path, log: Path, rate: str = "100000") -> subprocess.Popen[bytes]:
+    """A gateway process from `cfg`; channels it has no configuration for are scripted (answer at once)."""
     prefix = os.environ.get("BENCH_WRAP", "").split()
     return subprocess.Popen(
-        [*prefix, sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0", "100000"],
+        [*prefix, sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0", rate],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
@@ -129,9 +137,7 @@ async def run_pipeline(port: int, contacts: int, workdir: Path, paced: float) ->
         async with client(port, "bench-backend") as c:
             await c.subscribe("telgate/v1/evt/contact/#", qos=1)
             await c.subscribe("telgate/v1/gateways/+/status", qos=1)
-            async for m in c.messages:  # wait for the gateway to be online
-                if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
-                    break
+            await wait_online(c)
 
             async def phase(tag: str, n: int, rate: float | None) -> dict[str, float]:
                 sent_at: list[float] = []
@@ -204,9 +210,7 @@ async def run_queued(port: int, queued: int, workdir: Path) -> dict[str, int]:
         async with client(port, "bench-queue") as c:
             await c.subscribe("telgate/v1/evt/command", qos=1)
             await c.subscribe("telgate/v1/gateways/gw-queue/status", qos=1)
-            async for m in c.messages:
-                if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
-                    break
+            await wait_online(c)
             await c.publish(
                 "telgate/v1/cmd/campaign",
                 json.dumps({"command_id": "q-create", "campaign_id": "queued", "action": "create"}).encode(),

@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import client, rss_kib
+from bench.pipeline import client, rss_kib, start_gateway, wait_online
 from tests.support.broker import Mosquitto, free_port
 from tests.support.sipp import SCENARIOS, free_udp_port
 
@@ -104,20 +102,12 @@ async def run_rate(broker: Mosquitto, rate: int, calls: int, workdir: Path) -> d
         f"[metrics]\ncampaign_label = false\n[retry]\nmax_attempts = 1\n"
         f'[sip]\npbx = "127.0.0.1:{port}"\nlocal = "127.0.0.1:0"\nmax_cps = {rate}\nmax_concurrent_calls = 20000\n'
     )
-    gw = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / f"gw-{rate}.log").open("ab"),
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    gw = start_gateway(cfg, workdir / f"gw-{rate}.log", rate="1000")
     try:
         async with client(broker.port, f"bench-voice-{rate}") as c:
             await c.subscribe("telgate/v1/evt/#", qos=1)
             await c.subscribe(f"telgate/v1/gateways/gw-voice-{rate}/status", qos=1)
-            async for m in c.messages:
-                if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
-                    break
+            await wait_online(c)
             camp = f"voice{rate}"
             await c.publish(
                 "telgate/v1/cmd/campaign",

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.pipeline import client
+from bench.pipeline import client, start_gateway, wait_online
 from tests.support.broker import Mosquitto, free_port
 from whatsapp.standin import Scenario, StandIn
 from whatsapp.webhook import signature, signature_ok
@@ -118,13 +118,7 @@ async def main() -> None:
                 f'[whatsapp]\napi_base = "{standin.api_base}"\nphone_number_id = "{standin.phone_number_id}"\n'
                 f'access_token = "{TOKEN}"\napp_secret = "{SECRET}"\nverify_token = "{VERIFY}"\nmax_mps = 1000\n'
             )
-            gw = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0"],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=(work / "gw.log").open("ab"),
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
+            gw = start_gateway(cfg, work / "gw.log", rate="1000")
             bare_port = free_port()
             bare = subprocess.Popen(
                 [sys.executable, "-m", "bench.whatsapp", "--bare-server", str(bare_port)],
@@ -135,9 +129,7 @@ async def main() -> None:
                 async with client(broker.port, "bench-wa") as c:
                     await c.subscribe("telgate/v1/evt/contact/#", qos=1)
                     await c.subscribe("telgate/v1/gateways/+/status", qos=1)
-                    async for m in c.messages:
-                        if str(m.topic).endswith("/status") and json.loads(m.payload)["state"] == "online":  # type: ignore[arg-type]
-                            break
+                    await wait_online(c)
                     total = max(args.sends, args.messages * 2)
                     # queue every contact in a draft campaign first, then start it: the send phase is sends only
                     await c.subscribe("telgate/v1/evt/command", qos=1)

@@ -95,15 +95,29 @@ class _Timers:
         return names
 
 
-class InviteClientTransaction:
-    def __init__(self, request: Request, reliable: bool, now: float) -> None:
+class _ClientTransaction:
+    """What both client transactions share: the request, the transport's reliability, timers, events."""
+
+    def __init__(self, request: Request, reliable: bool, state: State) -> None:
         self.request = request
         self.reliable = reliable
-        self.state = State.CALLING
+        self.state = state
         self.timers = _Timers()
+        self.pending: list[Event] = [Transmit(request)]
+
+    def get_timer(self) -> float | None:
+        return self.timers.next()
+
+    def events(self) -> list[Event]:
+        out, self.pending = self.pending, []
+        return out
+
+
+class InviteClientTransaction(_ClientTransaction):
+    def __init__(self, request: Request, reliable: bool, now: float) -> None:
+        super().__init__(request, reliable, State.CALLING)
         self._a_interval = T1
         self._ack: Request | None = None
-        self.pending: list[Event] = [Transmit(request)]
         if not reliable:
             self.timers.start("A", now + T1)
         self.timers.start("B", now + 64 * T1)
@@ -112,13 +126,6 @@ class InviteClientTransaction:
     def provisional_seen(self) -> bool:
         """A CANCEL may be sent only once a provisional response arrived (RFC 3261 §9.1)."""
         return self.state is State.PROCEEDING
-
-    def get_timer(self) -> float | None:
-        return self.timers.next()
-
-    def events(self) -> list[Event]:
-        out, self.pending = self.pending, []
-        return out
 
     def receive(self, response: Response, now: float) -> list[Event]:
         code = response.status
@@ -164,24 +171,13 @@ class InviteClientTransaction:
         self.pending.append(Terminated())
 
 
-class NonInviteClientTransaction:
+class NonInviteClientTransaction(_ClientTransaction):
     def __init__(self, request: Request, reliable: bool, now: float) -> None:
-        self.request = request
-        self.reliable = reliable
-        self.state = State.TRYING
-        self.timers = _Timers()
+        super().__init__(request, reliable, State.TRYING)
         self._e_interval = T1
-        self.pending: list[Event] = [Transmit(request)]
         if not reliable:
             self.timers.start("E", now + T1)
         self.timers.start("F", now + 64 * T1)
-
-    def get_timer(self) -> float | None:
-        return self.timers.next()
-
-    def events(self) -> list[Event]:
-        out, self.pending = self.pending, []
-        return out
 
     def receive(self, response: Response, now: float) -> list[Event]:
         if self.state not in (State.TRYING, State.PROCEEDING):
