@@ -172,6 +172,8 @@ async def main() -> None:
                     ats = sorted(s.at for s in standin.sent)
                     # the first second is the limiter's burst: measure the steady part
                     steady = [t for t in ats if t >= ats[0] + 1.0]
+                    if len(steady) < 2:  # a run too short to have a steady part: measure all of it
+                        steady = ats
                     rate = (len(steady) - 1) / (steady[-1] - steady[0])
                     report["sends"] = total
                     report["send_rate_per_s"] = round(rate, 1)

@@ -116,7 +116,7 @@ class App:
         self.engine.on("dispatch", dispatcher.wake)
 
     def _channel_states(self) -> tuple[str, str]:
-        voice = "up" if Channel.VOICE in self.ports else "off"
+        voice = "off" if Channel.VOICE not in self.ports else (self.voice.state if self.voice else "up")
         wa = "off" if Channel.WHATSAPP not in self.ports else (self.whatsapp.state if self.whatsapp else "up")
         return voice, wa
 

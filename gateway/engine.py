@@ -205,6 +205,13 @@ class _WorkFailed(Exception):
         self.index = index
 
 
+def pause_channel(unit: Unit, channel: Channel, reason: str) -> list[str]:
+    ids = unit.txn.campaigns_with_channel(channel, "in_progress")
+    for campaign_id in ids:
+        unit.campaign_action(campaign_id, Action.AUTO_PAUSE, reason=reason)
+    return ids
+
+
 @dataclass
 class _Work(Generic[R]):
     fn: Callable[[Unit], R]
@@ -249,14 +256,7 @@ class Engine:
     async def auto_pause(self, channel: Channel, reason: str) -> list[str]:
         """The hook a channel calls when its far side is down (PBX, WhatsApp account): every campaign in
         progress with contacts on that channel pauses itself with `reason` (SPEC §5.3)."""
-
-        def work(unit: Unit) -> list[str]:
-            ids = unit.txn.campaigns_with_channel(channel, "in_progress")
-            for campaign_id in ids:
-                unit.campaign_action(campaign_id, Action.AUTO_PAUSE, reason=reason)
-            return ids
-
-        return await self.execute(work)
+        return await self.execute(functools.partial(pause_channel, channel=channel, reason=reason))
 
     async def run(self) -> None:
         """The batch loop; runs until cancelled."""

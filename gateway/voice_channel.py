@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import secrets
@@ -15,14 +16,14 @@ from typing import Any
 from metrics.recorder import Recorder
 from sip.call import Answered, Ended, EndKind, Ringing, UacConfig
 from sip.transport import UdpEndpoint
-from sip.ua import CallUpdate, Output, UserAgent
+from sip.ua import CallUpdate, Output, PingAnswered, UserAgent
 
 from .config import SipSection
 from .domain import effects as fx
 from .domain.signals import Kind, Signal
 from .domain.state import ContactState
 from .domain.statuses import Channel
-from .engine import Engine
+from .engine import Engine, pause_channel
 from .store import Key
 
 log = logging.getLogger("telgate.voice")
@@ -108,6 +109,11 @@ class VoiceChannel:
         self._by_key: dict[Key, str] = {}
         self._active: Counter[str] = Counter()
         self.ready = asyncio.Event()
+        self.state = "up"  # presence `pbx`: up until 3 keepalive intervals pass unanswered
+        self._answered_since_tick = True
+        self._missed = 0
+        self._failed_in_a_row = 0
+        recorder.pbx_up.set(1)
 
     def active(self, campaign_id: str | None = None) -> int:
         return sum(self._active.values()) if campaign_id is None else self._active[campaign_id]
@@ -149,12 +155,25 @@ class VoiceChannel:
         elif isinstance(effect, fx.CancelCall) and (ringing := self._by_key.get(key)) is not None:
             self._emit(self.ua.cancel(ringing, self._now()))
 
-    def _on_update(self, update: CallUpdate) -> None:
+    def _on_update(self, update: CallUpdate | PingAnswered) -> None:
+        if isinstance(update, PingAnswered):
+            self._answered_since_tick = True
+            self.recorder.pbx_options_rtt.observe(update.rtt_s)
+            if self.state == "down":
+                self.state = "up"
+                self.recorder.pbx_up.set(1)
+                log.info("pbx answers again; paused campaigns stay paused until resumed")
+            return
         owner = self._calls.get(update.call_id)
         if owner is None:
             return
         key, attempt = owner
         if isinstance(update.event, Ended):
+            failed = update.event.kind is EndKind.FAILED
+            self._failed_in_a_row = self._failed_in_a_row + 1 if failed else 0
+            if self._failed_in_a_row >= FAILED_DIALS_DOWN:
+                self._failed_in_a_row = 0
+                self._pbx_down(f"{FAILED_DIALS_DOWN} failed dials in a row")
             del self._calls[update.call_id]
             if self._by_key.get(key) == update.call_id:
                 del self._by_key[key]
@@ -165,6 +184,28 @@ class VoiceChannel:
         if signal is not None:
             future = self.engine.submit(lambda unit: unit.apply(key, signal))
             future.add_done_callback(_log_failure)
+
+    def _pbx_down(self, why: str) -> None:
+        if self.state == "down":
+            return
+        self.state = "down"
+        self.recorder.pbx_up.set(0)
+        log.error("pbx down, voice campaigns pause", extra={"why": why})
+        future = self.engine.submit(functools.partial(pause_channel, channel=Channel.VOICE, reason=f"pbx_down: {why}"))
+        future.add_done_callback(_log_failure)
+
+    async def _keepalive(self) -> None:
+        """OPTIONS to the PBX every `options_interval_s`; three intervals without an answer is down."""
+        while True:
+            await asyncio.sleep(self.sip.options_interval_s)  # the first one an interval after start
+            if not self._answered_since_tick:
+                self._missed += 1
+                if self._missed >= 3:
+                    self._pbx_down(f"no answer to OPTIONS for {self._missed} intervals")
+            else:
+                self._missed = 0
+            self._answered_since_tick = False
+            self._emit(self.ua.ping(self._now()))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,9 +222,14 @@ class VoiceChannel:
             extra={"local": f"{self.ua.cfg.local_host}:{self.ua.cfg.local_port}", "pbx": self.sip.pbx},
         )
         try:
-            await protocol.run_timers()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(protocol.run_timers(), name="sip-timers")
+                tg.create_task(self._keepalive(), name="sip-keepalive")
         finally:
             transport.close()
+
+
+FAILED_DIALS_DOWN = 5
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:

@@ -57,6 +57,13 @@ class Recorder:
         self.wa_webhooks = Counter(
             "telgate_whatsapp_webhooks", "Webhook statuses and POSTs by result", ["result"], registry=r
         )
+        self.pbx_up = Gauge("telgate_pbx_up", "1 while the PBX answers OPTIONS keepalives", registry=r)
+        self.pbx_options_rtt = Histogram(
+            "telgate_pbx_options_rtt_seconds",
+            "Round trip of OPTIONS keepalives to the PBX",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
         self.bus_connected = Gauge("telgate_bus_connected", "1 while connected to the MQTT broker", registry=r)
 
     def _campaign(self, campaign: str) -> str:

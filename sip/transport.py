@@ -11,14 +11,16 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from .ua import Addr, CallUpdate, Datagram, Output, UserAgent
+from .ua import Addr, CallUpdate, Datagram, Output, PingAnswered, UserAgent
 
 log = logging.getLogger("telgate.sip")
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, ua: UserAgent, on_update: Callable[[CallUpdate], None], allowed: Networks) -> None:
+    def __init__(
+        self, ua: UserAgent, on_update: Callable[[CallUpdate | PingAnswered], None], allowed: Networks
+    ) -> None:
         self.ua = ua
         self.on_update = on_update
         self.allowed = allowed

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .call import Call, CallEvent, Send, UacConfig, respond
 from .message import Headers, ParseError, Request, Response, parse
+from .transaction import NonInviteClientTransaction, ResponseReceived, Terminated, Transmit
 
 Addr = tuple[str, int]
 
@@ -31,7 +32,15 @@ class CallUpdate:
     event: CallEvent
 
 
-Output = Datagram | CallUpdate
+@dataclass(frozen=True, slots=True)
+class PingAnswered:
+    """The PBX answered our OPTIONS keepalive (any final response means it is alive)."""
+
+    status: int
+    rtt_s: float
+
+
+Output = Datagram | CallUpdate | PingAnswered
 _HDR = re.compile(rb"^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -59,6 +68,28 @@ class UserAgent:
     token: Callable[[], str]
     calls: dict[str, Call] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
+    pings: dict[str, tuple[NonInviteClientTransaction, float]] = field(default_factory=dict)
+
+    def ping(self, now: float) -> list[Output]:
+        """An OPTIONS keepalive to the PBX, out of any dialog."""
+        call_id = f"ka-{self.token()}@{self.cfg.local_host}"
+        cfg = self.cfg
+        h = (
+            Headers()
+            .with_(
+                "Via",
+                f"SIP/2.0/{cfg.transport.upper()} {cfg.local_host}:{cfg.local_port};branch=z9hG4bK{self.token()};rport",
+            )
+            .with_("Max-Forwards", "70")
+            .with_("From", f"<sip:{cfg.from_user}@{cfg.domain}>;tag={self.token()}")
+            .with_("To", f"<sip:{cfg.pbx}>")
+            .with_("Call-ID", call_id)
+            .with_("CSeq", "1 OPTIONS")
+            .with_("Accept", "application/sdp")
+        )
+        tx = NonInviteClientTransaction(Request("OPTIONS", f"sip:{cfg.pbx}", h), cfg.reliable, now)
+        self.pings[call_id] = (tx, now)
+        return [Datagram(e.message.encode(), self.pbx) for e in tx.events() if isinstance(e, Transmit)]
 
     def place(self, number: str, ring_timeout_s: float, sdp: bytes, now: float) -> tuple[str, list[Output]]:
         call_id = f"{self.token()}{self.token()}@{self.cfg.local_host}"
@@ -87,10 +118,19 @@ class UserAgent:
 
     def get_timer(self) -> float | None:
         times = [t for c in self.calls.values() if (t := c.get_timer()) is not None]
+        times += [t for tx, _ in self.pings.values() if (t := tx.get_timer()) is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Output]:
         out: list[Output] = []
+        for call_id, (tx, _sent) in list(self.pings.items()):
+            t = tx.get_timer()
+            if t is not None and t <= now:
+                for e in tx.handle_timer(now):
+                    if isinstance(e, Transmit):
+                        out.append(Datagram(e.message.encode(), self.pbx))
+                    elif isinstance(e, Terminated):
+                        self.pings.pop(call_id, None)
         for call in list(self.calls.values()):
             t = call.get_timer()
             if t is not None and t <= now:
@@ -108,7 +148,17 @@ class UserAgent:
                 "malformed_request" if reply is not None or data[:4].upper() != b"SIP/" else "malformed_response"
             ] += 1
             return [] if reply is None else [Datagram(reply.encode(), addr)]
-        call = self.calls.get(message.headers.get("call-id") or "")
+        call_key = message.headers.get("call-id") or ""
+        ping = self.pings.get(call_key)
+        if ping is not None and isinstance(message, Response):
+            tx, sent = ping
+            out_ping: list[Output] = []
+            for e in tx.receive(message, now):
+                if isinstance(e, ResponseReceived) and e.response.status >= 200:
+                    out_ping.append(PingAnswered(e.response.status, now - sent))
+                    self.pings.pop(call_key, None)
+            return out_ping
+        call = self.calls.get(call_key)
         if call is not None:
             out = self._outputs(call, call.receive(message, now))
             # responses to requests a call received go back where the request came from

@@ -179,3 +179,36 @@ async def test_the_sip_port_answers_bad_and_stray_requests(broker: Mosquitto, tm
         after = await asyncio.to_thread(ask, base.format(m="OPTIONS").encode())
         assert after is not None and after.status == 200  # still answering
         assert app.voice.ua.stats["out_of_dialog_options"] >= 2
+
+
+async def test_pbx_down_pauses_voice_campaigns(broker: Mosquitto, tmp_path: Path) -> None:
+    from tests.support.sipp import free_udp_port
+
+    silent = f"127.0.0.1:{free_udp_port()}"  # nothing answers there
+    settings = settings_for(
+        broker.url, tmp_path, sip={"pbx": silent, "local": "127.0.0.1:0", "options_interval_s": 0.2}
+    )
+    async with backend(broker.url) as b, gateway(settings, channels=()) as app:
+        await b.send("campaign", {"command_id": "c1", "campaign_id": "v", "action": "create"})
+        await b.send(
+            "dial",
+            {"command_id": "d1", "campaign_id": "v", "contact_id": "k", "phone": "+420601234567", "mode": "preview"},
+        )  # waits for an operator: no call is placed
+        await b.send("campaign", {"command_id": "c2", "campaign_id": "v", "action": "start"})
+        await b.wait_for(lambda: any(c["status"] == "paused" for c in b.campaigns if c["campaign_id"] == "v"))
+        paused = [c for c in b.campaigns if c["campaign_id"] == "v"][-1]
+        assert paused["reason"].startswith("pbx_down") and "OPTIONS" in paused["reason"]
+        assert app.voice is not None and app.voice.state == "down"
+        await b.wait_for(lambda: b.presence.get("gw-test") is not None)
+
+
+async def test_pbx_answering_options_stays_up(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("options_200.xml", tmp_path / "sipp", calls=1000) as pbx:
+        settings = settings_for(
+            broker.url, tmp_path, sip={"pbx": pbx.address, "local": "127.0.0.1:0", "options_interval_s": 0.2}
+        )
+        async with gateway(settings, channels=()) as app:
+            await asyncio.sleep(1.2)
+            assert app.voice is not None and app.voice.state == "up"
+            text = __import__("prometheus_client").generate_latest(app.recorder.registry).decode()
+            assert "telgate_pbx_up 1.0" in text and "telgate_pbx_options_rtt_seconds_count" in text

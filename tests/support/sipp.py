@@ -17,7 +17,7 @@ def free_udp_port() -> int:
 
 
 class Sipp:
-    def __init__(self, scenario: str, workdir: Path, calls: int = 1) -> None:
+    def __init__(self, scenario: str, workdir: Path, calls: int = 1, extra: tuple[str, ...] = ()) -> None:
         binary = shutil.which("sipp")
         if binary is None:
             raise RuntimeError("sipp is not installed (apt-get install sip-tester; bash .ci/run does)")
@@ -39,6 +39,7 @@ class Sipp:
             "60",
             "-trace_err",
             "-bind_local",
+            *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 
