@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from metrics.recorder import Recorder
+from sip.waiting import wait_event
 
 from . import __version__
 from .commands import CommandContext, execute, publish_result
@@ -297,8 +298,7 @@ class Bus:
                 self._wake.clear()
                 rows = await store.run(functools.partial(_fetch, after=cursor))
                 if not rows:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    await wait_event(self._wake, 1.0)
                     continue
                 for row in rows:
                     cursor = row.id

@@ -9,11 +9,12 @@ come first served.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from sip.waiting import wait_event
 
 from .domain.signals import Kind, Signal
 from .domain.state import CampaignState
@@ -71,8 +72,7 @@ class Dispatcher:
         self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(0.001, seconds))
+        await wait_event(self._wake, max(0.001, seconds))
 
     async def run(self) -> None:
         while True:
@@ -175,5 +175,4 @@ class Scheduler:
                 continue
             next_at = await self.engine.store.run(lambda txn: txn.next_timer_at())
             wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(30.0, max(0.001, wait)))
+            await wait_event(self._wake, min(30.0, max(0.001, wait)))

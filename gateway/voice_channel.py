@@ -15,6 +15,7 @@ from typing import Any
 
 from metrics.recorder import Recorder
 from sip.call import Answered, Ended, EndKind, Ringing, UacConfig
+from sip.register import Registration
 from sip.transport import UdpEndpoint
 from sip.ua import CallUpdate, Output, PingAnswered, UserAgent
 
@@ -213,6 +214,8 @@ class VoiceChannel:
             lambda: UdpEndpoint(self.ua, self._on_update, self.allowed), local_addr=self.bind
         )
         self.ua.cfg = self._uac_config(transport.get_extra_info("sockname")[1])
+        if self.sip.register_:
+            self.ua.registration = Registration(self.ua.cfg, self.sip.register_expires_s, lambda: secrets.token_hex(6))
         self.endpoint = protocol
         pending, self._pending = self._pending, []
         protocol.emit(pending)

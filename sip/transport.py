@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import cast
 
 from .ua import Addr, CallUpdate, Datagram, Output, PingAnswered, UserAgent
+from .waiting import wait_event
 
 log = logging.getLogger("telgate.sip")
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
@@ -54,9 +55,6 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             self._wake.clear()
             at = self.ua.get_timer()
             delay = 3600.0 if at is None else max(0.0, at - self._now())
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+            if await wait_event(self._wake, delay):
                 continue
-            except TimeoutError:
-                pass
             self.emit(self.ua.handle_timer(self._now()))

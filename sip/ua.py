@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .call import Call, CallEvent, Send, UacConfig, respond
 from .message import Headers, ParseError, Request, Response, parse
+from .register import Registration
 from .transaction import NonInviteClientTransaction, ResponseReceived, Terminated, Transmit
 
 Addr = tuple[str, int]
@@ -69,6 +70,10 @@ class UserAgent:
     calls: dict[str, Call] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
     pings: dict[str, tuple[NonInviteClientTransaction, float]] = field(default_factory=dict)
+    registration: Registration | None = None
+
+    def _reg_out(self, requests: list[Request]) -> list[Output]:
+        return [Datagram(r.encode(), self.pbx) for r in requests]
 
     def ping(self, now: float) -> list[Output]:
         """An OPTIONS keepalive to the PBX, out of any dialog."""
@@ -119,10 +124,14 @@ class UserAgent:
     def get_timer(self) -> float | None:
         times = [t for c in self.calls.values() if (t := c.get_timer()) is not None]
         times += [t for tx, _ in self.pings.values() if (t := tx.get_timer()) is not None]
+        if self.registration is not None and (t := self.registration.get_timer()) is not None:
+            times.append(t)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Output]:
         out: list[Output] = []
+        if self.registration is not None and (t := self.registration.get_timer()) is not None and t <= now:
+            out += self._reg_out(self.registration.handle_timer(now))
         for call_id, (tx, _sent) in list(self.pings.items()):
             t = tx.get_timer()
             if t is not None and t <= now:
@@ -149,6 +158,8 @@ class UserAgent:
             ] += 1
             return [] if reply is None else [Datagram(reply.encode(), addr)]
         call_key = message.headers.get("call-id") or ""
+        if self.registration is not None and call_key == self.registration.call_id and isinstance(message, Response):
+            return self._reg_out(self.registration.receive(message, now))
         ping = self.pings.get(call_key)
         if ping is not None and isinstance(message, Response):
             tx, sent = ping

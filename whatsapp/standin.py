@@ -255,7 +255,8 @@ class StandIn:
             if pending:
                 timeout = max(0.0, min(t for t, _ in pending) - time.monotonic())
             try:
-                item = await asyncio.wait_for(self._due.get(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation in 3.11
+                    item = await self._due.get()
                 pending.append(item)
                 while not self._due.empty():
                     pending.append(self._due.get_nowait())

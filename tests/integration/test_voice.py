@@ -212,3 +212,28 @@ async def test_pbx_answering_options_stays_up(broker: Mosquitto, tmp_path: Path)
             assert app.voice is not None and app.voice.state == "up"
             text = __import__("prometheus_client").generate_latest(app.recorder.registry).decode()
             assert "telgate_pbx_up 1.0" in text and "telgate_pbx_options_rtt_seconds_count" in text
+
+
+async def test_registers_with_digest_and_refreshes(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("register_401.xml", tmp_path / "sipp") as pbx:
+        settings = settings_for(
+            broker.url,
+            tmp_path,
+            sip={
+                "pbx": pbx.address,
+                "local": "127.0.0.1:0",
+                "register": True,
+                "register_expires_s": 60,
+                "username": "telgate",
+                "password": "secret",
+            },
+        )
+        async with gateway(settings, channels=()) as app:
+            assert app.voice is not None
+            reg = app.voice.ua.registration
+            assert reg is not None
+            deadline = asyncio.get_running_loop().time() + 10
+            while not (reg.registered and reg.cseq >= 3) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            assert reg.registered and reg.granted_s == 2 and reg.cseq == 3, (reg.last_status, pbx.errors())
+            assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 5) == 0, pbx.errors()
