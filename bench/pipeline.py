@@ -114,6 +114,27 @@ async def wait_online(c: aiomqtt.Client) -> None:
             return
 
 
+async def queue_in_draft(c: aiomqtt.Client, campaign: str, kind: str, commands: list[dict[str, Any]]) -> None:
+    """Create `campaign` as a draft, queue `commands` in it and wait for their results; then start it.
+
+    The phase measured afterwards is the channel's work only, not the command intake.
+    """
+    await c.subscribe("telgate/v1/evt/command", qos=1)
+    create = {"command_id": f"{campaign}-create", "campaign_id": campaign, "action": "create"}
+    await c.publish("telgate/v1/cmd/campaign", json.dumps(create).encode(), qos=1)
+    for cmd in commands:
+        await c.publish(f"telgate/v1/cmd/{kind}", json.dumps({"campaign_id": campaign, **cmd}).encode(), qos=1)
+    results = 0
+    async for m in c.messages:
+        if str(m.topic).endswith("/evt/command"):
+            results += 1
+            if results >= len(commands) + 1:
+                break
+    await c.unsubscribe("telgate/v1/evt/command")
+    start = {"command_id": f"{campaign}-start", "campaign_id": campaign, "action": "start"}
+    await c.publish("telgate/v1/cmd/campaign", json.dumps(start).encode(), qos=1)
+
+
 def start_gateway(cfg: Path, log: Path, rate: str = "100000") -> subprocess.Popen[bytes]:
     """A gateway process from `cfg`; channels it has no configuration for are scripted (answer at once)."""
     prefix = os.environ.get("BENCH_WRAP", "").split()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import client, rss_kib, start_gateway, wait_online
+from bench.pipeline import client, queue_in_draft, rss_kib, start_gateway, wait_online
 from tests.support.broker import Mosquitto, free_port
 from tests.support.sipp import SCENARIOS, free_udp_port
 
@@ -109,34 +109,14 @@ async def run_rate(broker: Mosquitto, rate: int, calls: int, workdir: Path) -> d
             await c.subscribe(f"telgate/v1/gateways/gw-voice-{rate}/status", qos=1)
             await wait_online(c)
             camp = f"voice{rate}"
-            await c.publish(
-                "telgate/v1/cmd/campaign",
-                json.dumps({"command_id": f"{camp}-c", "campaign_id": camp, "action": "create"}).encode(),
-                qos=1,
-            )
-            for i in range(calls):
-                await c.publish(
-                    "telgate/v1/cmd/dial",
-                    json.dumps(
-                        {
-                            "command_id": f"{camp}-{i}",
-                            "campaign_id": camp,
-                            "contact_id": f"k{i}",
-                            "phone": f"+420601{i:06d}",
-                        }
-                    ).encode(),
-                    qos=1,
-                )
-            results = 0
-            async for m in c.messages:
-                if str(m.topic).endswith("/evt/command"):
-                    results += 1
-                    if results >= calls + 1:
-                        break
-            await c.publish(
-                "telgate/v1/cmd/campaign",
-                json.dumps({"command_id": f"{camp}-s", "campaign_id": camp, "action": "start"}).encode(),
-                qos=1,
+            await queue_in_draft(
+                c,
+                camp,
+                "dial",
+                [
+                    {"command_id": f"{camp}-{i}", "contact_id": f"k{i}", "phone": f"+420601{i:06d}"}
+                    for i in range(calls)
+                ],
             )
             start = time.perf_counter()
             finals: dict[str, dict[str, Any]] = {}

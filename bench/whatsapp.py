@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.pipeline import client, start_gateway, wait_online
+from bench.pipeline import client, queue_in_draft, start_gateway, wait_online
 from tests.support.broker import Mosquitto, free_port
 from whatsapp.standin import Scenario, StandIn
 from whatsapp.webhook import signature, signature_ok
@@ -132,37 +132,19 @@ async def main() -> None:
                     await wait_online(c)
                     total = max(args.sends, args.messages * 2)
                     # queue every contact in a draft campaign first, then start it: the send phase is sends only
-                    await c.subscribe("telgate/v1/evt/command", qos=1)
-                    await c.publish(
-                        "telgate/v1/cmd/campaign",
-                        json.dumps({"command_id": "create", "campaign_id": "bench", "action": "create"}).encode(),
-                        qos=1,
-                    )
-                    for i in range(total):
-                        await c.publish(
-                            "telgate/v1/cmd/send",
-                            json.dumps(
-                                {
-                                    "command_id": f"s{i}",
-                                    "campaign_id": "bench",
-                                    "contact_id": f"k{i}",
-                                    "phone": f"+420601{i:06d}",
-                                    "template": {"name": "t", "language": "en"},
-                                }
-                            ).encode(),
-                            qos=1,
-                        )
-                    results = 0
-                    async for m in c.messages:
-                        if str(m.topic).endswith("/evt/command"):
-                            results += 1
-                            if results >= total + 1:
-                                break
-                    await c.unsubscribe("telgate/v1/evt/command")
-                    await c.publish(
-                        "telgate/v1/cmd/campaign",
-                        json.dumps({"command_id": "start", "campaign_id": "bench", "action": "start"}).encode(),
-                        qos=1,
+                    await queue_in_draft(
+                        c,
+                        "bench",
+                        "send",
+                        [
+                            {
+                                "command_id": f"s{i}",
+                                "contact_id": f"k{i}",
+                                "phone": f"+420601{i:06d}",
+                                "template": {"name": "t", "language": "en"},
+                            }
+                            for i in range(total)
+                        ],
                     )
                     deadline = time.monotonic() + 120
                     while len(standin.sent) < total:

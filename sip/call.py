@@ -54,6 +54,12 @@ class UacConfig:
     def domain(self) -> str:
         return self.pbx.split(":")[0]
 
+    def via(self, branch_token: str) -> str:
+        """Our Via: this address, a new RFC 3261 branch, and rport (RFC 3581) for NAT."""
+        return (
+            f"SIP/2.0/{self.transport.upper()} {self.local_host}:{self.local_port};branch=z9hG4bK{branch_token};rport"
+        )
+
 
 # -- what a call tells its owner ------------------------------------------------------------------
 
@@ -145,9 +151,6 @@ class Call:
     def target_uri(self) -> str:
         return f"sip:{self.number.lstrip('+')}@{self.cfg.pbx}"
 
-    def _via(self, branch: str) -> str:
-        return f"SIP/2.0/{self.cfg.transport.upper()} {self.cfg.local_host}:{self.cfg.local_port};branch={branch};rport"
-
     def _from(self) -> str:
         display = f'"{self.cfg.from_display}" ' if self.cfg.from_display else ""
         return f"{display}<sip:{self.cfg.from_user}@{self.cfg.domain}>;tag={self.local_tag}"
@@ -159,7 +162,7 @@ class Call:
     def _invite_request(self, extra: Headers | None = None) -> Request:
         h = (
             Headers()
-            .with_("Via", self._via("z9hG4bK" + self.token()))
+            .with_("Via", self.cfg.via(self.token()))
             .with_("Max-Forwards", "70")
             .with_("From", self._from())
             .with_("To", f"<{self.target_uri}>")
@@ -176,7 +179,7 @@ class Call:
         return Request("INVITE", self.target_uri, h, self.sdp)
 
     def _in_dialog(self, method: str, number: int) -> Request:
-        h = Headers().with_("Via", self._via("z9hG4bK" + self.token())).with_("Max-Forwards", "70")
+        h = Headers().with_("Via", self.cfg.via(self.token())).with_("Max-Forwards", "70")
         for route in self.route_set:
             h = h.with_("Route", route)
         h = (

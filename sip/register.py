@@ -42,10 +42,7 @@ class Registration:
         user = cfg.username or cfg.from_user
         h = (
             Headers()
-            .with_(
-                "Via",
-                f"SIP/2.0/{cfg.transport.upper()} {cfg.local_host}:{cfg.local_port};branch=z9hG4bK{self.token()};rport",
-            )
+            .with_("Via", cfg.via(self.token()))
             .with_("Max-Forwards", "70")
             .with_("From", f"<sip:{user}@{cfg.domain}>;tag={self.tag}")
             .with_("To", f"<sip:{user}@{cfg.domain}>")

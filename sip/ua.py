@@ -81,10 +81,7 @@ class UserAgent:
         cfg = self.cfg
         h = (
             Headers()
-            .with_(
-                "Via",
-                f"SIP/2.0/{cfg.transport.upper()} {cfg.local_host}:{cfg.local_port};branch=z9hG4bK{self.token()};rport",
-            )
+            .with_("Via", cfg.via(self.token()))
             .with_("Max-Forwards", "70")
             .with_("From", f"<sip:{cfg.from_user}@{cfg.domain}>;tag={self.token()}")
             .with_("To", f"<sip:{cfg.pbx}>")
