@@ -61,6 +61,7 @@ class App:
             enabled=frozenset(),
             ring_timeout_s=settings.sip.ring_timeout_s,
             ambiguous_timeout_s=settings.whatsapp.ambiguous_timeout_s,
+            prompts_dir=settings.prompts_dir,
         )
         self.bus = Bus(
             settings.bus,
@@ -86,7 +87,7 @@ class App:
             self._whatsapp(settings)
         self.voice: VoiceChannel | None = None
         if settings.sip.active:
-            self.voice = VoiceChannel(self.engine, self.recorder, settings.sip)
+            self.voice = VoiceChannel(self.engine, self.recorder, settings.sip, settings.prompts_dir)
             self.add_port(self.voice)
 
     def _whatsapp(self, settings: Settings) -> None:

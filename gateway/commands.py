@@ -6,8 +6,12 @@ answered again with the stored result (flagged `duplicate`) and changes nothing.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from sip.rtp import PromptError, load_wav
 
 from .domain.campaign import Action
 from .domain.effects import TimerKind
@@ -50,6 +54,35 @@ class CommandContext:
     enabled: frozenset[Channel]
     ring_timeout_s: float
     ambiguous_timeout_s: float = 600.0
+    prompts_dir: Path | None = None
+
+
+def prompt_path(prompts_dir: Path | None, name: str) -> Path | None:
+    """The file a prompt name stands for: a plain file name inside `prompts_dir`, nothing else."""
+    if prompts_dir is None or not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    return prompts_dir / name
+
+
+@functools.lru_cache(maxsize=256)
+def _prompt_checked(path: Path, mtime_ns: int) -> str | None:
+    try:
+        load_wav(path)
+    except PromptError as exc:
+        return str(exc)
+    return None
+
+
+def prompt_problem(prompts_dir: Path | None, name: str) -> str | None:
+    """Why a `dial.prompt` cannot be played, or None when it can."""
+    path = prompt_path(prompts_dir, name)
+    if path is None:
+        return f"prompt {name!r} must be a file name in sip.prompts_dir"
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return f"no prompt {name!r} in {prompts_dir}"
+    return _prompt_checked(path, mtime)
 
 
 class _No(Exception):
@@ -168,7 +201,17 @@ def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> 
     phone = normalise(cmd.phone, ctx.default_region)
     fields: dict[str, Any] = {}
     if isinstance(cmd, DialCommand):
-        fields = {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s, "connect_to": cmd.connect_to}
+        if cmd.prompt is not None:
+            problem = prompt_problem(ctx.prompts_dir, cmd.prompt)
+            if problem is not None:
+                raise _No("invalid_prompt", "prompt", problem)
+        fields = {
+            "mode": cmd.mode,
+            "wrapup": cmd.wrapup,
+            "bcw_s": cmd.bcw_s,
+            "connect_to": cmd.connect_to,
+            "prompt": cmd.prompt,
+        }
     else:
         fields = {"template": cmd.template.model_dump()}
     state = ContactState(

@@ -95,6 +95,9 @@ class SipSection(_Section):
     max_cps: float = Field(10.0, gt=0)
     ring_timeout_s: float = Field(30.0, gt=0)
     connect_to: str = ""
+    rtp_port: int = Field(0, ge=0, le=65535)  # the one RTP port of every call's SDP; 0 = chosen by the OS
+    prompts_dir: str = "{data_dir}/prompts"  # where `dial.prompt` names an 8 kHz mono 16-bit WAV
+    t1_ms: int = Field(500, ge=10, le=10_000)  # RFC 3261 T1: INVITE retransmits from T1, Timer B = 64 x T1
 
     @property
     def active(self) -> bool:
@@ -178,6 +181,10 @@ class Settings(BaseSettings):
     @property
     def store_url(self) -> str:
         return self.store.url.replace("{data_dir}", str(self.gateway.data_dir))
+
+    @property
+    def prompts_dir(self) -> Path:
+        return Path(self.sip.prompts_dir.replace("{data_dir}", str(self.gateway.data_dir)))
 
     @property
     def client_id(self) -> str:

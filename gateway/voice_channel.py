@@ -6,19 +6,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import logging
 import secrets
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from metrics.recorder import Recorder
-from sip.call import Answered, Ended, EndKind, Ringing, UacConfig
+from sip import sdp
+from sip.call import Answered, Ended, EndKind, Ringing, Transferred, UacConfig
+from sip.media import MediaEndpoint
 from sip.register import Registration
-from sip.transport import UdpEndpoint
+from sip.rtp import PromptError, encode, load_wav
+from sip.transport import TcpEndpoint, UdpEndpoint
 from sip.ua import CallUpdate, Output, PingAnswered, UserAgent
 
+from .commands import prompt_path
 from .config import SipSection
 from .domain import effects as fx
 from .domain.signals import Kind, Signal
@@ -39,24 +46,6 @@ END_KIND = {
 }
 
 
-def sdp_offer(host: str, rtp_port: int) -> bytes:
-    lines = [
-        "v=0",
-        f"o=telgate {secrets.randbelow(2**31)} 1 IN IP4 {host}",
-        "s=telgate",
-        f"c=IN IP4 {host}",
-        "t=0 0",
-        f"m=audio {rtp_port} RTP/AVP 0 8 101",
-        "a=rtpmap:0 PCMU/8000",
-        "a=rtpmap:8 PCMA/8000",
-        "a=rtpmap:101 telephone-event/8000",
-        "a=fmtp:101 0-16",
-        "a=ptime:20",
-        "a=sendrecv",
-    ]
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-
 def update_signal(update: CallUpdate, attempt: int) -> Signal | None:
     base: dict[str, Any] = {"source": "sip", "call_id": update.call_id}
     match update.event:
@@ -68,6 +57,10 @@ def update_signal(update: CallUpdate, attempt: int) -> Signal | None:
             )
         case Answered(status):
             return Signal(Kind.ANSWERED, {**base, "kind": "answered", "sip_code": status}, attempt=attempt)
+        case Transferred(True, status, reason):
+            return Signal(
+                Kind.CONNECTED, {**base, "kind": "connected", "sip_code": status, "reason": reason}, attempt=attempt
+            )
         case Ended(kind, status, reason, q850, duration, _answered):
             signal_kind = END_KIND[kind]
             return Signal(
@@ -86,16 +79,29 @@ def update_signal(update: CallUpdate, attempt: int) -> Signal | None:
     return None
 
 
+@dataclass
+class _Placed:
+    """What the channel keeps per call: whose attempt it is and what to do once it is answered."""
+
+    key: Key
+    attempt: int
+    connect_to: str | None
+    prompt: str | None
+    followup: asyncio.Task[None] | None = None
+    transfer: str | None = None  # the transfer's outcome, for the hangup's evidence
+
+
 class VoiceChannel:
-    """The ChannelPort for voice: one UDP endpoint, calls placed through `sip.pbx`."""
+    """The ChannelPort for voice: one SIP endpoint (UDP or TCP) and one RTP port; calls go to `sip.pbx`."""
 
     channel = Channel.VOICE
 
-    def __init__(self, engine: Engine, recorder: Recorder, sip: SipSection) -> None:
+    def __init__(self, engine: Engine, recorder: Recorder, sip: SipSection, prompts_dir: Path | None = None) -> None:
         assert sip.pbx
         self.engine = engine
         self.recorder = recorder
         self.sip = sip
+        self.prompts_dir = prompts_dir
         self.max_concurrent = sip.max_concurrent_calls
         self.max_rate = sip.max_cps
         host, _, port = sip.local.rpartition(":")
@@ -103,12 +109,15 @@ class VoiceChannel:
         pbx_host, _, pbx_port = sip.pbx.rpartition(":")
         self.pbx_addr = (pbx_host, int(pbx_port or 5060))
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in (sip.allowed_sources or [pbx_host])]
-        self.endpoint: UdpEndpoint | None = None
+        self.endpoint: UdpEndpoint | TcpEndpoint | None = None
+        self.media = MediaEndpoint()
+        self.rtp_port = 0
         self._pending: list[Output] = []  # what was sent before the socket was bound
         self.ua = UserAgent(self._uac_config(int(port)), self.pbx_addr, lambda: secrets.token_hex(6))
-        self._calls: dict[str, tuple[Key, int]] = {}
+        self._calls: dict[str, _Placed] = {}
         self._by_key: dict[Key, str] = {}
         self._active: Counter[str] = Counter()
+        self._prompts: dict[tuple[str, int], bytes] = {}
         self.ready = asyncio.Event()
         self.state = "up"  # presence `pbx`: up until 3 keepalive intervals pass unanswered
         self._answered_since_tick = True
@@ -132,6 +141,7 @@ class VoiceChannel:
             from_display=sip.from_display,
             username=sip.username,
             password=sip.password.get_secret_value() if sip.password else None,
+            t1=sip.t1_ms / 1000.0,
         )
 
     def _emit(self, outputs: list[Output]) -> None:
@@ -147,14 +157,56 @@ class VoiceChannel:
         key = (contact.campaign_id, contact.contact_id)
         if isinstance(effect, fx.Dial):
             ring = contact.policy.ring_timeout_s or self.sip.ring_timeout_s
-            host = self.ua.cfg.local_host
-            call_id, outputs = self.ua.place(contact.phone or "", ring, sdp_offer(host, 40000), self._now())
-            self._calls[call_id] = (key, effect.attempt)
+            offer = sdp.offer(self.ua.cfg.local_host, self.rtp_port, secrets.randbelow(2**31))
+            call_id, outputs = self.ua.place(contact.phone or "", ring, offer, self._now())
+            connect_to = contact.connect_to or self.sip.connect_to or None
+            self._calls[call_id] = _Placed(key, effect.attempt, connect_to, contact.prompt)
             self._by_key[key] = call_id
             self._active[contact.campaign_id] += 1
             self._emit(outputs)
         elif isinstance(effect, fx.CancelCall) and (ringing := self._by_key.get(key)) is not None:
             self._emit(self.ua.cancel(ringing, self._now()))
+
+    # -- after the answer: prompt, transfer, hang up ----------------------------------------------
+    def _prompt_audio(self, name: str, payload_type: int) -> bytes:
+        cached = self._prompts.get((name, payload_type))
+        if cached is None:
+            path = prompt_path(self.prompts_dir, name)
+            if path is None:
+                raise PromptError(f"prompt {name!r} is not a file name in sip.prompts_dir")
+            cached = self._prompts[(name, payload_type)] = encode(load_wav(path), payload_type)
+        return cached
+
+    def _answered(self, call_id: str, placed: _Placed, event: Answered) -> None:
+        if placed.prompt is not None:
+            placed.followup = asyncio.get_running_loop().create_task(
+                self._play_then(call_id, placed, event), name=f"prompt-{call_id}"
+            )
+        elif placed.connect_to:
+            self._emit(self.ua.transfer(call_id, placed.connect_to, self._now()))
+
+    async def _play_then(self, call_id: str, placed: _Placed, event: Answered) -> None:
+        assert placed.prompt is not None
+        try:
+            if event.media is None:
+                log.warning("no media to play the prompt to", extra={"call_id": call_id})
+            else:
+                await self.media.play(event.media, self._prompt_audio(placed.prompt, event.media.payload_type))
+        except PromptError as exc:
+            log.error("prompt not played", extra={"call_id": call_id, "why": str(exc)})
+        if call_id not in self._calls:
+            return
+        if placed.connect_to:
+            self._emit(self.ua.transfer(call_id, placed.connect_to, self._now()))
+        else:
+            self._emit(self.ua.hangup(call_id, self._now()))
+
+    def _transferred(self, call_id: str, placed: _Placed, event: Transferred) -> None:
+        placed.transfer = "ok" if event.ok else f"failed: {event.status or ''} {event.reason}".strip()
+        self.recorder.call_transfers.labels("ok" if event.ok else "failed").inc()
+        if not event.ok:
+            log.warning("transfer failed", extra={"call_id": call_id, "why": placed.transfer})
+        self._emit(self.ua.hangup(call_id, self._now()))  # the transferor leaves either way (RFC 5589 §6)
 
     def _on_update(self, update: CallUpdate | PingAnswered) -> None:
         if isinstance(update, PingAnswered):
@@ -165,10 +217,11 @@ class VoiceChannel:
                 self.recorder.pbx_up.set(1)
                 log.info("pbx answers again; paused campaigns stay paused until resumed")
             return
-        owner = self._calls.get(update.call_id)
-        if owner is None:
+        placed = self._calls.get(update.call_id)
+        if placed is None:
             return
-        key, attempt = owner
+        key, attempt = placed.key, placed.attempt
+        signal = update_signal(update, attempt)
         if isinstance(update.event, Ended):
             failed = update.event.kind is EndKind.FAILED
             self._failed_in_a_row = self._failed_in_a_row + 1 if failed else 0
@@ -181,10 +234,17 @@ class VoiceChannel:
             self._active[key[0]] -= 1
             if self._active[key[0]] <= 0:
                 del self._active[key[0]]
-        signal = update_signal(update, attempt)
+            if placed.followup is not None and not placed.followup.done():
+                placed.followup.cancel()
+            if signal is not None and placed.transfer is not None:
+                signal = dataclasses.replace(signal, evidence={**signal.evidence, "transfer": placed.transfer})
         if signal is not None:
             future = self.engine.submit(lambda unit: unit.apply(key, signal))
             future.add_done_callback(_log_failure)
+        if isinstance(update.event, Answered):
+            self._answered(update.call_id, placed, update.event)
+        elif isinstance(update.event, Transferred):
+            self._transferred(update.call_id, placed, update.event)
 
     def _pbx_down(self, why: str) -> None:
         if self.state == "down":
@@ -208,28 +268,54 @@ class VoiceChannel:
             self._answered_since_tick = False
             self._emit(self.ua.ping(self._now()))
 
-    async def run(self) -> None:
+    async def _open(self) -> tuple[UdpEndpoint | TcpEndpoint, int, asyncio.BaseTransport | None]:
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
+        if self.sip.transport == "tcp":
+            tcp = TcpEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr)
+            port = await tcp.listen(*self.bind)
+            return tcp, port, None
+        transport, udp = await loop.create_datagram_endpoint(
             lambda: UdpEndpoint(self.ua, self._on_update, self.allowed), local_addr=self.bind
         )
-        self.ua.cfg = self._uac_config(transport.get_extra_info("sockname")[1])
+        return udp, transport.get_extra_info("sockname")[1], transport
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        media_host = self.bind[0]
+        media_transport, _ = await loop.create_datagram_endpoint(
+            lambda: self.media, local_addr=(media_host, self.sip.rtp_port)
+        )
+        self.rtp_port = media_transport.get_extra_info("sockname")[1]
+        endpoint, port, transport = await self._open()
+        self.ua.cfg = self._uac_config(port)
         if self.sip.register_:
             self.ua.registration = Registration(self.ua.cfg, self.sip.register_expires_s, lambda: secrets.token_hex(6))
-        self.endpoint = protocol
+        self.endpoint = endpoint
         pending, self._pending = self._pending, []
-        protocol.emit(pending)
+        endpoint.emit(pending)
         self.ready.set()
         log.info(
             "sip endpoint up",
-            extra={"local": f"{self.ua.cfg.local_host}:{self.ua.cfg.local_port}", "pbx": self.sip.pbx},
+            extra={
+                "local": f"{self.ua.cfg.local_host}:{self.ua.cfg.local_port}",
+                "transport": self.sip.transport,
+                "rtp_port": self.rtp_port,
+                "pbx": self.sip.pbx,
+            },
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(protocol.run_timers(), name="sip-timers")
+                tg.create_task(endpoint.run_timers(), name="sip-timers")
                 tg.create_task(self._keepalive(), name="sip-keepalive")
         finally:
-            transport.close()
+            for placed in self._calls.values():
+                if placed.followup is not None:
+                    placed.followup.cancel()
+            if transport is not None:
+                transport.close()
+            if isinstance(endpoint, TcpEndpoint):
+                endpoint.close()
+            media_transport.close()
 
 
 FAILED_DIALS_DOWN = 5

@@ -65,6 +65,9 @@ class Recorder:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         self.bus_connected = Gauge("telgate_bus_connected", "1 while connected to the MQTT broker", registry=r)
+        self.call_transfers = Counter(
+            "telgate_call_transfers", "Blind transfers (REFER) of answered calls by result", ["result"], registry=r
+        )
 
     def _campaign(self, campaign: str) -> str:
         return campaign if self.campaign_label else ""

@@ -22,6 +22,7 @@ from enum import StrEnum
 from . import auth
 from .message import Headers, Request, Response, cseq, reason_q850, tag, uri_of
 from .outcome import Outcome, final_outcome
+from .sdp import Media, parse_answer
 from .transaction import (
     InviteClientTransaction,
     NonInviteClientTransaction,
@@ -45,6 +46,7 @@ class UacConfig:
     from_display: str | None = None
     username: str | None = None
     password: str | None = None
+    t1: float = 0.5  # RFC 3261 T1 (RTT estimate): Timer A starts at T1, Timers B and F are 64 x T1
 
     @property
     def reliable(self) -> bool:
@@ -79,6 +81,16 @@ class Ringing:
 @dataclass(frozen=True, slots=True)
 class Answered:
     status: int
+    media: Media | None = None  # where the far end wants audio (from the SDP answer)
+
+
+@dataclass(frozen=True, slots=True)
+class Transferred:
+    """The outcome of our REFER: the REFER's own failure, or the final line of the NOTIFY sipfrag."""
+
+    ok: bool
+    status: int | None
+    reason: str
 
 
 class EndKind(StrEnum):
@@ -100,7 +112,7 @@ class Ended:
     answered: bool = False
 
 
-CallEvent = Send | Ringing | Answered | Ended
+CallEvent = Send | Ringing | Answered | Transferred | Ended
 
 
 class Phase(StrEnum):
@@ -141,6 +153,8 @@ class Call:
     _invite: Request | None = None
     _cancel: NonInviteClientTransaction | None = None
     _bye: NonInviteClientTransaction | None = None
+    _refer: NonInviteClientTransaction | None = None
+    transfer_state: str | None = None  # None, "pending", "accepted", "done"
     _ring_at: float | None = None
     _ack: Request | None = None
     _end: Ended | None = None
@@ -216,7 +230,7 @@ class Call:
 
     def _send_invite(self, invite: Request, now: float) -> None:
         self._invite = invite
-        self._ict = InviteClientTransaction(invite, self.cfg.reliable, now)
+        self._ict = InviteClientTransaction(invite, self.cfg.reliable, now, self.cfg.t1)
         self._relay(self._ict.events())
 
     def _relay(self, events: Sequence[object]) -> None:
@@ -245,6 +259,7 @@ class Call:
                 self._ict.get_timer() if self._ict else None,
                 self._cancel.get_timer() if self._cancel else None,
                 self._bye.get_timer() if self._bye else None,
+                self._refer.get_timer() if self._refer else None,
                 self._ring_at if self.phase in (Phase.INVITING, Phase.EARLY) else None,
             )
             if t is not None
@@ -265,6 +280,12 @@ class Call:
                     self._finish(Ended(EndKind.FAILED, None, "no response (Timer B)"))
         if self._cancel is not None:
             self._relay(self._cancel.handle_timer(now))
+        if self._refer is not None:
+            for e in self._refer.handle_timer(now):
+                if isinstance(e, Transmit):
+                    self._out.append(Send(e.message))
+                elif isinstance(e, TimedOut) and self.transfer_state == "pending":
+                    self._transferred(False, None, "no response to REFER (Timer F)")
         if self._bye is not None:
             for e in self._bye.handle_timer(now):
                 if isinstance(e, Transmit):
@@ -292,7 +313,7 @@ class Call:
         if self.canceled:
             return
         self.canceled = True
-        self._cancel = NonInviteClientTransaction(self._cancel_request(), self.cfg.reliable, now)
+        self._cancel = NonInviteClientTransaction(self._cancel_request(), self.cfg.reliable, now, self.cfg.t1)
         self._relay(self._cancel.events())
 
     def hangup(self, now: float) -> list[CallEvent]:
@@ -301,11 +322,36 @@ class Call:
         self._hangup(now)
         return self._drain()
 
+    def transfer(self, target: str, now: float) -> list[CallEvent]:
+        """Blind transfer (RFC 3515, RFC 5589 §6): REFER the answered party to `target`, then follow the
+        NOTIFY sipfrag to its final line. The owner hangs up once the transfer is decided."""
+        if self.phase is Phase.CONFIRMED and self.transfer_state is None:
+            self.local_cseq += 1
+            refer = self._in_dialog("REFER", self.local_cseq)
+            h = (
+                refer.headers.with_("Refer-To", f"<{target}>")
+                .with_("Referred-By", f"<sip:{self.cfg.from_user}@{self.cfg.domain}>")
+                .with_("Contact", self._contact())
+            )
+            self._refer = NonInviteClientTransaction(
+                Request("REFER", refer.uri, h), self.cfg.reliable, now, self.cfg.t1
+            )
+            self.transfer_state = "pending"
+            self._relay(self._refer.events())
+        return self._drain()
+
+    def _transferred(self, ok: bool, status: int | None, reason: str) -> None:
+        if self.transfer_state in ("pending", "accepted"):
+            self.transfer_state = "done"
+            self._out.append(Transferred(ok, status, reason))
+
     def _hangup(self, now: float) -> None:
         if self.phase is Phase.CONFIRMED:
             self.local_cseq += 1
             self.closed_at = now
-            self._bye = NonInviteClientTransaction(self._in_dialog("BYE", self.local_cseq), self.cfg.reliable, now)
+            self._bye = NonInviteClientTransaction(
+                self._in_dialog("BYE", self.local_cseq), self.cfg.reliable, now, self.cfg.t1
+            )
             self._relay(self._bye.events())
             self.phase = Phase.CLOSING
 
@@ -331,6 +377,13 @@ class Call:
                     self._invite_response(e.response, e.retransmission, now)
         elif method == "CANCEL" and self._cancel is not None:
             self._cancel.receive(resp, now)
+        elif method == "REFER" and self._refer is not None:
+            for e in self._refer.receive(resp, now):
+                if isinstance(e, ResponseReceived) and e.response.status >= 200:
+                    if e.response.status < 300:
+                        self.transfer_state = "accepted" if self.transfer_state == "pending" else self.transfer_state
+                    else:
+                        self._transferred(False, e.response.status, f"REFER refused: {e.response.reason}")
         elif method == "BYE" and self._bye is not None:
             for e in self._bye.receive(resp, now):
                 if isinstance(e, ResponseReceived) and e.response.status >= 200:
@@ -367,7 +420,7 @@ class Call:
                 self._hangup(now)
                 self._finish(Ended(EndKind.UNREACHABLE, code, "answered after CANCEL", None, 0.0, False))
                 return
-            self._out.append(Answered(code))
+            self._out.append(Answered(code, parse_answer(resp.body)))
             return
         if code in (401, 407) and not self.authenticated and self.cfg.username and self.cfg.password:
             header = "www-authenticate" if code == 401 else "proxy-authenticate"
@@ -412,10 +465,27 @@ class Call:
                 Ended(EndKind.REMOTE_HANGUP, None, None, q850, self._duration(now), self.answered_at is not None)
             )
             return
-        if req.method in ("OPTIONS", "NOTIFY", "INFO", "UPDATE"):
+        if req.method == "NOTIFY":
+            self._out.append(Send(respond(req, 200, "OK")))
+            event = (req.headers.get("event") or "").split(";")[0].strip().lower()
+            if event == "refer":
+                line = sipfrag_status(req.body)
+                if line is not None and line[0] >= 200:
+                    self._transferred(line[0] < 300, line[0], line[1])
+            return
+        if req.method in ("OPTIONS", "INFO", "UPDATE"):
             self._out.append(Send(respond(req, 200, "OK")))
             return
         self._out.append(Send(respond(req, 501, "Not Implemented")))
+
+
+def sipfrag_status(body: bytes) -> tuple[int, str] | None:
+    """The status line of a message/sipfrag body (RFC 3420), e.g. `SIP/2.0 200 OK` → (200, "OK")."""
+    first = body.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+    parts = first.split(" ", 2)
+    if len(parts) < 2 or parts[0].upper() != "SIP/2.0" or not parts[1].isdigit() or len(parts[1]) != 3:
+        return None
+    return int(parts[1]), parts[2] if len(parts) > 2 else ""
 
 
 def respond(req: Request, status: int, reason: str, to_tag: str | None = None) -> Response:
@@ -438,4 +508,17 @@ def respond(req: Request, status: int, reason: str, to_tag: str | None = None) -
     return Response(status, reason, h)
 
 
-__all__ = ["Answered", "Call", "CallEvent", "EndKind", "Ended", "Outcome", "Ringing", "Send", "UacConfig", "respond"]
+__all__ = [
+    "Answered",
+    "Call",
+    "CallEvent",
+    "EndKind",
+    "Ended",
+    "Media",
+    "Outcome",
+    "Ringing",
+    "Send",
+    "Transferred",
+    "UacConfig",
+    "respond",
+]

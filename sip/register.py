@@ -56,7 +56,7 @@ class Registration:
         return Request("REGISTER", f"sip:{cfg.domain}", h)
 
     def _send(self, req: Request, now: float) -> None:
-        self._tx = NonInviteClientTransaction(req, self.cfg.reliable, now)
+        self._tx = NonInviteClientTransaction(req, self.cfg.reliable, now, self.cfg.t1)
         self._out += [e.message for e in self._tx.events() if isinstance(e, Transmit)]
 
     def drain(self) -> list[Request]:

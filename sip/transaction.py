@@ -98,10 +98,11 @@ class _Timers:
 class _ClientTransaction:
     """What both client transactions share: the request, the transport's reliability, timers, events."""
 
-    def __init__(self, request: Request, reliable: bool, state: State) -> None:
+    def __init__(self, request: Request, reliable: bool, state: State, t1: float) -> None:
         self.request = request
         self.reliable = reliable
         self.state = state
+        self.t1 = t1
         self.timers = _Timers()
         self.pending: list[Event] = [Transmit(request)]
 
@@ -114,13 +115,13 @@ class _ClientTransaction:
 
 
 class InviteClientTransaction(_ClientTransaction):
-    def __init__(self, request: Request, reliable: bool, now: float) -> None:
-        super().__init__(request, reliable, State.CALLING)
-        self._a_interval = T1
+    def __init__(self, request: Request, reliable: bool, now: float, t1: float = T1) -> None:
+        super().__init__(request, reliable, State.CALLING, t1)
+        self._a_interval = t1
         self._ack: Request | None = None
         if not reliable:
-            self.timers.start("A", now + T1)
-        self.timers.start("B", now + 64 * T1)
+            self.timers.start("A", now + t1)
+        self.timers.start("B", now + 64 * t1)
 
     @property
     def provisional_seen(self) -> bool:
@@ -137,7 +138,7 @@ class InviteClientTransaction(_ClientTransaction):
             elif code < 300:
                 self.state = State.ACCEPTED
                 self.timers.stop("B")
-                self.timers.start("M", now + 64 * T1)
+                self.timers.start("M", now + 64 * self.t1)
                 self.pending.append(ResponseReceived(response))
             else:
                 self.state = State.COMPLETED
@@ -172,12 +173,12 @@ class InviteClientTransaction(_ClientTransaction):
 
 
 class NonInviteClientTransaction(_ClientTransaction):
-    def __init__(self, request: Request, reliable: bool, now: float) -> None:
-        super().__init__(request, reliable, State.TRYING)
-        self._e_interval = T1
+    def __init__(self, request: Request, reliable: bool, now: float, t1: float = T1) -> None:
+        super().__init__(request, reliable, State.TRYING, t1)
+        self._e_interval = t1
         if not reliable:
-            self.timers.start("E", now + T1)
-        self.timers.start("F", now + 64 * T1)
+            self.timers.start("E", now + t1)
+        self.timers.start("F", now + 64 * t1)
 
     def receive(self, response: Response, now: float) -> list[Event]:
         if self.state not in (State.TRYING, State.PROCEEDING):

@@ -1,6 +1,12 @@
-"""The asyncio shell for UDP: a datagram becomes a UA call, the UA's outputs are sent, one timer re-armed.
+"""The asyncio shells for UDP and TCP: bytes in become UA calls, the UA's outputs are sent, one timer re-armed.
 
-Datagrams from addresses outside `allowed` are dropped and counted; over 64 KiB is refused by the codec.
+Packets (or connections) from addresses outside `allowed` are dropped and counted; a message over
+64 KiB is refused by the codec (UDP) or closes the connection (TCP, where it cannot be framed).
+
+TCP (RFC 3261 §18.3): one connection to the PBX, opened on the first message and re-opened when it
+drops, plus a listener on our port for requests the PBX sends on a connection of its own. Messages are
+framed by Content-Length; CRLF keepalives (RFC 5626 §3.5.1) between messages are skipped. A response
+goes back on the connection its request came in on.
 """
 
 from __future__ import annotations
@@ -8,44 +14,48 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import Callable
 from typing import cast
 
+from .message import MAX_MESSAGE
 from .ua import Addr, CallUpdate, Datagram, Output, PingAnswered, UserAgent
 from .waiting import wait_event
 
 log = logging.getLogger("telgate.sip")
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+OnUpdate = Callable[[CallUpdate | PingAnswered], None]
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(
-        self, ua: UserAgent, on_update: Callable[[CallUpdate | PingAnswered], None], allowed: Networks
-    ) -> None:
+class _Shell:
+    """What both transports share: feeding the UA, handing its updates on, and its one timer."""
+
+    def __init__(self, ua: UserAgent, on_update: OnUpdate, allowed: Networks) -> None:
         self.ua = ua
         self.on_update = on_update
         self.allowed = allowed
-        self.transport: asyncio.DatagramTransport | None = None
         self._wake = asyncio.Event()
         self.dropped = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def datagram_received(self, data: bytes, addr: Addr) -> None:
-        if self.allowed and not any(ipaddress.ip_address(addr[0]) in net for net in self.allowed):
-            self.dropped += 1
-            return
-        self.emit(self.ua.receive(data, (addr[0], addr[1]), self._now()))
+    def admits(self, host: str) -> bool:
+        if not self.allowed or any(ipaddress.ip_address(host) in net for net in self.allowed):
+            return True
+        self.dropped += 1
+        return False
+
+    def deliver(self, data: bytes, addr: Addr) -> None:
+        self.emit(self.ua.receive(data, addr, self._now()))
+
+    def send(self, data: bytes, addr: Addr) -> None:
+        raise NotImplementedError
 
     def emit(self, outputs: list[Output]) -> None:
         for out in outputs:
             if isinstance(out, Datagram):
-                if self.transport is not None:
-                    self.transport.sendto(out.data, out.addr)
+                self.send(out.data, out.addr)
             else:
                 self.on_update(out)
         self._wake.set()  # the next timer may have moved
@@ -58,3 +68,150 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             if await wait_event(self._wake, delay):
                 continue
             self.emit(self.ua.handle_timer(self._now()))
+
+
+class UdpEndpoint(_Shell, asyncio.DatagramProtocol):
+    def __init__(self, ua: UserAgent, on_update: OnUpdate, allowed: Networks) -> None:
+        super().__init__(ua, on_update, allowed)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if self.admits(addr[0]):
+            self.deliver(data, (addr[0], addr[1]))
+
+    def send(self, data: bytes, addr: Addr) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+
+_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+class FramingError(ValueError):
+    pass
+
+
+class StreamFramer:
+    """Splits a SIP byte stream into messages by Content-Length (RFC 3261 §18.3). Sans-IO."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        out: list[bytes] = []
+        while True:
+            while self._buffer[:2] == b"\r\n" or self._buffer[:1] == b"\n":  # keepalives between messages
+                del self._buffer[: 2 if self._buffer[:2] == b"\r\n" else 1]
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_MESSAGE:
+                    raise FramingError("headers over 64 KiB")
+                return out
+            head = bytes(self._buffer[: end + 4])
+            match = _LENGTH.search(head)
+            if match is None:
+                raise FramingError("no Content-Length on a stream transport")
+            total = end + 4 + int(match.group(1))
+            if total > MAX_MESSAGE:
+                raise FramingError("message over 64 KiB")
+            if len(self._buffer) < total:
+                return out
+            out.append(bytes(self._buffer[:total]))
+            del self._buffer[:total]
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, shell: TcpEndpoint, peer: Addr | None = None) -> None:
+        self.shell = shell
+        self.peer = peer
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        host, port = self.transport.get_extra_info("peername")[:2]
+        self.peer = (host, port)
+        if not self.shell.admits(host):
+            self.transport.close()
+            return
+        self.shell.connections[self.peer] = self
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None and self.peer is not None
+        try:
+            messages = self.framer.feed(data)
+        except FramingError as exc:
+            log.warning("closing a SIP connection", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "why": str(exc)})
+            self.shell.ua.stats["framing_error"] += 1
+            self.transport.close()
+            return
+        for message in messages:
+            self.shell.deliver(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.shell.connections.get(self.peer) is self:
+            del self.shell.connections[self.peer]
+        if self.shell.pbx_connection is self:
+            self.shell.pbx_connection = None
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class TcpEndpoint(_Shell):
+    def __init__(self, ua: UserAgent, on_update: OnUpdate, allowed: Networks, pbx: Addr) -> None:
+        super().__init__(ua, on_update, allowed)
+        self.pbx = pbx
+        self.connections: dict[Addr, _Connection] = {}
+        self.pbx_connection: _Connection | None = None
+        self._queued: list[bytes] = []  # what waits for the connection to the PBX
+        self._connecting = False
+        self.server: asyncio.Server | None = None
+
+    async def listen(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Connection(self), host, port)
+        return cast(int, self.server.sockets[0].getsockname()[1])
+
+    def send(self, data: bytes, addr: Addr) -> None:
+        conn = self.connections.get(addr)
+        if conn is not None:
+            conn.write(data)
+        elif self.pbx_connection is not None:
+            self.pbx_connection.write(data)  # requests (and what has no connection of its own) go to the PBX
+        else:
+            self._queued.append(data)
+            if not self._connecting:
+                self._connecting = True
+                asyncio.get_running_loop().create_task(self._connect(), name="sip-tcp-connect")
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(lambda: _Connection(self), self.pbx[0], self.pbx[1])
+        except OSError as exc:
+            log.warning("sip tcp connect failed", extra={"pbx": f"{self.pbx[0]}:{self.pbx[1]}", "why": str(exc)})
+            self.ua.stats["tcp_connect_failed"] += 1
+            self._queued.clear()  # what was queued is left to the transactions' Timer B / F
+            return
+        finally:
+            self._connecting = False
+        self.pbx_connection = conn
+        queued, self._queued = self._queued, []
+        for data in queued:
+            conn.write(data)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()

@@ -89,7 +89,7 @@ class UserAgent:
             .with_("CSeq", "1 OPTIONS")
             .with_("Accept", "application/sdp")
         )
-        tx = NonInviteClientTransaction(Request("OPTIONS", f"sip:{cfg.pbx}", h), cfg.reliable, now)
+        tx = NonInviteClientTransaction(Request("OPTIONS", f"sip:{cfg.pbx}", h), cfg.reliable, now, cfg.t1)
         self.pings[call_id] = (tx, now)
         return [Datagram(e.message.encode(), self.pbx) for e in tx.events() if isinstance(e, Transmit)]
 
@@ -106,6 +106,10 @@ class UserAgent:
     def hangup(self, call_id: str, now: float) -> list[Output]:
         call = self.calls.get(call_id)
         return [] if call is None else self._outputs(call, call.hangup(now))
+
+    def transfer(self, call_id: str, target: str, now: float) -> list[Output]:
+        call = self.calls.get(call_id)
+        return [] if call is None else self._outputs(call, call.transfer(target, now))
 
     def _outputs(self, call: Call, events: list[CallEvent]) -> list[Output]:
         out: list[Output] = []

@@ -37,6 +37,7 @@ class ContactState(BaseModel):
     bcw_s: float = 0.0
     acw_timeout_s: float = 120.0
     connect_to: str | None = None
+    prompt: str | None = None  # a WAV in `sip.prompts_dir`, played on answer; the call ends after it
     template: dict[str, Any] | None = None
     in_flight: bool = False  # a call is placed / a message handed to the API
     answered: bool = False  # the current call was answered

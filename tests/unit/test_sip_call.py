@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from sip.call import Answered, Call, Ended, EndKind, Ringing, Send, UacConfig, respond
+from sip.call import Answered, Call, Ended, EndKind, Media, Ringing, Send, Transferred, UacConfig, respond
 from sip.message import Headers, Request, Response, parse
 
 CFG = UacConfig(local_host="127.0.0.1", local_port=5070, pbx="127.0.0.1:5060", username="telgate", password="pw")
@@ -157,3 +157,85 @@ def test_in_dialog_options_and_unknown_methods() -> None:
 
 def test_headers_helper_is_used() -> None:
     assert Headers().with_("v", "x").get("via") == "x"
+
+
+def _answered(call: Call, invite: Request) -> Response:
+    ok = reply(invite, 200, "OK", Contact="<sip:bob@10.0.0.9>")
+    call.receive(ok, 1.0)
+    return ok
+
+
+def _notify(ok: Response, number: int, frag: bytes, state: str = "terminated;reason=noresource") -> Request:
+    h = (
+        ok.headers.without("contact")
+        .replace("CSeq", f"{number} NOTIFY")
+        .replace("Event", "refer")
+        .replace("Subscription-State", state)
+        .replace("Content-Type", "message/sipfrag")
+    )
+    return parse(Request("NOTIFY", "sip:telgate@127.0.0.1:5070", h, frag).encode())  # type: ignore[return-value]
+
+
+def test_blind_transfer_follows_the_notify_sipfrag() -> None:
+    call, invite = new_call()
+    ok = _answered(call, invite)
+    refer = sent(call.transfer("sip:queue@pbx", 2.0))[0]
+    assert isinstance(refer, Request) and refer.method == "REFER" and refer.headers.get("cseq") == "2 REFER"
+    assert refer.headers.get("refer-to") == "<sip:queue@pbx>" and refer.uri == "sip:bob@10.0.0.9"
+    assert call.transfer("sip:other@pbx", 2.1) == []  # one transfer per call
+    assert not [e for e in call.receive(reply(refer, 202, "Accepted"), 2.1) if not isinstance(e, Send)]
+    trying = call.receive(_notify(ok, 2, b"SIP/2.0 100 Trying\r\n", "active;expires=60"), 2.2)
+    assert [m.status for m in sent(trying)] == [200]  # type: ignore[union-attr]
+    assert not [e for e in trying if not isinstance(e, Send)]
+    done = call.receive(_notify(ok, 3, b"SIP/2.0 200 OK\r\n"), 3.0)
+    assert [m.status for m in sent(done)] == [200]  # type: ignore[union-attr]
+    assert Transferred(True, 200, "OK") in done
+    again = call.receive(_notify(ok, 3, b"SIP/2.0 200 OK\r\n"), 3.1)  # retransmitted NOTIFY: answered, not re-told
+    assert not [e for e in again if isinstance(e, Transferred)]
+
+
+def test_transfer_refused_or_failed_is_told_once() -> None:
+    call, invite = new_call()
+    _answered(call, invite)
+    refer = sent(call.transfer("sip:queue@pbx", 2.0))[0]
+    assert Transferred(False, 403, "REFER refused: Forbidden") in call.receive(reply(refer, 403, "Forbidden"), 2.1)
+    call, invite = new_call()
+    ok = _answered(call, invite)
+    refer = sent(call.transfer("sip:queue@pbx", 2.0))[0]
+    call.receive(reply(refer, 202, "Accepted"), 2.1)
+    assert Transferred(False, 486, "Busy Here") in call.receive(_notify(ok, 2, b"SIP/2.0 486 Busy Here\r\n"), 2.5)
+
+
+def test_refer_without_answer_times_out() -> None:
+    call, invite = new_call()
+    _answered(call, invite)
+    call.transfer("sip:queue@pbx", 2.0)
+    events: list[object] = []
+    t = 2.0
+    while (at := call.get_timer()) is not None and at < 100:
+        t = at
+        events += call.handle_timer(t)
+    assert any(isinstance(e, Transferred) and not e.ok and "Timer F" in e.reason for e in events)
+    assert abs(t - 34.0) < 1e-6  # Timer F = 64 x T1 after the REFER at 2.0
+
+
+def test_answer_carries_the_far_end_media() -> None:
+    call, invite = new_call()
+    sdp = b"v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 30000 RTP/AVP 8 101\r\n"
+    ok = reply(invite, 200, "OK", Contact="<sip:bob@10.0.0.9>", Content_Type="application/sdp")
+    ok = parse(Response(200, "OK", ok.headers, sdp).encode())  # type: ignore[assignment]
+    answered = [e for e in call.receive(ok, 1.0) if isinstance(e, Answered)]
+    assert answered == [Answered(200, Media("10.0.0.9", 30000, 8))]
+
+
+def test_timer_t1_is_configurable() -> None:
+    from dataclasses import replace
+
+    call = Call(replace(CFG, t1=0.05), "+420601234567", "fast", 30.0, token=lambda: f"t{next(_counter)}")
+    call.start(0.0)
+    t = 0.0
+    events: list[object] = []
+    while not call.ended and (at := call.get_timer()) is not None:
+        t = at
+        events += call.handle_timer(t)
+    assert ended(events).kind is EndKind.FAILED and abs(t - 3.2) < 1e-6  # Timer B = 64 x T1
