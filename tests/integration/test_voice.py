@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
+import math
+import re
+import struct
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sip import rtp, sdp
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
@@ -39,11 +46,18 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def voice_settings(broker: Mosquitto, tmp_path: Path, pbx: str) -> Any:
+def voice_settings(broker: Mosquitto, tmp_path: Path, pbx: str, **sip: Any) -> Any:
     return settings_for(
         broker.url,
         tmp_path,
-        sip={"pbx": pbx, "local": "127.0.0.1:0", "ring_timeout_s": 1.0, "username": "telgate", "password": "secret"},
+        sip={
+            "pbx": pbx,
+            "local": "127.0.0.1:0",
+            "ring_timeout_s": 1.0,
+            "username": "telgate",
+            "password": "secret",
+            **sip,
+        },
     )
 
 
@@ -237,3 +251,143 @@ async def test_registers_with_digest_and_refreshes(broker: Mosquitto, tmp_path: 
                 await asyncio.sleep(0.1)
             assert reg.registered and reg.granted_s == 2 and reg.cseq == 3, (reg.last_status, pbx.errors())
             assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 5) == 0, pbx.errors()
+
+
+def _dial(contact: str = "k", campaign: str = "v", **extra: Any) -> dict[str, Any]:
+    return {
+        "command_id": f"d-{campaign}-{contact}",
+        "campaign_id": campaign,
+        "contact_id": contact,
+        "phone": "+420601234567",
+        "policy": {"max_attempts": 1},
+        **extra,
+    }
+
+
+def _received(messages: list[str], first_line: str) -> list[str]:
+    """SIPp's log lines say 'UDP message received' / 'TCP message received' above each message."""
+    return [m for m in messages if "message received" in m.split("\n", 1)[0] and f"\n{first_line}" in m]
+
+
+async def test_proxy_challenge_with_sha256_is_answered_with_the_right_digest(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("auth_407_sha256_then_486.xml", tmp_path / "sipp", extra=("-trace_msg",)) as pbx:
+        async with backend(broker.url) as b, gateway(voice_settings(broker, tmp_path, pbx.address), channels=()):
+            await b.send("dial", _dial())
+            await b.wait_for(lambda: b.final("v", "k"), timeout=15)
+            assert b.unique("v", "k")[-1]["status"] == "completed_without_answer"
+            assert b.unique("v", "k")[-1]["signal"]["sip_code"] == 486
+        assert pbx.proc is not None and pbx.proc.wait(5) == 0, pbx.errors()
+        invites = _received(pbx.messages(), "INVITE ")
+    assert len(invites) == 2
+    second = invites[1]
+    header = next(line for line in second.splitlines() if line.lower().startswith("proxy-authorization:"))
+    params = {k: a or v for k, a, v in re.findall(r'(\w+)=(?:"([^"]*)"|([^,\s]+))', header.split(":", 1)[1])}
+    assert params["algorithm"] == "SHA-256" and params["qop"] == "auth" and params["realm"] == "pbx.example"
+
+    def h(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    ha1 = h("telgate:pbx.example:secret")
+    ha2 = h(f"INVITE:{params['uri']}")
+    expected = h(f"{ha1}:5f2c9d7e1b:{params['nc']}:{params['cnonce']}:auth:{ha2}")
+    assert params["response"] == expected
+    assert "CSeq: 2 INVITE" in second and re.search(r"branch=(\S+)", second) != re.search(r"branch=(\S+)", invites[0])
+
+
+async def test_no_response_at_all_ends_on_timer_b(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("no_response.xml", tmp_path / "sipp", extra=("-trace_msg",)) as pbx:
+        settings = voice_settings(broker, tmp_path, pbx.address, t1_ms=50)  # Timer B = 64 x T1 = 3.2 s
+        async with backend(broker.url) as b, gateway(settings, channels=()):
+            started = asyncio.get_running_loop().time()
+            await b.send("dial", _dial())
+            await b.wait_for(lambda: b.final("v", "k"), timeout=15)
+            took = asyncio.get_running_loop().time() - started
+            last = b.unique("v", "k")[-1]
+            assert last["status"] == "dial_failed"
+            assert last["signal"]["kind"] == "failed" and last["signal"]["sip_code"] is None
+            assert "Timer B" in last["signal"]["reason"] and 3.0 <= took <= 6.0
+        invites = _received(pbx.messages(), "INVITE ")
+    assert len(invites) >= 5  # the INVITE and its Timer A retransmissions (T1, 2T1, 4T1, ...)
+
+
+async def test_blind_transfer_to_connect_to_connects_the_predictive_call(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("answer_refer_notify.xml", tmp_path / "sipp") as pbx:
+        async with backend(broker.url) as b, gateway(voice_settings(broker, tmp_path, pbx.address), channels=()) as app:
+            await b.send("dial", _dial(mode="predictive", connect_to="sip:agents@queue.example"))
+            await b.wait_for(lambda: b.final("v", "k"), timeout=15)
+            events = b.unique("v", "k")
+            statuses = [e["status"] for e in events]
+            assert statuses == ["initial", "calling", "awaiting_operator", "call_in_progress", "success"]
+            assert events[3]["signal"]["kind"] == "connected" and events[3]["signal"]["sip_code"] == 200
+            assert events[-1]["signal"]["transfer"] == "ok"
+            assert app.recorder.call_transfers.labels("ok")._value.get() == 1
+        assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
+
+
+def _tone(path: Path, seconds: float) -> bytes:
+    frames = int(8000 * seconds)
+    pcm = struct.pack(f"<{frames}h", *(int(8000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(frames)))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm)
+    return pcm
+
+
+class _RtpSink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.packets: list[tuple[float, bytes]] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets.append((asyncio.get_running_loop().time(), data))
+
+
+async def test_prompt_is_played_as_rtp_in_the_answered_codec_then_hung_up(broker: Mosquitto, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    pcm = _tone(prompts / "hello.wav", 0.5)
+    loop = asyncio.get_running_loop()
+    transport, sink = await loop.create_datagram_endpoint(_RtpSink, local_addr=("127.0.0.1", 0))
+    rtp_port = transport.get_extra_info("sockname")[1]
+    try:
+        with Sipp(
+            "answer_media_then_wait_bye.xml", tmp_path / "sipp", extra=("-key", "rtp_port", str(rtp_port))
+        ) as pbx:
+            settings = voice_settings(broker, tmp_path, pbx.address, prompts_dir=str(prompts))
+            async with backend(broker.url) as b, gateway(settings, channels=()):
+                await b.send("dial", _dial("bad", prompt="missing.wav"))
+                await b.send("dial", _dial(prompt="hello.wav"))
+                await b.wait_for(lambda: b.final("v", "k"), timeout=15)
+                refused = next(r for r in b.results if r["command_id"] == "d-v-bad")
+                assert not refused["accepted"] and refused["error"]["field"] == "prompt"
+                events = b.unique("v", "k")
+                assert [e["status"] for e in events] == ["initial", "calling", "call_in_progress", "success"]
+                assert events[-1]["signal"]["kind"] == "hangup" and 0.45 <= events[-1]["signal"]["duration_s"] <= 1.5
+            assert pbx.proc is not None and pbx.proc.wait(5) == 0, pbx.errors()
+    finally:
+        transport.close()
+    headers = [rtp.parse_header(p) for _, p in sink.packets]
+    assert len(sink.packets) == 25 and all(h is not None and h[0] == sdp.PCMA for h in headers)
+    sequences = [h[1] for h in headers if h is not None]
+    assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(sequences))
+    assert b"".join(p[12:] for _, p in sink.packets) == rtp.encode(pcm, sdp.PCMA)  # 4000 samples = 25 x 160
+    spread = sink.packets[-1][0] - sink.packets[0][0]
+    assert 0.4 <= spread <= 0.8  # paced at 20 ms, not sent in a burst
+
+
+@pytest.mark.parametrize(
+    ("scenario", "statuses"),
+    [
+        ("busy_486.xml", ["initial", "calling", "completed_without_answer"]),
+        ("answer_then_bye.xml", ["initial", "calling", "call_in_progress", "success"]),
+    ],
+)
+async def test_sip_over_tcp(scenario: str, statuses: list[str], broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp(scenario, tmp_path / "sipp", extra=("-t", "t1")) as pbx:
+        settings = voice_settings(broker, tmp_path, pbx.address, transport="tcp")
+        async with backend(broker.url) as b, gateway(settings, channels=()):
+            await b.send("dial", _dial())
+            await b.wait_for(lambda: b.final("v", "k"), timeout=15)
+            assert [e["status"] for e in b.unique("v", "k")] == statuses
+        assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -57,6 +58,14 @@ class Sipp:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def messages(self) -> list[str]:
+        """The SIP messages SIPp logged (run it with `-trace_msg`), each as text, in order."""
+        out: list[str] = []
+        for path in sorted(self.workdir.glob("*_messages.log")):
+            chunks = re.split(r"^-{20,} .*$", path.read_text(errors="replace"), flags=re.MULTILINE)
+            out += [c.strip().replace("\r\n", "\n") for c in chunks if c.strip()]
+        return out
 
     def errors(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-2000:] for p in self.workdir.glob("*_errors.log"))
