@@ -1,0 +1,158 @@
+"""A PBX side made of programs we did not write: Kamailio (registrar + record-routing proxy with digest
+auth, tests/pbx/kamailio.cfg) and baresip (a softphone that registers numbers and auto-answers)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parents[1] / "pbx"
+BARESIP_MODULES = next(
+    (p for p in (Path("/usr/lib/baresip/modules"), Path("/usr/lib/x86_64-linux-gnu/baresip/modules")) if p.is_dir()),
+    Path("/usr/lib/baresip/modules"),
+)
+
+
+def _binary(name: str, package: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if found is None:
+        raise RuntimeError(f"{name} is not installed (apt-get install {package}; bash .ci/run does)")
+    return found
+
+
+def free_port_pair() -> int:
+    """A port free on UDP and TCP, with the next one free too (baresip takes SIP port + 1 for TLS)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+        if port >= 65534:
+            continue
+        try:
+            for p in (port, port + 1):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(socket.AF_INET, kind) as s:
+                        s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def _wait(predicate: object, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not happen in {timeout}s; log:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+class Kamailio:
+    def __init__(self, workdir: Path, password: str = "secret") -> None:
+        self.binary = _binary("kamailio", "kamailio")
+        self.port = free_port_pair()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.cfg = workdir / "kamailio.cfg"
+        text = (CONFIG / "kamailio.cfg").read_text()
+        self.cfg.write_text(text.replace("LISTEN_PORT", str(self.port)).replace("KPASS", password))
+        self.log = workdir / "kamailio.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Kamailio:
+        cmd = [self.binary, "-f", str(self.cfg), "-DD", "-E", "-m", "32", "-M", "8"]
+        cmd += ["-P", str(self.workdir / "kamailio.pid"), "-Y", str(self.workdir)]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
+        _wait(self._answers, 10, "kamailio answering OPTIONS", self.log)
+        return self
+
+    def _answers(self) -> bool:
+        probe = (
+            f"OPTIONS sip:127.0.0.1:{self.port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bKprobe\r\n"
+            "From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            s.bind(("127.0.0.1", 0))
+            s.sendto(probe.encode(), ("127.0.0.1", self.port))
+            try:
+                return s.recv(4096).startswith(b"SIP/2.0 200")
+            except OSError:
+                return False
+
+    def logged(self, text: str) -> bool:
+        return text in self.log.read_text(errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Baresip:
+    """One baresip with an auto-answering account per user, registered through `proxy`."""
+
+    def __init__(self, workdir: Path, proxy: str, users: tuple[str, ...], password: str = "secret") -> None:
+        self.binary = _binary("baresip", "baresip")
+        self.port = free_port_pair()
+        self.workdir = workdir
+        self.users = users
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = [
+            f"sip_listen\t127.0.0.1:{self.port}",
+            "sip_trans_def\tudp",
+            "audio_source\tausine,440",
+            "ausrc_srate\t48000",  # ausine produces 48 kHz only
+            "ausrc_channels\t2",
+            f"module_path\t{BARESIP_MODULES}",
+            "module\tg711.so",
+            "module\tausine.so",
+            "module\taccount.so",
+            "module\tmenu.so",
+            "call_max_calls\t8",
+        ]
+        (workdir / "config").write_text("\n".join(config) + "\n")
+        accounts = [
+            f'<sip:{u}@127.0.0.1>;auth_pass={password};outbound="sip:{proxy}";answermode=auto;regint=60' for u in users
+        ]
+        (workdir / "accounts").write_text("\n".join(accounts) + "\n")
+        self.log = workdir / "baresip.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def __enter__(self) -> Baresip:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "-f", str(self.workdir), "-4"],
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        _wait(lambda: self.text().count(" 200 OK ") >= len(self.users), 10, "baresip registering", self.log)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
