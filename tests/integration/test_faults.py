@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, settings_for
+from tests.support.sipp import Sipp
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,3 +155,48 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0, log.read_text()[-2000:]
+
+
+async def test_sigkill_during_live_sip_calls_applies_the_restart_rule(broker: Mosquitto, tmp_path: Path) -> None:
+    """§9 with real SIP: one call answered and held, one ringing, both at SIPp; the gateway dies."""
+    data = tmp_path / "gw"
+    cfg = tmp_path / "telgate.toml"
+    with Sipp("hold_or_ring.xml", tmp_path / "sipp", calls=2) as pbx:
+        cfg.write_text(
+            f'[gateway]\nid = "gw-sip"\ndata_dir = "{data}"\n[bus]\nurl = "{broker.url}"\nclient_id = "telgate-sip"\n'
+            f'[http]\nlisten = "127.0.0.1:0"\n[retry]\nmax_attempts = 2\ndelays_s = [60]\n'
+            f'[sip]\npbx = "{pbx.address}"\nlocal = "127.0.0.1:0"\nring_timeout_s = 120\n'
+        )
+        log = tmp_path / "gateway.log"
+        proc = _start_gateway(cfg, log)
+        try:
+            async with backend(broker.url) as b:
+                await b.wait_for(lambda: b.presence.get("gw-sip") == "online")
+                for contact, phone in (("held", "+420601234565"), ("ring", "+420601234566")):
+                    await b.send(
+                        "dial", {"command_id": contact, "campaign_id": "s", "contact_id": contact, "phone": phone}
+                    )
+                await b.wait_for(
+                    lambda: (
+                        b.statuses("s", "held")[-1:] == ["call_in_progress"]
+                        and b.statuses("s", "ring")[-1:] == ["calling"]
+                    ),
+                    timeout=15,
+                )
+                await asyncio.sleep(0.3)  # the ringing call has had its 180
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                proc = _start_gateway(cfg, log)
+                await b.wait_for(
+                    lambda: b.final("s", "held") and b.statuses("s", "ring")[-1:] == ["retry_scheduled"], timeout=20
+                )
+                check_stream(b)
+                held = b.unique("s", "held")[-1]
+                assert held["status"] == "success" and held["signal"]["kind"] == "gateway_restart"
+                ring = b.unique("s", "ring")[-1]
+                assert ring["signal"]["kind"] == "gateway_restart" and ring["attempt"] == 1 and ring["retry_at"]
+                assert [e["status"] for e in b.unique("s", "ring")] == ["initial", "calling", "retry_scheduled"]
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0, log.read_text()[-2000:]
