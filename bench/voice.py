@@ -1,12 +1,20 @@
-"""Voice benchmark: telgate dialling a SIPp UAS on loopback, beside SIPp's own UAC (the limit).
+"""Voice benchmark: telgate dialling a SIPp UAS on loopback, beside SIPp's own UAC and pyVoIP 1.6.
 
-    python -m bench.voice [--calls 2000] [--rates 100,200,400]
+    python -m bench.voice [--calls 2000] [--rates 100,300,600] [--ringing 5000] [--pyvoip 200]
 
-For each rate, a gateway process (max_cps = rate) dials `--calls` contacts queued in a draft campaign
-that is then started; the SIPp UAS answers every INVITE 100 + 486 (+ ACK). Reported: sustained
-attempts/s from the start to the last final event, that every contact ended `completed_without_answer`
-with sip_code 486 (no lost or wrong status), and the gateway's RSS. The limit: SIPp's built-in UAC
-against the same UAS scenario, unthrottled, for the same number of calls.
+- Outcome mix at rising rates: a gateway process (max_cps = rate) dials `--calls` contacts queued in a
+  draft campaign that is then started. The SIPp UAS (bench/sipp/mix.xml) answers by the number's last
+  digit: 0-5 answered and hung up by the callee after 1 s, 6-7 486, 8-9 480. Every contact's final
+  status is checked against its digit (success / completed_without_answer with the right sip_code):
+  "wrong_or_lost" counts the others. Reported: sustained attempts/s (start → last final), the most
+  calls up at once, and at the first rate, with SIPp's message log on, the delay from SIPp writing its
+  final response (or 200 OK) to the matching event arriving on the broker: p50 / p99.
+- Held calls: `--ringing` calls left ringing (tests/sipp/ring_forever.xml, ring timeout 10 min); the
+  gateway's RSS with all of them ringing minus its RSS with the same contacts queued → KiB per call;
+  then one `cancel` for the campaign CANCELs them all (each must end canceled_by_admin).
+- The limit: SIPp's built-in UAC against the same UAS, unthrottled. The design card's peer: pyVoIP 1.6
+  placing `--pyvoip` calls one after another, then 5 x as many from 20 threads (its API is a thread per
+  call), against a SIPp UAS that registers it, rings and answers at once.
 """
 
 from __future__ import annotations
@@ -14,10 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
+import statistics
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +37,31 @@ from tests.support.broker import Mosquitto, free_port
 from tests.support.sipp import SCENARIOS, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_SCENARIOS = Path(__file__).resolve().parent / "sipp"
+HOLD_MS = 1000
 
 
-def sipp_uas(port: int, calls: int, workdir: Path) -> subprocess.Popen[bytes]:
+def sipp_uas(scenario: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A SIPp UAS that runs until it is stopped. No `-m`: SIPp counts a late INVITE retransmission of a
+    call it has already finished as one more call, so with `-m N` it stops before the last calls of a
+    loaded run arrive, which looked like lost calls (Timer B) and a call never hung up."""
     return subprocess.Popen(
         [
             "sipp",
             "-sf",
-            str(SCENARIOS / "busy_486.xml"),
+            str(scenario),
             "-i",
             "127.0.0.1",
             "-p",
             str(port),
             "-nostdin",
-            "-m",
-            str(calls),
             "-timeout",
-            "300",
+            "900",
             "-max_socket",
             "10000",
+            "-l",
+            "20000",  # SIPp's UAS ignores INVITEs over its open-call limit (default 3 x rate x duration)
+            *extra,
         ],
         cwd=workdir,
         stdout=subprocess.DEVNULL,
@@ -53,12 +70,192 @@ def sipp_uas(port: int, calls: int, workdir: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def expected(contact: str) -> tuple[str, int | None]:
+    digit = int(contact[-1])
+    if digit <= 5:
+        return "success", None
+    return "completed_without_answer", 486 if digit <= 7 else 480
+
+
+def sipp_sent_times(workdir: Path) -> dict[str, float]:
+    """Call-ID → when SIPp sent its final response or 200 OK to the INVITE (from its -trace_msg log)."""
+    out: dict[str, float] = {}
+    for path in workdir.glob("mix_*_messages.log"):
+        for chunk in re.split(r"^-{20,} ", path.read_text(errors="replace"), flags=re.MULTILINE):
+            head, _, rest = chunk.partition("\n")
+            if "message sent" not in rest[:80] or not re.search(r"\nSIP/2\.0 (200|486|480) ", rest):
+                continue
+            if not re.search(r"\nCSeq: *\d+ INVITE", rest):
+                continue
+            call_id = re.search(r"\nCall-ID: *(\S+)", rest)
+            if call_id:
+                out.setdefault(call_id.group(1), datetime.fromisoformat(head.strip()).timestamp())
+    return out
+
+
+def _config(workdir: Path, name: str, broker: Mosquitto, port: int, rate: int, ring_timeout: int = 60) -> Path:
+    cfg = workdir / f"{name}.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "gw-{name}"\ndata_dir = "{workdir / f"var-{name}"}"\n[bus]\nurl = "{broker.url}"\n'
+        f'client_id = "telgate-{name}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f"[metrics]\ncampaign_label = false\n[retry]\nmax_attempts = 1\n"
+        f'[sip]\npbx = "127.0.0.1:{port}"\nlocal = "127.0.0.1:0"\nmax_cps = {rate}\nmax_concurrent_calls = 20000\n'
+        f"ring_timeout_s = {ring_timeout}\noptions_interval_s = 3600\n"
+    )
+    return cfg
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace: bool) -> dict[str, Any]:
+    port = free_udp_port()
+    sipp_dir = workdir / f"sipp-{rate}"
+    sipp_dir.mkdir()
+    extra = ("-d", str(HOLD_MS), "-trace_err", *(("-trace_msg",) if trace else ()))
+    uas = sipp_uas(BENCH_SCENARIOS / "mix.xml", port, sipp_dir, *extra)
+    name = f"voice-{rate}"
+    gw = start_gateway(_config(workdir, name, broker, port, rate), workdir / f"{name}.log", rate="1000")
+    try:
+        async with client(broker.port, f"bench-{name}") as c:
+            await c.subscribe("telgate/v1/evt/#", qos=1)
+            await c.subscribe(f"telgate/v1/gateways/gw-{name}/status", qos=1)
+            await wait_online(c)
+            camp = f"mix{rate}"
+            await queue_in_draft(
+                c,
+                camp,
+                "dial",
+                [
+                    {"command_id": f"{camp}-{i}", "contact_id": f"k{i:06d}", "phone": f"+420601{i:06d}"}
+                    for i in range(calls)
+                ],
+            )
+            start = time.perf_counter()
+            finals: dict[str, dict[str, Any]] = {}
+            arrived: dict[str, float] = {}  # call_id → when its answer/final event arrived
+            up = peak_up = 0
+            peak_rss = 0
+            async for m in c.messages:
+                if not str(m.topic).startswith("telgate/v1/evt/contact/"):
+                    continue
+                e = json.loads(m.payload)  # type: ignore[arg-type]
+                now = time.time()
+                call_id = (e.get("signal") or {}).get("call_id")
+                if e["status"] == "calling":
+                    up += 1
+                    peak_up = max(peak_up, up)
+                elif e["status"] in ("call_in_progress", "completed_without_answer") and call_id:
+                    arrived.setdefault(call_id, now)
+                if e["final"]:
+                    up -= 1
+                    finals[e["contact_id"]] = e
+                    if len(finals) % 200 == 0:
+                        peak_rss = max(peak_rss, rss_kib(gw.pid))
+                    if len(finals) >= calls:
+                        break
+            elapsed = time.perf_counter() - start
+            wrong = [
+                k
+                for k, e in finals.items()
+                if (e["status"], e["signal"].get("sip_code") if e["status"] != "success" else None) != expected(k)
+            ]
+            result: dict[str, Any] = {
+                "rate_asked": rate,
+                "attempts_per_s": round(calls / elapsed, 1),
+                "calls": calls,
+                "outcomes": {
+                    s: sum(1 for e in finals.values() if e["status"] == s)
+                    for s in ("success", "completed_without_answer")
+                },
+                "wrong_or_lost": len(wrong) + calls - len(finals),
+                "most_calls_up": peak_up,
+                "gateway_rss_kib": max(peak_rss, rss_kib(gw.pid)),
+            }
+            if trace:
+                await asyncio.sleep(0.5)
+                uas.send_signal(signal.SIGINT)  # SIPp quits and flushes its message log
+                await asyncio.to_thread(uas.wait, 30)
+                sent = sipp_sent_times(sipp_dir)
+                delays = [(arrived[cid] - t) * 1000 for cid, t in sent.items() if cid in arrived]
+                result["sip_final_to_event_ms"] = {
+                    "n": len(delays),
+                    "p50": round(statistics.median(delays), 2) if delays else None,
+                    "p99": round(_percentile(delays, 0.99), 2),
+                }
+            return result
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(60)
+        if uas.poll() is None:
+            uas.kill()
+        uas.wait()
+
+
+async def run_ringing(broker: Mosquitto, n: int, workdir: Path) -> dict[str, Any]:
+    port = free_udp_port()
+    sipp_dir = workdir / "sipp-ringing"
+    sipp_dir.mkdir()
+    uas = sipp_uas(SCENARIOS / "ring_forever.xml", port, sipp_dir)
+    name = "ringing"
+    gw = start_gateway(_config(workdir, name, broker, port, 500, ring_timeout=600), workdir / f"{name}.log")
+    try:
+        async with client(broker.port, f"bench-{name}") as c:
+            await c.subscribe("telgate/v1/evt/#", qos=1)
+            await c.subscribe(f"telgate/v1/gateways/gw-{name}/status", qos=1)
+            await wait_online(c)
+            camp = "ringing"
+            contacts = [
+                {"command_id": f"r-{i}", "contact_id": f"r{i:06d}", "phone": f"+420602{i:06d}"} for i in range(n)
+            ]
+            await queue_in_draft(c, camp, "dial", contacts)
+            await asyncio.sleep(2.0)
+            queued_rss = rss_kib(gw.pid)
+            calling = 0
+            start = time.perf_counter()
+            async for m in c.messages:
+                if str(m.topic).startswith("telgate/v1/evt/contact/") and json.loads(m.payload)["status"] == "calling":  # type: ignore[arg-type]
+                    calling += 1
+                    if calling >= n:
+                        break
+            await asyncio.sleep(3.0)  # every INVITE has had its 180
+            ringing_rss = rss_kib(gw.pid)
+            up_after = time.perf_counter() - start
+            payload = {"command_id": "cancel-all", "campaign_id": camp}
+            await c.publish("telgate/v1/cmd/cancel", json.dumps(payload), qos=1)
+            canceled = 0
+            async for m in c.messages:
+                if str(m.topic).startswith("telgate/v1/evt/contact/"):
+                    e = json.loads(m.payload)  # type: ignore[arg-type]
+                    if e["final"]:
+                        canceled += e["status"] == "canceled_by_admin"
+                        if canceled >= n:
+                            break
+            return {
+                "ringing_calls": n,
+                "all_ringing_after_s": round(up_after, 1),
+                "rss_queued_kib": queued_rss,
+                "rss_ringing_kib": ringing_rss,
+                "kib_per_ringing_call": round((ringing_rss - queued_rss) / n, 2),
+                "canceled_by_admin": canceled,
+            }
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(120)
+        uas.kill()
+        uas.wait()
+
+
 def sipp_limit(calls: int, workdir: Path) -> float:
     port = free_udp_port()
-    uas = sipp_uas(port, calls, workdir)
+    sipp_dir = workdir / "sipp-limit"
+    sipp_dir.mkdir()
+    uas = sipp_uas(SCENARIOS / "busy_486.xml", port, sipp_dir)
     time.sleep(0.3)
     start = time.perf_counter()
-    uac = subprocess.run(
+    subprocess.run(
         [
             "sipp",
             "-sn",
@@ -78,7 +275,7 @@ def sipp_limit(calls: int, workdir: Path) -> float:
             "-timeout",
             "300",
         ],
-        cwd=workdir,
+        cwd=sipp_dir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
@@ -87,66 +284,77 @@ def sipp_limit(calls: int, workdir: Path) -> float:
     elapsed = time.perf_counter() - start
     uas.kill()
     uas.wait()
-    # the built-in uac expects 180/200; against a 486 UAS each call fails fast: calls/s is still the SIP rate
-    del uac
-    return calls / elapsed
+    return calls / elapsed  # the built-in uac fails fast on 486: calls/s is SIPp's own SIP rate
 
 
-async def run_rate(broker: Mosquitto, rate: int, calls: int, workdir: Path) -> dict[str, Any]:
-    port = free_udp_port()
-    uas = sipp_uas(port, calls, workdir)
-    cfg = workdir / f"voice-{rate}.toml"
-    cfg.write_text(
-        f'[gateway]\nid = "gw-voice-{rate}"\ndata_dir = "{workdir / f"var-{rate}"}"\n[bus]\nurl = "{broker.url}"\n'
-        f'client_id = "telgate-voice-{rate}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
-        f"[metrics]\ncampaign_label = false\n[retry]\nmax_attempts = 1\n"
-        f'[sip]\npbx = "127.0.0.1:{port}"\nlocal = "127.0.0.1:0"\nmax_cps = {rate}\nmax_concurrent_calls = 20000\n'
-    )
-    gw = start_gateway(cfg, workdir / f"gw-{rate}.log", rate="1000")
+PYVOIP_SCRIPT = r"""
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pyVoIP.VoIP import VoIPPhone, CallState
+server, port, calls, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
+phone = VoIPPhone(server, port, "bench", "bench", myIP="127.0.0.1", sipPort=int(sys.argv[4]))
+phone.start()
+
+def one(i):
     try:
-        async with client(broker.port, f"bench-voice-{rate}") as c:
-            await c.subscribe("telgate/v1/evt/#", qos=1)
-            await c.subscribe(f"telgate/v1/gateways/gw-voice-{rate}/status", qos=1)
-            await wait_online(c)
-            camp = f"voice{rate}"
-            await queue_in_draft(
-                c,
-                camp,
-                "dial",
-                [
-                    {"command_id": f"{camp}-{i}", "contact_id": f"k{i}", "phone": f"+420601{i:06d}"}
-                    for i in range(calls)
-                ],
-            )
-            start = time.perf_counter()
-            finals: dict[str, dict[str, Any]] = {}
-            peak_rss = 0
-            async for m in c.messages:
-                if not str(m.topic).startswith("telgate/v1/evt/contact/"):
-                    continue
-                e = json.loads(m.payload)  # type: ignore[arg-type]
-                if e["final"]:
-                    finals[e["contact_id"]] = e
-                    if len(finals) % 200 == 0:
-                        peak_rss = max(peak_rss, rss_kib(gw.pid))
-                    if len(finals) >= calls:
-                        break
-            elapsed = time.perf_counter() - start
-            wrong = [
-                k
-                for k, e in finals.items()
-                if e["status"] != "completed_without_answer" or e["signal"].get("sip_code") != 486
-            ]
-            return {
-                "rate_asked": rate,
-                "attempts_per_s": round(calls / elapsed, 1),
-                "calls": calls,
-                "wrong_or_lost": len(wrong) + calls - len(finals),
-                "gateway_rss_kib": max(peak_rss, rss_kib(gw.pid)),
-            }
+        call = phone.call(f"420603{i:06d}")
+    except Exception:
+        return False
+    deadline = time.perf_counter() + 10
+    while call.state != CallState.ANSWERED and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    ok = call.state == CallState.ANSWERED
+    try:
+        call.hangup()
+    except Exception:
+        pass
+    return ok
+
+start = time.perf_counter()
+with ThreadPoolExecutor(threads) as pool:
+    answered = sum(pool.map(one, range(calls)))
+elapsed = time.perf_counter() - start
+phone.stop()
+print(f"{answered} {elapsed}")
+"""
+
+
+def pyvoip_rate(calls: int, workdir: Path, threads: int) -> dict[str, Any]:
+    """pyVoIP 1.6 (if installed: pip install pyVoIP==1.6.8) against a UAS that registers and answers."""
+    try:
+        import pyVoIP  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return {"skipped": "pyVoIP is not installed (pip install pyVoIP==1.6.8)"}
+    port = free_udp_port()
+    sipp_dir = workdir / f"sipp-pyvoip-{threads}"
+    sipp_dir.mkdir()
+    uas = sipp_uas(BENCH_SCENARIOS / "register_then_answer.xml", port, sipp_dir)
+    time.sleep(0.3)
+    import sys
+
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PYVOIP_SCRIPT,
+                "127.0.0.1",
+                str(port),
+                str(calls),
+                str(free_udp_port()),
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        fields = out.stdout.split()
+        if out.returncode != 0 or len(fields) != 2:
+            return {"failed": (out.stderr or out.stdout)[-500:]}
+        answered, elapsed = int(fields[0]), float(fields[1])
+        return {"calls": calls, "threads": threads, "answered": answered, "calls_per_s": round(calls / elapsed, 2)}
     finally:
-        gw.send_signal(signal.SIGTERM)
-        gw.wait(60)
         uas.kill()
         uas.wait()
 
@@ -154,17 +362,23 @@ async def run_rate(broker: Mosquitto, rate: int, calls: int, workdir: Path) -> d
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--rates", default="100,200,400")
+    parser.add_argument("--rates", default="100,300,600")
+    parser.add_argument("--ringing", type=int, default=5000)
+    parser.add_argument("--pyvoip", type=int, default=20)
     args = parser.parse_args()
-    report: dict[str, Any] = {"runs": []}
+    report: dict[str, Any] = {"mix": [], "hold_ms": HOLD_MS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = Mosquitto(work / "mosquitto")
         broker.start()
         try:
-            for rate in (int(r) for r in args.rates.split(",")):
-                report["runs"].append(await run_rate(broker, rate, args.calls, work))
+            for i, rate in enumerate(int(r) for r in args.rates.split(",")):
+                report["mix"].append(await run_mix(broker, rate, args.calls, work, trace=i == 0))
+            if args.ringing:
+                report["ringing"] = await run_ringing(broker, args.ringing, work)
             report["sipp_uac_limit_calls_per_s"] = round(sipp_limit(args.calls, work), 1)
+            if args.pyvoip:
+                report["pyvoip"] = [pyvoip_rate(args.pyvoip, work, 1), pyvoip_rate(args.pyvoip * 5, work, 20)]
         finally:
             broker.stop()
     print(json.dumps(report, indent=2))

@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from metrics.recorder import Recorder
+from metrics.influx import InfluxTarget, InfluxWriter
+from metrics.recorder import Recorder, influx_points
 from whatsapp import webhook
 from whatsapp.client import CloudApiClient
 
@@ -41,6 +42,27 @@ def restart_rule(unit: Unit, gateway_id: str) -> int:
     for key in keys:
         unit.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
     return len(keys)
+
+
+def influx_writer(settings: Settings, recorder: Recorder) -> InfluxWriter | None:
+    """The InfluxDB writer when `influx.url` is set (SPEC §8)."""
+    cfg = settings.influx
+    if not cfg.url:
+        return None
+    target = InfluxTarget(
+        url=cfg.url,
+        api=cfg.api,
+        database=cfg.database,
+        bucket=cfg.bucket,
+        org=cfg.org,
+        token=cfg.token.get_secret_value() if cfg.token else None,
+        username=cfg.username,
+        password=cfg.password.get_secret_value() if cfg.password else None,
+    )
+    gateway_id, voice = settings.gateway.id, settings.sip.active
+    return InfluxWriter(
+        target, lambda now_ms: influx_points(recorder, gateway_id, now_ms, voice), interval_s=cfg.interval_s
+    )
 
 
 class App:
@@ -85,6 +107,7 @@ class App:
         self.whatsapp: WhatsAppChannel | None = None
         if settings.whatsapp.active:
             self._whatsapp(settings)
+        self.influx = influx_writer(settings, self.recorder)
         self.voice: VoiceChannel | None = None
         if settings.sip.active:
             self.voice = VoiceChannel(self.engine, self.recorder, settings.sip, settings.prompts_dir)
@@ -161,6 +184,7 @@ class App:
                     tg.create_task(self._outbox_gauges(), name="outbox-gauges"),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                     *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),
+                    *([tg.create_task(self.influx.run(), name="influx")] if self.influx is not None else []),
                 ]
                 log.info(
                     "telgate running",

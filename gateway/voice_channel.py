@@ -87,6 +87,8 @@ class _Placed:
     attempt: int
     connect_to: str | None
     prompt: str | None
+    dialed_at: float = 0.0
+    answered: bool = False
     followup: asyncio.Task[None] | None = None
     transfer: str | None = None  # the transfer's outcome, for the hangup's evidence
 
@@ -114,6 +116,8 @@ class VoiceChannel:
         self.rtp_port = 0
         self._pending: list[Output] = []  # what was sent before the socket was bound
         self.ua = UserAgent(self._uac_config(int(port)), self.pbx_addr, lambda: secrets.token_hex(6))
+        recorder.sip.responses = lambda: self.ua.responses
+        recorder.sip.retransmissions = lambda: self.ua.retransmissions
         self._calls: dict[str, _Placed] = {}
         self._by_key: dict[Key, str] = {}
         self._active: Counter[str] = Counter()
@@ -160,7 +164,8 @@ class VoiceChannel:
             offer = sdp.offer(self.ua.cfg.local_host, self.rtp_port, secrets.randbelow(2**31))
             call_id, outputs = self.ua.place(contact.phone or "", ring, offer, self._now())
             connect_to = contact.connect_to or self.sip.connect_to or None
-            self._calls[call_id] = _Placed(key, effect.attempt, connect_to, contact.prompt)
+            self._calls[call_id] = _Placed(key, effect.attempt, connect_to, contact.prompt, self._now())
+            self.recorder.call_placed(contact.campaign_id)
             self._by_key[key] = call_id
             self._active[contact.campaign_id] += 1
             self._emit(outputs)
@@ -222,6 +227,14 @@ class VoiceChannel:
             return
         key, attempt = placed.key, placed.attempt
         signal = update_signal(update, attempt)
+        event = update.event
+        if isinstance(event, Ringing) and event.first:
+            self.recorder.call_ringing(key[0], self._now() - placed.dialed_at)
+        elif isinstance(event, Answered) and not placed.answered:
+            placed.answered = True
+            self.recorder.call_answered(key[0])
+        elif isinstance(event, Ended):
+            self.recorder.call_ended(key[0], str(event.kind), placed.answered, event.duration_s)
         if isinstance(update.event, Ended):
             failed = update.event.kind is EndKind.FAILED
             self._failed_in_a_row = self._failed_in_a_row + 1 if failed else 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 from metrics.recorder import Recorder
@@ -39,6 +39,9 @@ CLASS_KIND = {
     ErrorClass.REJECTED: Kind.WA_REJECTED,
 }
 STATUS_KIND = {"sent": Kind.WA_SENT, "delivered": Kind.WA_DELIVERED, "read": Kind.WA_READ, "played": Kind.WA_READ}
+
+
+ACCEPTED_KEPT = 200_000  # send times kept for `telgate_whatsapp_time_to_status_seconds` (oldest dropped)
 
 
 def callback_data(contact: ContactState, attempt: int) -> str:
@@ -146,6 +149,7 @@ class WhatsAppChannel:
         self.pairs = PairLimit(pair_interval_s)
         self._queue: asyncio.Queue[tuple[ContactState, int]] = asyncio.Queue()
         self._active: Counter[str] = Counter()
+        self._accepted_at: OrderedDict[str, float] = OrderedDict()  # wamid → when Meta took it (for metrics)
         self.state = "up"
 
     def active(self, campaign_id: str | None = None) -> int:
@@ -173,6 +177,10 @@ class WhatsAppChannel:
             assert contact.template is not None and contact.phone is not None
             result = await self.client.send_template(contact.phone, contact.template, callback_data(contact, attempt))
             self._observe(result)
+            if isinstance(result, Accepted):
+                self._accepted_at[result.wamid] = time.monotonic()
+                while len(self._accepted_at) > ACCEPTED_KEPT:
+                    self._accepted_at.popitem(last=False)
             signal = result_signal(result, attempt, self.ambiguous_timeout_s)
             await self.engine.signal(key, signal)
             if isinstance(result, Failed) and result.code == 130429:
@@ -209,8 +217,16 @@ class WhatsAppChannel:
             self.recorder.wa_webhooks.labels("incoming_ignored").inc()
         if statuses:
             outcomes = await self.engine.execute(lambda unit: [self._apply_status(unit, s) for s in statuses])
-            for outcome in outcomes:
+            now = time.monotonic()
+            for status, outcome in zip(statuses, outcomes, strict=True):
                 self.recorder.wa_webhooks.labels(outcome).inc()
+                kind = "read" if status.status in ("read", "played") else status.status
+                if outcome == "applied" and kind in ("delivered", "read"):
+                    sent = (
+                        self._accepted_at.pop(status.id, None) if kind == "read" else self._accepted_at.get(status.id)
+                    )
+                    if sent is not None:
+                        self.recorder.wa_time_to_status.labels(kind).observe(now - sent)
         for err in note.errors():
             self.recorder.wa_webhooks.labels("account_error" if is_account_level(err.code) else "value_error").inc()
             log.warning("whatsapp webhook error", extra={"code": err.code, "title": err.text})

@@ -6,7 +6,98 @@ campaign id only while `campaign_label` is on.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from .influx import Point
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PDD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
+DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+STATUS_TIME_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
+OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
+WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3}
+WA_FAILED = ("delivery_failed", "sending_failed", "error")
+
+
+@dataclass
+class CallKpi:
+    """One campaign's call figures since start (the InfluxDB `telgate_calls` measurement)."""
+
+    attempts: int = 0
+    answered: int = 0
+    rejected: int = 0
+    unreachable: int = 0
+    invalid_number: int = 0
+    failed: int = 0
+    active: int = 0
+    talk_s: float = 0.0
+    pdd_ms: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+
+    @property
+    def asr(self) -> float:
+        return self.answered / self.attempts if self.attempts else 0.0
+
+    @property
+    def ner(self) -> float:
+        """Network effectiveness: attempts the network carried to the callee (all but `failed`)."""
+        return (self.attempts - self.failed) / self.attempts if self.attempts else 0.0
+
+    @property
+    def acd_s(self) -> float:
+        return self.talk_s / self.answered if self.answered else 0.0
+
+    def pdd_percentile(self, q: float) -> float:
+        if not self.pdd_ms:
+            return 0.0
+        ordered = sorted(self.pdd_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class WhatsAppKpi:
+    sent: int = 0
+    delivered: int = 0
+    read: int = 0
+    failed: int = 0
+
+    @property
+    def delivery_rate(self) -> float:
+        return self.delivered / self.sent if self.sent else 0.0
+
+    @property
+    def read_rate(self) -> float:
+        return self.read / self.delivered if self.delivered else 0.0
+
+
+class _SipCounters(Collector):
+    """SIP responses and retransmissions, read from the user agent's own tallies at scrape time."""
+
+    def __init__(self) -> None:
+        self.responses: Callable[[], Tally[tuple[str, int]]] | None = None
+        self.retransmissions: Callable[[], Tally[str]] | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        responses = CounterMetricFamily(
+            "telgate_sip_responses",
+            "SIP responses received, by request method and status code",
+            labels=["method", "code"],
+        )
+        for (method, code), n in sorted((self.responses() if self.responses else Tally()).items()):
+            responses.add_metric([method, str(code)], n)
+        yield responses
+        retrans = CounterMetricFamily(
+            "telgate_sip_retransmissions", "SIP requests sent again by a transaction timer", labels=["method"]
+        )
+        for method, n in sorted((self.retransmissions() if self.retransmissions else Tally()).items()):
+            retrans.add_metric([method], n)
+        yield retrans
 
 
 class Recorder:
@@ -68,6 +159,34 @@ class Recorder:
         self.call_transfers = Counter(
             "telgate_call_transfers", "Blind transfers (REFER) of answered calls by result", ["result"], registry=r
         )
+        self.call_attempts = Counter("telgate_call_attempts", "Ended call attempts by outcome", ["outcome"], registry=r)
+        for outcome in OUTCOMES:
+            self.call_attempts.labels(outcome)
+        self.calls_active = Gauge("telgate_calls_active", "Calls up now", ["state"], registry=r)
+        for state in ("ringing", "answered"):
+            self.calls_active.labels(state)
+        self.post_dial_delay = Histogram(
+            "telgate_call_post_dial_delay_seconds",
+            "From the INVITE to the first 180/183",
+            registry=r,
+            buckets=PDD_BUCKETS,
+        )
+        self.call_duration = Histogram(
+            "telgate_call_duration_seconds", "Talk time of answered calls", registry=r, buckets=DURATION_BUCKETS
+        )
+        self.wa_time_to_status = Histogram(
+            "telgate_whatsapp_time_to_status_seconds",
+            "From the accepted send to the delivered / read webhook",
+            ["status"],
+            registry=r,
+            buckets=STATUS_TIME_BUCKETS,
+        )
+        self.sip = _SipCounters()
+        r.register(self.sip)
+        # per-campaign figures for InfluxDB, kept whatever `campaign_label` says (they never become labels)
+        self.calls: dict[str, CallKpi] = {}
+        self.whatsapp: dict[str, WhatsAppKpi] = {}
+        self.counts: Tally[tuple[str, str, str]] = Tally()  # (campaign, channel, status) → contacts now
 
     def _campaign(self, campaign: str) -> str:
         return campaign if self.campaign_label else ""
@@ -76,12 +195,63 @@ class Recorder:
         c = self._campaign(campaign)
         self.transitions.labels(channel, status, c).inc()
         self.contacts.labels(channel, status, c).inc()
+        self.counts[(campaign, channel, status)] += 1
         if previous is not None:
             self.contacts.labels(channel, previous, c).dec()
+            self.counts[(campaign, channel, previous)] -= 1
+        if channel == "whatsapp":
+            self._whatsapp_kpi(campaign, status, previous)
+
+    def _whatsapp_kpi(self, campaign: str, status: str, previous: str | None) -> None:
+        kpi = self.whatsapp.setdefault(campaign, WhatsAppKpi())
+        if status in WA_FAILED:
+            kpi.failed += 1
+            return
+        new = WA_RANK.get(status)
+        if new is None:
+            return
+        old = WA_RANK.get(previous or "", 0)
+        if previous == "delivery_failed":
+            kpi.failed -= 1  # a later delivered/read wins (SPEC §5.2)
+        # a status reached counts every lower one it skipped (read without delivered was delivered)
+        if old < 1 <= new:
+            kpi.sent += 1
+        if old < 2 <= new:
+            kpi.delivered += 1
+        if old < 3 <= new:
+            kpi.read += 1
+
+    # -- calls (reported by the voice channel) --------------------------------------------------------
+    def call_placed(self, campaign: str) -> None:
+        self.calls.setdefault(campaign, CallKpi()).active += 1
+        self.calls_active.labels("ringing").inc()
+
+    def call_ringing(self, campaign: str, post_dial_delay_s: float) -> None:
+        self.post_dial_delay.observe(post_dial_delay_s)
+        self.calls.setdefault(campaign, CallKpi()).pdd_ms.append(post_dial_delay_s * 1000.0)
+
+    def call_answered(self, campaign: str) -> None:
+        self.calls_active.labels("ringing").dec()
+        self.calls_active.labels("answered").inc()
+
+    def call_ended(self, campaign: str, outcome: str, answered: bool, duration_s: float | None) -> None:
+        kpi = self.calls.setdefault(campaign, CallKpi())
+        kpi.active -= 1
+        self.calls_active.labels("answered" if answered else "ringing").dec()
+        outcome = "answered" if answered else outcome
+        if outcome not in OUTCOMES:
+            outcome = "failed"
+        self.call_attempts.labels(outcome).inc()
+        kpi.attempts += 1
+        setattr(kpi, outcome, getattr(kpi, outcome) + 1)
+        if answered and duration_s is not None:
+            self.call_duration.observe(duration_s)
+            kpi.talk_s += duration_s
 
     def set_contacts(self, rows: list[tuple[str, str, str, int]]) -> None:
         for campaign, channel, status, n in rows:
             self.contacts.labels(channel, status, self._campaign(campaign)).inc(n)
+            self.counts[(campaign, channel, status)] += n
 
     def command(self, kind: str, result: str) -> None:
         self.commands.labels(kind, result).inc()
@@ -91,3 +261,46 @@ class Recorder:
 
     def absorbed_signal(self, channel: str, why: str) -> None:
         self.absorbed.labels(channel, why).inc()
+
+
+def influx_points(recorder: Recorder, gateway_id: str, now_ms: int, voice: bool) -> list[Point]:
+    """The SPEC §8 measurements, from what the recorder holds now."""
+    points: list[Point] = []
+    for (campaign, channel, status), n in sorted(recorder.counts.items()):
+        tags = {"gateway": gateway_id, "campaign": campaign, "channel": channel, "status": status}
+        points.append(Point("telgate_contacts", tags, {"count": max(n, 0)}, now_ms))
+    for campaign, kpi in sorted(recorder.calls.items()):
+        fields: dict[str, int | float | bool | str] = {
+            "attempts": kpi.attempts,
+            "answered": kpi.answered,
+            "rejected": kpi.rejected,
+            "unreachable": kpi.unreachable,
+            "invalid_number": kpi.invalid_number,
+            "failed": kpi.failed,
+            "active": max(kpi.active, 0),
+            "asr": kpi.asr,
+            "ner": kpi.ner,
+            "acd_s": kpi.acd_s,
+            "pdd_ms_p50": kpi.pdd_percentile(0.50),
+            "pdd_ms_p95": kpi.pdd_percentile(0.95),
+        }
+        points.append(Point("telgate_calls", {"gateway": gateway_id, "campaign": campaign}, fields, now_ms))
+    for campaign, wa in sorted(recorder.whatsapp.items()):
+        fields = {
+            "sent": wa.sent,
+            "delivered": wa.delivered,
+            "read": wa.read,
+            "failed": wa.failed,
+            "delivery_rate": wa.delivery_rate,
+            "read_rate": wa.read_rate,
+        }
+        points.append(Point("telgate_whatsapp", {"gateway": gateway_id, "campaign": campaign}, fields, now_ms))
+    sample = recorder.registry.get_sample_value
+    gateway: dict[str, int | float | bool | str] = {
+        "bus_connected": int(sample("telgate_bus_connected") or 0),
+        "outbox_pending": int(sample("telgate_outbox_pending") or 0),
+    }
+    if voice:
+        gateway["pbx_up"] = int(sample("telgate_pbx_up") or 0)
+    points.append(Point("telgate_gateway", {"gateway": gateway_id}, gateway, now_ms))
+    return points

@@ -69,6 +69,7 @@ class UacConfig:
 @dataclass(frozen=True, slots=True)
 class Send:
     message: Request | Response
+    retransmission: bool = False  # sent again by a transaction timer (counted, not new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +237,7 @@ class Call:
     def _relay(self, events: Sequence[object]) -> None:
         for e in events:
             if isinstance(e, Transmit):
-                self._out.append(Send(e.message))
+                self._out.append(Send(e.message, e.retransmission))
 
     def _drain(self) -> list[CallEvent]:
         out, self._out = self._out, []
@@ -275,7 +276,7 @@ class Call:
         if self._ict is not None:
             for e in self._ict.handle_timer(now):
                 if isinstance(e, Transmit):
-                    self._out.append(Send(e.message))
+                    self._out.append(Send(e.message, e.retransmission))
                 elif isinstance(e, TimedOut):
                     self._finish(Ended(EndKind.FAILED, None, "no response (Timer B)"))
         if self._cancel is not None:
@@ -283,13 +284,13 @@ class Call:
         if self._refer is not None:
             for e in self._refer.handle_timer(now):
                 if isinstance(e, Transmit):
-                    self._out.append(Send(e.message))
+                    self._out.append(Send(e.message, e.retransmission))
                 elif isinstance(e, TimedOut) and self.transfer_state == "pending":
                     self._transferred(False, None, "no response to REFER (Timer F)")
         if self._bye is not None:
             for e in self._bye.handle_timer(now):
                 if isinstance(e, Transmit):
-                    self._out.append(Send(e.message))
+                    self._out.append(Send(e.message, e.retransmission))
                 elif isinstance(e, TimedOut | Terminated) and self.phase is Phase.CLOSING:
                     self._finish(Ended(EndKind.LOCAL_HANGUP, None, None, None, self._duration(now), True))
         return self._drain()
@@ -372,7 +373,7 @@ class Call:
                 return
             for e in self._ict.receive(resp, now):
                 if isinstance(e, Transmit):
-                    self._out.append(Send(e.message))
+                    self._out.append(Send(e.message, e.retransmission))
                 elif isinstance(e, ResponseReceived):
                     self._invite_response(e.response, e.retransmission, now)
         elif method == "CANCEL" and self._cancel is not None:

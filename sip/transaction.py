@@ -134,6 +134,7 @@ class InviteClientTransaction(_ClientTransaction):
             self.timers.stop("A")
             if code < 200:
                 self.state = State.PROCEEDING
+                self.timers.stop("B")  # a ringing call waits for its final as long as the TU lets it
                 self.pending.append(ResponseReceived(response))
             elif code < 300:
                 self.state = State.ACCEPTED
@@ -159,7 +160,7 @@ class InviteClientTransaction(_ClientTransaction):
                 self.pending.append(Transmit(self.request, retransmission=True))
                 self._a_interval *= 2
                 self.timers.start("A", now + self._a_interval)
-            elif name == "B" and self.state in (State.CALLING, State.PROCEEDING):
+            elif name == "B" and self.state is State.CALLING:  # §17.1.1.2: not once a provisional came
                 self._terminate()
                 self.pending[:0] = [TimedOut("B")]
             elif name in ("D", "M"):

@@ -42,6 +42,7 @@ class PingAnswered:
 
 
 Output = Datagram | CallUpdate | PingAnswered
+KNOWN_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "REFER", "NOTIFY", "INFO"})
 _HDR = re.compile(rb"^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -71,6 +72,8 @@ class UserAgent:
     stats: Counter[str] = field(default_factory=Counter)
     pings: dict[str, tuple[NonInviteClientTransaction, float]] = field(default_factory=dict)
     registration: Registration | None = None
+    responses: Counter[tuple[str, int]] = field(default_factory=Counter)  # (method, code) received
+    retransmissions: Counter[str] = field(default_factory=Counter)  # requests re-sent by Timer A / E
 
     def _reg_out(self, requests: list[Request]) -> list[Output]:
         return [Datagram(r.encode(), self.pbx) for r in requests]
@@ -115,6 +118,8 @@ class UserAgent:
         out: list[Output] = []
         for e in events:
             if isinstance(e, Send):
+                if e.retransmission and isinstance(e.message, Request):
+                    self.retransmissions[e.message.method] += 1
                 out.append(Datagram(e.message.encode(), self.pbx))
             else:
                 out.append(CallUpdate(call.call_id, e))
@@ -138,6 +143,7 @@ class UserAgent:
             if t is not None and t <= now:
                 for e in tx.handle_timer(now):
                     if isinstance(e, Transmit):
+                        self.retransmissions["OPTIONS"] += 1
                         out.append(Datagram(e.message.encode(), self.pbx))
                     elif isinstance(e, Terminated):
                         self.pings.pop(call_id, None)
@@ -158,6 +164,9 @@ class UserAgent:
                 "malformed_request" if reply is not None or data[:4].upper() != b"SIP/" else "malformed_response"
             ] += 1
             return [] if reply is None else [Datagram(reply.encode(), addr)]
+        if isinstance(message, Response):
+            method = (message.headers.get("cseq") or "").rpartition(" ")[2].upper()
+            self.responses[(method if method in KNOWN_METHODS else "other", message.status)] += 1
         call_key = message.headers.get("call-id") or ""
         if self.registration is not None and call_key == self.registration.call_id and isinstance(message, Response):
             return self._reg_out(self.registration.receive(message, now))

@@ -239,3 +239,15 @@ def test_timer_t1_is_configurable() -> None:
         t = at
         events += call.handle_timer(t)
     assert ended(events).kind is EndKind.FAILED and abs(t - 3.2) < 1e-6  # Timer B = 64 x T1
+
+
+def test_a_call_may_ring_longer_than_timer_b() -> None:
+    """Found by bench/voice with 5,000 calls ringing: Timer B must not end a call that has had a 180."""
+    call, invite = new_call(ring_timeout=120.0)
+    call.receive(reply(invite, 180, "Ringing"), 0.2)
+    events: list[object] = []
+    while (at := call.get_timer()) is not None and at < 119.0:
+        events += call.handle_timer(at)
+    assert not call.ended and not [e for e in events if isinstance(e, Ended)]
+    cancel = sent(call.handle_timer(120.0))
+    assert [m.method for m in cancel if isinstance(m, Request)] == ["CANCEL"]

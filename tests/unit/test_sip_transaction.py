@@ -66,7 +66,7 @@ def test_provisional_stops_retransmission_and_allows_cancel() -> None:
     assert not tx.provisional_seen
     events = tx.receive(response(180, "Ringing"), 0.2)
     assert events == [ResponseReceived(response(180, "Ringing"))] and tx.provisional_seen
-    assert tx.get_timer() == 32.0  # only Timer B is left
+    assert tx.get_timer() is None  # no retransmission, and Timer B only matters in Calling (§17.1.1.2)
 
 
 def test_non_2xx_is_acked_inside_the_transaction_and_again_on_retransmission() -> None:
