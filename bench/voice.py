@@ -3,7 +3,7 @@
     python -m bench.voice [--calls 2000] [--rates 100,300,600] [--ringing 5000] [--pyvoip 200]
 
 - Outcome mix at rising rates: a gateway process (max_cps = rate) dials `--calls` contacts queued in a
-  draft campaign that is then started. The SIPp UAS (bench/sipp/mix.xml) answers by the number's last
+  draft campaign that is then started. The SIPp UAS (tests/sipp/mix.xml) answers by the number's last
   digit: 0-5 answered and hung up by the callee after 1 s, 6-7 486, 8-9 480. Every contact's final
   status is checked against its digit (success / completed_without_answer with the right sip_code):
   "wrong_or_lost" counts the others. Reported: sustained attempts/s (start → last final), the most
@@ -115,7 +115,7 @@ async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace
     sipp_dir = workdir / f"sipp-{rate}"
     sipp_dir.mkdir()
     extra = ("-d", str(HOLD_MS), "-trace_err", *(("-trace_msg",) if trace else ()))
-    uas = sipp_uas(BENCH_SCENARIOS / "mix.xml", port, sipp_dir, *extra)
+    uas = sipp_uas(SCENARIOS / "mix.xml", port, sipp_dir, *extra)
     name = f"voice-{rate}"
     gw = start_gateway(_config(workdir, name, broker, port, rate), workdir / f"{name}.log", rate="1000")
     try:
@@ -258,8 +258,8 @@ def sipp_limit(calls: int, workdir: Path) -> float:
     subprocess.run(
         [
             "sipp",
-            "-sn",
-            "uac",
+            "-sf",
+            str(BENCH_SCENARIOS / "uac_busy.xml"),
             "-i",
             "127.0.0.1",
             "-p",
@@ -284,7 +284,7 @@ def sipp_limit(calls: int, workdir: Path) -> float:
     elapsed = time.perf_counter() - start
     uas.kill()
     uas.wait()
-    return calls / elapsed  # the built-in uac fails fast on 486: calls/s is SIPp's own SIP rate
+    return calls / elapsed
 
 
 PYVOIP_SCRIPT = r"""

@@ -182,6 +182,8 @@ class Unit:
         self.wake_dispatch = True
         if decision.changed:
             self._campaign_event(decision.state, decision.previous)
+            if action is Action.AUTO_PAUSE:
+                self.engine.recorder.campaign_auto_paused(reason or "")
         return decision
 
     def _campaign_event(self, camp: CampaignState, previous: Any) -> None:

@@ -204,6 +204,7 @@ class WhatsAppChannel:
         self.recorder.wa_request_duration.observe(elapsed)
 
     async def _account_error(self, code: int | None, title: str | None) -> None:
+        self.recorder.wa_account_errors.inc()
         reason = f"whatsapp_account_error:{code}" + (f" {title}" if title else "")
         self.state = "down"
         paused = await self.engine.auto_pause(Channel.WHATSAPP, reason)

@@ -24,6 +24,7 @@ STATUS_TIME_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 
 OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
 WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3}
 WA_FAILED = ("delivery_failed", "sending_failed", "error")
+PAUSE_CAUSES = ("pbx_down", "whatsapp_account_error", "budget_spent", "other")
 
 
 @dataclass
@@ -181,6 +182,21 @@ class Recorder:
             registry=r,
             buckets=STATUS_TIME_BUCKETS,
         )
+        self.auto_pauses = Counter(
+            "telgate_campaign_auto_pauses",
+            "Campaigns the gateway paused itself, by cause",
+            ["cause"],
+            registry=r,
+        )
+        for cause in PAUSE_CAUSES:
+            self.auto_pauses.labels(cause)
+        for channel in ("voice", "whatsapp"):
+            self.illegal.labels(channel)
+        self.wa_account_errors = Counter(
+            "telgate_whatsapp_account_errors",
+            "Account-level errors from the Cloud API (send responses and webhook value.errors)",
+            registry=r,
+        )
         self.sip = _SipCounters()
         r.register(self.sip)
         # per-campaign figures for InfluxDB, kept whatever `campaign_label` says (they never become labels)
@@ -220,6 +236,10 @@ class Recorder:
             kpi.delivered += 1
         if old < 3 <= new:
             kpi.read += 1
+
+    def campaign_auto_paused(self, reason: str) -> None:
+        cause = reason.split(":", 1)[0].strip()
+        self.auto_pauses.labels(cause if cause in PAUSE_CAUSES else "other").inc()
 
     # -- calls (reported by the voice channel) --------------------------------------------------------
     def call_placed(self, campaign: str) -> None:

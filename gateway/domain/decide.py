@@ -195,7 +195,8 @@ def _move(
     if old is S.CALLING and k is K.CANCEL:
         effects.append(fx.CancelCall())
     if k is K.WA_ACCOUNT:
-        effects.append(fx.PauseCampaign(str(signal.evidence.get("wa_error_title") or "whatsapp account error")))
+        code, title = signal.evidence.get("wa_error_code"), signal.evidence.get("wa_error_title")
+        effects.append(fx.PauseCampaign(f"whatsapp_account_error:{code}" + (f" {title}" if title else "")))
 
     if new_status is S.RETRY_SCHEDULED and retry_at is not None:
         changes.update(in_flight=False, answered=False)

@@ -19,7 +19,11 @@ VERIFY = "verify-me"
 
 @contextlib.asynccontextmanager
 async def wa_rig(
-    broker_url: str, data_dir: Path, scenarios: dict[str, Scenario] | None = None, **whatsapp: Any
+    broker_url: str,
+    data_dir: Path,
+    scenarios: dict[str, Scenario] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+    **whatsapp: Any,
 ) -> AsyncIterator[tuple[App, StandIn]]:
     async with StandIn(
         access_token=TOKEN, app_secret=SECRET, webhook_url="http://127.0.0.1:9/unset", scenarios=scenarios or {}
@@ -36,6 +40,7 @@ async def wa_rig(
                 "max_mps": 500,
                 **whatsapp,
             },
+            **(sections or {}),
         )
         async with gateway(settings, channels=()) as app:
             standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"

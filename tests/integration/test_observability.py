@@ -1,0 +1,265 @@
+"""Observability against real servers: Prometheus scrapes a gateway that drives voice (SIPp) and WhatsApp
+(the Cloud API stand-in) traffic; every shipped dashboard query and alert expression is evaluated
+through Prometheus' HTTP API, with the alerts' faults injected; promtool checks the exposition and the
+rules; a real InfluxDB 1.x receives the line-protocol writer's points (and an outage only delays
+them); the v2 write path meets a local endpoint that checks InfluxData's documented contract."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from line_protocol_parser import parse_line
+
+from gateway.domain.statuses import Channel
+from metrics.influx import InfluxTarget, InfluxWriter, Point
+from tests.support.broker import Mosquitto
+from tests.support.harness import backend, gateway, settings_for
+from tests.support.sipp import Sipp
+from tests.support.tsdb import InfluxDB, Prometheus
+from tests.support.wa import wa_rig
+from tools.gen_dashboards import queries
+from whatsapp.standin import Scenario
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+QUIET: tuple[Any, ...] = ()
+
+
+def _send(cid: str, contact: str, number: str, campaign: str) -> dict[str, Any]:
+    return {
+        "command_id": cid,
+        "campaign_id": campaign,
+        "contact_id": contact,
+        "phone": f"+{number}",
+        "template": {"name": "appointment_reminder", "language": "cs"},
+        "policy": {"max_attempts": 1},
+    }
+
+
+def _influxql(query: str) -> str:
+    return query.replace("$timeFilter", "time > now() - 15m").replace("$__interval", "1s")
+
+
+async def _scraped(prom: Prometheus, expr: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await asyncio.to_thread(prom.query, expr)
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.5)
+
+
+async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mosquitto, tmp_path: Path) -> None:
+    scenarios = {
+        **{f"42060200000{i}": Scenario() for i in range(4)},  # sent, delivered, read
+        "420602000004": Scenario(send_error=(400, 131026)),  # sending_failed
+        "420602000005": Scenario(statuses=QUIET),  # accepted; its webhooks come during the broker outage
+        "420602000006": Scenario(statuses=QUIET),
+        "420602000009": Scenario(send_error=(401, 190)),  # account-level: the campaign pauses
+    }
+    with (
+        Sipp("mix.xml", tmp_path / "sipp", calls=100_000, extra=("-d", "600")) as pbx,
+        InfluxDB(tmp_path / "influx") as influx,
+    ):
+        sections = {
+            "sip": {"pbx": pbx.address, "local": "127.0.0.1:0", "options_interval_s": 0.5, "ring_timeout_s": 5},
+            "influx": {"url": influx.url, "database": "telgate", "interval_s": 0.5},
+        }
+        async with (
+            backend(broker.url) as b,
+            wa_rig(broker.url, tmp_path, scenarios, sections) as (app, standin),
+        ):
+            target = f"127.0.0.1:{app.http_port}"
+            with Prometheus(tmp_path / "prometheus", target, [RULES]) as prom:
+                # Prometheus' first scrape comes seconds after it is ready (target discovery is throttled):
+                # the counters must be seen at 0 before the traffic, or increase() has nothing to compare
+                assert await _scraped(prom, "telgate_build_info", timeout=30), "prometheus never scraped"
+                # traffic: calls with every outcome of the mix, WhatsApp sends, a rejected and an illegal command
+                for i in range(12):
+                    await b.send(
+                        "dial",
+                        {
+                            "command_id": f"d{i}",
+                            "campaign_id": "calls",
+                            "contact_id": f"c{i}",
+                            "phone": f"+42060100000{i % 10}",
+                            "policy": {"max_attempts": 1},
+                        },
+                    )
+                for i in range(7):
+                    await b.send("send", _send(f"w{i}", f"m{i}", f"42060200000{i}", "notices"))
+                await b.send("dial", {"command_id": "bad", "campaign_id": "calls"})  # rejected: no contact_id
+                await b.wait_for(lambda: all(b.final("calls", f"c{i}") for i in range(12)), timeout=30)
+                await b.wait_for(
+                    lambda: (
+                        all(b.statuses("notices", f"m{i}")[-1:] == ["read"] for i in range(4))
+                        and b.final("notices", "m4")
+                        and all(b.statuses("notices", f"m{i}")[-1:] == ["in_progress"] for i in (5, 6))
+                    ),
+                    timeout=20,
+                )
+                await b.send(
+                    "operator", {"command_id": "op", "campaign_id": "calls", "contact_id": "c0", "signal": "connected"}
+                )  # c0 ended: an illegal transition, refused and counted
+                await b.send("send", _send("acct", "a0", "420602000009", "account"))
+                await b.wait_for(lambda: b.final("account", "a0"))
+
+                metrics_text = await asyncio.to_thread(_get_text, f"http://{target}/metrics")
+                check = subprocess.run(
+                    ["promtool", "check", "metrics"], input=metrics_text, capture_output=True, text=True, check=False
+                )
+                assert check.returncode == 0, check.stdout + check.stderr
+
+                # faults: the PBX goes away (OPTIONS unanswered), then the broker, while webhooks keep coming
+                assert pbx.proc is not None
+                pbx.proc.kill()
+                await b.wait_for(lambda: app.recorder.registry.get_sample_value("telgate_pbx_up") == 0, timeout=10)
+                await asyncio.sleep(2.5)  # scrapes with the PBX down, before the broker goes
+                broker.stop()
+                await asyncio.sleep(1.5)
+                for sent in [s for s in standin.sent if s.to in ("420602000005", "420602000006")]:
+                    for status in ("sent", "delivered"):
+                        payload = standin.envelope(
+                            [standin._status(sent.wamid, sent.to, status, None, sent.callback_data)]
+                        )
+                        assert await standin.post_webhook(payload) == 200
+                        await asyncio.sleep(1.2)  # a scrape between each: the outbox grows step by step
+                await asyncio.sleep(2.0)
+
+                empty: list[str] = []
+                for board, panel, expr in queries("prometheus"):
+                    if not await _scraped(prom, expr, timeout=5):
+                        empty.append(f"{board} / {panel}: {expr}")
+                for group in yaml.safe_load(RULES.read_text())["groups"]:
+                    for rule in group["rules"]:
+                        if not await _scraped(prom, rule["expr"], timeout=5):
+                            empty.append(f"alert {rule['alert']}: {rule['expr']}")
+                broker.start()
+                assert not empty, "queries without data:\n" + "\n".join(empty)
+
+            # InfluxDB: every query of the InfluxDB dashboards returns data
+            await asyncio.sleep(1.0)
+            missing = []
+            for board, panel, q in queries("influxdb"):
+                series = await asyncio.to_thread(influx.series, _influxql(q))
+                if not series or not any(v is not None for s in series for row in s["values"] for v in row[1:]):
+                    missing.append(f"{board} / {panel}: {q}")
+            assert not missing, "InfluxQL without data:\n" + "\n".join(missing)
+            calls = await asyncio.to_thread(
+                influx.series, 'SELECT last("attempts"), last("answered") FROM telgate_calls'
+            )
+            assert calls[0]["values"][0][1:] == [12, 8]  # digits 0-5 answer: 0-5, and 0 and 1 of the second ten
+
+
+def _get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+async def test_influx_outage_only_delays_points(broker: Mosquitto, tmp_path: Path) -> None:
+    with InfluxDB(tmp_path / "influx") as influx:
+        settings = settings_for(broker.url, tmp_path, influx={"url": influx.url, "interval_s": 0.3})
+        async with gateway(settings, channels=(Channel.VOICE,)) as app:
+            assert app.influx is not None
+            await asyncio.sleep(1.0)
+            influx.stop()
+            down_from = int(time.time() * 1000)
+            await asyncio.sleep(2.0)
+            down_to = int(time.time() * 1000)
+            assert app.influx.stats.failed_writes >= 1 and app.influx.pending > 0
+            influx.start()
+            deadline = time.monotonic() + 15
+            while app.influx.pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert app.influx.pending == 0 and app.influx.stats.dropped_lines == 0
+        rows = influx.series(
+            f"SELECT count(outbox_pending) FROM telgate_gateway WHERE time >= {down_from}ms AND time <= {down_to}ms"
+        )
+        assert rows and rows[0]["values"][0][1] >= 4  # the points of the outage arrived afterwards
+
+
+async def test_v2_write_meets_the_documented_contract(tmp_path: Path) -> None:
+    """POST /api/v2/write?org=&bucket=&precision=ms, `Authorization: Token …`, gzip body, 204 on success."""
+    seen: list[list[dict[str, Any]]] = []
+
+    async def write(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Token s3cret":
+            return web.json_response({"code": "unauthorized", "message": "unauthorized access"}, status=401)
+        if request.query.get("org") != "acme" or request.query.get("bucket") != "telgate":
+            return web.json_response({"code": "invalid", "message": "org and bucket are required"}, status=400)
+        if request.query.get("precision") not in ("ns", "us", "ms", "s"):
+            return web.json_response({"code": "invalid", "message": "bad precision"}, status=400)
+        if request.headers.get("Content-Encoding") != "gzip":
+            return web.json_response({"code": "invalid", "message": "expected a gzip body"}, status=400)
+        raw = await request.read()  # aiohttp's server inflates a gzip request body itself
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        lines = [line for line in raw.decode().split("\n") if line]
+        if len(lines) > 5000:
+            return web.json_response({"code": "invalid", "message": "batch too large"}, status=413)
+        seen.append([parse_line(line.encode()) for line in lines])
+        return web.Response(status=204)
+
+    server = web.Application()
+    server.router.add_post("/api/v2/write", write)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        n = 12_000
+        points = [
+            Point("telgate_contacts", {"gateway": "gw 1", "campaign": f"c,{i}"}, {"count": i}, i) for i in range(n)
+        ]
+        for token, expect in (("wrong", False), ("s3cret", True)):
+            target = InfluxTarget(f"http://127.0.0.1:{port}", api="v2", bucket="telgate", org="acme", token=token)
+            writer = InfluxWriter(target, lambda _ms: points)
+            writer.collect(0)
+            async with aiohttp.ClientSession() as session:
+                ok = await writer.flush(session)
+            if not expect:
+                # a 4xx is a refusal of the batch, not an outage: dropped, counted and logged, not retried forever
+                assert (
+                    ok
+                    and writer.stats.refused_lines == n
+                    and writer.pending == 0
+                    and "401" in str(writer.stats.last_error)
+                )
+        assert [len(batch) for batch in seen] == [5000, 5000, 2000]
+        assert seen[0][7] == {
+            "measurement": "telgate_contacts",
+            "tags": {"campaign": "c,7", "gateway": "gw 1"},
+            "fields": {"count": 7},
+            "time": 7,
+        }
+    finally:
+        await runner.cleanup()
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    tool = shutil.which("promtool")
+    assert tool, "promtool is not installed (apt-get install prometheus; bash .ci/run does)"
+    folder = RULES.parent
+    check = subprocess.run([tool, "check", "rules", "alerts.yml"], cwd=folder, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([tool, "test", "rules", "alerts_test.yml"], cwd=folder, capture_output=True, text=True)
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_dashboards_are_generated_from_the_panel_lists() -> None:
+    out = subprocess.run([sys.executable, "-m", "tools.gen_dashboards", "--check"], cwd=ROOT, capture_output=True)
+    assert out.returncode == 0, out.stdout.decode()

@@ -1,0 +1,423 @@
+"""Writes the Grafana dashboards in deploy/grafana/dashboards/ from the panel lists below.
+
+    python -m tools.gen_dashboards          # write
+    python -m tools.gen_dashboards --check  # exit 1 if a file differs (the test suite runs this)
+
+One list of panels per dashboard and data source keeps the PromQL and InfluxQL side by side; every
+query here is evaluated against a live gateway by tests/integration/test_observability.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
+PROM = {"type": "prometheus", "uid": "telgate-prometheus"}
+INFLUX = {"type": "influxdb", "uid": "telgate-influxdb"}
+
+# (title, unit, [(query, legend)])
+Panel = tuple[str, str, list[tuple[str, str]]]
+
+PROMETHEUS: dict[str, list[Panel]] = {
+    "Campaigns": [
+        (
+            "Contacts per status",
+            "none",
+            [("sum by (campaign, channel, status) (telgate_contacts)", "{{campaign}} {{status}}")],
+        ),
+        (
+            "Transitions / s",
+            "ops",
+            [("sum by (channel, status) (rate(telgate_contact_transitions_total[5m]))", "{{channel}} {{status}}")],
+        ),
+        (
+            "Call attempts per voice contact",
+            "none",
+            [
+                (
+                    "sum(telgate_call_attempts_total) / clamp_min(sum(telgate_contact_transitions_total"
+                    '{channel="voice",status="initial"}), 1)',
+                    "attempts / contact",
+                )
+            ],
+        ),
+        ("Commands / s", "ops", [("sum by (kind, result) (rate(telgate_commands_total[5m]))", "{{kind}} {{result}}")]),
+    ],
+    "Voice": [
+        ("Call attempts / s", "ops", [("sum by (outcome) (rate(telgate_call_attempts_total[5m]))", "{{outcome}}")]),
+        ("Concurrent calls", "none", [("sum by (state) (telgate_calls_active)", "{{state}}")]),
+        (
+            "ASR (answered / attempts)",
+            "percentunit",
+            [
+                (
+                    'sum(rate(telgate_call_attempts_total{outcome="answered"}[15m]))'
+                    " / clamp_min(sum(rate(telgate_call_attempts_total[15m])), 1e-9)",
+                    "ASR",
+                )
+            ],
+        ),
+        (
+            "NER (attempts the network carried)",
+            "percentunit",
+            [
+                (
+                    '1 - sum(rate(telgate_call_attempts_total{outcome="failed"}[15m]))'
+                    " / clamp_min(sum(rate(telgate_call_attempts_total[15m])), 1e-9)",
+                    "NER",
+                )
+            ],
+        ),
+        (
+            "ACD (average call duration)",
+            "s",
+            [
+                (
+                    "sum(rate(telgate_call_duration_seconds_sum[15m]))"
+                    " / clamp_min(sum(rate(telgate_call_duration_seconds_count[15m])), 1e-9)",
+                    "ACD",
+                )
+            ],
+        ),
+        (
+            "Post-dial delay",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.5, sum by (le) (rate(telgate_call_post_dial_delay_seconds_bucket[15m])))",
+                    "p50",
+                ),
+                (
+                    "histogram_quantile(0.95, sum by (le) (rate(telgate_call_post_dial_delay_seconds_bucket[15m])))",
+                    "p95",
+                ),
+            ],
+        ),
+        (
+            "SIP responses to INVITE / s",
+            "ops",
+            [('sum by (code) (rate(telgate_sip_responses_total{method="INVITE"}[5m]))', "{{code}}")],
+        ),
+        (
+            "SIP retransmissions / s",
+            "ops",
+            [("sum by (method) (rate(telgate_sip_retransmissions_total[5m]))", "{{method}}")],
+        ),
+        ("PBX up", "none", [("telgate_pbx_up", "{{instance}}")]),
+        (
+            "OPTIONS round trip (p95)",
+            "s",
+            [("histogram_quantile(0.95, sum by (le) (rate(telgate_pbx_options_rtt_seconds_bucket[5m])))", "p95")],
+        ),
+    ],
+    "WhatsApp": [
+        ("Sends / s", "ops", [("sum by (outcome) (rate(telgate_whatsapp_requests_total[5m]))", "{{outcome}}")]),
+        (
+            "Delivered and read rates",
+            "percentunit",
+            [
+                (
+                    'sum(telgate_contact_transitions_total{channel="whatsapp",status=~"delivered|read"})'
+                    " / clamp_min(sum(telgate_contact_transitions_total"
+                    '{channel="whatsapp",status=~"sent|delivered|read"}), 1)',
+                    "delivered (or read) / reached",
+                ),
+                (
+                    'sum(telgate_contact_transitions_total{channel="whatsapp",status="read"})'
+                    " / clamp_min(sum(telgate_contact_transitions_total"
+                    '{channel="whatsapp",status=~"delivered|read"}), 1)',
+                    "read / delivered",
+                ),
+            ],
+        ),
+        (
+            "Time to delivered and to read (p50)",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.5, sum by (le, status) "
+                    "(rate(telgate_whatsapp_time_to_status_seconds_bucket[15m])))",
+                    "{{status}}",
+                )
+            ],
+        ),
+        (
+            "Failures by error code",
+            "ops",
+            [
+                (
+                    'sum by (error_code) (rate(telgate_whatsapp_requests_total{outcome!="accepted"}[15m]))',
+                    "{{error_code}}",
+                )
+            ],
+        ),
+        (
+            "Webhook statuses by result / s",
+            "ops",
+            [("sum by (result) (rate(telgate_whatsapp_webhooks_total[5m]))", "{{result}}")],
+        ),
+        (
+            "Send request duration (p95)",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le) "
+                    "(rate(telgate_whatsapp_request_duration_seconds_bucket[5m])))",
+                    "p95",
+                )
+            ],
+        ),
+    ],
+    "Gateway": [
+        ("Outbox pending", "none", [("telgate_outbox_pending", "{{instance}}")]),
+        ("Oldest unacknowledged event", "s", [("telgate_outbox_oldest_age_seconds", "{{instance}}")]),
+        ("Bus connected", "none", [("telgate_bus_connected", "{{instance}}")]),
+        ("Events published / s", "ops", [("rate(telgate_events_published_total[5m])", "{{instance}}")]),
+        (
+            "Illegal transitions / s",
+            "ops",
+            [("sum by (channel) (rate(telgate_illegal_transitions_total[15m]))", "{{channel}}")],
+        ),
+        (
+            "Commands rejected / s",
+            "ops",
+            [('sum by (kind, result) (rate(telgate_commands_total{result!="accepted"}[15m]))', "{{kind}} {{result}}")],
+        ),
+        (
+            "Campaigns paused by the gateway",
+            "none",
+            [("sum by (cause) (telgate_campaign_auto_pauses_total)", "{{cause}}")],
+        ),
+        ("Resident memory", "bytes", [("process_resident_memory_bytes", "{{instance}}")]),
+        ("CPU", "percentunit", [("rate(process_cpu_seconds_total[5m])", "{{instance}}")]),
+        ("Build", "none", [("telgate_build_info", "{{version}}")]),
+    ],
+}
+
+_T = "$timeFilter GROUP BY time($__interval)"
+INFLUXDB: dict[str, list[Panel]] = {
+    "Campaigns": [
+        (
+            "Contacts per status",
+            "none",
+            [
+                (
+                    f'SELECT last("count") FROM "telgate_contacts" WHERE {_T}, "campaign", "status" fill(previous)',
+                    "$tag_campaign $tag_status",
+                )
+            ],
+        ),
+        (
+            "Call attempts per campaign",
+            "none",
+            [(f'SELECT last("attempts") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+        ),
+        (
+            "WhatsApp messages sent per campaign",
+            "none",
+            [(f'SELECT last("sent") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+        ),
+    ],
+    "Voice": [
+        (
+            "Call attempts / s",
+            "ops",
+            [
+                (
+                    f'SELECT non_negative_derivative(last("attempts"), 1s) FROM "telgate_calls" WHERE {_T}, "campaign"',
+                    "$tag_campaign",
+                )
+            ],
+        ),
+        (
+            "Concurrent calls",
+            "none",
+            [(f'SELECT last("active") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+        ),
+        (
+            "ASR",
+            "percentunit",
+            [(f'SELECT last("asr") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+        ),
+        (
+            "NER",
+            "percentunit",
+            [(f'SELECT last("ner") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+        ),
+        (
+            "ACD",
+            "s",
+            [(f'SELECT last("acd_s") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+        ),
+        (
+            "Post-dial delay",
+            "ms",
+            [
+                (
+                    f'SELECT last("pdd_ms_p50") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
+                    "p50 $tag_campaign",
+                ),
+                (
+                    f'SELECT last("pdd_ms_p95") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
+                    "p95 $tag_campaign",
+                ),
+            ],
+        ),
+        (
+            "Outcomes",
+            "none",
+            [
+                (
+                    'SELECT last("answered") AS "answered", last("rejected") AS "rejected", '
+                    'last("unreachable") AS "unreachable", last("failed") AS "failed" '
+                    f'FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
+                    "$tag_campaign $col",
+                )
+            ],
+        ),
+        (
+            "PBX up",
+            "none",
+            [(f'SELECT last("pbx_up") FROM "telgate_gateway" WHERE {_T}, "gateway" fill(previous)', "$tag_gateway")],
+        ),
+    ],
+    "WhatsApp": [
+        (
+            "Sent, delivered, read, failed",
+            "none",
+            [
+                (
+                    'SELECT last("sent") AS "sent", last("delivered") AS "delivered", last("read") AS "read", '
+                    f'last("failed") AS "failed" FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
+                    "$tag_campaign $col",
+                )
+            ],
+        ),
+        (
+            "Delivery rate",
+            "percentunit",
+            [
+                (
+                    f'SELECT last("delivery_rate") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
+                    "$tag_campaign",
+                )
+            ],
+        ),
+        (
+            "Read rate",
+            "percentunit",
+            [
+                (
+                    f'SELECT last("read_rate") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
+                    "$tag_campaign",
+                )
+            ],
+        ),
+    ],
+    "Gateway": [
+        (
+            "Outbox pending",
+            "none",
+            [
+                (
+                    f'SELECT last("outbox_pending") FROM "telgate_gateway" WHERE {_T}, "gateway" fill(previous)',
+                    "$tag_gateway",
+                )
+            ],
+        ),
+        (
+            "Bus connected",
+            "none",
+            [
+                (
+                    f'SELECT last("bus_connected") FROM "telgate_gateway" WHERE {_T}, "gateway" fill(previous)',
+                    "$tag_gateway",
+                )
+            ],
+        ),
+    ],
+}
+
+
+def dashboard(name: str, source: str, panels: list[Panel]) -> dict[str, Any]:
+    ds = PROM if source == "prometheus" else INFLUX
+    out: list[dict[str, Any]] = []
+    for i, (title, unit, queries) in enumerate(panels):
+        targets: list[dict[str, Any]] = []
+        for j, (query, legend) in enumerate(queries):
+            ref = chr(ord("A") + j)
+            if source == "prometheus":
+                targets.append({"refId": ref, "datasource": ds, "expr": query, "legendFormat": legend})
+            else:
+                targets.append(
+                    {
+                        "refId": ref,
+                        "datasource": ds,
+                        "query": query,
+                        "rawQuery": True,
+                        "resultFormat": "time_series",
+                        "alias": legend,
+                    }
+                )
+        out.append(
+            {
+                "id": i + 1,
+                "type": "timeseries",
+                "title": title,
+                "datasource": ds,
+                "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+                "targets": targets,
+            }
+        )
+    return {
+        "uid": f"telgate-{name.lower()}-{source}",
+        "title": f"telgate · {name} ({'Prometheus' if source == 'prometheus' else 'InfluxDB'})",
+        "tags": ["telgate", source],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": []},
+        "panels": out,
+    }
+
+
+def render() -> dict[Path, str]:
+    files: dict[Path, str] = {}
+    for source, boards in (("prometheus", PROMETHEUS), ("influxdb", INFLUXDB)):
+        for name, panels in boards.items():
+            path = OUT / source / f"{name.lower()}.json"
+            files[path] = json.dumps(dashboard(name, source, panels), indent=2) + "\n"
+    return files
+
+
+def queries(source: str) -> list[tuple[str, str, str]]:
+    """(dashboard, panel, query) for every panel query of one data source, as the tests evaluate them."""
+    boards = PROMETHEUS if source == "prometheus" else INFLUXDB
+    return [(name, title, q) for name, panels in boards.items() for title, _, qs in panels for q, _ in qs]
+
+
+def main() -> int:
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for path, text in render().items():
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print("stale dashboards (run python -m tools.gen_dashboards):\n" + "\n".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
