@@ -224,7 +224,7 @@ def test_whatsapp_retryable_then_error_and_pair_limit() -> None:
 
 def test_whatsapp_account_error_pauses_campaign() -> None:
     _, ds = run(contact(WA), CREATE, DUE, Signal(K.WA_ACCOUNT, {"wa_error_code": 190, "wa_error_title": "expired"}))
-    assert statuses(ds)[-1] == "error" and fx.PauseCampaign("expired") in ds[-1].effects
+    assert statuses(ds)[-1] == "error" and fx.PauseCampaign("whatsapp_account_error:190 expired") in ds[-1].effects
 
 
 def test_whatsapp_ambiguous_timeout() -> None:
