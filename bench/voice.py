@@ -138,7 +138,13 @@ async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace
             arrived: dict[str, float] = {}  # call_id → when its answer/final event arrived
             up = peak_up = 0
             peak_rss = 0
-            async for m in c.messages:
+            deadline = time.perf_counter() + calls / rate * 3 + 60  # a run that stalls is reported, not waited on
+            messages = aiter(c.messages)
+            while time.perf_counter() < deadline:
+                try:
+                    m = await asyncio.wait_for(anext(messages), timeout=max(0.1, deadline - time.perf_counter()))
+                except TimeoutError:
+                    break
                 if not str(m.topic).startswith("telgate/v1/evt/contact/"):
                     continue
                 e = json.loads(m.payload)  # type: ignore[arg-type]

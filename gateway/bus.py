@@ -110,6 +110,8 @@ class Bus:
     # -- connection loop -------------------------------------------------------------------------
     def _command_filter(self) -> str:
         topic = self.topics.commands
+        if self.cfg.protocol == 4:
+            return topic  # MQTT 3.1.1 has no shared subscriptions: one gateway per broker
         return f"$share/{self.cfg.shared_group}/{topic}" if self.cfg.shared_group else topic
 
     def _presence_payload(self, state: str) -> bytes:
@@ -131,18 +133,21 @@ class Bus:
         tls_context = None
         if self.tls:
             tls_context = ssl.create_default_context(cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None)
-        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect_props.SessionExpiryInterval = 3600  # queued commands survive a short gateway outage
+        session: dict[str, Any]
+        if self.cfg.protocol == 5:
+            connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect_props.SessionExpiryInterval = 3600  # queued commands survive a short gateway outage
+            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": connect_props}
+        else:  # MQTT 3.1.1: a persistent session, no properties
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
         client = aiomqtt.Client(
             self.host,
             self.port,
             username=self.cfg.username,
             password=self.cfg.password.get_secret_value() if self.cfg.password else None,
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
             keepalive=self.cfg.keepalive_s,
-            properties=connect_props,
+            **session,
             tls_context=tls_context,
             max_inflight_messages=WINDOW,
             will=aiomqtt.Will(self.topics.presence(self.gateway_id), self._presence_payload("offline"), 1, True),
@@ -306,7 +311,7 @@ class Bus:
                         continue
                     await window.acquire()
                     props = None
-                    if row.correlation is not None:
+                    if row.correlation is not None and self.cfg.protocol == 5:
                         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                         props.CorrelationData = row.correlation
                     info = paho.publish(row.topic, row.payload, qos=1, retain=row.retain, properties=props)

@@ -49,6 +49,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo
+
+    return demo(args.contacts, args.speed, args.json, args.broker)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="telgate", description="telgate: contact-status gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("asyncapi", help="print the AsyncAPI 3 document of the bus")
     p.add_argument("--prefix", default="telgate")
     p.set_defaults(fn=cmd_asyncapi)
+    p = sub.add_parser("demo", help="a voice and a WhatsApp campaign against local simulators, live")
+    p.add_argument("--contacts", type=int, default=40, help="contacts per campaign (default 40)")
+    p.add_argument("--speed", type=float, default=4.0, help="time compression of rings, talk and retries")
+    p.add_argument("--json", action="store_true", help="print the final figures as one JSON line")
+    p.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        default="auto",
+        help="auto: a local mosquitto when installed, else the embedded amqtt (pip install 'telgate[demo]')",
+    )
+    p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("watch", help="live table of contacts per status, from the bus")
     p.add_argument("--config")
     p.add_argument("--campaign")

@@ -69,6 +69,7 @@ class BusSection(_Section):
     client_id: str = "telgate-{id}"
     ca_file: Path | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
+    protocol: Literal[4, 5] = 5  # MQTT 5; 4 = MQTT 3.1.1 for brokers without 5 (no response topics, no $share)
 
 
 class HttpSection(_Section):

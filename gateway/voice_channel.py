@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import logging
 import secrets
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,7 @@ class VoiceChannel:
         transport, udp = await loop.create_datagram_endpoint(
             lambda: UdpEndpoint(self.ua, self._on_update, self.allowed), local_addr=self.bind
         )
+        _large_receive_buffer(transport.get_extra_info("socket"))
         return udp, transport.get_extra_info("sockname")[1], transport
 
     async def run(self) -> None:
@@ -332,6 +334,23 @@ class VoiceChannel:
 
 
 FAILED_DIALS_DOWN = 5
+RECEIVE_BUFFER = 8 * 1024 * 1024
+
+
+def _large_receive_buffer(sock: Any) -> None:
+    """Responses wait in the kernel while the loop is busy; a small UDP buffer would drop them, and a
+    PBX does not retransmit a final it already sent for an INVITE it considers done (seen at 300 calls/s
+    with SIPp). Like Kamailio, ask for a large buffer: forced when allowed, else up to net.core.rmem_max."""
+    if sock is None:
+        return
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:

@@ -77,6 +77,7 @@ class StandIn:
     sent: list[Sent] = field(default_factory=list)
     deliveries: int = 0  # webhook POSTs made (retries included)
     refused_deliveries: int = 0  # answered with something other than 200
+    outstanding: int = 0  # webhook notifications scheduled and not yet delivered (or given up)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -156,11 +157,11 @@ class StandIn:
         callback = body.get("biz_opaque_callback_data")
         self.sent.append(Sent(wamid, to, tpl["name"], callback, now))
         for delay, status, status_code in scenario.statuses:
-            self._due.put_nowait((now + delay, self._status(wamid, to, status, status_code, callback)))
+            self._schedule((now + delay, self._status(wamid, to, status, status_code, callback)))
             if scenario.duplicate:
-                self._due.put_nowait((now + delay + 0.001, self._status(wamid, to, status, status_code, callback)))
+                self._schedule((now + delay + 0.001, self._status(wamid, to, status, status_code, callback)))
         if scenario.errors_after_s is not None:
-            self._due.put_nowait(
+            self._schedule(
                 (
                     now + scenario.errors_after_s,
                     {
@@ -239,13 +240,20 @@ class StandIn:
             self.refused_deliveries += 1
             return 0
 
-    async def _deliver_with_retries(self, values: list[dict[str, Any]]) -> None:
+    def _schedule(self, item: tuple[float, dict[str, Any]]) -> None:
+        self.outstanding += 1
+        self._due.put_nowait(item)
+
+    async def _deliver_with_retries(self, values: list[dict[str, Any]], items: int = 0) -> None:
         payload = self.envelope(values)
-        for delay in (0.0, *self.retry_delays_s):
-            if delay:
-                await asyncio.sleep(delay)
-            if await self.post_webhook(payload) == 200:
-                return
+        try:
+            for delay in (0.0, *self.retry_delays_s):
+                if delay:
+                    await asyncio.sleep(delay)
+                if await self.post_webhook(payload) == 200:
+                    return
+        finally:
+            self.outstanding -= items
 
     async def _deliver_loop(self) -> None:
         pending: list[tuple[float, dict[str, Any]]] = []
@@ -271,6 +279,7 @@ class StandIn:
             others = [v for _, v in ready if "statuses" not in v]
             merged = [s for v in statuses for s in v["statuses"]]
             for i in range(0, len(merged), self.max_batch):
-                self._tasks.create_task(self._deliver_with_retries([{"statuses": merged[i : i + self.max_batch]}]))
+                chunk = merged[i : i + self.max_batch]
+                self._tasks.create_task(self._deliver_with_retries([{"statuses": chunk}], len(chunk)))
             for v in others:
-                self._tasks.create_task(self._deliver_with_retries([v]))
+                self._tasks.create_task(self._deliver_with_retries([v], 1))

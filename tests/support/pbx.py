@@ -72,7 +72,11 @@ class Kamailio:
         cmd += ["-P", str(self.workdir / "kamailio.pid"), "-Y", str(self.workdir)]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
-        _wait(self._answers, 10, "kamailio answering OPTIONS", self.log)
+        try:
+            _wait(self._answers, 10, "kamailio answering OPTIONS", self.log)
+        except BaseException:
+            self.__exit__()  # __exit__ is not called when __enter__ fails: do not leave kamailio behind
+            raise
         return self
 
     def _answers(self) -> bool:
@@ -145,7 +149,11 @@ class Baresip:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        _wait(lambda: self.text().count(" 200 OK ") >= len(self.users), 10, "baresip registering", self.log)
+        try:
+            _wait(lambda: self.text().count(" 200 OK ") >= len(self.users), 10, "baresip registering", self.log)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,458 @@
+"""`telgate demo`: the gateway on embedded defaults with a PBX simulator and the Cloud API stand-in,
+one voice and one WhatsApp campaign submitted over the bus exactly as a backend would, live progress,
+and the final figures.
+
+Everything runs on loopback in a temporary folder: SQLite, a local Mosquitto (the `mosquitto` binary
+when it is installed; otherwise the embedded broker of the `demo` extra, amqtt, which speaks MQTT 3.1.1
+— the gateway then runs its bus on 3.1.1), real SIP over UDP to `sip/pbxsim.py`, real HTTP to
+`whatsapp/standin.py` with signed webhooks back to the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sip.pbxsim import PbxSimulator
+from whatsapp.standin import Scenario, StandIn
+
+from .app import App
+from .config import Settings, load_settings
+from .domain.statuses import STATUSES, Channel, is_final
+from .logs import JsonFormatter
+from .watch import Tally
+
+FINAL_STATUSES = frozenset(s.value for ch in Channel for s in STATUSES[ch] if is_final(ch, s))
+TOKEN, SECRET, VERIFY = "demo-access-token", "demo-app-secret", "demo-verify-token"
+VOICE, WHATSAPP = "demo-calls", "demo-notices"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the broker --------------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def local_broker(folder: Path, which: str = "auto") -> AsyncIterator[tuple[str, str, int]]:
+    """(kind, url, MQTT protocol) of a broker for the demo: Mosquitto if installed, else amqtt."""
+    binary = None if which == "embedded" else _mosquitto()
+    if binary is None and which == "mosquitto":
+        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+    port = free_port()
+    if binary is not None:
+        conf = folder / "mosquitto.conf"
+        text = (
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
+            f"log_dest file {folder}/mosquitto.log\nuser {getpass.getuser()}\n"
+        )
+        await asyncio.to_thread(conf.write_text, text)
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-c", str(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            await _wait_port(port)
+            yield "mosquitto", f"mqtt://127.0.0.1:{port}", 5
+        finally:
+            proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await proc.wait()
+        return
+    try:
+        from amqtt.broker import Broker  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    except ImportError:
+        raise RuntimeError(
+            "no MQTT broker: install mosquitto (apt-get install mosquitto) or the embedded one "
+            "(pip install 'telgate[demo]')"
+        ) from None
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
+        "topic-check": {"enabled": False},
+    }
+    broker = Broker(config)
+    await broker.start()
+    try:
+        yield "amqtt (embedded, MQTT 3.1.1)", f"mqtt://127.0.0.1:{port}", 4
+    finally:
+        await broker.shutdown()
+
+
+def _mosquitto() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+
+
+async def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the local MQTT broker did not start")
+
+
+# -- the WhatsApp audience -----------------------------------------------------------------------------
+def whatsapp_scenarios(numbers: list[str], speed: float, seed: int) -> dict[str, Scenario]:
+    """Per number, what Meta will do: mostly read, some only delivered, some failures (realistic shares)."""
+    import random
+
+    rng = random.Random(seed)
+
+    def t(lo: float, hi: float) -> float:
+        return rng.uniform(lo, hi) / speed
+
+    out: dict[str, Scenario] = {}
+    for number in numbers:
+        x = rng.random()
+        sent = t(0.2, 1.0)
+        delivered = sent + t(0.5, 4.0)
+        if x < 0.55:
+            steps = ((sent, "sent", None), (delivered, "delivered", None), (delivered + t(2, 20), "read", None))
+            out[number] = Scenario(statuses=steps)
+        elif x < 0.80:
+            out[number] = Scenario(statuses=((sent, "sent", None), (delivered, "delivered", None)))
+        elif x < 0.88:  # the user cannot be reached on WhatsApp any more
+            out[number] = Scenario(statuses=((sent, "sent", None), (delivered, "failed", 131026)))
+        elif x < 0.93:  # re-engagement window closed: fails after it was sent (delivery_failed)
+            out[number] = Scenario(statuses=((sent, "sent", None), (delivered, "failed", 131047)))
+        elif x < 0.97:  # not a WhatsApp user
+            out[number] = Scenario(send_error=(400, 131026))
+        else:  # a bad parameter in the request
+            out[number] = Scenario(send_error=(400, 131008))
+    return out
+
+
+# -- the run -----------------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # campaign → status → contacts
+    attempts: int = 0
+    answered: int = 0
+    wa_sent: int = 0
+    wa_delivered: int = 0
+    wa_read: int = 0
+    finals: int = 0
+    settled: int = 0
+    contacts: int = 0
+    metrics_url: str = ""
+    readyz_url: str = ""
+    broker: str = ""
+    seconds: float = 0.0
+
+    @property
+    def asr(self) -> float:
+        return self.answered / self.attempts if self.attempts else 0.0
+
+    @property
+    def delivery_rate(self) -> float:
+        return self.wa_delivered / self.wa_sent if self.wa_sent else 0.0
+
+    @property
+    def read_rate(self) -> float:
+        return self.wa_read / self.wa_delivered if self.wa_delivered else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "contacts": self.contacts,
+            "final": self.finals,
+            "settled": self.settled,
+            "counts": self.counts,
+            "call_attempts": self.attempts,
+            "answered": self.answered,
+            "asr": round(self.asr, 3),
+            "whatsapp_sent": self.wa_sent,
+            "delivery_rate": round(self.delivery_rate, 3),
+            "read_rate": round(self.read_rate, 3),
+            "metrics": self.metrics_url,
+            "readyz": self.readyz_url,
+            "broker": self.broker,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+class _Progress:
+    """What the backend sees on the bus: latest status per contact, attempts, WhatsApp milestones."""
+
+    FINAL_RANK = {"sent": 1, "delivered": 2, "read": 3}
+
+    def __init__(self, contacts: int) -> None:
+        self.contacts = contacts
+        self.tally = Tally()
+        self.settled: dict[tuple[str, str], bool] = {}
+        self.attempts = 0
+        self.answered = 0
+        self.reached: dict[tuple[str, str], int] = {}  # WhatsApp contact → highest of sent/delivered/read
+        self.seen: set[str] = set()
+
+    def add(self, event: dict[str, Any]) -> None:
+        if event.get("event_id") in self.seen:
+            return
+        self.seen.add(str(event.get("event_id")))
+        key = (str(event["campaign_id"]), str(event["contact_id"]))
+        status = str(event["status"])
+        if event["channel"] == "voice":
+            if status == "calling":
+                self.attempts += 1
+            elif status in ("call_in_progress", "awaiting_operator") and event.get("previous_status") == "calling":
+                self.answered += 1
+        else:
+            rank = self.FINAL_RANK.get(status, 0)
+            if status == "delivery_failed":
+                rank = max(self.reached.get(key, 0), 1)
+            self.reached[key] = max(self.reached.get(key, 0), rank)
+        self.tally.add(event)
+        # settled: final, or delivered (not final: the user may read it later, or never)
+        self.settled[key] = bool(event["final"]) or status == "delivered"
+
+    def done(self, campaign: str) -> int:
+        return sum(1 for (c, _), f in self.settled.items() if c == campaign and f)
+
+
+def _settings(folder: Path, bus_url: str, protocol: int, pbx: str, api_base: str, speed: float) -> Settings:
+    return load_settings(
+        None,
+        gateway={"id": "demo", "data_dir": str(folder / "var"), "drain_timeout_s": 5},
+        bus={"url": bus_url, "client_id": "telgate-demo", "protocol": protocol},
+        http={"listen": f"127.0.0.1:{free_port()}"},
+        sip={
+            "pbx": pbx,
+            "local": "127.0.0.1:0",
+            "ring_timeout_s": max(8.0 / speed, 0.5),
+            "max_cps": 10.0,
+            "max_concurrent_calls": 30,
+            "options_interval_s": 5.0,
+        },
+        whatsapp={
+            "api_base": api_base,
+            "phone_number_id": "100000000000001",
+            "access_token": TOKEN,
+            "app_secret": SECRET,
+            "verify_token": VERIFY,
+            "max_mps": 20,
+        },
+    )
+
+
+def _log_to(path: Path) -> None:
+    """The gateway's JSON log goes to a file in the demo folder: the terminal is for the live view."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _render(progress: Progress, tasks: dict[str, Any], state: _Progress) -> Group:
+    for campaign, task in tasks.items():
+        progress.update(task, completed=state.done(campaign))
+    return Group(progress, state.tally.table())
+
+
+async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7, broker: str = "auto") -> Summary:
+    started = time.monotonic()
+    summary = Summary(contacts=2 * contacts)
+    voice_numbers = [f"+420601{n:06d}" for n in range(contacts)]
+    wa_numbers = [f"420702{n:06d}" for n in range(contacts)]
+    with tempfile.TemporaryDirectory(prefix="telgate-demo-") as tmp:
+        folder = Path(tmp)
+        _log_to(folder / "telgate.log")
+        loop = asyncio.get_running_loop()
+        async with local_broker(folder, broker) as (broker_kind, bus_url, protocol):
+            summary.broker = broker_kind
+            pbx_transport, pbx = await loop.create_datagram_endpoint(
+                lambda: PbxSimulator(speed=speed, seed=seed), local_addr=("127.0.0.1", 0)
+            )
+            scenarios = whatsapp_scenarios(wa_numbers, speed, seed)
+            try:
+                async with StandIn(TOKEN, SECRET, "http://127.0.0.1:9/", scenarios=scenarios) as standin:
+                    settings = _settings(folder, bus_url, protocol, pbx.address, standin.api_base, speed)
+                    app = App(settings)
+                    stop = asyncio.Event()
+                    gateway_task = asyncio.create_task(app.run(stop), name="gateway")
+                    try:
+                        await asyncio.wait_for(app.ready.wait(), 20)
+                        standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
+                        summary.metrics_url = f"http://127.0.0.1:{app.http_port}/metrics"
+                        summary.readyz_url = f"http://127.0.0.1:{app.http_port}/readyz"
+                        await _drive(
+                            bus_url,
+                            protocol,
+                            voice_numbers,
+                            wa_numbers,
+                            speed,
+                            console,
+                            summary,
+                            lambda: standin.outstanding == 0,
+                        )
+                    finally:
+                        stop.set()
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(gateway_task, 30)
+            finally:
+                pbx_transport.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+async def _drive(
+    bus_url: str,
+    protocol: int,
+    voice_numbers: list[str],
+    wa_numbers: list[str],
+    speed: float,
+    console: Console,
+    summary: Summary,
+    webhooks_quiet: Callable[[], bool],
+) -> None:
+    port = int(bus_url.rsplit(":", 1)[1])
+    version = aiomqtt.ProtocolVersion.V5 if protocol == 5 else aiomqtt.ProtocolVersion.V311
+    n = len(voice_numbers)
+    state = _Progress(2 * n)
+    retry = {"max_attempts": 3, "delays_s": [round(30.0 / speed, 2), round(60.0 / speed, 2)]}
+    async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend", protocol=version) as client:
+        await client.subscribe("telgate/v1/evt/contact/#", qos=1)
+        await client.subscribe("telgate/v1/gateways/+/status", qos=1)
+        for campaign, label in ((VOICE, "voice"), (WHATSAPP, "whatsapp")):
+            command = {"command_id": f"{campaign}-create", "campaign_id": campaign, "action": "create"}
+            await client.publish("telgate/v1/cmd/campaign", json.dumps(command), qos=1)
+            command = {"command_id": f"{campaign}-start", "campaign_id": campaign, "action": "start"}
+            await client.publish("telgate/v1/cmd/campaign", json.dumps(command), qos=1)
+            del label
+        for i, number in enumerate(voice_numbers):
+            dial = {
+                "command_id": f"dial-{i}",
+                "campaign_id": VOICE,
+                "contact_id": f"client-{i:04d}",
+                "phone": number,
+                "policy": retry,
+                "meta": {"crm_id": f"A-{1000 + i}"},
+            }
+            await client.publish("telgate/v1/cmd/dial", json.dumps(dial), qos=1)
+        for i, number in enumerate(wa_numbers):
+            send = {
+                "command_id": f"send-{i}",
+                "campaign_id": WHATSAPP,
+                "contact_id": f"client-{i:04d}",
+                "phone": f"+{number}",
+                "template": {"name": "appointment_reminder", "language": "en_US"},
+                "policy": {"max_attempts": 2, "delays_s": [round(20.0 / speed, 2)]},
+            }
+            await client.publish("telgate/v1/cmd/send", json.dumps(send), qos=1)
+
+        progress = Progress(
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        tasks = {
+            VOICE: progress.add_task(f"voice    {VOICE}", total=n),
+            WHATSAPP: progress.add_task(f"whatsapp {WHATSAPP}", total=n),
+        }
+        settle_until: float | None = None
+        console.print(
+            f"[bold]telgate demo[/]: {n} calls through a PBX simulator, {n} WhatsApp messages through the Cloud API "
+            f"stand-in; the gateway's metrics: {summary.metrics_url}  readiness: {summary.readyz_url}"
+        )
+        with Live(_render(progress, tasks, state), console=console, refresh_per_second=4, transient=False) as live:
+            messages = aiter(client.messages)
+            while True:
+                try:
+                    message = await asyncio.wait_for(anext(messages), timeout=0.25)
+                except TimeoutError:
+                    message = None
+                if message is not None and str(message.topic).startswith("telgate/v1/evt/contact/"):
+                    with contextlib.suppress(TypeError, ValueError):
+                        state.add(json.loads(message.payload))
+                live.update(_render(progress, tasks, state))
+                if state.done(VOICE) + state.done(WHATSAPP) >= 2 * n and webhooks_quiet():
+                    # every contact settled and Meta (the stand-in) has nothing more to say: one last look
+                    settle_until = settle_until or time.monotonic() + 0.5
+                    if time.monotonic() >= settle_until:
+                        break
+                else:
+                    settle_until = None
+    summary.counts = {
+        campaign: dict(sorted(by_status.items())) for (campaign, _), by_status in sorted(state.tally.counts().items())
+    }
+    summary.finals = sum(1 for (_, _, _), (_, status) in state.tally.latest.items() if status in FINAL_STATUSES)
+    summary.settled = state.done(VOICE) + state.done(WHATSAPP)
+    summary.attempts, summary.answered = state.attempts, state.answered
+    reached = Counter(state.reached.values())
+    summary.wa_sent = sum(v for k, v in reached.items() if k >= 1)
+    summary.wa_delivered = sum(v for k, v in reached.items() if k >= 2)
+    summary.wa_read = reached.get(3, 0)
+
+
+def print_summary(summary: Summary, console: Console) -> None:
+    console.print()
+    table = Table(title="telgate demo: final statuses")
+    table.add_column("campaign")
+    table.add_column("status")
+    table.add_column("contacts", justify="right")
+    for campaign, by_status in summary.counts.items():
+        for status, count in by_status.items():
+            table.add_row(campaign, status, str(count))
+    console.print(table)
+    console.print(
+        f"[bold]{summary.settled}[/] of {summary.contacts} contacts settled in {summary.seconds:.0f} s: "
+        f"{summary.finals} final, {summary.settled - summary.finals} WhatsApp messages delivered and not read "
+        f"(yet: `delivered` is not final). Broker: {summary.broker}"
+    )
+    console.print(f"voice: {summary.attempts} call attempts, {summary.answered} answered — ASR {summary.asr:.0%}")
+    console.print(
+        f"whatsapp: {summary.wa_sent} sent — delivery rate {summary.delivery_rate:.0%}, "
+        f"read rate {summary.read_rate:.0%}"
+    )
+    console.print(f"the gateway served {summary.metrics_url} and {summary.readyz_url} while it ran")
+    console.print("next: `telgate watch` against your own broker, or `telgate run --config telgate.toml`")
+
+
+def main(contacts: int, speed: float, as_json: bool, broker: str = "auto") -> int:
+    console = Console(stderr=as_json)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(run_demo(contacts, speed, console, broker=broker))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        summary = loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        console.print("demo stopped")
+        return 130
+    finally:
+        loop.close()
+    if as_json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print_summary(summary, console)
+    return 0

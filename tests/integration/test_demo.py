@@ -1,0 +1,61 @@
+"""`telgate demo` as the README's first command runs it (small and fast), on Mosquitto and on the
+embedded MQTT 3.1.1 broker: the final counts add up and every contact settled — final, or (WhatsApp)
+delivered and not read, which SPEC §5.2 does not make final."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+VOICE_FINAL = {
+    "success",
+    "completed_without_answer",
+    "dial_failed",
+    "invalid_record",
+    "canceled_by_client",
+}
+WHATSAPP_SETTLED = {"read", "delivered", "delivery_failed", "sending_failed", "error", "invalid_record"}
+
+
+@pytest.mark.parametrize("broker", ["auto", "embedded"])
+def test_demo_runs_both_campaigns_to_the_end(broker: str) -> None:
+    telgate = Path(sys.executable).with_name("telgate")
+    out = subprocess.run(
+        [str(telgate), "demo", "--contacts", "12", "--speed", "20", "--json", "--broker", broker],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    counts = summary["counts"]
+    assert sum(counts["demo-calls"].values()) == 12 and sum(counts["demo-notices"].values()) == 12
+    assert set(counts["demo-calls"]) <= VOICE_FINAL, counts
+    assert set(counts["demo-notices"]) <= WHATSAPP_SETTLED, counts
+    assert summary["settled"] == summary["contacts"] == 24
+    assert summary["final"] == 24 - counts["demo-notices"].get("delivered", 0)
+    assert summary["call_attempts"] >= 12 and 0 < summary["answered"] <= summary["call_attempts"]
+    assert 0 <= summary["asr"] <= 1 and summary["whatsapp_sent"] >= 1
+    assert summary["metrics"].endswith("/metrics") and summary["readyz"].endswith("/readyz")
+    expected = "amqtt (embedded, MQTT 3.1.1)" if broker == "embedded" else "mosquitto"
+    assert summary["broker"] == expected
+    # the live view went to stderr with the progress bars and the table
+    assert "demo-calls" in out.stderr and "contacts per status" in out.stderr
+
+
+def test_readme_starts_with_the_demo_and_the_tests() -> None:
+    text = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, re.DOTALL)
+    assert first_block is not None
+    commands = [line for line in first_block.group(1).splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2
+    assert commands[0].endswith("telgate demo") and "pip install" in commands[0]
+    assert commands[1] == "bash .ci/run"
