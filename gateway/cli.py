@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_asyncapi)
     p = sub.add_parser("demo", help="a voice and a WhatsApp campaign against local simulators, live")
     p.add_argument("--contacts", type=int, default=40, help="contacts per campaign (default 40)")
-    p.add_argument("--speed", type=float, default=4.0, help="time compression of rings, talk and retries")
+    p.add_argument("--speed", type=float, default=2.0, help="time compression of rings, talk and retries")
     p.add_argument("--json", action="store_true", help="print the final figures as one JSON line")
     p.add_argument(
         "--broker",
