@@ -5,9 +5,12 @@ delivered and not read, which SPEC §5.2 does not make final."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,30 @@ def test_readme_starts_with_the_demo_and_the_tests() -> None:
     assert len(commands) == 2
     assert commands[0].endswith("telgate demo") and "pip install" in commands[0]
     assert commands[1] == "bash .ci/run"
+
+
+def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
+    telgate = Path(sys.executable).with_name("telgate")
+    proc = subprocess.Popen(
+        [str(telgate), "demo", "--contacts", "200", "--speed", "1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(tmp_path.glob("telgate-demo-*/var/telgate.db")):
+            time.sleep(0.2)
+        time.sleep(3.0)  # calls and sends under way
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "demo stopped" in err
+    assert not list(tmp_path.glob("telgate-demo-*")), "the demo's temporary folder was removed"
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), f"processes left behind: {leftovers}"
