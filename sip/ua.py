@@ -8,6 +8,7 @@ counted in `stats`.
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -74,6 +75,8 @@ class UserAgent:
     registration: Registration | None = None
     responses: Counter[tuple[str, int]] = field(default_factory=Counter)  # (method, code) received
     retransmissions: Counter[str] = field(default_factory=Counter)  # requests re-sent by Timer A / E
+    _heap: list[tuple[float, str]] = field(default_factory=list)  # (when, call id), stale entries skipped
+    _due: dict[str, float] = field(default_factory=dict)  # call id -> its current next timer
 
     def _reg_out(self, requests: list[Request]) -> list[Output]:
         return [Datagram(r.encode(), self.pbx) for r in requests]
@@ -123,12 +126,30 @@ class UserAgent:
                 out.append(Datagram(e.message.encode(), self.pbx))
             else:
                 out.append(CallUpdate(call.call_id, e))
-        if call.ended and call.get_timer() is None:
+        at = call.get_timer()
+        if call.ended and at is None:
             self.calls.pop(call.call_id, None)
+        self._schedule(call.call_id, at)
         return out
 
+    def _schedule(self, call_id: str, at: float | None) -> None:
+        """Keep the call's next timer in the heap; older entries for it go stale (O(log n) per change)."""
+        if self._due.get(call_id) == at:
+            return
+        if at is None:
+            self._due.pop(call_id, None)
+            return
+        self._due[call_id] = at
+        heapq.heappush(self._heap, (at, call_id))
+
+    def _next_call_timer(self) -> float | None:
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: the call moved its timer or ended
+        return heap[0][0] if heap else None
+
     def get_timer(self) -> float | None:
-        times = [t for c in self.calls.values() if (t := c.get_timer()) is not None]
+        times = [t] if (t := self._next_call_timer()) is not None else []
         times += [t for tx, _ in self.pings.values() if (t := tx.get_timer()) is not None]
         if self.registration is not None and (t := self.registration.get_timer()) is not None:
             times.append(t)
@@ -147,12 +168,12 @@ class UserAgent:
                         out.append(Datagram(e.message.encode(), self.pbx))
                     elif isinstance(e, Terminated):
                         self.pings.pop(call_id, None)
-        for call in list(self.calls.values()):
-            t = call.get_timer()
-            if t is not None and t <= now:
+        while (t := self._next_call_timer()) is not None and t <= now:
+            _, call_id = heapq.heappop(self._heap)
+            self._due.pop(call_id, None)
+            call = self.calls.get(call_id)
+            if call is not None:
                 out += self._outputs(call, call.handle_timer(now))
-            elif t is None and call.ended:
-                self.calls.pop(call.call_id, None)
         return out
 
     def receive(self, data: bytes, addr: Addr, now: float) -> list[Output]:
