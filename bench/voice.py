@@ -190,7 +190,11 @@ async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace
                     "n": len(delays),
                     "p50": round(statistics.median(delays), 2) if delays else None,
                     "p99": round(_percentile(delays, 0.99), 2),
+                    "max": round(max(delays), 2) if delays else None,
                 }
+                t0 = min(sent.values()) if sent else 0.0
+                slow = sorted((round(t - t0, 2), round((arrived[c] - t) * 1000)) for c, t in sent.items() if c in arrived)
+                result["slowest_at_s"] = [pair for pair in slow if pair[1] > 50][:40]
             return result
     finally:
         gw.send_signal(signal.SIGTERM)

@@ -58,13 +58,18 @@ class TokenBucket:
         return 0.0 if self.tokens >= n - EPSILON else (n - self.tokens) / self.rate
 
 
+BURST_S = 0.1
+
+
 class Dispatcher:
     MAX_TURN = 64
 
     def __init__(self, engine: Engine, port: ChannelPort) -> None:
         self.engine = engine
         self.port = port
-        self.bucket = TokenBucket(port.max_rate, burst=max(1.0, min(port.max_rate, float(self.MAX_TURN))))
+        # at most 100 ms worth of dials/sends at once: a carrier that counts CPS sees a steady rate, not
+        # max_cps INVITEs in one instant (and the far end's answers do not arrive as one burst either)
+        self.bucket = TokenBucket(port.max_rate, burst=max(1.0, min(port.max_rate * BURST_S, float(self.MAX_TURN))))
         self.campaign_buckets: dict[str, TokenBucket] = {}
         self._wake = asyncio.Event()
 
