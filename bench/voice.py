@@ -32,6 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from bench.pipeline import client, queue_in_draft, rss_kib, start_gateway, wait_online
 from tests.support.broker import Mosquitto, free_port
 from tests.support.sipp import SCENARIOS, free_udp_port
@@ -110,6 +112,27 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+async def warm_up(c: aiomqtt.Client, campaign: str, n: int) -> None:
+    """Dial `n` calls of the same mix in a campaign of their own and wait for them to end."""
+    for i in range(n):
+        dial = {
+            "command_id": f"{campaign}-{i}",
+            "campaign_id": campaign,
+            "contact_id": f"w{i}",
+            "phone": f"+420609{i:06d}",
+        }
+        await c.publish("telgate/v1/cmd/dial", json.dumps(dial).encode(), qos=1)
+    finals: set[str] = set()
+    async with asyncio.timeout(120):
+        async for m in c.messages:
+            if str(m.topic).startswith(f"telgate/v1/evt/contact/voice/{campaign}/"):
+                e = json.loads(m.payload)  # type: ignore[arg-type]
+                if e["final"]:
+                    finals.add(e["contact_id"])
+                    if len(finals) >= n:
+                        return
+
+
 async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace: bool) -> dict[str, Any]:
     port = free_udp_port()
     sipp_dir = workdir / f"sipp-{rate}"
@@ -123,6 +146,7 @@ async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace
             await c.subscribe("telgate/v1/evt/#", qos=1)
             await c.subscribe(f"telgate/v1/gateways/gw-{name}/status", qos=1)
             await wait_online(c)
+            await warm_up(c, f"warm{rate}", 50)  # the first calls of a fresh process are not the steady state
             camp = f"mix{rate}"
             await queue_in_draft(
                 c,
@@ -148,6 +172,8 @@ async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace
                 if not str(m.topic).startswith("telgate/v1/evt/contact/"):
                     continue
                 e = json.loads(m.payload)  # type: ignore[arg-type]
+                if e["campaign_id"] != camp:
+                    continue
                 now = time.time()
                 call_id = (e.get("signal") or {}).get("call_id")
                 if e["status"] == "calling":
@@ -193,7 +219,9 @@ async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace
                     "max": round(max(delays), 2) if delays else None,
                 }
                 t0 = min(sent.values()) if sent else 0.0
-                slow = sorted((round(t - t0, 2), round((arrived[c] - t) * 1000)) for c, t in sent.items() if c in arrived)
+                slow = sorted(
+                    (round(t - t0, 2), round((arrived[c] - t) * 1000)) for c, t in sent.items() if c in arrived
+                )
                 result["slowest_at_s"] = [pair for pair in slow if pair[1] > 50][:40]
             return result
     finally:
