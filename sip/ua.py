@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +47,13 @@ KNOWN_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTE
 _HDR = re.compile(rb"^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 
 
+def _transaction_key(req: Request) -> tuple[str, str, str]:
+    """A server transaction: the top Via's branch, the Call-ID and the CSeq (RFC 3261 §17.2.3)."""
+    via = (req.headers.get_all("via") or [""])[0]
+    branch = via.partition("branch=")[2].split(";")[0].strip()
+    return branch, req.headers.get("call-id") or "", req.headers.get("cseq") or ""
+
+
 def bad_request(data: bytes, reason: str, status: int) -> Response | None:
     """A best-effort 400/505 to a request we could not parse, if we can tell where to send it."""
     if data[:4].upper() == b"SIP/":
@@ -77,6 +84,8 @@ class UserAgent:
     retransmissions: Counter[str] = field(default_factory=Counter)  # requests re-sent by Timer A / E
     _heap: list[tuple[float, str]] = field(default_factory=list)  # (when, call id), stale entries skipped
     _due: dict[str, float] = field(default_factory=dict)  # call id -> its current next timer
+    _answered: dict[tuple[str, str, str], bytes] = field(default_factory=dict)  # request -> our response
+    _answered_order: deque[tuple[float, tuple[str, str, str]]] = field(default_factory=deque)
 
     def _reg_out(self, requests: list[Request]) -> list[Output]:
         return [Datagram(r.encode(), self.pbx) for r in requests]
@@ -200,15 +209,40 @@ class UserAgent:
                     out_ping.append(PingAnswered(e.response.status, now - sent))
                     self.pings.pop(call_key, None)
             return out_ping
+        if isinstance(message, Request) and message.method != "ACK":
+            self._expire(now)
+            key = _transaction_key(message)
+            answered = self._answered.get(key)
+            if answered is not None:  # a retransmission: the same response again (RFC 3261 §17.2.2)
+                self.stats["request_retransmission"] += 1
+                return [Datagram(answered, addr)]
         call = self.calls.get(call_key)
         if call is not None:
             out = self._outputs(call, call.receive(message, now))
             # responses to requests a call received go back where the request came from
-            return [Datagram(o.data, addr) if isinstance(o, Datagram) and o.data[:4] == b"SIP/" else o for o in out]
-        if isinstance(message, Response):
+            out = [Datagram(o.data, addr) if isinstance(o, Datagram) and o.data[:4] == b"SIP/" else o for o in out]
+        elif isinstance(message, Response):
             self.stats["stray_response"] += 1
             return []
-        return [Datagram(self._out_of_dialog(message).encode(), addr)]
+        else:
+            out = [Datagram(self._out_of_dialog(message).encode(), addr)]
+        if isinstance(message, Request) and message.method != "ACK":
+            for o in out:
+                if isinstance(o, Datagram) and o.data[:4] == b"SIP/":
+                    self._remember(_transaction_key(message), o.data, now)
+        return out
+
+    def _expire(self, now: float) -> None:
+        while self._answered_order and self._answered_order[0][0] <= now:
+            _, old = self._answered_order.popleft()
+            self._answered.pop(old, None)
+
+    def _remember(self, key: tuple[str, str, str], response: bytes, now: float) -> None:
+        """Keep a response to a request for 64 x T1 (Timer J), to answer its retransmissions alike."""
+        self._expire(now)
+        if key not in self._answered:
+            self._answered_order.append((now + 64 * self.cfg.t1, key))
+        self._answered[key] = response
 
     def _out_of_dialog(self, req: Request) -> Response:
         self.stats[f"out_of_dialog_{req.method.lower()}"] += 1

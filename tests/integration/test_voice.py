@@ -190,7 +190,8 @@ async def test_the_sip_port_answers_bad_and_stray_requests(broker: Mosquitto, tm
 
         await asyncio.to_thread(fuzz)
         await asyncio.sleep(0.3)
-        after = await asyncio.to_thread(ask, base.format(m="OPTIONS").encode())
+        fresh = base.format(m="OPTIONS").replace("branch=z9hG4bKq", "branch=z9hG4bKq2")  # a new transaction
+        after = await asyncio.to_thread(ask, fresh.encode())
         assert after is not None and after.status == 200  # still answering
         assert app.voice.ua.stats["out_of_dialog_options"] >= 2
 

@@ -1,0 +1,69 @@
+"""The user agent (sans-IO): routing by Call-ID, the timer heap, and answering retransmitted requests."""
+
+from __future__ import annotations
+
+import itertools
+
+from sip.call import UacConfig, respond
+from sip.message import Headers, Request, Response, parse
+from sip.ua import CallUpdate, Datagram, UserAgent
+
+CFG = UacConfig(local_host="127.0.0.1", local_port=5070, pbx="127.0.0.1:5060")
+PBX = ("127.0.0.1", 5060)
+
+
+def _ua() -> UserAgent:
+    n = itertools.count()
+    return UserAgent(CFG, PBX, lambda: f"t{next(n)}")
+
+
+def _sent(outputs: list[object]) -> list[Request | Response]:
+    return [parse(o.data) for o in outputs if isinstance(o, Datagram)]
+
+
+def _answer_and_bye(ua: UserAgent, call_id: str, invite: Request) -> tuple[Request, list[object]]:
+    ok = respond(invite, 200, "OK", to_tag="far")
+    ok = Response(200, "OK", ok.headers.with_("Contact", "<sip:far@127.0.0.1:5060>"))
+    ua.receive(ok.encode(), PBX, 1.0)
+    h = (
+        Headers()
+        .with_("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKbye1")
+        .with_("From", f"{ok.headers.get('to')}")
+        .with_("To", f"{invite.headers.get('from')}")
+        .with_("Call-ID", call_id)
+        .with_("CSeq", "7 BYE")
+        .with_("Max-Forwards", "70")
+    )
+    bye = Request("BYE", "sip:telgate@127.0.0.1:5070", h)
+    return bye, ua.receive(bye.encode(), PBX, 5.0)
+
+
+def test_a_retransmitted_bye_gets_the_same_200_not_481() -> None:
+    ua = _ua()
+    call_id, out = ua.place("+420601234567", 30.0, b"", 0.0)
+    invite = _sent(out)[0]
+    assert isinstance(invite, Request)
+    bye, first = _answer_and_bye(ua, call_id, invite)
+    assert [o for o in first if isinstance(o, CallUpdate)]  # the call ended
+    ua.handle_timer(33.0)  # Timer M of the INVITE: the call is forgotten
+    assert call_id not in ua.calls
+    again = ua.receive(bye.encode(), PBX, 34.0)  # our 200 was lost; the PBX sends the BYE again
+    assert [r.status for r in _sent(again)] == [200]  # type: ignore[union-attr]
+    assert not [o for o in again if isinstance(o, CallUpdate)]  # and nothing is decided twice
+    assert ua.stats["request_retransmission"] == 1
+    later = ua.receive(bye.encode(), PBX, 5.0 + 64 * CFG.t1 + 0.5)  # after Timer J: a stranger's BYE
+    assert [r.status for r in _sent(later)] == [481]  # type: ignore[union-attr]
+
+
+def test_the_timer_heap_wakes_only_the_due_calls() -> None:
+    ua = _ua()
+    ids = [ua.place(f"+42060123456{i}", 10.0 + i, b"", 0.0)[0] for i in range(5)]
+    assert ua.get_timer() == 0.5  # Timer A of every INVITE
+    for call_id in ids:
+        invite = ua.calls[call_id]._invite
+        assert invite is not None
+        ua.receive(respond(invite, 180, "Ringing", to_tag="x").encode(), PBX, 0.1)
+    assert ua.get_timer() == 10.0  # Timer A stopped by the 180s; the first ring timeout is next
+    out = ua.handle_timer(10.0)
+    cancels = [m for m in _sent(out) if isinstance(m, Request) and m.method == "CANCEL"]
+    assert len(cancels) == 1 and ua.get_timer() == 10.5  # the CANCEL's Timer E, then the next ring timeout
