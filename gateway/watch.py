@@ -63,7 +63,7 @@ async def watch(settings: Settings, campaign: str | None, seconds: float | None)
         url.port or 1883,
         username=settings.bus.username,
         password=settings.bus.password.get_secret_value() if settings.bus.password else None,
-        protocol=aiomqtt.ProtocolVersion.V5,
+        protocol=aiomqtt.ProtocolVersion.V5 if settings.bus.protocol == 5 else aiomqtt.ProtocolVersion.V311,
     ) as client:
         await client.subscribe(topic, qos=1)
         with Live(tally.table(), refresh_per_second=4) as live:

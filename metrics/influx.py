@@ -4,7 +4,7 @@
 Encoding (https://docs.influxdata.com/influxdb/v1/write_protocols/line_protocol_reference/):
 - measurement: `,` and space escaped with a backslash; tag keys, tag values, field keys: `,` `=` and
   space escaped. Line protocol cannot carry a backslash that precedes a delimiter or ends a value, nor a
-  line break anywhere, so in those names a backslash is written as `/` and CR/LF as a space (telgate's
+  line break anywhere, so in those names a backslash is written as `/` and CR/LF/tab as a space (telgate's
   own tags are ids without either); NUL characters are left out. Empty tag values are left out (InfluxDB refuses them).
 - fields: `int` → `123i`, `float` → shortest repr (NaN and infinities are left out: InfluxDB refuses
   them), `bool` → true/false, `str` → double-quoted with `"` and `\\` escaped (line breaks → space).
@@ -45,7 +45,7 @@ class Point:
 
 
 def _name(text: str, specials: str) -> str:
-    text = text.replace("\\", "/").replace("\r", " ").replace("\n", " ").replace("\0", "")
+    text = text.replace("\\", "/").replace("\r", " ").replace("\n", " ").replace("\t", " ").replace("\0", "")
     for ch in specials:
         text = text.replace(ch, "\\" + ch)
     return text

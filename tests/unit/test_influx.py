@@ -14,7 +14,9 @@ from metrics.influx import InfluxTarget, InfluxWriter, Point, encode, escape_key
 from metrics.recorder import Recorder, influx_points
 
 # what line protocol can carry in names: anything but a backslash and line breaks (see metrics/influx.py)
-NAME = st.text(st.characters(blacklist_characters="\\\r\n\x00", blacklist_categories=("Cs",)), min_size=1, max_size=30)
+NAME = st.text(
+    st.characters(blacklist_characters="\\\r\n\t\x00", blacklist_categories=("Cs",)), min_size=1, max_size=30
+)
 FIELD_TEXT = st.text(st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)), max_size=40)
 
 
