@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.broker import Mosquitto
+
+# CI explores the same examples every run (a red CI must be a real regression, reproducible as is);
+# TELGATE_HYPOTHESIS=explore draws new ones, with more of them, for a session spent hunting.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile("explore" if os.environ.get("TELGATE_HYPOTHESIS") == "explore" else "ci")
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
