@@ -323,6 +323,14 @@ class Call:
         self._hangup(now)
         return self._drain()
 
+    def transport_error(self, why: str) -> list[CallEvent]:
+        """The INVITE could not be handed to the transport (e.g. TCP connection refused): `failed` now
+        (SPEC §6.1), not after Timer B — a reliable transport does not retransmit."""
+        if self.phase is Phase.INVITING and not self.ringing_seen:
+            self._ict = None
+            self._finish(Ended(EndKind.FAILED, None, f"transport error: {why}"))
+        return self._drain()
+
     def transfer(self, target: str, now: float) -> list[CallEvent]:
         """Blind transfer (RFC 3515, RFC 5589 §6): REFER the answered party to `target`, then follow the
         NOTIFY sipfrag to its final line. The owner hangs up once the transfer is decided."""

@@ -200,7 +200,9 @@ class TcpEndpoint(_Shell):
         except OSError as exc:
             log.warning("sip tcp connect failed", extra={"pbx": f"{self.pbx[0]}:{self.pbx[1]}", "why": str(exc)})
             self.ua.stats["tcp_connect_failed"] += 1
-            self._queued.clear()  # what was queued is left to the transactions' Timer B / F
+            queued, self._queued = self._queued, []
+            for data in queued:  # INVITEs fail now (transport error); other requests are left to Timer F
+                self.emit(self.ua.transport_error(data, exc.strerror or str(exc)))
             return
         finally:
             self._connecting = False

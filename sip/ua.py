@@ -122,6 +122,17 @@ class UserAgent:
         call = self.calls.get(call_id)
         return [] if call is None else self._outputs(call, call.hangup(now))
 
+    def transport_error(self, data: bytes, why: str) -> list[Output]:
+        """A message could not be sent: a call whose INVITE it was fails now."""
+        try:
+            message = parse(data)
+        except ParseError:
+            return []
+        call = self.calls.get(message.headers.get("call-id") or "")
+        if call is None or not isinstance(message, Request) or message.method != "INVITE":
+            return []
+        return self._outputs(call, call.transport_error(why))
+
     def transfer(self, call_id: str, target: str, now: float) -> list[Output]:
         call = self.calls.get(call_id)
         return [] if call is None else self._outputs(call, call.transfer(target, now))

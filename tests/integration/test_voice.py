@@ -386,9 +386,25 @@ async def test_prompt_is_played_as_rtp_in_the_answered_codec_then_hung_up(broker
 )
 async def test_sip_over_tcp(scenario: str, statuses: list[str], broker: Mosquitto, tmp_path: Path) -> None:
     with Sipp(scenario, tmp_path / "sipp", extra=("-t", "t1")) as pbx:
+        await asyncio.to_thread(pbx.wait_listening)  # SIPp over TCP; with nothing listening: see below
         settings = voice_settings(broker, tmp_path, pbx.address, transport="tcp")
         async with backend(broker.url) as b, gateway(settings, channels=()):
             await b.send("dial", _dial())
             await b.wait_for(lambda: b.final("v", "k"), timeout=15)
             assert [e["status"] for e in b.unique("v", "k")] == statuses
         assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
+
+
+async def test_tcp_connection_refused_fails_the_attempt_at_once(broker: Mosquitto, tmp_path: Path) -> None:
+    """SPEC §6.1: a transport error is `failed`; over TCP there are no retransmissions to wait for."""
+    from tests.support.broker import free_port
+
+    settings = voice_settings(broker, tmp_path, f"127.0.0.1:{free_port()}", transport="tcp")
+    async with backend(broker.url) as b, gateway(settings, channels=()):
+        started = asyncio.get_running_loop().time()
+        await b.send("dial", _dial())
+        await b.wait_for(lambda: b.final("v", "k"), timeout=10)
+        last = b.unique("v", "k")[-1]
+        assert last["status"] == "dial_failed" and last["signal"]["kind"] == "failed"
+        assert last["signal"]["reason"].startswith("transport error") and last["signal"]["sip_code"] is None
+        assert asyncio.get_running_loop().time() - started < 5
