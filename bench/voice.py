@@ -26,6 +26,7 @@ import re
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -368,7 +369,6 @@ def pyvoip_rate(calls: int, workdir: Path, threads: int) -> dict[str, Any]:
     sipp_dir.mkdir()
     uas = sipp_uas(BENCH_SCENARIOS / "register_then_answer.xml", port, sipp_dir)
     time.sleep(0.3)
-    import sys
 
     try:
         out = subprocess.run(

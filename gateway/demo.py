@@ -15,13 +15,13 @@ import contextlib
 import getpass
 import json
 import logging
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from metrics.recorder import CallKpi, WhatsAppKpi
 from sip.pbxsim import PbxSimulator
 from whatsapp.standin import Scenario, StandIn
 
@@ -121,8 +122,6 @@ async def _wait_port(port: int) -> None:
 # -- the WhatsApp audience -----------------------------------------------------------------------------
 def whatsapp_scenarios(numbers: list[str], speed: float, seed: int) -> dict[str, Scenario]:
     """Per number, what Meta will do: mostly read, some only delivered, some failures (realistic shares)."""
-    import random
-
     rng = random.Random(seed)
 
     def t(lo: float, hi: float) -> float:
@@ -153,11 +152,8 @@ def whatsapp_scenarios(numbers: list[str], speed: float, seed: int) -> dict[str,
 @dataclass
 class Summary:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # campaign → status → contacts
-    attempts: int = 0
-    answered: int = 0
-    wa_sent: int = 0
-    wa_delivered: int = 0
-    wa_read: int = 0
+    calls: CallKpi = field(default_factory=CallKpi)  # attempts and answered, as the backend saw them
+    whatsapp: WhatsAppKpi = field(default_factory=WhatsAppKpi)
     finals: int = 0
     settled: int = 0
     contacts: int = 0
@@ -166,30 +162,18 @@ class Summary:
     broker: str = ""
     seconds: float = 0.0
 
-    @property
-    def asr(self) -> float:
-        return self.answered / self.attempts if self.attempts else 0.0
-
-    @property
-    def delivery_rate(self) -> float:
-        return self.wa_delivered / self.wa_sent if self.wa_sent else 0.0
-
-    @property
-    def read_rate(self) -> float:
-        return self.wa_read / self.wa_delivered if self.wa_delivered else 0.0
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "contacts": self.contacts,
             "final": self.finals,
             "settled": self.settled,
             "counts": self.counts,
-            "call_attempts": self.attempts,
-            "answered": self.answered,
-            "asr": round(self.asr, 3),
-            "whatsapp_sent": self.wa_sent,
-            "delivery_rate": round(self.delivery_rate, 3),
-            "read_rate": round(self.read_rate, 3),
+            "call_attempts": self.calls.attempts,
+            "answered": self.calls.answered,
+            "asr": round(self.calls.asr, 3),
+            "whatsapp_sent": self.whatsapp.sent,
+            "delivery_rate": round(self.whatsapp.delivery_rate, 3),
+            "read_rate": round(self.whatsapp.read_rate, 3),
             "metrics": self.metrics_url,
             "readyz": self.readyz_url,
             "broker": self.broker,
@@ -198,17 +182,13 @@ class Summary:
 
 
 class _Progress:
-    """What the backend sees on the bus: latest status per contact, attempts, WhatsApp milestones."""
+    """What the backend sees on the bus: latest status per contact, call attempts, WhatsApp milestones."""
 
-    FINAL_RANK = {"sent": 1, "delivered": 2, "read": 3}
-
-    def __init__(self, contacts: int) -> None:
-        self.contacts = contacts
+    def __init__(self) -> None:
         self.tally = Tally()
         self.settled: dict[tuple[str, str], bool] = {}
-        self.attempts = 0
-        self.answered = 0
-        self.reached: dict[tuple[str, str], int] = {}  # WhatsApp contact → highest of sent/delivered/read
+        self.calls = CallKpi()
+        self.whatsapp = WhatsAppKpi()
         self.seen: set[str] = set()
 
     def add(self, event: dict[str, Any]) -> None:
@@ -217,16 +197,14 @@ class _Progress:
         self.seen.add(str(event.get("event_id")))
         key = (str(event["campaign_id"]), str(event["contact_id"]))
         status = str(event["status"])
+        previous = event.get("previous_status")
         if event["channel"] == "voice":
             if status == "calling":
-                self.attempts += 1
-            elif status in ("call_in_progress", "awaiting_operator") and event.get("previous_status") == "calling":
-                self.answered += 1
+                self.calls.attempts += 1
+            elif status in ("call_in_progress", "awaiting_operator") and previous == "calling":
+                self.calls.answered += 1
         else:
-            rank = self.FINAL_RANK.get(status, 0)
-            if status == "delivery_failed":
-                rank = max(self.reached.get(key, 0), 1)
-            self.reached[key] = max(self.reached.get(key, 0), rank)
+            self.whatsapp.transition(status, previous)
         self.tally.add(event)
         # settled: final, or delivered (not final: the user may read it later, or never)
         self.settled[key] = bool(event["final"]) or status == "delivered"
@@ -336,17 +314,16 @@ async def _drive(
     port = int(bus_url.rsplit(":", 1)[1])
     version = aiomqtt.ProtocolVersion.V5 if protocol == 5 else aiomqtt.ProtocolVersion.V311
     n = len(voice_numbers)
-    state = _Progress(2 * n)
+    state = _Progress()
     retry = {"max_attempts": 3, "delays_s": [round(30.0 / speed, 2), round(60.0 / speed, 2)]}
     async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend", protocol=version) as client:
         await client.subscribe("telgate/v1/evt/contact/#", qos=1)
         await client.subscribe("telgate/v1/gateways/+/status", qos=1)
-        for campaign, label in ((VOICE, "voice"), (WHATSAPP, "whatsapp")):
+        for campaign in (VOICE, WHATSAPP):
             command = {"command_id": f"{campaign}-create", "campaign_id": campaign, "action": "create"}
             await client.publish("telgate/v1/cmd/campaign", json.dumps(command), qos=1)
             command = {"command_id": f"{campaign}-start", "campaign_id": campaign, "action": "start"}
             await client.publish("telgate/v1/cmd/campaign", json.dumps(command), qos=1)
-            del label
         for i, number in enumerate(voice_numbers):
             dial = {
                 "command_id": f"dial-{i}",
@@ -407,11 +384,7 @@ async def _drive(
     }
     summary.finals = sum(1 for (_, _, _), (_, status) in state.tally.latest.items() if status in FINAL_STATUSES)
     summary.settled = state.done(VOICE) + state.done(WHATSAPP)
-    summary.attempts, summary.answered = state.attempts, state.answered
-    reached = Counter(state.reached.values())
-    summary.wa_sent = sum(v for k, v in reached.items() if k >= 1)
-    summary.wa_delivered = sum(v for k, v in reached.items() if k >= 2)
-    summary.wa_read = reached.get(3, 0)
+    summary.calls, summary.whatsapp = state.calls, state.whatsapp
 
 
 def print_summary(summary: Summary, console: Console) -> None:
@@ -429,11 +402,9 @@ def print_summary(summary: Summary, console: Console) -> None:
         f"{summary.finals} final, {summary.settled - summary.finals} WhatsApp messages delivered and not read "
         f"(yet: `delivered` is not final). Broker: {summary.broker}"
     )
-    console.print(f"voice: {summary.attempts} call attempts, {summary.answered} answered — ASR {summary.asr:.0%}")
-    console.print(
-        f"whatsapp: {summary.wa_sent} sent — delivery rate {summary.delivery_rate:.0%}, "
-        f"read rate {summary.read_rate:.0%}"
-    )
+    calls, wa = summary.calls, summary.whatsapp
+    console.print(f"voice: {calls.attempts} call attempts, {calls.answered} answered — ASR {calls.asr:.0%}")
+    console.print(f"whatsapp: {wa.sent} sent — delivery rate {wa.delivery_rate:.0%}, read rate {wa.read_rate:.0%}")
     console.print(f"the gateway served {summary.metrics_url} and {summary.readyz_url} while it ran")
     console.print("next: `telgate watch` against your own broker, or `telgate run --config telgate.toml`")
 

@@ -68,6 +68,25 @@ class WhatsAppKpi:
     read: int = 0
     failed: int = 0
 
+    def transition(self, status: str, previous: str | None) -> None:
+        """Count one WhatsApp contact's status change (what the recorder and the demo both see)."""
+        if status in WA_FAILED:
+            self.failed += 1
+            return
+        new = WA_RANK.get(status)
+        if new is None:
+            return
+        old = WA_RANK.get(previous or "", 0)
+        if previous == "delivery_failed":
+            self.failed -= 1  # a later delivered/read wins (SPEC §5.2)
+        # a status reached counts every lower one it skipped (read without delivered was delivered)
+        if old < 1 <= new:
+            self.sent += 1
+        if old < 2 <= new:
+            self.delivered += 1
+        if old < 3 <= new:
+            self.read += 1
+
     @property
     def delivery_rate(self) -> float:
         return self.delivered / self.sent if self.sent else 0.0
@@ -216,26 +235,7 @@ class Recorder:
             self.contacts.labels(channel, previous, c).dec()
             self.counts[(campaign, channel, previous)] -= 1
         if channel == "whatsapp":
-            self._whatsapp_kpi(campaign, status, previous)
-
-    def _whatsapp_kpi(self, campaign: str, status: str, previous: str | None) -> None:
-        kpi = self.whatsapp.setdefault(campaign, WhatsAppKpi())
-        if status in WA_FAILED:
-            kpi.failed += 1
-            return
-        new = WA_RANK.get(status)
-        if new is None:
-            return
-        old = WA_RANK.get(previous or "", 0)
-        if previous == "delivery_failed":
-            kpi.failed -= 1  # a later delivered/read wins (SPEC §5.2)
-        # a status reached counts every lower one it skipped (read without delivered was delivered)
-        if old < 1 <= new:
-            kpi.sent += 1
-        if old < 2 <= new:
-            kpi.delivered += 1
-        if old < 3 <= new:
-            kpi.read += 1
+            self.whatsapp.setdefault(campaign, WhatsAppKpi()).transition(status, previous)
 
     def campaign_auto_paused(self, reason: str) -> None:
         cause = reason.split(":", 1)[0].strip()

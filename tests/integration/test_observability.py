@@ -28,7 +28,7 @@ from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
 from tests.support.tsdb import InfluxDB, Prometheus
-from tests.support.wa import wa_rig
+from tests.support.wa import send, wa_rig
 from tools.gen_dashboards import queries
 from whatsapp.standin import Scenario
 
@@ -36,17 +36,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 QUIET: tuple[Any, ...] = ()
-
-
-def _send(cid: str, contact: str, number: str, campaign: str) -> dict[str, Any]:
-    return {
-        "command_id": cid,
-        "campaign_id": campaign,
-        "contact_id": contact,
-        "phone": f"+{number}",
-        "template": {"name": "appointment_reminder", "language": "cs"},
-        "policy": {"max_attempts": 1},
-    }
+ONE_ATTEMPT = {"max_attempts": 1}
 
 
 def _influxql(query: str) -> str:
@@ -100,7 +90,7 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                         },
                     )
                 for i in range(7):
-                    await b.send("send", _send(f"w{i}", f"m{i}", f"42060200000{i}", "notices"))
+                    await b.send("send", send(f"w{i}", f"m{i}", f"42060200000{i}", "notices", policy=ONE_ATTEMPT))
                 await b.send("dial", {"command_id": "bad", "campaign_id": "calls"})  # rejected: no contact_id
                 await b.wait_for(lambda: all(b.final("calls", f"c{i}") for i in range(12)), timeout=30)
                 await b.wait_for(
@@ -114,7 +104,7 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 await b.send(
                     "operator", {"command_id": "op", "campaign_id": "calls", "contact_id": "c0", "signal": "connected"}
                 )  # c0 ended: an illegal transition, refused and counted
-                await b.send("send", _send("acct", "a0", "420602000009", "account"))
+                await b.send("send", send("acct", "a0", "420602000009", "account", policy=ONE_ATTEMPT))
                 await b.wait_for(lambda: b.final("account", "a0"))
 
                 metrics_text = await asyncio.to_thread(_get_text, f"http://{target}/metrics")

@@ -14,23 +14,12 @@ import pytest
 from tests.conftest import CORPORA
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend
-from tests.support.wa import SECRET, VERIFY, wa_rig
+from tests.support.wa import SECRET, VERIFY, send, wa_rig
 from whatsapp.standin import Scenario
 from whatsapp.webhook import signature
 
 pytestmark = pytest.mark.integration
 NO_HOOKS: tuple[Any, ...] = ()
-
-
-def send(cid: str, contact: str, number: str, campaign: str = "wa", **kw: Any) -> dict[str, Any]:
-    return {
-        "command_id": cid,
-        "campaign_id": campaign,
-        "contact_id": contact,
-        "phone": f"+{number}",
-        "template": {"name": "appointment_reminder", "language": "cs"},
-        **kw,
-    }
 
 
 POLICY = {"max_attempts": 2, "delays_s": [0.1]}

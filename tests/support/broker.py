@@ -6,8 +6,10 @@ import getpass
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from .procs import stop as stop_process
+from .procs import wait_tcp
 
 
 def free_port() -> int:
@@ -46,14 +48,7 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        wait_tcp(self.port, "mosquitto")
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -62,11 +57,5 @@ class Mosquitto:
             self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None

@@ -3,24 +3,18 @@ auth, tests/pbx/kamailio.cfg) and baresip (a softphone that registers numbers an
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from .procs import binary, stop
 
 CONFIG = Path(__file__).resolve().parents[1] / "pbx"
 BARESIP_MODULES = next(
     (p for p in (Path("/usr/lib/baresip/modules"), Path("/usr/lib/x86_64-linux-gnu/baresip/modules")) if p.is_dir()),
     Path("/usr/lib/baresip/modules"),
 )
-
-
-def _binary(name: str, package: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if found is None:
-        raise RuntimeError(f"{name} is not installed (apt-get install {package}; bash .ci/run does)")
-    return found
 
 
 def free_port_pair() -> int:
@@ -53,7 +47,7 @@ def _wait(predicate: object, timeout: float, what: str, log: Path) -> None:
 
 class Kamailio:
     def __init__(self, workdir: Path, password: str = "secret") -> None:
-        self.binary = _binary("kamailio", "kamailio")
+        self.binary = binary("kamailio", "kamailio")
         self.port = free_port_pair()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -98,20 +92,14 @@ class Kamailio:
         return text in self.log.read_text(errors="replace")
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 class Baresip:
     """One baresip with an auto-answering account per user, registered through `proxy`."""
 
     def __init__(self, workdir: Path, proxy: str, users: tuple[str, ...], password: str = "secret") -> None:
-        self.binary = _binary("baresip", "baresip")
+        self.binary = binary("baresip", "baresip")
         self.port = free_port_pair()
         self.workdir = workdir
         self.users = users
@@ -157,10 +145,4 @@ class Baresip:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)

@@ -6,8 +6,9 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from .procs import wait_tcp
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "sipp"
 
@@ -62,14 +63,7 @@ class Sipp:
 
     def wait_listening(self, timeout: float = 10.0) -> None:
         """For TCP: SIPp accepts connections (it opens its listener a moment after it starts)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"SIPp did not listen on TCP {self.port}")
+        wait_tcp(self.port, "SIPp", timeout)
 
     def messages(self) -> list[str]:
         """The SIP messages SIPp logged (run it with `-trace_msg`), each as text, in order."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -12,13 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .broker import free_port
-
-
-def _binary(name: str, package: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if found is None:
-        raise RuntimeError(f"{name} is not installed (apt-get install {package}; bash .ci/run does)")
-    return found
+from .procs import binary, stop
 
 
 def _get(url: str, timeout: float = 5.0) -> Any:
@@ -39,7 +32,7 @@ def _wait_http(url: str, log: Path, what: str, timeout: float = 20.0) -> None:
 
 class Prometheus:
     def __init__(self, workdir: Path, target: str, rule_files: list[Path], scrape_interval: str = "1s") -> None:
-        self.binary = _binary("prometheus", "prometheus")
+        self.binary = binary("prometheus", "prometheus")
         self.port = free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -81,20 +74,14 @@ class Prometheus:
         return any(t.get("health") == "up" for t in data["data"]["activeTargets"])
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, 10)
 
 
 class InfluxDB:
     """influxd 1.x with its own meta/data/wal folders and HTTP on a free port; `stop`/`start` for outages."""
 
     def __init__(self, workdir: Path, database: str = "telgate") -> None:
-        self.binary = _binary("influxd", "influxdb")
+        self.binary = binary("influxd", "influxdb")
         self.port = free_port()
         self.workdir = workdir
         self.database = database
@@ -124,13 +111,7 @@ class InfluxDB:
         self.query(f'CREATE DATABASE "{self.database}"', db=None)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, 10)
 
     def query(self, q: str, db: str | None = "telgate") -> dict[str, Any]:
         params = {"q": q, "epoch": "ms"}

@@ -17,6 +17,18 @@ SECRET = "app-secret-for-tests"
 VERIFY = "verify-me"
 
 
+def send(cid: str, contact: str, number: str, campaign: str = "wa", **kw: Any) -> dict[str, Any]:
+    """A `send` command as a backend writes it (the number without +)."""
+    return {
+        "command_id": cid,
+        "campaign_id": campaign,
+        "contact_id": contact,
+        "phone": f"+{number}",
+        "template": {"name": "appointment_reminder", "language": "cs"},
+        **kw,
+    }
+
+
 @contextlib.asynccontextmanager
 async def wa_rig(
     broker_url: str,
