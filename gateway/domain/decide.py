@@ -15,7 +15,7 @@ from .effects import Effect, TimerKind
 from .signals import Kind, Signal, Trigger
 from .state import ContactState, Mode
 from .statuses import WA_RANK, Channel, Status, is_final
-from .tables import ON_CALL_AWAITING, TABLES, Absorb, AfterCall, ByMode, Refuse, Retry, Stay, Target
+from .tables import ON_CALL_AWAITING, TABLES, Abort, Absorb, AfterCall, Attempt, ByMode, Refuse, Retry, Stay, Target
 
 S = Status
 K = Kind
@@ -119,7 +119,9 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
     if isinstance(target, Stay):
         return _stay(state, signal, trigger, now)
     retry_at: datetime | None = None
-    if isinstance(target, Retry):
+    if isinstance(target, Attempt | Abort):
+        new_status = target.status
+    elif isinstance(target, Retry):
         new_status, retry_at = _retry(state, signal, target, now)
     elif isinstance(target, ByMode):
         new_status = target.predictive if state.mode is Mode.PREDICTIVE else target.other
@@ -127,7 +129,7 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
         new_status = S.ACW if state.wrapup else S.SUCCESS
     else:
         new_status = target
-    return _move(state, signal, trigger, new_status, retry_at, now)
+    return _move(state, signal, trigger, new_status, retry_at, now, target)
 
 
 def _retry(state: ContactState, signal: Signal, rule: Retry, now: datetime) -> tuple[Status, datetime | None]:
@@ -168,7 +170,12 @@ def _move(
     new_status: Status,
     retry_at: datetime | None,
     now: datetime,
+    target: Target,
 ) -> Decision:
+    """Move to `new_status`. What reaches the outside follows `target`, the transition the table chose
+    (SPEC §9): only an `Attempt` starts one (attempt + 1, Dial/Send), only an `Abort` of a call in
+    flight CANCELs it. The signal contributes evidence and call facts (answered, talk time), never a
+    contact with the number."""
     old = state.status
     changes: dict[str, Any] = {"status": new_status, "retry_at": retry_at, "updated_at": now}
     effects: list[Effect] = []
@@ -180,7 +187,7 @@ def _move(
     final = is_final(state.channel, new_status)
     attempt = state.attempt
 
-    if k is K.DIAL_DUE:  # entering calling / in_progress: a new attempt starts
+    if isinstance(target, Attempt):  # entering calling / in_progress: a new attempt starts
         attempt += 1
         changes.update(attempt=attempt, in_flight=True, answered=False, no_retry=False, wamid=None)
         if state.attempt == 0:
@@ -192,7 +199,7 @@ def _move(
         changes.update(in_flight=False)
         if state.answered and signal.duration_s:
             effects.append(fx.AddTalkTime(signal.duration_s))
-    if old is S.CALLING and k is K.CANCEL:
+    if isinstance(target, Abort) and state.in_flight and state.channel is Channel.VOICE:
         effects.append(fx.CancelCall())
     if k is K.WA_ACCOUNT:
         code, title = signal.evidence.get("wa_error_code"), signal.evidence.get("wa_error_title")

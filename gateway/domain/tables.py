@@ -5,6 +5,9 @@ Rules:
   illegal: decide() counts it, logs it naming both, and publishes nothing;
 - a target is a `Status` (move there) or one of the rules below, which decide() resolves with the
   contact's policy and mode — no other place decides a status;
+- the outside is reached only by an `Attempt` target (entering `calling` / `in_progress` with a new
+  attempt: an INVITE, a Cloud API send) and a call is CANCELled only by an `Abort` target: effects that
+  leave the process follow the target the table chose, never the signal that asked (SPEC §9);
 - finals list nothing except the triggers that are expected after them (stale call outcomes,
   duplicate or late webhooks), which are absorbed without an event;
 - `awaiting_operator` means two things in SPEC §5.1: waiting before the dial (no call), and a
@@ -30,6 +33,23 @@ class Retry:
     final: Status
     always: bool = False  # WhatsApp: retried regardless of `retry_on`
     at_least_s: float = 0.0  # 131049: no sooner than 24 h
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A new attempt starts: the contact enters `status` with attempt + 1 and the channel contacts the
+    number (an INVITE, a Cloud API send). The only target whose decision reaches the outside (SPEC §9:
+    the wire follows the transition); `status` is always one of `CONTACTING`."""
+
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """The attempt in flight is abandoned: the contact moves to `status` and a call still ringing is
+    CANCELled (a message already handed to Meta cannot be recalled: no effect for WhatsApp)."""
+
+    status: Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +84,7 @@ class Refuse:
     code: str
 
 
-Target = Status | Retry | ByMode | AfterCall | Stay | Absorb | Refuse
+Target = Status | Attempt | Abort | Retry | ByMode | AfterCall | Stay | Absorb | Refuse
 Row = dict[str, Target]
 
 STALE = Absorb("stale")
@@ -74,7 +94,7 @@ IN_FLIGHT = Refuse("contact_in_flight")
 
 _ADMIN: Row = {K.CANCEL: S.CANCELED_BY_ADMIN, K.FINISH: S.CANCELED_BY_ADMIN, K.REMOVE: S.REMOVED}
 _PRE_DIAL: Row = {
-    K.DIAL_DUE: S.CALLING,
+    K.DIAL_DUE: Attempt(S.CALLING),
     T.BLACKLIST_HIT: S.BLACKLISTED,
     T.PLAN_LIMIT: S.PLAN_LIMIT_EXCEEDED,
     **_ADMIN,
@@ -121,7 +141,7 @@ VOICE: dict[Status, Row] = {
         K.FAILED: Retry(S.DIAL_FAILED),
         K.INVALID_NUMBER: S.INVALID_RECORD,
         K.GATEWAY_RESTART: Retry(S.DIAL_FAILED),
-        K.CANCEL: S.CANCELED_BY_ADMIN,
+        K.CANCEL: Abort(S.CANCELED_BY_ADMIN),
         T.SETTLE: Stay(),
         K.REMOVE: IN_FLIGHT,
     },
@@ -197,7 +217,7 @@ _WA_FAILED_LATE: Row = {k: DUP for k in _WA_FAILURES}  # a failure after deliver
 
 WHATSAPP: dict[Status, Row] = {
     S.INITIAL: {
-        K.DIAL_DUE: S.IN_PROGRESS,
+        K.DIAL_DUE: Attempt(S.IN_PROGRESS),
         T.BLACKLIST_HIT: S.BLACKLISTED,
         T.PLAN_LIMIT: S.ERROR,
         **_ADMIN,
@@ -224,7 +244,7 @@ WHATSAPP: dict[Status, Row] = {
     S.SENDING_FAILED: {T.DUPLICATE: DUP, **_WA_FAILED_LATE},
     S.ERROR: {T.DUPLICATE: DUP, **_WA_FAILED_LATE},
     S.RETRY_SCHEDULED: {
-        K.DIAL_DUE: S.IN_PROGRESS,
+        K.DIAL_DUE: Attempt(S.IN_PROGRESS),
         T.BLACKLIST_HIT: S.BLACKLISTED,
         T.PLAN_LIMIT: S.ERROR,
         **_ADMIN,
@@ -239,3 +259,21 @@ WHATSAPP: dict[Status, Row] = {
 }
 
 TABLES: dict[Channel, dict[Status, Row]] = {Channel.VOICE: VOICE, Channel.WHATSAPP: WHATSAPP}
+
+# the status a channel contacts the number in: entered only by an `Attempt` target
+CONTACTING: dict[Channel, Status] = {Channel.VOICE: S.CALLING, Channel.WHATSAPP: S.IN_PROGRESS}
+
+
+def _check_tables() -> None:
+    """The shape SPEC §9 rests on, checked when the module loads: a row that enters a channel's
+    contacting status without starting an attempt (or starts one elsewhere) is a bug in the tables."""
+    rows = [(ch, r) for ch, table in TABLES.items() for r in table.values()] + [(Channel.VOICE, ON_CALL_AWAITING)]
+    for channel, row in rows:
+        for trigger, target in row.items():
+            if isinstance(target, Attempt) and target.status is not CONTACTING[channel]:
+                raise AssertionError(f"{channel} {trigger}: an attempt enters {target.status}")
+            if target is CONTACTING[channel]:
+                raise AssertionError(f"{channel} {trigger} enters {target} without a new attempt")
+
+
+_check_tables()

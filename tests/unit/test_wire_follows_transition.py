@@ -1,0 +1,168 @@
+"""SPEC §9, "the wire follows the transition", as properties of decide() over every channel, mode and table.
+
+An effect that reaches the outside (Dial, Send) appears if and only if the contact enters its channel's
+contacting status (`calling` / `in_progress`) with attempt + 1; never on a transition into a status that
+says the contact was not contacted; CancelCall only while a call of the current attempt is in flight.
+Checked on states reached by random signal sequences and on arbitrary states of every status.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.domain import effects as fx
+from gateway.domain.decide import Decision, decide
+from gateway.domain.policy import Policy
+from gateway.domain.signals import Kind, Signal
+from gateway.domain.state import ContactState, Mode
+from gateway.domain.statuses import STATUSES, Channel, Status
+from gateway.domain.tables import CONTACTING
+
+T0 = datetime(2026, 11, 29, tzinfo=UTC)
+S = Status
+K = Kind
+# a contact in one of these was not contacted by the transition that put it there
+NOT_CONTACTED = frozenset(
+    {S.BLACKLISTED, S.PLAN_LIMIT_EXCEEDED, S.INVALID_RECORD, S.REJECTED_BY_OPERATOR, S.CANCELED_BY_ADMIN, S.REMOVED}
+)
+OUTSIDE = (fx.Dial, fx.Send)
+
+signals = st.builds(
+    Signal,
+    kind=st.sampled_from([k for k in Kind if k is not Kind.CREATE]),
+    blacklisted=st.booleans(),
+    plan_limit=st.booleans(),
+    attempt=st.one_of(st.none(), st.integers(1, 4)),
+    duration_s=st.one_of(st.none(), st.floats(0, 3600)),
+    wamid=st.one_of(st.none(), st.just("wamid.x")),
+)
+# DIAL_DUE is what asks for a contact: draw it often, with every combination of its facts
+dial_due = st.builds(Signal, kind=st.just(K.DIAL_DUE), blacklisted=st.booleans(), plan_limit=st.booleans())
+any_signal = st.one_of(signals, dial_due)
+
+
+def check(before: ContactState, signal: Signal, d: Decision) -> None:
+    outside = [e for e in d.effects if isinstance(e, OUTSIDE)]
+    contacting = CONTACTING[before.channel]
+    enters = (
+        len(d.events) == 1
+        and d.events[0].status is contacting
+        and before.status is not contacting
+        and d.state.attempt == before.attempt + 1
+        and d.events[0].attempt == before.attempt + 1
+    )
+    assert bool(outside) == enters, (before.status, signal, d.events, d.effects)
+    if outside:
+        assert len(outside) == 1
+        expected = fx.Dial if before.channel is Channel.VOICE else fx.Send
+        assert outside[0] == expected(before.attempt + 1)
+        assert d.state.in_flight
+        assert not signal.blacklisted and not (signal.plan_limit and before.attempt == 0)
+    for e in d.events:
+        if e.status in NOT_CONTACTED:
+            assert not outside, (before.status, e.status)
+            assert fx.CountDialed() not in d.effects  # the max_contacts budget counts contacts dialled
+    if fx.CountDialed() in d.effects:
+        assert outside and before.attempt == 0
+    if fx.CancelCall() in d.effects:
+        assert before.channel is Channel.VOICE and before.in_flight and before.status is S.CALLING
+        assert not outside
+    if d.illegal or d.absorbed or d.refused:
+        assert not outside and fx.CancelCall() not in d.effects
+
+
+def fresh(channel: Channel, mode: Mode, max_attempts: int) -> ContactState:
+    return ContactState(
+        campaign_id="c",
+        contact_id="k",
+        channel=channel,
+        mode=mode,
+        policy=Policy(max_attempts=max_attempts, retry_on=("rejected", "unreachable", "failed")),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    channel=st.sampled_from(list(Channel)),
+    mode=st.sampled_from(list(Mode)),
+    max_attempts=st.integers(1, 4),
+    phone=st.sampled_from(["+420601234567", None]),
+    seq=st.lists(any_signal, max_size=40),
+)
+def test_reachable_states(
+    channel: Channel, mode: Mode, max_attempts: int, phone: str | None, seq: list[Signal]
+) -> None:
+    d = decide(fresh(channel, mode, max_attempts), Signal(K.CREATE, phone=phone), T0)
+    assert not any(isinstance(e, OUTSIDE) for e in d.effects)  # creating a contact contacts nobody
+    state, now = d.state, T0
+    dials = 0
+    for sig in seq:
+        now += timedelta(seconds=1)
+        d = decide(state, sig, now)
+        check(state, sig, d)
+        dials += sum(isinstance(e, OUTSIDE) for e in d.effects)
+        state = d.state
+    assert dials == state.attempt  # one contact with the number per attempt, exactly
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    channel=st.sampled_from(list(Channel)),
+    mode=st.sampled_from(list(Mode)),
+    data=st.data(),
+    attempt=st.integers(0, 3),
+    in_flight=st.booleans(),
+    answered=st.booleans(),
+    no_retry=st.booleans(),
+    signal=any_signal,
+)
+def test_any_state_of_any_table(
+    channel: Channel,
+    mode: Mode,
+    data: st.DataObject,
+    attempt: int,
+    in_flight: bool,
+    answered: bool,
+    no_retry: bool,
+    signal: Signal,
+) -> None:
+    status = data.draw(st.sampled_from(list(STATUSES[channel])))
+    state = fresh(channel, mode, 4).model_copy(
+        update={
+            "status": status,
+            "sequence": 2,
+            "attempt": attempt,
+            "in_flight": in_flight,
+            "answered": answered,
+            "no_retry": no_retry,
+            "phone": "+420601234567",
+        }
+    )
+    check(state, signal, decide(state, signal, T0))
+
+
+def test_blacklisted_or_over_budget_when_due_is_not_dialled() -> None:
+    """The defect of issue 10: the table chose `blacklisted` / `plan_limit_exceeded` and a Dial went out."""
+    for channel in Channel:
+        for facts, expected in (
+            ({"blacklisted": True}, S.BLACKLISTED),
+            ({"plan_limit": True}, S.PLAN_LIMIT_EXCEEDED if channel is Channel.VOICE else S.ERROR),
+        ):
+            state = decide(fresh(channel, Mode.PROGRESSIVE, 3), Signal(K.CREATE, phone="+420601000111"), T0).state
+            d = decide(state, Signal(K.DIAL_DUE, **facts), T0)  # type: ignore[arg-type]
+            assert [e.status for e in d.events] == [expected]
+            assert d.state.attempt == 0 and not d.state.in_flight
+            assert not any(isinstance(e, (*OUTSIDE, fx.CountDialed)) for e in d.effects), d.effects
+
+
+def test_blacklisted_in_retry_scheduled_is_not_dialled_again() -> None:
+    state = decide(fresh(Channel.VOICE, Mode.PROGRESSIVE, 3), Signal(K.CREATE, phone="+420601000111"), T0).state
+    state = decide(state, Signal(K.DIAL_DUE), T0).state
+    state = decide(state, Signal(K.REJECTED, attempt=1), T0).state
+    assert state.status is S.RETRY_SCHEDULED
+    d = decide(state, Signal(K.DIAL_DUE, blacklisted=True), T0 + timedelta(minutes=5))
+    assert [e.status for e in d.events] == [S.BLACKLISTED] and d.events[0].attempt == 1
+    assert not any(isinstance(e, OUTSIDE) for e in d.effects)
