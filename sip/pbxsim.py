@@ -49,6 +49,13 @@ class PbxSimulator(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.calls: dict[str, _SimCall] = {}
         self.stats: Counter[str] = Counter()
+        # the wire ledger: every initial INVITE received, by Call-ID → Request-URI user (a demo or a test
+        # compares it with the contacts' attempts: the wire follows the transition, SPEC §9)
+        self.invited: dict[str, str] = {}
+
+    def invites_by_number(self) -> Counter[str]:
+        """Initial INVITEs received (distinct Call-IDs) per dialled number."""
+        return Counter(self.invited.values())
 
     # -- plumbing ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,6 +116,9 @@ class PbxSimulator(asyncio.DatagramProtocol):
             if known.last is not None:
                 self._send(known.last, addr)
             return
+        if call_id in self.invited:  # a late retransmission of a call that has ended
+            return
+        self.invited[call_id] = invite.uri.partition(":")[2].partition("@")[0]
         call = _SimCall(invite, addr, self.draw(), secrets.token_hex(6))
         self.calls[call_id] = call
         self.stats[call.outcome] += 1

@@ -75,6 +75,9 @@ class StandIn:
     host: str = "127.0.0.1"
     port: int = 0
     sent: list[Sent] = field(default_factory=list)
+    # the wire ledger: every send request that reached the endpoint, answered with a message id or an
+    # error alike (a test compares it with the contacts' attempts: SPEC §9)
+    received: list[Sent] = field(default_factory=list)
     deliveries: int = 0  # webhook POSTs made (retries included)
     refused_deliveries: int = 0  # answered with something other than 200
     outstanding: int = 0  # webhook notifications scheduled and not yet delivered (or given up)
@@ -138,6 +141,8 @@ class StandIn:
             return self._error(400, 100, "Invalid JSON")
         to = str(body.get("to", ""))
         tpl = body.get("template") or {}
+        callback = body.get("biz_opaque_callback_data")
+        self.received.append(Sent("", to, str(tpl.get("name", "")), callback, time.monotonic()))
         if (
             body.get("messaging_product") != "whatsapp"
             or body.get("type") != "template"
@@ -154,7 +159,6 @@ class StandIn:
             return self._error(http, code)
         wamid = scenario.wamid or f"wamid.STANDIN{next(self._ids):012d}"
         now = time.monotonic()
-        callback = body.get("biz_opaque_callback_data")
         self.sent.append(Sent(wamid, to, tpl["name"], callback, now))
         for delay, status, status_code in scenario.statuses:
             self._schedule((now + delay, self._status(wamid, to, status, status_code, callback)))

@@ -17,6 +17,7 @@ import pytest
 
 from sip import rtp, sdp
 from tests.support.broker import Mosquitto
+from tests.support import ledger
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
 
@@ -87,6 +88,8 @@ async def test_every_row_against_sipp(scenario: str, broker: Mosquitto, tmp_path
             for k, v in evidence.items():
                 assert last[k] == v, (k, last)
             assert last["source"] == "sip" and last["call_id"]
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1
 
 
 async def test_answered_then_the_callee_hangs_up(broker: Mosquitto, tmp_path: Path) -> None:
@@ -271,7 +274,7 @@ def _received(messages: list[str], first_line: str) -> list[str]:
 
 
 async def test_proxy_challenge_with_sha256_is_answered_with_the_right_digest(broker: Mosquitto, tmp_path: Path) -> None:
-    with Sipp("auth_407_sha256_then_486.xml", tmp_path / "sipp", extra=("-trace_msg",)) as pbx:
+    with Sipp("auth_407_sha256_then_486.xml", tmp_path / "sipp") as pbx:
         async with backend(broker.url) as b, gateway(voice_settings(broker, tmp_path, pbx.address), channels=()):
             await b.send("dial", _dial())
             await b.wait_for(lambda: b.final("v", "k"), timeout=15)
@@ -296,7 +299,7 @@ async def test_proxy_challenge_with_sha256_is_answered_with_the_right_digest(bro
 
 
 async def test_no_response_at_all_ends_on_timer_b(broker: Mosquitto, tmp_path: Path) -> None:
-    with Sipp("no_response.xml", tmp_path / "sipp", extra=("-trace_msg",)) as pbx:
+    with Sipp("no_response.xml", tmp_path / "sipp") as pbx:
         settings = voice_settings(broker, tmp_path, pbx.address, t1_ms=50)  # Timer B = 64 x T1 = 3.2 s
         async with backend(broker.url) as b, gateway(settings, channels=()):
             started = asyncio.get_running_loop().time()

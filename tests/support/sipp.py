@@ -41,6 +41,7 @@ class Sipp:
             "-timeout",
             "60",
             "-trace_err",
+            "-trace_msg",  # the wire ledger reads what SIPp received (tests/support/ledger.py)
             "-bind_local",
             *extra,
         ]
@@ -66,7 +67,7 @@ class Sipp:
         wait_tcp(self.port, "SIPp", timeout)
 
     def messages(self) -> list[str]:
-        """The SIP messages SIPp logged (run it with `-trace_msg`), each as text, in order."""
+        """The SIP messages SIPp logged (`-trace_msg`), each as text, in order."""
         out: list[str] = []
         for path in sorted(self.workdir.glob("*_messages.log")):
             chunks = re.split(r"^-{20,} .*$", path.read_text(errors="replace"), flags=re.MULTILINE)

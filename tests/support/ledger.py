@@ -1,0 +1,196 @@
+"""The wire ledger (SPEC §9, issue 10): what the peers received, compared with the events, contact by contact.
+
+A test that drives a peer (SIPp, the PBX simulator, Kamailio, the Cloud API stand-in, the scripted port)
+reads the peer's own record of what reached it and checks it against the contact events the backend got:
+- voice: INVITEs with distinct Call-IDs per dialled number = the attempts in the events of the contacts
+  with that number (an attempt is an event entering `calling`, numbered by `attempt`);
+- WhatsApp: Cloud API sends per contact (its `biz_opaque_callback_data`) = the attempts entering
+  `in_progress`;
+- zero for every contact whose events show no attempt — in particular those that end `blacklisted`,
+  `plan_limit_exceeded`, `invalid_record`, `rejected_by_operator`, or `canceled_by_admin` / `removed`
+  before a dial.
+
+Events reach the backend a moment after the peer saw the INVITE (the event is published after the
+commit, the INVITE is sent after the commit too), so `check` waits for the two to agree and, if they do
+not within its patience, fails with the contacts that disagree. Every call returns the numbers it compared,
+so a test can assert that the ledger was not empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+Key = tuple[str, str]
+CONTACTING = {"voice": "calling", "whatsapp": "in_progress"}
+NOT_CONTACTED = frozenset(
+    {"blacklisted", "plan_limit_exceeded", "invalid_record", "rejected_by_operator", "canceled_by_admin", "removed"}
+)
+
+
+class HasEvents(Protocol):
+    by_contact: dict[Key, list[dict[str, Any]]]
+
+
+def digits(number: str) -> str:
+    """The dialled number as the wire has it: its digits (a Request-URI user, a Cloud API `to`)."""
+    return re.sub(r"\D", "", number)
+
+
+@dataclass
+class ContactRecord:
+    channel: str
+    phone: str
+    attempts: set[int] = field(default_factory=set)
+    statuses: list[str] = field(default_factory=list)
+
+
+def contacts(backend: HasEvents, channel: str) -> dict[Key, ContactRecord]:
+    """Per contact of `channel`: its number, the attempts its events started, its statuses in order."""
+    out: dict[Key, ContactRecord] = {}
+    for key, events in list(backend.by_contact.items()):
+        unique = sorted({e["event_id"]: e for e in events}.values(), key=lambda e: e["sequence"])
+        if not unique or unique[0]["channel"] != channel:
+            continue
+        rec = ContactRecord(channel, unique[0].get("phone") or "")
+        for e in unique:
+            rec.statuses.append(e["status"])
+            if e["status"] == CONTACTING[channel]:
+                rec.attempts.add(int(e["attempt"]))
+        out[key] = rec
+    return out
+
+
+@dataclass
+class Comparison:
+    compared: int  # contacts compared
+    attempts: int  # attempts seen in the events (= contacts with the number on the wire)
+    wire: int  # what the peer recorded in all
+    mismatches: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def compare(backend: HasEvents, channel: str, wire: Counter[Any], by: str) -> Comparison:
+    """`wire` counts what the peer received, keyed by number digits (`by="number"`) or contact key."""
+    recs = contacts(backend, channel)
+    expected: Counter[Any] = Counter()
+    owners: dict[Any, list[Key]] = {}
+    for key, rec in recs.items():
+        k: Any = digits(rec.phone) if by == "number" else key
+        expected[k] += len(rec.attempts)
+        owners.setdefault(k, []).append(key)
+        if len(rec.attempts) != (max(rec.attempts) if rec.attempts else 0):
+            expected[("gap", key)] += 1  # attempts are 1, 2, …, n: a gap is a mismatch too
+    mismatches = []
+    for k in sorted(set(expected) | set(wire), key=str):
+        if expected[k] != wire[k]:
+            who = {f"{c[0]}/{c[1]}": recs[c].statuses for c in owners.get(k, [])}
+            mismatches.append(f"{k}: events say {expected[k]} attempt(s), the peer received {wire[k]}; {who}")
+    for key, rec in recs.items():  # said explicitly: not contacted means nothing on the wire
+        k = digits(rec.phone) if by == "number" else key
+        if rec.statuses and rec.statuses[-1] in NOT_CONTACTED and not rec.attempts and wire[k] and len(owners[k]) == 1:
+            mismatches.append(f"{key}: ends {rec.statuses[-1]} without an attempt, yet the peer received {wire[k]}")
+    return Comparison(len(recs), sum(len(r.attempts) for r in recs.values()), sum(wire.values()), mismatches)
+
+
+async def check(
+    backend: HasEvents,
+    channel: str,
+    wire: Callable[[], Counter[Any]],
+    by: str = "number",
+    patience_s: float = 10.0,
+) -> Comparison:
+    """Wait until the peer's record and the events agree contact by contact; fail naming who disagrees."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    while True:
+        result = compare(backend, channel, wire(), by)
+        if result.ok:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError("wire ledger: the peer's record and the events disagree:\n" + "\n".join(result.mismatches))
+        await asyncio.sleep(0.05)
+
+
+# -- what each peer recorded ------------------------------------------------------------------------------
+
+_REQUEST_LINE = re.compile(r"^INVITE sips?:(?P<user>[^@;>\s]+)@", re.MULTILINE)
+_CALL_ID = re.compile(r"^(?:Call-ID|i)\s*:\s*(?P<id>\S+)", re.MULTILINE | re.IGNORECASE)
+_TO_TAG = re.compile(r"^(?:To|t)\s*:.*;\s*tag=", re.MULTILINE | re.IGNORECASE)
+
+
+def invites_in(messages: Iterable[str]) -> Counter[str]:
+    """Initial INVITEs (no To tag) with distinct Call-IDs, per Request-URI user's digits."""
+    seen: set[str] = set()
+    out: Counter[str] = Counter()
+    for text in messages:
+        line = _REQUEST_LINE.search(text)
+        call_id = _CALL_ID.search(text)
+        if line is None or call_id is None or _TO_TAG.search(text) or call_id["id"] in seen:
+            continue
+        seen.add(call_id["id"])
+        out[digits(line["user"])] += 1
+    return out
+
+
+class SippLike(Protocol):
+    def messages(self) -> list[str]: ...
+
+
+def sipp_invites(*peers: SippLike) -> Callable[[], Counter[str]]:
+    """The INVITEs SIPp logged (every Sipp in tests runs with -trace_msg)."""
+
+    def read() -> Counter[str]:
+        total: Counter[str] = Counter()
+        for p in peers:
+            total += invites_in(p.messages())
+        return total
+
+    return read
+
+
+_KAMAILIO_INVITE = re.compile(r"telgate-test: initial INVITE (?P<call_id>\S+) from (?P<from>\S+) to (?P<to>\S+)")
+
+
+def kamailio_invites(log: Path, from_user: str = "telgate") -> Callable[[], Counter[str]]:
+    """The initial INVITEs Kamailio received from telgate (tests/pbx/kamailio.cfg logs each one)."""
+
+    def read() -> Counter[str]:
+        seen: dict[str, str] = {}
+        for m in _KAMAILIO_INVITE.finditer(log.read_text(errors="replace")):
+            if m["from"] == from_user:
+                seen.setdefault(m["call_id"], digits(m["to"]))
+        return Counter(seen.values())
+
+    return read
+
+
+class SentLike(Protocol):
+    callback_data: str | None
+    to: str
+
+
+def standin_sends(sent: list[Any]) -> Callable[[], Counter[Key]]:
+    """Cloud API sends per contact, read from the `biz_opaque_callback_data` the stand-in received."""
+
+    def read() -> Counter[Key]:
+        out: Counter[Key] = Counter()
+        for s in list(sent):
+            campaign, contact, _attempt = (s.callback_data or "//").rsplit("/", 2)
+            out[(campaign, contact)] += 1
+        return out
+
+    return read
+
+
+def scripted_started(started: list[tuple[str, str, int]]) -> Callable[[], Counter[Key]]:
+    """The scripted port's record of the dials/sends it carried out."""
+    return lambda: Counter((c, k) for c, k, _a in list(started))
