@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from sip import rtp, sdp
-from tests.support.broker import Mosquitto
 from tests.support import ledger
+from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
 

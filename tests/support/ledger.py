@@ -116,7 +116,9 @@ async def check(
         if result.ok:
             return result
         if loop.time() >= deadline:
-            raise AssertionError("wire ledger: the peer's record and the events disagree:\n" + "\n".join(result.mismatches))
+            raise AssertionError(
+                "wire ledger: the peer's record and the events disagree:\n" + "\n".join(result.mismatches)
+            )
         await asyncio.sleep(0.05)
 
 
