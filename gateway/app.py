@@ -206,14 +206,23 @@ class App:
         log.info("telgate stopped")
 
     async def _drain(self, background: list[asyncio.Task[Any]]) -> None:
-        deadline = time.monotonic() + self.settings.gateway.drain_timeout_s
-        log.info("draining", extra={"timeout_s": self.settings.gateway.drain_timeout_s})
+        started = time.monotonic()
+        deadline = started + self.settings.gateway.drain_timeout_s
         await self.bus.stop_accepting()
         for task in background:  # nothing new is dialled, sent or fired while draining
             if task.get_name().startswith(("dispatch-", "scheduler")):
                 task.cancel()
+        # what is in flight is what the channels hold on the wire (the SIP UA's dialogs, the sends not
+        # answered): nothing in flight, nothing to wait for
+        in_flight = {str(ch): p.active() for ch, p in self.ports.items()}
+        log.info("draining", extra={"timeout_s": self.settings.gateway.drain_timeout_s, "in_flight": in_flight})
         while time.monotonic() < deadline and any(p.active() for p in self.ports.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        left = {str(ch): p.active() for ch, p in self.ports.items()}
+        log.info(
+            "in-flight attempts drained" if not any(left.values()) else "drain timed out with attempts in flight",
+            extra={"in_flight_left": left, "waited_s": round(time.monotonic() - started, 3)},
+        )
         while time.monotonic() < deadline and self.bus.connected.is_set():
             await self.bus.flush_deletes()
             if await self.bus.pending() == 0:

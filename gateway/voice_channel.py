@@ -119,6 +119,7 @@ class VoiceChannel:
         self.ua = UserAgent(self._uac_config(int(port)), self.pbx_addr, lambda: secrets.token_hex(6))
         recorder.sip.responses = lambda: self.ua.responses
         recorder.sip.retransmissions = lambda: self.ua.retransmissions
+        recorder.sip.dialogs = self.ua.dialogs
         self._calls: dict[str, _Placed] = {}
         self._by_key: dict[Key, str] = {}
         self._active: Counter[str] = Counter()
@@ -131,7 +132,9 @@ class VoiceChannel:
         recorder.pbx_up.set(1)
 
     def active(self, campaign_id: str | None = None) -> int:
-        return sum(self._active.values()) if campaign_id is None else self._active[campaign_id]
+        """Calls in flight: the user agent's own dialogs (the dispatcher's room, the drain and
+        `telgate_calls_active` read the same count); per campaign, the calls this channel placed for it."""
+        return self.ua.dialogs() if campaign_id is None else self._active[campaign_id]
 
     def _uac_config(self, bound_port: int) -> UacConfig:
         host = self.sip.public_address or (self.bind[0] if self.bind[0] != "0.0.0.0" else "127.0.0.1")
@@ -233,7 +236,6 @@ class VoiceChannel:
             self.recorder.call_ringing(key[0], self._now() - placed.dialed_at)
         elif isinstance(event, Answered) and not placed.answered:
             placed.answered = True
-            self.recorder.call_answered(key[0])
         elif isinstance(event, Ended):
             self.recorder.call_ended(key[0], str(event.kind), placed.answered, event.duration_s)
         if isinstance(update.event, Ended):

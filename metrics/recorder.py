@@ -6,6 +6,7 @@ campaign id only while `campaign_label` is on.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -102,6 +103,7 @@ class _SipCounters(Collector):
     def __init__(self) -> None:
         self.responses: Callable[[], Tally[tuple[str, int]]] | None = None
         self.retransmissions: Callable[[], Tally[str]] | None = None
+        self.dialogs: Callable[[str], int] | None = None  # the UA's own count of calls by state
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         responses = CounterMetricFamily(
@@ -184,7 +186,9 @@ class Recorder:
             self.call_attempts.labels(outcome)
         self.calls_active = Gauge("telgate_calls_active", "Calls up now", ["state"], registry=r)
         for state in ("ringing", "answered"):
-            self.calls_active.labels(state)
+            # read from the SIP user agent's own dialogs at scrape time: the gauge cannot count a call the
+            # UA does not have, nor miss one it has (SPEC §9: what the metrics say is what is on the wire)
+            self.calls_active.labels(state).set_function(functools.partial(self._dialogs, state))
         self.post_dial_delay = Histogram(
             "telgate_call_post_dial_delay_seconds",
             "From the INVITE to the first 180/183",
@@ -242,22 +246,19 @@ class Recorder:
         self.auto_pauses.labels(cause if cause in PAUSE_CAUSES else "other").inc()
 
     # -- calls (reported by the voice channel) --------------------------------------------------------
+    def _dialogs(self, state: str) -> int:
+        return self.sip.dialogs(state) if self.sip.dialogs is not None else 0
+
     def call_placed(self, campaign: str) -> None:
         self.calls.setdefault(campaign, CallKpi()).active += 1
-        self.calls_active.labels("ringing").inc()
 
     def call_ringing(self, campaign: str, post_dial_delay_s: float) -> None:
         self.post_dial_delay.observe(post_dial_delay_s)
         self.calls.setdefault(campaign, CallKpi()).pdd_ms.append(post_dial_delay_s * 1000.0)
 
-    def call_answered(self, campaign: str) -> None:
-        self.calls_active.labels("ringing").dec()
-        self.calls_active.labels("answered").inc()
-
     def call_ended(self, campaign: str, outcome: str, answered: bool, duration_s: float | None) -> None:
         kpi = self.calls.setdefault(campaign, CallKpi())
         kpi.active -= 1
-        self.calls_active.labels("answered" if answered else "ringing").dec()
         outcome = "answered" if answered else outcome
         if outcome not in OUTCOMES:
             outcome = "failed"

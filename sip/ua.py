@@ -86,6 +86,10 @@ class UserAgent:
     _due: dict[str, float] = field(default_factory=dict)  # call id -> its current next timer
     _answered: dict[tuple[str, str, str], bytes] = field(default_factory=dict)  # request -> our response
     _answered_order: deque[tuple[float, tuple[str, str, str]]] = field(default_factory=deque)
+    # calls not ended, by state ("ringing" until a 2xx, then "answered"): the one count of dialogs that the
+    # metrics, the dispatcher's room and the drain read (a call lingers in `calls` for Timer D/K after it ends)
+    _state: dict[str, str] = field(default_factory=dict)
+    _live: Counter[str] = field(default_factory=Counter)
 
     def _reg_out(self, requests: list[Request]) -> list[Output]:
         return [Datagram(r.encode(), self.pbx) for r in requests]
@@ -112,7 +116,13 @@ class UserAgent:
         call_id = f"{self.token()}{self.token()}@{self.cfg.local_host}"
         call = Call(self.cfg, number, call_id, ring_timeout_s, sdp, token=self.token)
         self.calls[call_id] = call
+        self._state[call_id] = "ringing"
+        self._live["ringing"] += 1
         return call_id, self._outputs(call, call.start(now))
+
+    def dialogs(self, state: str | None = None) -> int:
+        """Calls placed and not ended: all of them, or those "ringing" / "answered"."""
+        return self._live[state] if state is not None else self._live["ringing"] + self._live["answered"]
 
     def cancel(self, call_id: str, now: float) -> list[Output]:
         call = self.calls.get(call_id)
@@ -146,11 +156,26 @@ class UserAgent:
                 out.append(Datagram(e.message.encode(), self.pbx))
             else:
                 out.append(CallUpdate(call.call_id, e))
+        self._track(call)
         at = call.get_timer()
         if call.ended and at is None:
             self.calls.pop(call.call_id, None)
         self._schedule(call.call_id, at)
         return out
+
+    def _track(self, call: Call) -> None:
+        was = self._state.get(call.call_id)
+        if was is None:
+            return
+        now = None if call.ended else ("answered" if call.answered_at is not None else "ringing")
+        if now == was:
+            return
+        self._live[was] -= 1
+        if now is None:
+            del self._state[call.call_id]
+        else:
+            self._state[call.call_id] = now
+            self._live[now] += 1
 
     def _schedule(self, call_id: str, at: float | None) -> None:
         """Keep the call's next timer in the heap; older entries for it go stale (O(log n) per change)."""

@@ -89,7 +89,6 @@ def test_kpis_from_the_recorder() -> None:
         r.call_placed("c")
     r.call_ringing("c", 0.5)
     r.call_ringing("c", 1.5)
-    r.call_answered("c")
     r.call_ended("c", "remote_hangup", True, 30.0)
     r.call_ended("c", "rejected", False, None)
     r.call_ended("c", "failed", False, None)

@@ -67,3 +67,29 @@ def test_the_timer_heap_wakes_only_the_due_calls() -> None:
     out = ua.handle_timer(10.0)
     cancels = [m for m in _sent(out) if isinstance(m, Request) and m.method == "CANCEL"]
     assert len(cancels) == 1 and ua.get_timer() == 10.5  # the CANCEL's Timer E, then the next ring timeout
+
+
+def test_dialogs_counts_what_the_ua_holds_until_each_call_ends() -> None:
+    """The one count of calls that the metrics, the dispatcher and the drain read (issue 10)."""
+    ua = _ua()
+    placed = [ua.place(f"+42060123456{i}", 30.0, b"", 0.0) for i in range(3)]
+    assert (ua.dialogs(), ua.dialogs("ringing"), ua.dialogs("answered")) == (3, 3, 0)
+    (first_id, first_out), (_, second_out) = placed[0], placed[1]
+    first = _sent(first_out)[0]
+    assert isinstance(first, Request)
+    _answer_and_bye(ua, first_id, first)  # answered, then the callee hangs up
+    assert (ua.dialogs(), ua.dialogs("answered")) == (2, 0)
+    assert first_id in ua.calls  # the ended call lingers for its timers, but is no dialog any more
+    second = _sent(second_out)[0]
+    assert isinstance(second, Request)
+    ua.receive(respond(second, 200, "OK", to_tag="far2").encode(), PBX, 2.0)
+    assert (ua.dialogs(), ua.dialogs("ringing"), ua.dialogs("answered")) == (2, 1, 1)
+    ua.receive(respond(second, 200, "OK", to_tag="far2").encode(), PBX, 2.1)  # a retransmitted 2xx
+    assert (ua.dialogs("ringing"), ua.dialogs("answered")) == (1, 1)
+    third_id = placed[2][0]
+    third = ua.calls[third_id]._invite
+    assert third is not None
+    ua.receive(respond(third, 486, "Busy Here", to_tag="far3").encode(), PBX, 3.0)
+    assert (ua.dialogs(), ua.dialogs("ringing"), ua.dialogs("answered")) == (1, 0, 1)
+    ua.handle_timer(100.0)
+    assert ua.dialogs() == 1  # timers end transactions, not the answered dialog
