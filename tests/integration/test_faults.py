@@ -8,14 +8,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.domain.statuses import Channel
+from tests.support import ledger
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, settings_for
+from tests.support.scripted import ScriptedPort
 from tests.support.sipp import Sipp
 
 pytestmark = pytest.mark.integration
@@ -40,7 +43,7 @@ def check_stream(b: Backend) -> int:
 
 async def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_path: Path) -> None:
     n_voice, n_wa = 150, 60
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path), delay_s=0.05):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path), delay_s=0.05) as app:
         for i in range(n_voice):
             await b.send(
                 "dial", {"command_id": f"d{i}", "campaign_id": "v", "contact_id": f"k{i}", "phone": "+420601234560"}
@@ -69,11 +72,54 @@ async def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_pa
         check_stream(b)
         assert all(len({e["sequence"] for e in b.by_contact[("v", f"k{i}")]}) == 4 for i in range(n_voice))
         assert all(len({e["sequence"] for e in b.by_contact[("w", f"k{i}")]}) == 5 for i in range(n_wa))
+        # the ledger: the scripted ports dialled/sent once per contact, as the events say, across the outage
+        for channel, n in ((Channel.VOICE, n_voice), (Channel.WHATSAPP, n_wa)):
+            port = app.ports[channel]
+            assert isinstance(port, ScriptedPort)
+            seen = await ledger.check(b, channel.value, ledger.scripted_started(port.started), by="contact")
+            assert seen.compared == n and seen.attempts == n and seen.wire == n
 
 
-def _start_gateway(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+# tests.support.run_scripted whose scripted ports also append each dial/send they carry out (their
+# `started`) to a file: the port lives in the process we SIGKILL, and its record must outlive it and
+# add up across the restart (one line per write, so a kill loses nothing written before it)
+_RECORDING_GATEWAY = """
+import asyncio, sys
+from gateway import logs
+from tests.support import run_scripted, scripted
+
+config, delay, record = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+submit = scripted.ScriptedPort.submit
+
+def recording(self, effect, contact):
+    before = len(self.started)
+    submit(self, effect, contact)
+    with open(record, "a") as out:
+        out.writelines(f"{c} {k} {a}\\n" for c, k, a in self.started[before:])
+
+scripted.ScriptedPort.submit = recording
+logs.setup("INFO")
+asyncio.run(run_scripted.main(config, delay, 1000.0))
+"""
+
+
+def _scripted_record(path: Path) -> Any:
+    """The ledger source for _RECORDING_GATEWAY's file: what the scripted ports of every run carried out."""
+
+    def read() -> Counter[ledger.Key]:
+        lines = path.read_text().splitlines() if path.exists() else []
+        started = [(c, k, int(a)) for c, k, a in (line.split(" ") for line in lines)]
+        return ledger.scripted_started(started)()
+
+    return read
+
+
+def _start_gateway(cfg: Path, log: Path, record: Path | None = None) -> subprocess.Popen[bytes]:
+    args = ["-m", "tests.support.run_scripted", str(cfg), "0.3"]
+    if record is not None:
+        args = ["-c", _RECORDING_GATEWAY, str(cfg), "0.3", str(record)]
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0.3"],
+        [sys.executable, *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
@@ -89,7 +135,8 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
         '[http]\nlisten = "127.0.0.1:0"\n[retry]\nmax_attempts = 2\ndelays_s = [60]\n'
     )
     log = tmp_path / "gateway.log"
-    proc = _start_gateway(cfg, log)
+    record = tmp_path / "scripted-started.txt"  # both runs append to it
+    proc = _start_gateway(cfg, log, record)
     try:
         async with backend(broker.url) as b:
             await b.wait_for(lambda: b.presence.get("gw-crash") == "online")
@@ -129,7 +176,7 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
 
             broker.start()
             b.presence.clear()
-            proc = _start_gateway(cfg, log)
+            proc = _start_gateway(cfg, log, record)
             await b.wait_for(lambda: b.presence.get("gw-crash") == "online")
             await b.wait_for(
                 lambda: (
@@ -151,6 +198,10 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
             assert b.statuses("crash", "pv")[-3:] == ["calling", "call_in_progress", "success"]
             assert sorted({e["sequence"] for e in b.by_contact[("crash", "late")]}) == [1, 2, 3, 4]
             assert b.statuses("crash", "late")[-1] == "success"
+            # the ledger across the restart: held, ring, pv, late dialled once, busy twice (its retry in the
+            # second run); the restart itself dialled nobody again
+            seen = await ledger.check(b, "voice", _scripted_record(record), by="contact")
+            assert seen.compared == 5 and seen.attempts == 6 and seen.wire == 6
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -196,6 +247,9 @@ async def test_sigkill_during_live_sip_calls_applies_the_restart_rule(broker: Mo
                 ring = b.unique("s", "ring")[-1]
                 assert ring["signal"]["kind"] == "gateway_restart" and ring["attempt"] == 1 and ring["retry_at"]
                 assert [e["status"] for e in b.unique("s", "ring")] == ["initial", "calling", "retry_scheduled"]
+                # the ledger across the restart: SIPp got one INVITE per contact, and none from the new process
+                seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+                assert seen.compared == 2 and seen.attempts == 2 and seen.wire == 2
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -24,6 +24,7 @@ from line_protocol_parser import parse_line
 
 from gateway.domain.statuses import Channel
 from metrics.influx import InfluxTarget, InfluxWriter, Point
+from tests.support import ledger
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
@@ -106,6 +107,13 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 )  # c0 ended: an illegal transition, refused and counted
                 await b.send("send", send("acct", "a0", "420602000009", "account", policy=ONE_ATTEMPT))
                 await b.wait_for(lambda: b.final("account", "a0"))
+                # the ledger, now that the traffic has settled (every call final, every send answered): SIPp
+                # got one INVITE per call (two contacts share each of the numbers ending 0 and 1), the stand-in
+                # one send request per contact, errors included; the rejected command put nothing on the wire
+                calls_seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+                assert calls_seen.compared == 12 and calls_seen.attempts == 12 and calls_seen.wire == 12
+                sends_seen = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
+                assert sends_seen.compared == 8 and sends_seen.attempts == 8 and sends_seen.wire == 8
 
                 metrics_text = await asyncio.to_thread(_get_text, f"http://{target}/metrics")
                 check = subprocess.run(
@@ -139,6 +147,10 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                             empty.append(f"alert {rule['alert']}: {rule['expr']}")
                 broker.start()
                 assert not empty, "queries without data:\n" + "\n".join(empty)
+                # and after the faults: the webhooks of the outage started no send, nothing was dialled again
+                sends_after = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
+                assert sends_after.attempts == 8 and sends_after.wire == 8
+                assert (await ledger.check(b, "voice", ledger.sipp_invites(pbx))).wire == 12
 
             # InfluxDB: every query of the InfluxDB dashboards returns data
             await asyncio.sleep(1.0)

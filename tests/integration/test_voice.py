@@ -101,6 +101,8 @@ async def test_answered_then_the_callee_hangs_up(broker: Mosquitto, tmp_path: Pa
             assert [e["status"] for e in events] == ["initial", "calling", "call_in_progress", "success"]
             end = events[-1]["signal"]
             assert end["q850_cause"] == 16 and 0.8 <= end["duration_s"] <= 3.0
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1
             await asyncio.sleep(0.2)
             assert pbx.proc is not None and pbx.proc.wait(5) == 0, pbx.errors()  # SIPp saw its scenario through
 
@@ -125,6 +127,8 @@ async def test_200_crossing_our_cancel_is_acked_then_byed(broker: Mosquitto, tmp
             await b.wait_for(lambda: b.final("v", "k"))
             assert [e["status"] for e in b.unique("v", "k")] == ["initial", "calling", "canceled_by_admin"]
             assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1
 
 
 async def test_client_hangs_up_before_the_operator_connects(broker: Mosquitto, tmp_path: Path) -> None:
@@ -143,6 +147,8 @@ async def test_client_hangs_up_before_the_operator_connects(broker: Mosquitto, t
             await b.wait_for(lambda: b.final("p", "k"), timeout=15)
             statuses = [e["status"] for e in b.unique("p", "k")]
             assert statuses == ["initial", "calling", "awaiting_operator", "canceled_by_client"]
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1
 
 
 async def test_the_sip_port_answers_bad_and_stray_requests(broker: Mosquitto, tmp_path: Path) -> None:
@@ -225,11 +231,15 @@ async def test_pbx_answering_options_stays_up(broker: Mosquitto, tmp_path: Path)
         settings = settings_for(
             broker.url, tmp_path, sip={"pbx": pbx.address, "local": "127.0.0.1:0", "options_interval_s": 0.2}
         )
-        async with gateway(settings, channels=()) as app:
+        async with backend(broker.url) as b, gateway(settings, channels=()) as app:
             await asyncio.sleep(1.2)
             assert app.voice is not None and app.voice.state == "up"
             text = __import__("prometheus_client").generate_latest(app.recorder.registry).decode()
             assert "telgate_pbx_up 1.0" in text and "telgate_pbx_options_rtt_seconds_count" in text
+            # the ledger: SIPp logged the OPTIONS, and no INVITE (nothing was dialled, no contact has events)
+            assert _received(pbx.messages(), "OPTIONS ")
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.compared == 0 and seen.wire == 0
 
 
 async def test_registers_with_digest_and_refreshes(broker: Mosquitto, tmp_path: Path) -> None:
@@ -246,7 +256,7 @@ async def test_registers_with_digest_and_refreshes(broker: Mosquitto, tmp_path: 
                 "password": "secret",
             },
         )
-        async with gateway(settings, channels=()) as app:
+        async with backend(broker.url) as b, gateway(settings, channels=()) as app:
             assert app.voice is not None
             reg = app.voice.ua.registration
             assert reg is not None
@@ -255,6 +265,10 @@ async def test_registers_with_digest_and_refreshes(broker: Mosquitto, tmp_path: 
                 await asyncio.sleep(0.1)
             assert reg.registered and reg.granted_s == 2 and reg.cseq == 3, (reg.last_status, pbx.errors())
             assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 5) == 0, pbx.errors()
+            # the ledger: SIPp logged the three REGISTERs, and no INVITE (nothing was dialled)
+            assert len(_received(pbx.messages(), "REGISTER ")) >= 3
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.compared == 0 and seen.wire == 0
 
 
 def _dial(contact: str = "k", campaign: str = "v", **extra: Any) -> dict[str, Any]:
@@ -280,6 +294,8 @@ async def test_proxy_challenge_with_sha256_is_answered_with_the_right_digest(bro
             await b.wait_for(lambda: b.final("v", "k"), timeout=15)
             assert b.unique("v", "k")[-1]["status"] == "completed_without_answer"
             assert b.unique("v", "k")[-1]["signal"]["sip_code"] == 486
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1  # the challenged INVITE and its retry: one Call-ID
         assert pbx.proc is not None and pbx.proc.wait(5) == 0, pbx.errors()
         invites = _received(pbx.messages(), "INVITE ")
     assert len(invites) == 2
@@ -310,6 +326,8 @@ async def test_no_response_at_all_ends_on_timer_b(broker: Mosquitto, tmp_path: P
             assert last["status"] == "dial_failed"
             assert last["signal"]["kind"] == "failed" and last["signal"]["sip_code"] is None
             assert "Timer B" in last["signal"]["reason"] and 3.0 <= took <= 6.0
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1  # Timer A retransmissions are the same INVITE
         invites = _received(pbx.messages(), "INVITE ")
     assert len(invites) >= 5  # the INVITE and its Timer A retransmissions (T1, 2T1, 4T1, ...)
 
@@ -325,6 +343,8 @@ async def test_blind_transfer_to_connect_to_connects_the_predictive_call(broker:
             assert events[3]["signal"]["kind"] == "connected" and events[3]["signal"]["sip_code"] == 200
             assert events[-1]["signal"]["transfer"] == "ok"
             assert app.recorder.call_transfers.labels("ok")._value.get() == 1
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1  # the REFER starts no INVITE of ours
         assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
 
 
@@ -368,6 +388,8 @@ async def test_prompt_is_played_as_rtp_in_the_answered_codec_then_hung_up(broker
                 events = b.unique("v", "k")
                 assert [e["status"] for e in events] == ["initial", "calling", "call_in_progress", "success"]
                 assert events[-1]["signal"]["kind"] == "hangup" and 0.45 <= events[-1]["signal"]["duration_s"] <= 1.5
+                seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+                assert seen.attempts == 1 and seen.wire == 1  # the refused dial put nothing on the wire
             assert pbx.proc is not None and pbx.proc.wait(5) == 0, pbx.errors()
     finally:
         transport.close()
@@ -395,6 +417,8 @@ async def test_sip_over_tcp(scenario: str, statuses: list[str], broker: Mosquitt
             await b.send("dial", _dial())
             await b.wait_for(lambda: b.final("v", "k"), timeout=15)
             assert [e["status"] for e in b.unique("v", "k")] == statuses
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.attempts == 1 and seen.wire == 1
         assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import ledger
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.pbx import Baresip, Kamailio
@@ -62,6 +63,9 @@ async def test_registered_call_through_kamailio_to_baresip_plays_the_prompt(brok
             assert events[2]["signal"]["sip_code"] == 200
             end = events[-1]["signal"]
             assert end["kind"] == "hangup" and 0.9 <= end["duration_s"] <= 3.0
+            # the ledger: Kamailio logged one initial INVITE (one Call-ID) from telgate to the number
+            seen = await ledger.check(b, "voice", ledger.kamailio_invites(kam.log, from_user="telgate"))
+            assert seen.attempts == 1 and seen.wire == 1
         assert kam.logged(f"authenticated INVITE from telgate to {NUMBER}")  # the proxy challenge was answered
         text = phone.text()
         assert "Call established" in text or "call established" in text, text[-2000:]
@@ -81,4 +85,8 @@ async def test_blind_transfer_through_kamailio_to_an_operator_line(broker: Mosqu
                 -3000:
             ]
             assert events[3]["signal"]["kind"] == "connected" and events[-1]["signal"]["transfer"] == "ok"
+            # the ledger: one INVITE of ours to the number; baresip's INVITE to the operator (From: the
+            # number, after our REFER) is not telgate's and is not counted
+            seen = await ledger.check(b, "voice", ledger.kamailio_invites(kam.log, from_user="telgate"))
+            assert seen.attempts == 1 and seen.wire == 1
         assert kam.logged(f"authenticated INVITE from {NUMBER} to operator")  # baresip followed our REFER
