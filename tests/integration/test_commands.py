@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from gateway.domain.statuses import Channel
 from gateway.wire import CampaignStatusEvent, CommandResult, ContactStatusEvent
 from tests.support.broker import Mosquitto
-from tests.support.harness import Backend, backend, gateway, settings_for
+from tests.support.harness import Backend, backend, gateway, scripted, scripted_ledger, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def assert_in_order(b: Backend, campaign: str, contact: str) -> None:
 
 
 async def test_voice_and_whatsapp_flows_with_spec_payloads(broker: Mosquitto, tmp_path: Path) -> None:
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         await b.send("dial", dial("d1", "ok", "+420601234560", meta={"crm_id": "A-17"}, profile="tovie"))
         await b.send("dial", dial("d2", "busy", "+420601234561", policy={"max_attempts": 2, "delays_s": [0.1]}))
         await b.send("dial", dial("d3", "bad", "not a number"))
@@ -99,10 +100,17 @@ async def test_voice_and_whatsapp_flows_with_spec_payloads(broker: Mosquitto, tm
             CampaignStatusEvent.model_validate(c)
         assert {r["command_id"] for r in b.results if r["accepted"]} == {"d1", "d2", "d3", "d4", "s1"}
         assert any(c["campaign_id"] == "spring" and c["status"] == "in_progress" for c in b.campaigns)
+        # the wire ledger (SPEC §9): ok 1 + busy 2 (a retry) + nonum 1 (dialled, 404) dials; `bad` never
+        # reached the port (invalid_record before a dial); one WhatsApp send
+        voice = await scripted_ledger(b, app, Channel.VOICE)
+        assert (voice.compared, voice.attempts, voice.wire) == (4, 4, 4)
+        assert ("spring", "bad") not in {(c, k) for c, k, _ in scripted(app, Channel.VOICE).started}
+        wa = await scripted_ledger(b, app, Channel.WHATSAPP)
+        assert (wa.compared, wa.attempts, wa.wire) == (1, 1, 1)
 
 
 async def test_idempotent_command_and_response_topic(broker: Mosquitto, tmp_path: Path) -> None:
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         for _ in range(2):
             await b.send(
                 "dial", dial("same", "k", "+420601234560"), response_topic="backend/replies", correlation=b"corr-1"
@@ -116,10 +124,12 @@ async def test_idempotent_command_and_response_topic(broker: Mosquitto, tmp_path
         await b.send("dial", dial("again", "k", "+420601234560"))
         await b.wait_for(lambda: b.result("again") is not None)
         assert b.result("again")["error"]["code"] == "contact_final"  # type: ignore[index]
+        seen = await scripted_ledger(b, app, Channel.VOICE)  # the duplicate and the late dial dialled nothing
+        assert seen.attempts == 1 and seen.wire == 1
 
 
 async def test_cancel_remove_blacklist_busy(broker: Mosquitto, tmp_path: Path) -> None:
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         await b.send("dial", dial("r1", "ringing", "+420601234566"))  # rings until cancelled
         await b.wait_for(lambda: "calling" in b.statuses("spring", "ringing"))
         await b.send("dial", dial("r2", "ringing", "+420601234566"))
@@ -143,10 +153,17 @@ async def test_cancel_remove_blacklist_busy(broker: Mosquitto, tmp_path: Path) -
         await b.send("dial", dial("b2", "unlisted", "+420601234560"))
         await b.wait_for(lambda: b.final("spring", "unlisted"))
         assert b.statuses("spring", "unlisted")[-1] == "success"
+        # the wire ledger (SPEC §9): `ringing` dialled once (the second dial was refused as busy), the
+        # blacklisted contact never, the one dialled after the number left the blacklist once
+        seen = await scripted_ledger(b, app, Channel.VOICE)
+        assert (seen.compared, seen.attempts, seen.wire) == (3, 2, 2)
+        dialled = Counter((c, k) for c, k, _ in scripted(app, Channel.VOICE).started)
+        assert dialled == {("spring", "ringing"): 1, ("spring", "unlisted"): 1}
+        assert dialled[("spring", "listed")] == 0
 
 
 async def test_campaign_lifecycle_pause_resume_finish(broker: Mosquitto, tmp_path: Path) -> None:
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         camp = {"campaign_id": "autumn"}
         await b.send("campaign", {"command_id": "cc", **camp, "action": "create", "budget": {"max_contacts": 2}})
         await b.send("dial", dial("a1", "k1", "+420601234560", campaign="autumn"))
@@ -174,10 +191,16 @@ async def test_campaign_lifecycle_pause_resume_finish(broker: Mosquitto, tmp_pat
         await b.send("campaign", {"command_id": "cr2", **camp, "action": "resume"})
         await b.wait_for(lambda: b.result("cr2") is not None)
         assert b.result("cr2")["error"]["code"] == "campaign_finished"  # type: ignore[index]
+        # the wire ledger (SPEC §9): k1 and k2 dialled once each; k3 (over max_contacts) and k4 (a preview
+        # cancelled by the finish) never — a draft, a paused campaign and the budget dial nothing
+        seen = await scripted_ledger(b, app, Channel.VOICE)
+        assert (seen.compared, seen.attempts, seen.wire) == (4, 2, 2)
+        dialled = Counter(k for _, k, _ in scripted(app, Channel.VOICE).started)
+        assert dialled == {"k1": 1, "k2": 1} and dialled["k3"] == dialled["k4"] == 0
 
 
 async def test_operator_preview_flow(broker: Mosquitto, tmp_path: Path) -> None:
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         await b.send("dial", dial("p1", "pv", "+420601234560", mode="preview", bcw_s=0.3, wrapup=True))
         op = {"campaign_id": "spring", "contact_id": "pv"}
         await b.send("operator", {"command_id": "o1", **op, "signal": "assigned", "operator_id": "op-7"})
@@ -197,10 +220,15 @@ async def test_operator_preview_flow(broker: Mosquitto, tmp_path: Path) -> None:
         await b.send("operator", {"command_id": "o4", **op, "signal": "connected"})
         await b.wait_for(lambda: b.result("o4") is not None)
         assert b.result("o4")["error"]["code"] == "illegal_transition"  # type: ignore[index]
+        seen = await scripted_ledger(b, app, Channel.VOICE)  # dialled once, after bcw
+        assert seen.attempts == 1 and seen.wire == 1
 
 
 async def test_channel_disabled_when_not_configured(broker: Mosquitto, tmp_path: Path) -> None:
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path), channels=(Channel.VOICE,)):
+    async with (
+        backend(broker.url) as b,
+        gateway(settings_for(broker.url, tmp_path), channels=(Channel.VOICE,)) as app,
+    ):
         await b.send(
             "send",
             {
@@ -214,6 +242,11 @@ async def test_channel_disabled_when_not_configured(broker: Mosquitto, tmp_path:
         await b.wait_for(lambda: b.result("s1") is not None)
         assert b.result("s1")["error"]["code"] == "channel_disabled"  # type: ignore[index]
         assert not b.events
+        # nothing reached a port: there is no WhatsApp port, and the voice port carried out nothing
+        assert Channel.WHATSAPP not in app.ports
+        for channel in Channel:
+            seen = await scripted_ledger(b, app, channel, patience_s=0.5)
+            assert (seen.compared, seen.attempts, seen.wire) == (0, 0, 0)
 
 
 BAD: list[tuple[str, bytes, str, str | None]] = [
@@ -247,7 +280,7 @@ BAD: list[tuple[str, bytes, str, str | None]] = [
 
 
 async def test_bad_input_is_rejected_naming_the_field_and_changes_nothing(broker: Mosquitto, tmp_path: Path) -> None:
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         for kind, payload, _, _ in BAD:
             await b.send(kind, payload)
         await b.wait_for(lambda: len(b.results) == len(BAD))
@@ -257,12 +290,14 @@ async def test_bad_input_is_rejected_naming_the_field_and_changes_nothing(broker
         assert not b.events and not b.campaigns  # nothing changed
         await b.send("dial", dial("fine", "k", "+420601234560"))  # and the service is still up
         await b.wait_for(lambda: b.final("spring", "k"))
+        seen = await scripted_ledger(b, app, Channel.VOICE)  # only the good dial reached the port
+        assert (seen.compared, seen.attempts, seen.wire) == (1, 1, 1)
 
 
 async def test_planned_campaign_starts_on_its_timer_and_talk_budget_pauses(broker: Mosquitto, tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         start_at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
         camp = {"campaign_id": "later"}
         await b.send(
@@ -280,3 +315,7 @@ async def test_planned_campaign_starts_on_its_timer_and_talk_budget_pauses(broke
         await b.send("campaign", {"command_id": "p2", **camp, "action": "resume"})
         await b.wait_for(lambda: b.result("p2") is not None)
         assert b.result("p2")["error"]["code"] == "budget_spent"  # type: ignore[index]
+        # the wire ledger (SPEC §9): nothing was dialled before the timer; then the three queued contacts
+        # were dialled together (at 1000/s, before any scripted call ended) — once each, none after the pause
+        seen = await scripted_ledger(b, app, Channel.VOICE)
+        assert (seen.compared, seen.attempts, seen.wire) == (3, 3, 3)

@@ -13,8 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.domain.statuses import Channel
 from tests.support.broker import Mosquitto, free_port
-from tests.support.harness import backend, gateway, settings_for
+from tests.support.harness import backend, gateway, scripted_ledger, settings_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,8 @@ async def test_readyz_follows_the_bus_and_read_api(broker: Mosquitto, tmp_path: 
     async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         await b.send("dial", {"command_id": "d1", "campaign_id": "c", "contact_id": "k", "phone": "+420601234560"})
         await b.wait_for(lambda: b.final("c", "k"))
+        seen = await scripted_ledger(b, app, Channel.VOICE)  # the wire ledger (SPEC §9): one dial, one attempt
+        assert (seen.compared, seen.attempts, seen.wire) == (1, 1, 1)
         base = f"http://127.0.0.1:{app.http_port}"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/v1/campaigns/c/contacts/k") as r:
@@ -132,7 +135,7 @@ async def test_readyz_follows_the_bus_and_read_api(broker: Mosquitto, tmp_path: 
 
 async def test_watch_shows_contacts_per_status_from_the_bus(broker: Mosquitto, tmp_path: Path) -> None:
     env = {**os.environ, "TELGATE_BUS__URL": broker.url, "COLUMNS": "160"}
-    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)):
+    async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
         watch = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -154,3 +157,6 @@ async def test_watch_shows_contacts_per_status_from_the_bus(broker: Mosquitto, t
         assert watch.returncode == 0, err.decode()
         text = out.decode()
         assert "watched" in text and "success=2" in text and "invalid_record=1" in text
+        # the wire ledger (SPEC §9): three dials — the …4 number was dialled too (a 404 made it invalid_record)
+        seen = await scripted_ledger(b, app, Channel.VOICE)
+        assert (seen.compared, seen.attempts, seen.wire) == (3, 3, 3)

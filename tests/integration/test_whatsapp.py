@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from tests.conftest import CORPORA
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend
-from tests.support.wa import SECRET, VERIFY, send, wa_rig
+from tests.support.wa import SECRET, VERIFY, send, wa_ledger, wa_rig
 from whatsapp.standin import Scenario
 from whatsapp.webhook import signature
 
@@ -101,6 +102,12 @@ async def test_every_row_of_the_signal_table(broker: Mosquitto, tmp_path: Path) 
         assert gap.total_seconds() >= 86_400
         bodies = {s.to: s for s in standin.sent}
         assert bodies["420601000001"].callback_data == "wa/k0/1"
+        # the wire ledger (SPEC §9): every send request the stand-in received, refused ones included, is an
+        # attempt in the events — one per row, two for the rows retried after 130429 and 503 (k6, k7)
+        seen = await wa_ledger(b, standin)
+        assert (seen.compared, seen.attempts, seen.wire) == (len(ROWS), len(ROWS) + 2, len(ROWS) + 2)
+        per_contact = Counter((s.callback_data or "").rsplit("/", 1)[0] for s in standin.received)
+        assert per_contact["wa/k6"] == per_contact["wa/k7"] == 2
 
 
 async def test_account_error_pauses_the_campaign(broker: Mosquitto, tmp_path: Path) -> None:
@@ -108,7 +115,7 @@ async def test_account_error_pauses_the_campaign(broker: Mosquitto, tmp_path: Pa
         "420601000020": Scenario(send_error=(401, 190)),
         "420601000021": Scenario(statuses=NO_HOOKS, errors_after_s=0.05, error_code=131031),
     }
-    async with backend(broker.url) as b, wa_rig(broker.url, tmp_path, scenarios):
+    async with backend(broker.url) as b, wa_rig(broker.url, tmp_path, scenarios) as (_app, standin):
         await b.send("send", send("a1", "k1", "420601000020", campaign="acct"))
         await b.wait_for(lambda: b.final("acct", "k1"))
         assert b.statuses("acct", "k1")[-1] == "error"
@@ -119,6 +126,8 @@ async def test_account_error_pauses_the_campaign(broker: Mosquitto, tmp_path: Pa
         # value-level (account) errors in a webhook pause the campaigns sending through the account
         await b.send("send", send("a2", "k2", "420601000021", campaign="acct2"))
         await b.wait_for(lambda: any(c["status"] == "paused" for c in b.campaigns if c["campaign_id"] == "acct2"))
+        seen = await wa_ledger(b, standin)  # one send each: the 190 is not retried
+        assert (seen.compared, seen.attempts, seen.wire) == (2, 2, 2)
 
 
 async def test_ambiguous_timeout_is_never_resent_blindly(broker: Mosquitto, tmp_path: Path) -> None:
@@ -144,6 +153,10 @@ async def test_ambiguous_timeout_is_never_resent_blindly(broker: Mosquitto, tmp_
         await b.wait_for(lambda: b.final("wa", "silent"), timeout=10)
         assert b.statuses("wa", "silent") == ["initial", "in_progress", "error"]
         assert b.by_contact[("wa", "silent")][-1]["signal"]["kind"] == "ambiguous"
+        # the wire ledger (SPEC §9): both requests were written and reached the stand-in before the client
+        # gave up on the response — an ambiguous timeout is an attempt the peer did see, and none was resent
+        seen = await wa_ledger(b, standin)
+        assert (seen.compared, seen.attempts, seen.wire) == (2, 2, 2)
 
 
 async def post(app_port: int, body: bytes, sig: str | None, **headers: str) -> aiohttp.ClientResponse:
@@ -200,6 +213,8 @@ async def test_webhook_security_and_bad_input(broker: Mosquitto, tmp_path: Path)
                 assert r.headers["Content-Type"].startswith("text/plain")
             async with http.get(base, params={**q, "hub.verify_token": "wrong"}) as r:
                 assert r.status == 403
+        seen = await wa_ledger(b, standin)  # the forged and bad webhooks sent nothing more
+        assert (seen.compared, seen.attempts, seen.wire) == (1, 1, 1)
 
 
 async def test_duplicates_out_of_order_and_a_1000_status_batch(broker: Mosquitto, tmp_path: Path) -> None:
@@ -233,6 +248,8 @@ async def test_duplicates_out_of_order_and_a_1000_status_batch(broker: Mosquitto
         assert sum(len(b.by_contact[("batch", f"b{i}")]) for i in range(n)) == 3 * n
         too_many = json.dumps(standin.envelope([{"statuses": statuses + statuses[:1]}])).encode()
         assert (await post(app.http_port, too_many, signature(SECRET.encode(), too_many))).status == 413
+        seen = await wa_ledger(b, standin)  # the wire ledger (SPEC §9): one send per contact, never resent
+        assert (seen.compared, seen.attempts, seen.wire) == (n + 1, n + 1, n + 1)
 
 
 # real-world status payloads, grouped by the message id they carry (library fixtures reuse ids), posted in
@@ -326,6 +343,8 @@ async def test_real_world_webhook_payloads(broker: Mosquitto, tmp_path: Path) ->
         errors = (folder / "nyaruka__courier__value-level-errors-code-0.json").read_bytes()
         assert (await post(app.http_port, errors, signature(SECRET.encode(), errors))).status == 200
         await b.wait_for(lambda: any(c["status"] == "paused" for c in b.campaigns))
+        seen = await wa_ledger(b, standin)  # the wire ledger (SPEC §9): one send per group's contact
+        assert (seen.compared, seen.attempts, seen.wire) == (len(groups), len(groups), len(groups))
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.http_port}/metrics") as r:
             text = await r.text()
         assert 'telgate_whatsapp_webhooks_total{result="unknown_status"} 2.0' in text
@@ -347,6 +366,9 @@ async def test_pair_limit_one_send_per_number_per_6_s(broker: Mosquitto, tmp_pat
         other = next(s.at for s in standin.sent if s.to == "420601000061")
         assert to_pair[1] - to_pair[0] >= 5.95
         assert other - to_pair[0] < 1.0  # another number is not held back
+        # the wire ledger (SPEC §9): the held-back contact was sent once, when its turn came — not twice
+        seen = await wa_ledger(b, standin)
+        assert (seen.compared, seen.attempts, seen.wire) == (3, 3, 3)
 
 
 async def test_gateway_killed_between_send_and_webhooks(broker: Mosquitto, tmp_path: Path) -> None:
@@ -428,6 +450,9 @@ async def test_gateway_killed_between_send_and_webhooks(broker: Mosquitto, tmp_p
                 assert await standin.post_webhook(again) == 200
                 await asyncio.sleep(0.3)
                 assert len(b.by_contact[("wa", "k")]) == received
+                # the wire ledger (SPEC §9): the restarted gateway did not send the template again
+                seen = await wa_ledger(b, standin)
+                assert (seen.compared, seen.attempts, seen.wire) == (1, 1, 1)
         finally:
             if proc.poll() is None:
                 proc.send_signal(sig.SIGTERM)

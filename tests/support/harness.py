@@ -19,6 +19,7 @@ from gateway.app import App
 from gateway.config import Settings, load_settings
 from gateway.domain.statuses import Channel
 
+from . import ledger
 from .broker import free_port
 from .scripted import ScriptedPort
 
@@ -190,3 +191,17 @@ async def gateway(
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+async def scripted_ledger(b: Backend, app: App, channel: Channel, patience_s: float = 10.0) -> ledger.Comparison:
+    """The wire ledger of a gateway() with scripted ports: the dials/sends the port carried out, per contact,
+    against the attempts in the events `b` received (SPEC §9). Zero on both sides when the channel has no port."""
+    started = scripted(app, channel).started if channel in app.ports else []
+    return await ledger.check(b, channel.value, ledger.scripted_started(started), by="contact", patience_s=patience_s)
+
+
+def scripted(app: App, channel: Channel) -> ScriptedPort:
+    """The scripted port gateway() added for `channel`."""
+    port = app.ports[channel]
+    assert isinstance(port, ScriptedPort), f"the {channel} port is not scripted"
+    return port

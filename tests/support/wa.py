@@ -10,7 +10,8 @@ from typing import Any
 from gateway.app import App
 from whatsapp.standin import Scenario, StandIn
 
-from .harness import gateway, settings_for
+from . import ledger
+from .harness import Backend, gateway, settings_for
 
 TOKEN = "EAAG-test-token"
 SECRET = "app-secret-for-tests"
@@ -57,3 +58,11 @@ async def wa_rig(
         async with gateway(settings, channels=()) as app:
             standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
             yield app, standin
+
+
+async def wa_ledger(b: Backend, standin: StandIn, patience_s: float = 10.0) -> ledger.Comparison:
+    """The wire ledger of the Cloud API stand-in: every send request it received (errors included), per
+    contact from its `biz_opaque_callback_data`, against the attempts entering `in_progress` (SPEC §9)."""
+    return await ledger.check(
+        b, "whatsapp", ledger.standin_sends(standin.received), by="contact", patience_s=patience_s
+    )
