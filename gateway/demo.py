@@ -6,6 +6,9 @@ Everything runs on loopback in a temporary folder: SQLite, a local Mosquitto (th
 when it is installed; otherwise the embedded broker of the `demo` extra, amqtt, which speaks MQTT 3.1.1
 — the gateway then runs its bus on 3.1.1), real SIP over UDP to `sip/pbxsim.py`, real HTTP to
 `whatsapp/standin.py` with signed webhooks back to the gateway.
+
+At its end the demo checks the wire ledger (SPEC §9): the INVITEs the PBX simulator received per number and
+the send requests the stand-in received per contact must equal the attempts in the events it collected.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import getpass
 import json
 import logging
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,7 @@ from .config import Settings, load_settings
 from .domain.statuses import STATUSES, Channel, is_final
 from .logs import JsonFormatter
 from .watch import Tally
+from .whatsapp_channel import parse_callback
 
 FINAL_STATUSES = frozenset(s.value for ch in Channel for s in STATUSES[ch] if is_final(ch, s))
 TOKEN, SECRET, VERIFY = "demo-access-token", "demo-app-secret", "demo-verify-token"
@@ -148,6 +154,84 @@ def whatsapp_scenarios(numbers: list[str], speed: float, seed: int) -> dict[str,
     return out
 
 
+# -- the wire ledger -----------------------------------------------------------------------------------
+Key = tuple[str, str]
+
+
+@dataclass
+class Contacted:
+    """One contact as the events tell it: its channel, its number, the attempts that entered
+    `calling` / `in_progress`."""
+
+    channel: str
+    phone: str
+    attempts: set[int] = field(default_factory=set)
+
+
+def _digits(number: str) -> str:
+    return re.sub(r"\D", "", number)
+
+
+def wire_ledger(contacts: dict[Key, Contacted], invites: Counter[str], sends: list[str | None]) -> dict[str, Any]:
+    """Compare what the peers received with the events (SPEC §9): INVITEs (distinct Call-IDs) per dialled
+    number against the voice attempts of the contacts with that number; Cloud API send requests per
+    contact and attempt (their `biz_opaque_callback_data`) against the WhatsApp attempts. Attempts are
+    1, 2, …, n per contact: a gap is a mismatch too."""
+    voice: Counter[str] = Counter()
+    expected_sends: Counter[tuple[Key, int]] = Counter()
+    mismatches: list[str] = []
+    for key, c in sorted(contacts.items()):
+        if c.attempts and c.attempts != set(range(1, max(c.attempts) + 1)):
+            mismatches.append(f"{key[0]}/{key[1]}: the events skip an attempt: {sorted(c.attempts)}")
+        if c.channel == Channel.VOICE:
+            voice[_digits(c.phone)] += len(c.attempts)
+        else:
+            expected_sends.update((key, a) for a in c.attempts)
+    wire_invites: Counter[str] = Counter()
+    for user, n in invites.items():
+        wire_invites[_digits(user)] += n
+    for number in sorted(set(voice) | set(wire_invites)):
+        if voice[number] != wire_invites[number]:
+            mismatches.append(
+                f"voice +{number}: the events show {voice[number]} attempt(s), the PBX received "
+                f"{wire_invites[number]} INVITE(s)"
+            )
+    wire_sends: Counter[tuple[Key, int]] = Counter()
+    for data in sends:
+        parsed = parse_callback(data)
+        wire_sends[parsed if parsed is not None else (("?", str(data)), 0)] += 1
+    for key, attempt in sorted(set(expected_sends) | set(wire_sends)):
+        if expected_sends[(key, attempt)] != wire_sends[(key, attempt)]:
+            mismatches.append(
+                f"whatsapp {key[0]}/{key[1]} attempt {attempt}: the events show {expected_sends[(key, attempt)]}, "
+                f"the Cloud API received {wire_sends[(key, attempt)]} send(s)"
+            )
+    voice_contacts = sum(1 for c in contacts.values() if c.channel == Channel.VOICE)
+    return {
+        "ok": not mismatches,
+        "voice": {
+            "contacts": voice_contacts,
+            "attempts": sum(voice.values()),
+            "invites": sum(wire_invites.values()),
+        },
+        "whatsapp": {
+            "contacts": len(contacts) - voice_contacts,
+            "attempts": sum(expected_sends.values()),
+            "sends": sum(wire_sends.values()),
+        },
+        "mismatches": mismatches,
+    }
+
+
+def ledger_line(wire: dict[str, Any]) -> str:
+    if not wire:
+        return "wire ledger: not checked"
+    invites, sends = wire["voice"]["invites"], wire["whatsapp"]["sends"]
+    if wire["ok"]:
+        return f"wire ledger: {invites} INVITEs / {sends} sends match the events"
+    return f"wire ledger: MISMATCH ({invites} INVITEs / {sends} sends): " + "; ".join(wire["mismatches"])
+
+
 # -- the run -----------------------------------------------------------------------------------------
 @dataclass
 class Summary:
@@ -161,6 +245,7 @@ class Summary:
     readyz_url: str = ""
     broker: str = ""
     seconds: float = 0.0
+    wire: dict[str, Any] = field(default_factory=dict)  # the wire ledger: peers' records against the events
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +263,7 @@ class Summary:
             "readyz": self.readyz_url,
             "broker": self.broker,
             "seconds": round(self.seconds, 1),
+            "wire": self.wire,
         }
 
 
@@ -190,6 +276,7 @@ class _Progress:
         self.calls = CallKpi()
         self.whatsapp = WhatsAppKpi()
         self.seen: set[str] = set()
+        self.contacts: dict[Key, Contacted] = {}  # for the wire ledger
 
     def add(self, event: dict[str, Any]) -> None:
         if event.get("event_id") in self.seen:
@@ -198,6 +285,9 @@ class _Progress:
         key = (str(event["campaign_id"]), str(event["contact_id"]))
         status = str(event["status"])
         previous = event.get("previous_status")
+        contact = self.contacts.setdefault(key, Contacted(str(event["channel"]), str(event.get("phone") or "")))
+        if status == ("calling" if contact.channel == Channel.VOICE else "in_progress"):
+            contact.attempts.add(int(event["attempt"]))
         if event["channel"] == "voice":
             if status == "calling":
                 self.calls.attempts += 1
@@ -258,6 +348,7 @@ def _render(progress: Progress, tasks: dict[str, Any], state: _Progress) -> Grou
 async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7, broker: str = "auto") -> Summary:
     started = time.monotonic()
     summary = Summary(contacts=2 * contacts)
+    state = _Progress()
     voice_numbers = [f"+420601{n:06d}" for n in range(contacts)]
     wa_numbers = [f"420702{n:06d}" for n in range(contacts)]
     with tempfile.TemporaryDirectory(prefix="telgate-demo-") as tmp:
@@ -289,12 +380,17 @@ async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7,
                             speed,
                             console,
                             summary,
+                            state,
                             lambda: standin.outstanding == 0,
                         )
                     finally:
                         stop.set()
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(gateway_task, 30)
+                    # after the gateway stopped: whatever it put on the wire, to the end, is in the peers' records
+                    summary.wire = wire_ledger(
+                        state.contacts, pbx.invites_by_number(), [s.callback_data for s in standin.received]
+                    )
             finally:
                 pbx_transport.close()
     summary.seconds = time.monotonic() - started
@@ -309,12 +405,12 @@ async def _drive(
     speed: float,
     console: Console,
     summary: Summary,
+    state: _Progress,
     webhooks_quiet: Callable[[], bool],
 ) -> None:
     port = int(bus_url.rsplit(":", 1)[1])
     version = aiomqtt.ProtocolVersion.V5 if protocol == 5 else aiomqtt.ProtocolVersion.V311
     n = len(voice_numbers)
-    state = _Progress()
     retry = {"max_attempts": 3, "delays_s": [round(30.0 / speed, 2), round(60.0 / speed, 2)]}
     async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend", protocol=version) as client:
         await client.subscribe("telgate/v1/evt/contact/#", qos=1)
@@ -405,6 +501,7 @@ def print_summary(summary: Summary, console: Console) -> None:
     calls, wa = summary.calls, summary.whatsapp
     console.print(f"voice: {calls.attempts} call attempts, {calls.answered} answered — ASR {calls.asr:.0%}")
     console.print(f"whatsapp: {wa.sent} sent — delivery rate {wa.delivery_rate:.0%}, read rate {wa.read_rate:.0%}")
+    console.print(ledger_line(summary.wire), markup=False, highlight=False)
     console.print(f"the gateway served {summary.metrics_url} and {summary.readyz_url} while it ran")
     console.print("next: `telgate watch` against your own broker, or `telgate run --config telgate.toml`")
 
@@ -423,6 +520,8 @@ def main(contacts: int, speed: float, as_json: bool, broker: str = "auto") -> in
     finally:
         loop.close()
     if as_json:
+        console.print()
+        console.print(ledger_line(summary.wire), markup=False, highlight=False)  # stderr, beside the live view
         print(json.dumps(summary.as_dict()))
     else:
         print_summary(summary, console)

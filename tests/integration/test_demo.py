@@ -1,6 +1,6 @@
 """`telgate demo` as the README's first command runs it (small and fast), on Mosquitto and on the
-embedded MQTT 3.1.1 broker: the final counts add up and every contact settled — final, or (WhatsApp)
-delivered and not read, which SPEC §5.2 does not make final."""
+embedded MQTT 3.1.1 broker: the final counts add up, every contact settled — final, or (WhatsApp)
+delivered and not read, which SPEC §5.2 does not make final — and the peers' records match the events."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def test_demo_runs_both_campaigns_to_the_end(broker: str) -> None:
     assert summary["metrics"].endswith("/metrics") and summary["readyz"].endswith("/readyz")
     expected = "amqtt (embedded, MQTT 3.1.1)" if broker == "embedded" else "mosquitto"
     assert summary["broker"] == expected
+    # the wire ledger (SPEC §9), checked by the demo itself: the INVITEs the PBX simulator received and the
+    # send requests the Cloud API stand-in received are the attempts in the events, contact by contact
+    wire = summary["wire"]
+    assert wire["ok"] and wire["mismatches"] == [], wire
+    voice, whatsapp = wire["voice"], wire["whatsapp"]
+    assert voice["contacts"] == whatsapp["contacts"] == 12, wire
+    assert voice["invites"] == voice["attempts"] == summary["call_attempts"] >= 12, wire
+    assert whatsapp["sends"] == whatsapp["attempts"] >= 12, wire
+    assert f"wire ledger: {voice['invites']} INVITEs / {whatsapp['sends']} sends match the events" in out.stderr
     # the live view went to stderr with the progress bars and the table
     assert "demo-calls" in out.stderr and "contacts per status" in out.stderr
 
