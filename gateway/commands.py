@@ -7,7 +7,8 @@ answered again with the stored result (flagged `duplicate`) and changes nothing.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,13 @@ from .wire import (
     CommandError,
     CommandResult,
     DialCommand,
+    DialEntry,
     OperatorCommand,
     PolicyIn,
+    RefusedContact,
     RemoveCommand,
     SendCommand,
+    SendEntry,
 )
 
 OPERATOR_SIGNALS = {
@@ -116,10 +120,18 @@ def execute(
         return result
     contact_id = getattr(cmd, "contact_id", None)
     error: CommandError | None = None
+    intake: Intake | None = None
     try:
-        _apply(unit, cmd, ctx)
+        intake = _apply(unit, cmd, ctx)
     except _No as no:
         error = no.error
+    counts: dict[str, Any] = {}
+    if intake is not None and getattr(cmd, "contacts", None) is not None:
+        counts = {
+            "contacts_accepted": intake.accepted,
+            "contacts_invalid": intake.invalid,
+            "contacts_refused": intake.refused,
+        }
     result = CommandResult(
         command_id=cmd.command_id,
         kind=cmd.kind,
@@ -129,6 +141,7 @@ def execute(
         error=error,
         gateway_id=gateway_id,
         occurred_at=unit.now,
+        **counts,
     )
     unit.txn.put_command(cmd.command_id, result.model_dump_json(by_alias=True).encode())
     publish_result(unit, result, response_topic, correlation)
@@ -152,10 +165,10 @@ def _refused(code: str | None, what: str) -> None:
         )
 
 
-def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> None:
+def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> Intake | None:
     match cmd:
         case DialCommand() | SendCommand():
-            _create(unit, cmd, ctx)
+            return _create(unit, cmd, ctx)
         case CancelCommand(campaign_id=campaign_id, contact_id=contact_id):
             if contact_id is not None:
                 d = unit.apply((campaign_id, contact_id), Signal(Kind.CANCEL, {"source": "admin", "kind": "cancel"}))
@@ -186,9 +199,20 @@ def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> None:
             _refused(d.refused, "operator")
             if d.illegal:
                 raise _No("illegal_transition", "signal", f"operator signal not allowed now: {d.illegal}")
+    return None
 
 
-def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> None:
+@dataclass
+class Intake:
+    """What a `dial`/`send` did, contact by contact (a single-contact command is a bulk of one)."""
+
+    accepted: int = 0
+    invalid: int = 0
+    refused: list[RefusedContact] = field(default_factory=list)
+
+
+def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> Intake:
+    """Create the command's contacts in this transaction; what is wrong with one contact refuses that one."""
     channel = Channel.VOICE if isinstance(cmd, DialCommand) else Channel.WHATSAPP
     if channel not in ctx.enabled:
         raise _No("channel_disabled", "kind", f"the {channel} channel is not configured on this gateway")
@@ -198,38 +222,61 @@ def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> 
     policy = merge_policy(ctx.default_policy, cmd.policy)
     if policy.ring_timeout_s is None and channel is Channel.VOICE:
         policy = policy.model_copy(update={"ring_timeout_s": ctx.ring_timeout_s})
-    phone = normalise(cmd.phone, ctx.default_region)
-    fields: dict[str, Any] = {}
+    shared: dict[str, Any] = {"channel": channel, "policy": policy, "profile": cmd.profile}
     if isinstance(cmd, DialCommand):
-        if cmd.prompt is not None:
-            problem = prompt_problem(ctx.prompts_dir, cmd.prompt)
-            if problem is not None:
-                raise _No("invalid_prompt", "prompt", problem)
-        fields = {
-            "mode": cmd.mode,
-            "wrapup": cmd.wrapup,
-            "bcw_s": cmd.bcw_s,
-            "connect_to": cmd.connect_to,
-            "prompt": cmd.prompt,
-        }
+        shared |= {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s}
     else:
-        fields = {"template": cmd.template.model_dump()}
-    state = ContactState(
-        campaign_id=cmd.campaign_id,
-        contact_id=cmd.contact_id,
-        channel=channel,
-        policy=policy,
-        profile=cmd.profile,
-        phone_raw=cmd.phone,
-        meta=cmd.meta,
-        **fields,
-    )
-    d = unit.apply((cmd.campaign_id, cmd.contact_id), Signal(Kind.CREATE, phone=phone), create=state)
+        shared["template"] = cmd.template.model_dump()
+    bulk = cmd.contacts is not None
+    intake = Intake()
+    entries: Sequence[DialEntry | SendEntry] = cmd.entries()
+    for index, entry in enumerate(entries):
+        where = f"contacts[{index}]." if bulk else ""
+        try:
+            invalid = _create_one(unit, cmd, entry, shared, ctx, where)
+        except _No as no:
+            if not bulk:
+                raise
+            intake.refused.append(
+                RefusedContact(
+                    contact_id=entry.contact_id, code=no.error.code, field=no.error.field, message=no.error.message
+                )
+            )
+            continue
+        intake.accepted += 1
+        intake.invalid += invalid
+    return intake
+
+
+def _create_one(
+    unit: Unit,
+    cmd: DialCommand | SendCommand,
+    entry: DialEntry | SendEntry,
+    shared: dict[str, Any],
+    ctx: CommandContext,
+    where: str,
+) -> bool:
+    """One contact: `initial` (or `invalid_record` for a bad number); True when its number is invalid."""
+    fields = dict(shared)
+    if isinstance(entry, DialEntry):
+        assert isinstance(cmd, DialCommand)
+        prompt = entry.prompt if entry.prompt is not None else cmd.prompt
+        if prompt is not None:
+            problem = prompt_problem(ctx.prompts_dir, prompt)
+            if problem is not None:
+                raise _No("invalid_prompt", f"{where}prompt", problem)
+        fields |= {"connect_to": entry.connect_to or cmd.connect_to, "prompt": prompt}
+    key = (cmd.campaign_id, entry.contact_id)
+    phone = normalise(entry.phone, ctx.default_region)
+    meta = entry.meta if entry.meta is not None else cmd.meta
+    state = ContactState(campaign_id=key[0], contact_id=key[1], phone_raw=entry.phone, meta=meta, **fields)
+    d = unit.apply(key, Signal(Kind.CREATE, phone=phone), create=state)
     if d.refused:
-        existing = unit.txn.get_contact((cmd.campaign_id, cmd.contact_id))
-        if existing is not None and existing.channel is not channel:
-            raise _No("contact_busy", "contact_id", f"contact exists on the {existing.channel} channel")
-        _refused(d.refused, cmd.kind)
+        existing = unit.txn.get_contact(key)
+        if existing is not None and existing.channel is not state.channel:
+            raise _No("contact_busy", f"{where}contact_id", f"contact exists on the {existing.channel} channel")
+        raise _No(d.refused, f"{where}contact_id", f"{cmd.kind}: {d.refused}")
+    return phone is None
 
 
 def _campaign(unit: Unit, cmd: CampaignCommand) -> None:

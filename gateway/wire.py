@@ -23,6 +23,9 @@ from .domain.state import Mode
 from .domain.statuses import CampaignStatus, Channel, Profile, Status
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_BULK_PAYLOAD_BYTES = 1024 * 1024  # a bulk dial/send (SPEC §4)
+MAX_BULK_CONTACTS = 1000
+BULK_KINDS = frozenset({"dial", "send"})
 MAX_META_BYTES = 4 * 1024
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -53,10 +56,50 @@ class _Command(_Strict):
     _meta = field_validator("meta")(_check_meta)
 
 
-class DialCommand(_Command):
-    kind: Literal["dial"] = "dial"
+class _Entry(_Strict):
+    """One contact of a bulk `dial`/`send`: its own id, number and meta; every other field is the command's."""
+
     contact_id: Id
     phone: str = Field(max_length=64)
+    meta: dict[str, Any] | None = None
+
+    _meta = field_validator("meta")(_check_meta)
+
+
+class DialEntry(_Entry):
+    connect_to: str | None = Field(None, max_length=512)
+    prompt: str | None = Field(None, max_length=256)
+
+
+class SendEntry(_Entry):
+    pass
+
+
+class _ContactsCommand(_Command):
+    """A `dial`/`send` names one contact (`contact_id`, `phone`) or carries `contacts` (bulk), not both."""
+
+    contact_id: Id | None = None
+    phone: str | None = Field(None, max_length=64)
+
+    def check_shape(self) -> None:
+        contacts = getattr(self, "contacts", None)
+        if contacts is not None:
+            if self.contact_id is not None or self.phone is not None:
+                raise Rejection(
+                    "invalid_field",
+                    "contacts",
+                    "a bulk command carries its contacts in `contacts`, not `contact_id`/`phone` as well",
+                    self.command_id,
+                )
+            return
+        for name in ("contact_id", "phone"):
+            if getattr(self, name) is None:
+                raise Rejection("missing_field", name, "Field required", self.command_id)
+
+
+class DialCommand(_ContactsCommand):
+    kind: Literal["dial"] = "dial"
+    contacts: list[DialEntry] | None = Field(None, min_length=1, max_length=MAX_BULK_CONTACTS)
     mode: Mode = Mode.PROGRESSIVE
     policy: PolicyIn | None = None
     connect_to: str | None = Field(None, max_length=512)
@@ -64,6 +107,13 @@ class DialCommand(_Command):
     bcw_s: float = Field(0.0, ge=0, le=3600)
     profile: Profile = Profile.MLUVII
     prompt: str | None = Field(None, max_length=256)
+
+    def entries(self) -> list[DialEntry]:
+        if self.contacts is not None:
+            return self.contacts
+        assert self.contact_id is not None and self.phone is not None
+        one = DialEntry(contact_id=self.contact_id, phone=self.phone, meta=self.meta)
+        return [one.model_copy(update={"connect_to": self.connect_to, "prompt": self.prompt})]
 
 
 class Template(_Strict):
@@ -73,13 +123,18 @@ class Template(_Strict):
     components: list[dict[str, Any]] = []
 
 
-class SendCommand(_Command):
+class SendCommand(_ContactsCommand):
     kind: Literal["send"] = "send"
-    contact_id: Id
-    phone: str = Field(max_length=64)
+    contacts: list[SendEntry] | None = Field(None, min_length=1, max_length=MAX_BULK_CONTACTS)
     template: Template
     policy: PolicyIn | None = None
     profile: Profile = Profile.MLUVII
+
+    def entries(self) -> list[SendEntry]:
+        if self.contacts is not None:
+            return self.contacts
+        assert self.contact_id is not None and self.phone is not None
+        return [SendEntry(contact_id=self.contact_id, phone=self.phone, meta=self.meta)]
 
 
 class CancelCommand(_Command):
@@ -144,6 +199,15 @@ class CommandError(_Strict):
     message: str
 
 
+class RefusedContact(_Strict):
+    """A contact of a bulk command that was not taken, and why (the others were)."""
+
+    contact_id: str
+    code: str
+    field: str | None = None
+    message: str
+
+
 class CommandResult(_Strict):
     schema_: Literal["telgate.command-result/1"] = Field("telgate.command-result/1", alias="schema")
     command_id: str | None
@@ -153,6 +217,11 @@ class CommandResult(_Strict):
     accepted: bool
     duplicate: bool = False
     error: CommandError | None = None
+    # bulk dial/send: how many contacts were created (of them, how many with an invalid number, which
+    # become `invalid_record`), and each contact that was refused with its code
+    contacts_accepted: int | None = None
+    contacts_invalid: int | None = None
+    contacts_refused: list[RefusedContact] | None = None
     gateway_id: str
     occurred_at: datetime
 
@@ -233,8 +302,9 @@ _CODES = {"missing": "missing_field", "extra_forbidden": "unknown_field"}
 
 def parse_command(kind: str, payload: bytes) -> Command:
     """bytes from `P/v1/cmd/{kind}` → a validated command, or `Rejection` naming the field."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise Rejection("payload_too_large", None, f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    limit = MAX_BULK_PAYLOAD_BYTES if kind in BULK_KINDS else MAX_PAYLOAD_BYTES
+    if len(payload) > limit:
+        raise Rejection("payload_too_large", None, f"payload is {len(payload)} bytes; the limit is {limit}")
     try:
         raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -245,6 +315,14 @@ def parse_command(kind: str, payload: bytes) -> Command:
     model = COMMANDS.get(kind)
     if model is None:
         raise Rejection("unknown_kind", "kind", f"unknown command kind {kind!r}; known: {sorted(COMMANDS)}", command_id)
+    if kind in BULK_KINDS and len(payload) > MAX_PAYLOAD_BYTES and "contacts" not in raw:
+        raise Rejection(
+            "payload_too_large",
+            None,
+            f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES} ({MAX_BULK_PAYLOAD_BYTES} for a bulk"
+            " command with `contacts`)",
+            command_id,
+        )
     if "kind" in raw and raw["kind"] != kind:
         raise Rejection(
             "invalid_field", "kind", f"payload kind {raw['kind']!r} does not match topic kind {kind!r}", command_id
@@ -253,6 +331,17 @@ def parse_command(kind: str, payload: bytes) -> Command:
         cmd: Command = model.model_validate(raw)  # type: ignore[assignment]
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        raise Rejection(_CODES.get(err["type"], "invalid_field"), field, err["msg"], command_id) from exc
+        raise Rejection(
+            _CODES.get(err["type"], "invalid_field"), field_path(err["loc"]), err["msg"], command_id
+        ) from exc
+    if isinstance(cmd, DialCommand | SendCommand):
+        cmd.check_shape()
     return cmd
+
+
+def field_path(loc: tuple[int | str, ...]) -> str | None:
+    """pydantic's error location as a backend writes it: `contacts[516].phone`, `policy.max_attempts`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None

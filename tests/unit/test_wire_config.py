@@ -10,7 +10,7 @@ import pytest
 from gateway.config import ConfigError, load_settings
 from gateway.pacing import TokenBucket
 from gateway.phones import mask, normalise
-from gateway.wire import MAX_PAYLOAD_BYTES, DialCommand, Rejection, parse_command
+from gateway.wire import MAX_BULK_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, DialCommand, Rejection, SendCommand, parse_command
 
 GOOD = {"command_id": "c1", "campaign_id": "camp", "contact_id": "k1", "phone": "+420601234567"}
 
@@ -50,6 +50,48 @@ def test_bad_dial_names_field(payload: bytes | dict[str, object], code: str, fie
 def test_unknown_kind_and_oversize() -> None:
     assert reject("explode", GOOD) == ("unknown_kind", "kind")
     assert reject("dial", b"{" + b" " * MAX_PAYLOAD_BYTES + b"}")[0] == "payload_too_large"
+
+
+BULK = {"command_id": "b1", "campaign_id": "camp", "mode": "predictive"}
+
+
+def entries(n: int) -> list[dict[str, object]]:
+    return [{"contact_id": f"k{i}", "phone": f"+420601{i:06d}"} for i in range(n)]
+
+
+def test_bulk_dial_and_send_share_the_command_fields() -> None:
+    cmd = parse_command("dial", json.dumps({**BULK, "contacts": entries(1000), "prompt": "hi.wav"}).encode())
+    assert isinstance(cmd, DialCommand) and len(cmd.entries()) == 1000 and cmd.mode == "predictive"
+    send = {**BULK, "template": {"name": "t", "language": "cs"}, "contacts": entries(3)}
+    del send["mode"]
+    wa = parse_command("send", json.dumps(send).encode())
+    assert isinstance(wa, SendCommand) and [e.contact_id for e in wa.entries()] == ["k0", "k1", "k2"]
+    single = parse_command("dial", json.dumps(GOOD).encode())
+    assert isinstance(single, DialCommand) and [e.phone for e in single.entries()] == ["+420601234567"]
+
+
+def test_a_malformed_bulk_names_the_entry_and_the_field() -> None:
+    contacts = entries(1000)
+    del contacts[516]["phone"]  # the 517th entry
+    assert reject("dial", {**BULK, "contacts": contacts}) == ("missing_field", "contacts[516].phone")
+    contacts = entries(1000)
+    contacts[9]["contact_id"] = "no/slashes"
+    assert reject("dial", {**BULK, "contacts": contacts}) == ("invalid_field", "contacts[9].contact_id")
+    assert reject("dial", {**BULK, "contacts": entries(1001)}) == ("invalid_field", "contacts")
+    assert reject("dial", {**BULK, "contacts": []}) == ("invalid_field", "contacts")
+    assert reject("dial", {**BULK, "contacts": "everyone"}) == ("invalid_field", "contacts")
+    assert reject("dial", {**BULK, "contacts": entries(2), "contact_id": "k"}) == ("invalid_field", "contacts")
+    assert reject("dial", {**BULK, "contacts": [{"contact_id": "k", "phone": "1", "mode": "x"}]}) == (
+        "unknown_field",
+        "contacts[0].mode",
+    )
+    huge = {
+        **BULK,
+        "contacts": [{"contact_id": f"k{i}", "phone": "1" * 60, "meta": {"x": "y" * 1100}} for i in range(900)],
+    }
+    body = json.dumps(huge).encode()
+    assert len(body) > MAX_BULK_PAYLOAD_BYTES
+    assert reject("dial", body)[0] == "payload_too_large"
 
 
 def test_phone_normalisation() -> None:
