@@ -137,6 +137,8 @@ class Bus:
         if self.cfg.protocol == 5:
             connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             connect_props.SessionExpiryInterval = 3600  # queued commands survive a short gateway outage
+            # without it Mosquitto hands over max_inflight_messages (20) at a time: the batches stay small
+            connect_props.ReceiveMaximum = self.cfg.receive_maximum
             session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": connect_props}
         else:  # MQTT 3.1.1: a persistent session, no properties
             session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}

@@ -70,6 +70,9 @@ class BusSection(_Section):
     ca_file: Path | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
     protocol: Literal[4, 5] = 5  # MQTT 5; 4 = MQTT 3.1.1 for brokers without 5 (no response topics, no $share)
+    # MQTT 5 Receive Maximum: commands the broker may hand over before their PUBACK (each is acknowledged
+    # after its commit); they are decided and committed together. The rest wait in the broker's queue.
+    receive_maximum: int = Field(256, ge=1, le=65535)
 
 
 class HttpSection(_Section):

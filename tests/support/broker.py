@@ -18,6 +18,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "mosquitto.conf"
+
+
+def shipped_limits() -> str:
+    """The queue and packet limits users run (deploy/mosquitto/mosquitto.conf), never looser ones: an
+    unlimited test broker once hid the loss of most of a burst of commands (issue 11)."""
+    text = SHIPPED.read_text()
+    begin, end = text.index("# --- telgate limits: begin"), text.index("# --- telgate limits: end")
+    lines = [ln for ln in text[begin:end].splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert any(ln.startswith("max_queued_messages") for ln in lines), "the shipped limits are missing"
+    return "\n".join(lines) + "\n"
+
+
 class Mosquitto:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.binary = shutil.which("mosquitto") or (
@@ -30,7 +43,7 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nmax_inflight_messages 0\nmax_queued_messages 0\nset_tcp_nodelay true\n"
+            f"persistence_location {workdir}/\nset_tcp_nodelay true\n{shipped_limits()}"
             f"log_dest file {workdir}/mosquitto.log\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             # as root, mosquitto drops to the `mosquitto` user, which cannot write the test's own folder:

@@ -1,0 +1,166 @@
+"""Intake benchmark (issue 11): how fast a campaign upload becomes contacts, single commands vs bulk.
+
+Side by side in one run with its limit: the bare broker's QoS 1 rate (aiomqtt publisher → Mosquitto →
+subscriber, the same window). A contact counts once its `initial` event is on the broker. The gateway
+runs as its own process with the voice channel scripted, every contact waiting in a draft campaign (the
+intake is measured, not the dialling); Mosquitto runs with the shipped limits (deploy/mosquitto).
+
+Then the memory of the queue: the gateway's RSS with 10,000 and with `--queued` contacts waiting (the
+queue lives in the store, so RSS must stay flat).
+
+    python -m bench.ingest [--contacts 20000] [--queued 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from bench.pipeline import bare_baseline, client, publish_all, rss_kib, start_gateway, wait_online
+from tests.support.broker import Mosquitto, free_port
+
+BULK = 1000
+
+
+def dial(campaign: str, i: int) -> dict[str, Any]:
+    return {"contact_id": f"{campaign}-{i}", "phone": f"+420601{i % 1_000_000:06d}"}
+
+
+def single_commands(campaign: str, start: int, n: int) -> list[tuple[str, bytes]]:
+    return [
+        (
+            "telgate/v1/cmd/dial",
+            json.dumps({"command_id": f"{campaign}-{i}", "campaign_id": campaign, **dial(campaign, i)}).encode(),
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def bulk_commands(campaign: str, start: int, n: int) -> list[tuple[str, bytes]]:
+    out = []
+    for first in range(start, start + n, BULK):
+        contacts = [dial(campaign, i) for i in range(first, min(first + BULK, start + n))]
+        cmd = {"command_id": f"{campaign}-b{first}", "campaign_id": campaign, "contacts": contacts}
+        out.append(("telgate/v1/cmd/dial", json.dumps(cmd).encode()))
+    return out
+
+
+async def create_draft(c: aiomqtt.Client, campaign: str) -> None:
+    cmd = {"command_id": f"{campaign}-create", "campaign_id": campaign, "action": "create"}
+    await c.publish("telgate/v1/cmd/campaign", json.dumps(cmd).encode(), qos=1)
+
+
+async def upload(c: aiomqtt.Client, campaign: str, items: list[tuple[str, bytes]], contacts: int) -> float:
+    """Publish `items` (as fast as the window allows) and wait until every contact's `initial` event
+    is on the broker; contacts per second from the first publish."""
+    seen = 0
+    done = asyncio.Event()
+
+    async def collect() -> None:
+        nonlocal seen
+        async for m in c.messages:
+            if str(m.topic).startswith(f"telgate/v1/evt/contact/voice/{campaign}/"):
+                seen += 1
+                if seen >= contacts:
+                    done.set()
+                    return
+
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(collect())
+        await publish_all(c, items)
+        await asyncio.wait_for(done.wait(), 1800)
+    return contacts / (time.perf_counter() - t0)
+
+
+def config(workdir: Path, port: int, name: str) -> Path:
+    cfg = workdir / f"{name}.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "{name}"\ndata_dir = "{workdir / name}"\n'
+        f'[bus]\nurl = "mqtt://127.0.0.1:{port}"\nclient_id = "telgate-{name}"\n'
+        f'[http]\nlisten = "127.0.0.1:{free_port()}"\n[metrics]\ncampaign_label = false\n'
+    )
+    return cfg
+
+
+async def run_rates(port: int, contacts: int, workdir: Path) -> dict[str, float]:
+    proc = start_gateway(config(workdir, port, "gw-ingest"), workdir / "ingest.log")
+    try:
+        async with client(port, "bench-ingest") as c:
+            await c.subscribe("telgate/v1/gateways/+/status", qos=1)
+            await wait_online(c)
+            await c.subscribe("telgate/v1/evt/contact/#", qos=1)
+            for campaign in ("warm", "single", "bulk"):
+                await create_draft(c, campaign)
+            await upload(c, "warm", single_commands("warm", 0, 2000), 2000)
+            single = await upload(c, "single", single_commands("single", 0, contacts), contacts)
+            bulk = await upload(c, "bulk", bulk_commands("bulk", 0, contacts), contacts)
+            return {"single": single, "bulk": bulk, "rss_kib": rss_kib(proc.pid)}
+    finally:  # under BENCH_WRAP (py-spy record … --) the profiler gets SIGINT and writes its profile
+        proc.send_signal(signal.SIGINT if os.environ.get("BENCH_WRAP") else signal.SIGTERM)
+        proc.wait(120)
+
+
+async def run_queued(port: int, queued: int, workdir: Path) -> dict[str, int]:
+    proc = start_gateway(config(workdir, port, "gw-queued"), workdir / "queued.log")
+    marks: dict[str, int] = {}
+    try:
+        async with client(port, "bench-queued") as c:
+            await c.subscribe("telgate/v1/gateways/+/status", qos=1)
+            await wait_online(c)
+            await c.subscribe("telgate/v1/evt/contact/#", qos=1)
+            await create_draft(c, "q")
+            done = 0
+            for target in (10_000, queued):
+                await upload(c, "q", bulk_commands("q", done, target - done), target - done)
+                done = target
+                await asyncio.sleep(2.0)  # let the allocator settle after the burst
+                marks[f"rss_kib_with_{target}_queued"] = rss_kib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(300)
+    return marks
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--contacts", type=int, default=20_000)
+    parser.add_argument("--queued", type=int, default=1_000_000, help="0 to skip the memory phase")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(work / "mosquitto")
+        broker.start()
+        try:
+            rates = await run_rates(broker.port, args.contacts, work)
+            bare = await bare_baseline(broker.port, args.contacts)
+            queued = await run_queued(broker.port, args.queued, work) if args.queued else {}
+        finally:
+            broker.stop()
+    report: dict[str, Any] = {
+        "contacts": args.contacts,
+        "bare_qos1_publishes_per_s": round(bare),
+        "single_contacts_per_s": round(rates["single"]),
+        "single_ratio_to_bare": round(rates["single"] / bare, 3),
+        "bulk_contacts_per_s": round(rates["bulk"]),
+        "bulk_ratio_to_bare": round(rates["bulk"] / bare, 3),
+        "gateway_rss_kib_after": rates["rss_kib"],
+        **queued,
+    }
+    if len(queued) == 2:
+        small, large = queued.values()
+        report["rss_growth_queued"] = round(large / small - 1, 3)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
