@@ -87,12 +87,14 @@ class Bus:
         self._wake.set()
 
     async def stop_accepting(self) -> None:
+        """Take no more commands. The subscription stays with the persistent session, and a command that
+        arrives now is left unacknowledged: the broker keeps both for the next start (a restart in the
+        middle of an upload loses nothing and asks nothing of the backend)."""
         self.accepting = False
         self.state = "draining"
         client = self._client
         if client is not None and self.connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
-                await client.unsubscribe(self._command_filter(), timeout=5)
                 await self._presence(client, "draining")
 
     async def pending(self) -> int:
@@ -208,14 +210,15 @@ class Bus:
 
     # -- commands in -----------------------------------------------------------------------------
     async def _receiver(self, client: aiomqtt.Client) -> None:
-        acks: asyncio.Queue[tuple[asyncio.Future[Any] | None, int, int]] = asyncio.Queue()
+        acks: asyncio.Queue[tuple[asyncio.Future[Any], int, int]] = asyncio.Queue()
 
         async def acker() -> None:
             while True:
                 fut, mid, qos = await acks.get()
-                if fut is not None:
-                    with contextlib.suppress(Exception):
-                        await fut
+                try:
+                    await fut
+                except Exception:  # nothing was committed (the store failed): the broker redelivers it
+                    continue
                 if qos > 0:
                     client._client.ack(mid, qos)
 
@@ -223,6 +226,8 @@ class Bus:
             tg.create_task(acker(), name="bus-acker")
             async for message in client.messages:
                 fut = self._handle(message)
+                if fut is None:  # draining: never acknowledge what was not applied, the broker keeps it
+                    continue
                 acks.put_nowait((fut, message.mid, message.qos))
 
     def _handle(self, message: aiomqtt.Message) -> asyncio.Future[Any] | None:

@@ -304,7 +304,12 @@ def parse_command(kind: str, payload: bytes) -> Command:
     """bytes from `P/v1/cmd/{kind}` → a validated command, or `Rejection` naming the field."""
     limit = MAX_BULK_PAYLOAD_BYTES if kind in BULK_KINDS else MAX_PAYLOAD_BYTES
     if len(payload) > limit:
-        raise Rejection("payload_too_large", None, f"payload is {len(payload)} bytes; the limit is {limit}")
+        raise Rejection(
+            "payload_too_large",
+            None,
+            f"payload is {len(payload)} bytes; the limit is {limit}",
+            _command_id_of(payload) if len(payload) <= 4 * MAX_BULK_PAYLOAD_BYTES else None,
+        )
     try:
         raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -337,6 +342,16 @@ def parse_command(kind: str, payload: bytes) -> Command:
     if isinstance(cmd, DialCommand | SendCommand):
         cmd.check_shape()
     return cmd
+
+
+def _command_id_of(payload: bytes) -> str | None:
+    """The command_id of a payload refused for its size, so the backend can tell which command it was."""
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    cid = raw.get("command_id") if isinstance(raw, dict) else None
+    return cid if isinstance(cid, str) and len(cid) <= 128 else None
 
 
 def field_path(loc: tuple[int | str, ...]) -> str | None:
