@@ -128,7 +128,8 @@ def store_contacts(tmp_path: Path, campaign: str) -> tuple[int, int]:
     try:
         contacts = db.execute("SELECT COUNT(*) FROM contacts WHERE campaign_id=?", (campaign,)).fetchone()[0]
         initial = db.execute(
-            "SELECT COUNT(*) FROM messages WHERE campaign_id=? AND topic != '' AND CAST(payload AS TEXT) LIKE '%\"sequence\":1,%'",
+            "SELECT COUNT(*) FROM messages WHERE campaign_id=? AND topic != ''"
+            " AND CAST(payload AS TEXT) LIKE '%\"sequence\":1,%'",
             (campaign,),
         ).fetchone()[0]
         return int(contacts), int(initial)
