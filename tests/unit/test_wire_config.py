@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_settings
+from gateway.domain.statuses import Channel, Status
 from gateway.pacing import TokenBucket
 from gateway.phones import mask, normalise
-from gateway.wire import MAX_BULK_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, DialCommand, Rejection, SendCommand, parse_command
+from gateway.wire import (
+    MAX_BULK_PAYLOAD_BYTES,
+    MAX_PAYLOAD_BYTES,
+    ContactStatusEvent,
+    DialCommand,
+    Rejection,
+    SendCommand,
+    SignalEvidence,
+    encode_contact_event,
+    parse_command,
+)
 
 GOOD = {"command_id": "c1", "campaign_id": "camp", "contact_id": "k1", "phone": "+420601234567"}
 
@@ -135,3 +149,54 @@ def test_token_bucket_holds_rate() -> None:
     assert 100 <= taken <= 101
     assert b.take(20.0) and not b.take(20.0)
     assert b.wait_s(20.0) == pytest.approx(0.1)
+
+
+_values = st.one_of(
+    st.none(), st.integers(-5, 700), st.floats(0, 1e6, allow_nan=False), st.text(max_size=8), st.booleans()
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.text(min_size=1, max_size=8),
+    sip_code=st.one_of(st.none(), st.integers(100, 699)),
+    reason=st.one_of(st.none(), st.text(max_size=8)),
+    extras=st.dictionaries(st.sampled_from(["duration_s", "transfer", "first", "operator_id"]), _values),
+    meta=st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=5)))),
+    micro=st.integers(0, 999_999),
+    retry=st.booleans(),
+)
+def test_the_fast_event_encoder_writes_what_the_model_writes(
+    kind: str,
+    sip_code: int | None,
+    reason: str | None,
+    extras: dict[str, object],
+    meta: dict[str, object] | None,
+    micro: int,
+    retry: bool,
+) -> None:
+    evidence = {"source": "sip", "kind": kind, "sip_code": sip_code, "reason": reason, **extras}
+    at = datetime(2026, 11, 29, 8, 0, 1, micro, tzinfo=UTC)
+    fields = {
+        "event_id": "0193",
+        "sequence": 3,
+        "occurred_at": at,
+        "gateway_id": "gw",
+        "campaign_id": "c",
+        "contact_id": "k",
+        "channel": Channel.VOICE,
+        "status": Status.RETRY_SCHEDULED,
+        "label": "Retry scheduled",
+        "previous_status": Status.CALLING,
+        "final": False,
+        "attempt": 1,
+        "max_attempts": 3,
+        "retry_at": at if retry else None,
+        "phone": "+420601234567",
+        "meta": meta,
+    }
+    fast = encode_contact_event(**fields, evidence=evidence)  # type: ignore[arg-type]
+    signal = {k: v for k, v in evidence.items() if v is not None}
+    model = ContactStatusEvent(**fields, signal=SignalEvidence(**signal))  # type: ignore[arg-type]
+    assert json.loads(fast) == json.loads(model.model_dump_json(by_alias=True))
+    ContactStatusEvent.model_validate_json(fast)
