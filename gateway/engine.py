@@ -107,7 +107,15 @@ class Unit:
             return decision
         new = decision.state
         owner = self.engine.gateway_id if new.in_flight else None
-        if not self.txn.put_contact(new, before, owner):
+        effects = decision.effects
+        ready: tuple[datetime, int] | None = None
+        if before == 0:  # a new contact takes its place in the queue with its first write
+            for effect in effects:
+                if isinstance(effect, fx.Enqueue):
+                    ready = (effect.ready_at, effect.priority)
+                    self.wake_dispatch = True
+            effects = tuple(e for e in effects if not isinstance(e, fx.Enqueue))
+        if not self.txn.put_contact(new, before, owner, ready):
             raise Conflict(f"{key[0]}/{key[1]} moved past sequence {before}")
         self.wrote = True
         for draft in decision.events:
@@ -119,7 +127,7 @@ class Unit:
                 (str(draft.previous_status) if draft.previous_status else None),
             )
             self.notes.append(functools.partial(rec.transition, ch, st, prev, key[0]))
-        for effect in decision.effects:
+        for effect in effects:
             self._effect(key, new, effect)
         return decision
 

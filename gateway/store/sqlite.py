@@ -86,18 +86,21 @@ def _dt(ts: float) -> datetime:
 class _SqliteTxn:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self._campaigns: dict[str, CampaignState | None] = {}  # read once per transaction (one per batch)
 
     # contacts
     def get_contact(self, key: Key) -> ContactState | None:
         row = self.db.execute("SELECT state FROM contacts WHERE campaign_id=? AND contact_id=?", key).fetchone()
         return None if row is None else ContactState.model_validate_json(row[0])
 
-    def put_contact(self, state: ContactState, expected_sequence: int, owner: str | None) -> bool:
+    def put_contact(
+        self, state: ContactState, expected_sequence: int, owner: str | None, ready: tuple[datetime, int] | None = None
+    ) -> bool:
         blob = state.model_dump_json(exclude_defaults=True)
         if expected_sequence == 0:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO contacts (campaign_id, contact_id, channel, status, sequence, in_flight,"
-                " owner, state) VALUES (?,?,?,?,?,?,?,?)",
+                " owner, state, ready_at, priority) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     state.campaign_id,
                     state.contact_id,
@@ -107,6 +110,8 @@ class _SqliteTxn:
                     int(state.in_flight),
                     owner,
                     blob,
+                    None if ready is None else _ts(ready[0]),
+                    1 if ready is None else ready[1],
                 ),
             )
         else:
@@ -259,6 +264,13 @@ class _SqliteTxn:
 
     # campaigns
     def get_campaign(self, campaign_id: str) -> CampaignState | None:
+        if campaign_id in self._campaigns:
+            return self._campaigns[campaign_id]
+        state = self._read_campaign(campaign_id)
+        self._campaigns[campaign_id] = state
+        return state
+
+    def _read_campaign(self, campaign_id: str) -> CampaignState | None:
         row = self.db.execute(
             "SELECT state, dialed_contacts, talk_seconds FROM campaigns WHERE campaign_id=?", (campaign_id,)
         ).fetchone()
@@ -269,6 +281,7 @@ class _SqliteTxn:
 
     def put_campaign(self, state: CampaignState) -> None:
         """Status and settings; the counters are only ever moved by `bump_campaign`."""
+        self._campaigns.pop(state.campaign_id, None)
         blob = state.model_dump_json(exclude={"dialed_contacts", "talk_seconds"})
         self.db.execute(
             "INSERT INTO campaigns (campaign_id, state, status) VALUES (?,?,?) ON CONFLICT(campaign_id)"
@@ -277,6 +290,7 @@ class _SqliteTxn:
         )
 
     def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
+        self._campaigns.pop(campaign_id, None)
         row = self.db.execute(
             "UPDATE campaigns SET dialed_contacts = dialed_contacts + ?, talk_seconds = talk_seconds + ?"
             " WHERE campaign_id = ? RETURNING talk_seconds, json_extract(state, '$.budget.max_talk_minutes')",
