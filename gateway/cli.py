@@ -49,6 +49,69 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """`telgate import FILE --campaign ID`: validate the whole file, then bulk commands through the window."""
+    import asyncio
+    import re
+
+    import aiomqtt
+    from rich.console import Console
+
+    from .importer import FileProblem, read_contacts, run_import
+    from .submit import BusTarget
+    from .wire import ID_PATTERN
+
+    if not re.match(ID_PATTERN, args.campaign):
+        raise ConfigError("--campaign", f"a campaign id matches {ID_PATTERN}")
+    template = None
+    if args.channel == "whatsapp":
+        for option, value in (("--template", args.template), ("--language", args.language)):
+            if not value:
+                raise ConfigError(option, "required with --channel whatsapp (the approved template to send)")
+        template = {"name": args.template, "language": args.language}
+    elif args.template or args.language:
+        raise ConfigError("--template" if args.template else "--language", "only for --channel whatsapp")
+    for option, number in (("--window", args.window), ("--retry-after", args.retry_after)):
+        if number <= 0:
+            raise ConfigError(option, "must be positive")
+    bus: dict[str, str] = {}
+    if args.broker:
+        bus["url"] = args.broker
+    if args.prefix:
+        bus["topic_prefix"] = args.prefix
+    settings = load_settings(Path(args.config) if args.config else None, **({"bus": bus} if bus else {}))
+    path = Path(args.file)
+    try:
+        raw, rows = read_contacts(path, args.channel)
+    except FileProblem as exc:
+        print(f"telgate: {exc}; nothing was sent", file=sys.stderr)
+        return 1
+    console = Console(stderr=True)
+    target = BusTarget.from_bus(settings.bus)
+    give_up = args.give_up_after if args.give_up_after > 0 else None
+    try:
+        report = asyncio.run(
+            run_import(
+                path, raw, rows, target, args.campaign, args.channel, template, console,
+                args.window, args.retry_after, give_up,
+            )
+        )  # fmt: skip
+    except aiomqtt.MqttError as exc:
+        print(f"telgate: cannot use the broker at {target.where}: {exc}; nothing was sent", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "telgate: import interrupted; run the same command again: what was imported is not imported twice",
+            file=sys.stderr,
+        )
+        return 130
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print("\n".join(report.text()))
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo
 
@@ -79,6 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: a local mosquitto when installed, else the embedded amqtt (pip install 'telgate[demo]')",
     )
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("import", help="a CSV or JSON-lines file of contacts into a campaign, as bulk commands")
+    p.add_argument("file", help="CSV (header row: contact_id, phone, other columns into meta) or JSON lines")
+    p.add_argument("--campaign", required=True, help="the campaign id")
+    p.add_argument("--channel", choices=("voice", "whatsapp"), default="voice", help="dial (voice) or send (whatsapp)")
+    p.add_argument("--template", help="WhatsApp: the approved template's name")
+    p.add_argument("--language", help="WhatsApp: the template's language code (e.g. cs, en_US)")
+    p.add_argument("--config", help="TOML configuration: the [bus] section is used (and TELGATE_BUS__* env)")
+    p.add_argument("--broker", help="the broker's URL (mqtt://host:port, mqtts://…); overrides bus.url")
+    p.add_argument("--prefix", help="the topic prefix; overrides bus.topic_prefix")
+    p.add_argument("--window", type=int, default=8, help="bulk commands without a result at most (default 8)")
+    p.add_argument("--retry-after", type=float, default=30.0, help="publish again after this many s (default 30)")
+    p.add_argument(
+        "--give-up-after", type=float, default=300.0, help="report a bulk unconfirmed after this many s (0: never)"
+    )
+    p.add_argument("--json", action="store_true", help="print the counts as one JSON line")
+    p.set_defaults(fn=cmd_import)
     p = sub.add_parser("watch", help="live table of contacts per status, from the bus")
     p.add_argument("--config")
     p.add_argument("--campaign")
