@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -80,44 +80,10 @@ async def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_pa
             assert seen.compared == n and seen.attempts == n and seen.wire == n
 
 
-# tests.support.run_scripted whose scripted ports also append each dial/send they carry out (their
-# `started`) to a file: the port lives in the process we SIGKILL, and its record must outlive it and
-# add up across the restart (one line per write, so a kill loses nothing written before it)
-_RECORDING_GATEWAY = """
-import asyncio, sys
-from gateway import logs
-from tests.support import run_scripted, scripted
-
-config, delay, record = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-submit = scripted.ScriptedPort.submit
-
-def recording(self, effect, contact):
-    before = len(self.started)
-    submit(self, effect, contact)
-    with open(record, "a") as out:
-        out.writelines(f"{c} {k} {a}\\n" for c, k, a in self.started[before:])
-
-scripted.ScriptedPort.submit = recording
-logs.setup("INFO")
-asyncio.run(run_scripted.main(config, delay, 1000.0))
-"""
-
-
-def _scripted_record(path: Path) -> Any:
-    """The ledger source for _RECORDING_GATEWAY's file: what the scripted ports of every run carried out."""
-
-    def read() -> Counter[ledger.Key]:
-        lines = path.read_text().splitlines() if path.exists() else []
-        started = [(c, k, int(a)) for c, k, a in (line.split(" ") for line in lines)]
-        return ledger.scripted_started(started)()
-
-    return read
-
-
 def _start_gateway(cfg: Path, log: Path, record: Path | None = None) -> subprocess.Popen[bytes]:
     args = ["-m", "tests.support.run_scripted", str(cfg), "0.3"]
-    if record is not None:
-        args = ["-c", _RECORDING_GATEWAY, str(cfg), "0.3", str(record)]
+    if record is not None:  # the scripted ports' record of what they carried out outlives each process
+        args += ["1000", str(record)]
     return subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
@@ -200,7 +166,7 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
             assert b.statuses("crash", "late")[-1] == "success"
             # the ledger across the restart: held, ring, pv, late dialled once, busy twice (its retry in the
             # second run); the restart itself dialled nobody again
-            seen = await ledger.check(b, "voice", _scripted_record(record), by="contact")
+            seen = await ledger.check(b, "voice", ledger.scripted_file(record), by="contact")
             assert seen.compared == 5 and seen.attempts == 6 and seen.wire == 6
     finally:
         if proc.poll() is None:

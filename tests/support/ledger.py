@@ -196,3 +196,13 @@ def standin_sends(sent: list[Any]) -> Callable[[], Counter[Key]]:
 def scripted_started(started: list[tuple[str, str, int]]) -> Callable[[], Counter[Key]]:
     """The scripted port's record of the dials/sends it carried out."""
     return lambda: Counter((c, k) for c, k, _a in list(started))
+
+
+def scripted_file(path: Path) -> Callable[[], Counter[Key]]:
+    """The record a scripted port in another process appends to (tests.support.run_scripted RECORD)."""
+
+    def read() -> Counter[Key]:
+        lines = path.read_text().splitlines() if path.exists() else []
+        return Counter((c, k) for c, k, _a in (line.split(" ") for line in lines))
+
+    return read

@@ -9,6 +9,7 @@ WhatsApp: accepted, then sent, delivered, read.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from gateway.domain import effects as fx
@@ -33,6 +34,7 @@ class ScriptedPort:
         max_concurrent: int = 100,
         max_rate: float = 1000.0,
         delay_s: float = 0.01,
+        record: Path | None = None,
     ) -> None:
         self.engine = engine
         self.channel = channel
@@ -40,7 +42,8 @@ class ScriptedPort:
         self.max_rate = max_rate
         self.delay_s = delay_s
         self._active: dict[tuple[str, str], asyncio.Task[Any]] = {}
-        self.started: list[tuple[str, str, int]] = []
+        self.started: list[tuple[str, str, int]] = []  # the wire ledger: every dial/send carried out
+        self.record = record  # …also appended to this file, a line per dial/send, when the process may die
 
     async def run(self) -> None:
         await asyncio.Event().wait()  # its attempts run as tasks of their own, cancelled with the loop
@@ -59,6 +62,9 @@ class ScriptedPort:
             return
         assert isinstance(effect, fx.Dial | fx.Send)
         self.started.append((*key, effect.attempt))
+        if self.record is not None:
+            with self.record.open("a") as out:
+                out.write(f"{key[0]} {key[1]} {effect.attempt}\n")
         task = asyncio.get_running_loop().create_task(self._attempt(key, contact, effect.attempt))
         self._active[key] = task
         task.add_done_callback(lambda _t: self._active.pop(key, None))
