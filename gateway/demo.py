@@ -1,6 +1,6 @@
 """`telgate demo`: the gateway on embedded defaults with a PBX simulator and the Cloud API stand-in,
-one voice and one WhatsApp campaign submitted over the bus exactly as a backend would, live progress,
-and the final figures.
+one voice and one WhatsApp campaign submitted over the bus exactly as a backend would (bulk commands
+through the command window of gateway/submit.py), live progress, and the final figures.
 
 Everything runs on loopback in a temporary folder: SQLite, a local Mosquitto (the `mosquitto` binary
 when it is installed; otherwise the embedded broker of the `demo` extra, amqtt, which speaks MQTT 3.1.1
@@ -46,8 +46,10 @@ from .app import App
 from .config import Settings, load_settings
 from .domain.statuses import STATUSES, Channel, is_final
 from .logs import JsonFormatter
+from .submit import BusTarget, CommandWindow
 from .watch import Tally
 from .whatsapp_channel import parse_callback
+from .wire import MAX_BULK_CONTACTS, CommandResult
 
 FINAL_STATUSES = frozenset(s.value for ch in Channel for s in STATUSES[ch] if is_final(ch, s))
 TOKEN, SECRET, VERIFY = "demo-access-token", "demo-app-secret", "demo-verify-token"
@@ -246,6 +248,7 @@ class Summary:
     broker: str = ""
     seconds: float = 0.0
     wire: dict[str, Any] = field(default_factory=dict)  # the wire ledger: peers' records against the events
+    commands: dict[str, int] = field(default_factory=dict)  # what the backend side submitted, by kind
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +267,7 @@ class Summary:
             "broker": self.broker,
             "seconds": round(self.seconds, 1),
             "wire": self.wire,
+            "commands": self.commands,
         }
 
 
@@ -411,35 +415,10 @@ async def _drive(
     port = int(bus_url.rsplit(":", 1)[1])
     version = aiomqtt.ProtocolVersion.V5 if protocol == 5 else aiomqtt.ProtocolVersion.V311
     n = len(voice_numbers)
-    retry = {"max_attempts": 3, "delays_s": [round(30.0 / speed, 2), round(60.0 / speed, 2)]}
     async with aiomqtt.Client("127.0.0.1", port, identifier="demo-backend", protocol=version) as client:
         await client.subscribe("telgate/v1/evt/contact/#", qos=1)
         await client.subscribe("telgate/v1/gateways/+/status", qos=1)
-        for campaign in (VOICE, WHATSAPP):
-            command = {"command_id": f"{campaign}-create", "campaign_id": campaign, "action": "create"}
-            await client.publish("telgate/v1/cmd/campaign", json.dumps(command), qos=1)
-            command = {"command_id": f"{campaign}-start", "campaign_id": campaign, "action": "start"}
-            await client.publish("telgate/v1/cmd/campaign", json.dumps(command), qos=1)
-        for i, number in enumerate(voice_numbers):
-            dial = {
-                "command_id": f"dial-{i}",
-                "campaign_id": VOICE,
-                "contact_id": f"client-{i:04d}",
-                "phone": number,
-                "policy": retry,
-                "meta": {"crm_id": f"A-{1000 + i}"},
-            }
-            await client.publish("telgate/v1/cmd/dial", json.dumps(dial), qos=1)
-        for i, number in enumerate(wa_numbers):
-            send = {
-                "command_id": f"send-{i}",
-                "campaign_id": WHATSAPP,
-                "contact_id": f"client-{i:04d}",
-                "phone": f"+{number}",
-                "template": {"name": "appointment_reminder", "language": "en_US"},
-                "policy": {"max_attempts": 2, "delays_s": [round(20.0 / speed, 2)]},
-            }
-            await client.publish("telgate/v1/cmd/send", json.dumps(send), qos=1)
+        summary.commands = await submit_campaigns(bus_url, protocol, voice_numbers, wa_numbers, speed)
 
         progress = Progress(
             TextColumn("{task.description:<26}"),
@@ -483,6 +462,53 @@ async def _drive(
     summary.calls, summary.whatsapp = state.calls, state.whatsapp
 
 
+async def submit_campaigns(
+    bus_url: str, protocol: int, voice_numbers: list[str], wa_numbers: list[str], speed: float
+) -> dict[str, int]:
+    """Both campaigns, as a backend submits them: created and started (each command's result awaited, so
+    the contacts find their campaign started), then the contacts in bulk commands through the command
+    window (SPEC §3's flow control, gateway/submit.py). A command the gateway refuses stops the demo."""
+    retry = {"max_attempts": 3, "delays_s": [round(30.0 / speed, 2), round(60.0 / speed, 2)]}
+    voice = [
+        {"contact_id": f"client-{i:04d}", "phone": number, "meta": {"crm_id": f"A-{1000 + i}"}}
+        for i, number in enumerate(voice_numbers)
+    ]
+    whatsapp = [{"contact_id": f"client-{i:04d}", "phone": f"+{number}"} for i, number in enumerate(wa_numbers)]
+    target = BusTarget(url=bus_url, protocol=5 if protocol == 5 else 4, client_id="demo-commands")
+    async with CommandWindow(target) as window:
+        for campaign in (VOICE, WHATSAPP):
+            for action in ("create", "start"):
+                command = {"command_id": f"{campaign}-{action}", "campaign_id": campaign, "action": action}
+                _accepted(await window.call("campaign", command))
+        template = {"name": "appointment_reminder", "language": "en_US"}
+        policy = {"max_attempts": 2, "delays_s": [round(20.0 / speed, 2)]}
+        bulks = _bulks("dial", VOICE, voice, {"policy": retry}) + _bulks(
+            "send", WHATSAPP, whatsapp, {"template": template, "policy": policy}
+        )
+        futures = [await window.submit(kind, command) for kind, command in bulks]
+        for result in await asyncio.gather(*futures):
+            _accepted(result)
+        return {"campaign": 4, **Counter(kind for kind, _ in bulks), "republished": window.republished}
+
+
+def _bulks(
+    kind: str, campaign: str, contacts: list[dict[str, Any]], shared: dict[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """`contacts` as bulk `dial`/`send` commands of at most 1,000 each (SPEC §4)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for first in range(0, len(contacts), MAX_BULK_CONTACTS):
+        part = contacts[first : first + MAX_BULK_CONTACTS]
+        out.append((kind, {"command_id": f"{kind}-{first}", "campaign_id": campaign, **shared, "contacts": part}))
+    return out
+
+
+def _accepted(result: CommandResult) -> None:
+    if not result.accepted:
+        raise RuntimeError(f"the gateway refused {result.kind} {result.command_id}: {result.error}")
+    if result.contacts_refused:
+        raise RuntimeError(f"the gateway refused contacts of {result.command_id}: {result.contacts_refused[:3]}")
+
+
 def print_summary(summary: Summary, console: Console) -> None:
     console.print()
     table = Table(title="telgate demo: final statuses")
@@ -502,6 +528,11 @@ def print_summary(summary: Summary, console: Console) -> None:
     console.print(f"voice: {calls.attempts} call attempts, {calls.answered} answered — ASR {calls.asr:.0%}")
     console.print(f"whatsapp: {wa.sent} sent — delivery rate {wa.delivery_rate:.0%}, read rate {wa.read_rate:.0%}")
     console.print(ledger_line(summary.wire), markup=False, highlight=False)
+    sent = summary.commands
+    console.print(
+        f"submitted as a backend does (gateway/submit.py): {sent.get('campaign', 0)} campaign commands, "
+        f"{sent.get('dial', 0)} bulk dial and {sent.get('send', 0)} bulk send"
+    )
     console.print(f"the gateway served {summary.metrics_url} and {summary.readyz_url} while it ran")
     console.print("next: `telgate watch` against your own broker, or `telgate run --config telgate.toml`")
 
