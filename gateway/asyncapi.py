@@ -7,7 +7,19 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import __version__
-from .wire import COMMANDS, CampaignStatusEvent, CommandResult, ContactStatusEvent, Presence
+from .wire import BULK_KINDS, COMMANDS, CampaignStatusEvent, CommandResult, ContactStatusEvent, Presence
+
+# SPEC §3: what a backend must do when it sends commands (gateway/submit.py is the reference client)
+FLOW_CONTROL = (
+    "Flow control (what a backend must do): every command gets exactly one CommandResult, matched by "
+    "command_id (MQTT 5: name a Response Topic, e.g. {prefix}/v1/replies/{client_id}, and Correlation Data; "
+    "MQTT 3.1.1: read {prefix}/v1/evt/command). Keep at most N commands without a result (a window; 8 bulk "
+    "commands is plenty). Publish a command that got no result within T seconds (30) again with the same "
+    "command_id: the gateway applies it once and answers every copy (repeats with duplicate: true and the "
+    "stored result). Upload contact lists as bulk dial/send commands (contacts: 1 to 1,000 entries, 1 MiB). "
+    "The broker drops QoS 1 messages beyond its per-session queue (Mosquitto: max_queued_messages, 1,000 by "
+    "default); deploy/mosquitto/mosquitto.conf ships limits sized for an upload."
+)
 
 EVENTS: dict[str, type[BaseModel]] = {
     "ContactStatusEvent": ContactStatusEvent,
@@ -54,7 +66,9 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
             f"{prefix}/v1/cmd/{kind}",
             name,
             [],
-            f"`{kind}` commands (QoS 1); the gateway subscribes $share/{{shared_group}}/{prefix}/v1/cmd/+",
+            f"`{kind}` commands (QoS 1); the gateway subscribes $share/{{shared_group}}/{prefix}/v1/cmd/+. "
+            + ("A bulk command (contacts) may be up to 1 MiB. " if kind in BULK_KINDS else "")
+            + FLOW_CONTROL.replace("{prefix}", prefix),
         )
         operations[f"receive_{kind}"] = {"action": "receive", "channel": {"$ref": f"#/channels/{cid}"}}
     chan(
@@ -76,7 +90,9 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
         f"{prefix}/v1/evt/command",
         "CommandResult",
         [],
-        "A result for every command; also sent to the MQTT 5 Response Topic with its Correlation Data",
+        "A result for every command; also sent to the MQTT 5 Response Topic with its Correlation Data. A bulk "
+        "dial/send counts contacts_accepted and contacts_invalid and lists contacts_refused; a repeated "
+        "command_id is answered with the stored result and duplicate: true",
     )
     chan(
         "presence",
@@ -100,7 +116,8 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
         "info": {
             "title": "telgate bus",
             "version": __version__,
-            "description": "Commands in, contact-status events out. MQTT 5, QoS 1, UTF-8 JSON, 64 KiB max.",
+            "description": "Commands in, contact-status events out. MQTT 5, QoS 1, UTF-8 JSON, 64 KiB max "
+            "(a bulk dial/send: 1 MiB). Backends follow the flow control in the command channels' descriptions.",
         },
         "defaultContentType": "application/json",
         "channels": channels,
