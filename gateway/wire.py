@@ -5,6 +5,7 @@ They are the single source of the JSON Schemas and the AsyncAPI document in docs
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -270,6 +271,7 @@ _EVIDENCE_FIELDS: tuple[str, ...] = tuple(n for n in SignalEvidence.model_fields
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
+@functools.lru_cache(maxsize=64)  # a batch stamps all its events with one `now`
 def iso(dt: datetime | None) -> str | None:
     """A UTC timestamp as pydantic writes it (`…T23:00:00.123Z`)."""
     if dt is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_settings
 from gateway.domain.statuses import Channel, Status
+from gateway.ids import uuid7
 from gateway.pacing import TokenBucket
 from gateway.phones import mask, normalise
 from gateway.wire import (
@@ -200,3 +202,11 @@ def test_the_fast_event_encoder_writes_what_the_model_writes(
     model = ContactStatusEvent(**fields, signal=SignalEvidence(**signal))  # type: ignore[arg-type]
     assert json.loads(fast) == json.loads(model.model_dump_json(by_alias=True))
     ContactStatusEvent.model_validate_json(fast)
+
+
+def test_event_ids_are_uuid7_in_time_order() -> None:
+    ids = [uuid7(1_764_000_000_000 + i) for i in range(50)]
+    for text in ids:
+        value = uuid.UUID(text)
+        assert str(value) == text and value.version == 7 and value.variant == uuid.RFC_4122
+    assert ids == sorted(ids) and len(set(ids)) == 50
