@@ -318,8 +318,9 @@ class Report:
         if self.refusals:
             out.append("refused contacts:")
             for r in self.refusals[:examples]:
+                said = "" if r["message"].endswith(r["code"]) else f": {r['message']}"  # more than the code
                 again = f" (the same contact_id is on line {r['first_line']})" if "first_line" in r else ""
-                out.append(f"  line {r['line']}  contact_id {r['contact_id']}  {r['code']}: {r['message']}{again}")
+                out.append(f"  line {r['line']}  contact_id {r['contact_id']}  {r['code']}{said}{again}")
             if len(self.refusals) > examples:
                 out.append(f"  … and {len(self.refusals) - examples:,} more (--json lists them all)")
         for w in self.whole:

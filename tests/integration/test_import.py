@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 
-async def telgate(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+async def telgate(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """`python -m gateway ARGS` in its own process, as a user types it."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -46,7 +46,7 @@ async def telgate(*args: str, timeout: float = 120) -> tuple[int, str, str]:
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "120"},
+        env={**os.environ, "COLUMNS": "120", **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -311,13 +311,22 @@ async def test_the_shipped_broker_configuration_delivers_replies_to_a_backend(tm
     broker.start()
     try:
         settings = settings_for(broker.url, tmp_path, bus={"username": "telgate", "password": "changeme-telgate"})
-        async with gateway(settings):
+        async with gateway(settings) as app:
             target = BusTarget(url=broker.url, username="backend", password="changeme-backend", client_id="crm-1")
             async with CommandWindow(target, give_up_after_s=10) as window:
                 result = await window.call(
                     "campaign", {"command_id": "acl-1", "campaign_id": "acl", "action": "create"}
                 )
                 assert result.accepted
+            # `telgate import` as the backend user, its password from the environment as README shows it
+            path = tmp_path / "acl.csv"
+            path.write_text("contact_id,phone\n" + "".join(f"a{i},+420601{i:06d}\n" for i in range(20)))
+            (tmp_path / "backend-password").write_text("changeme-backend\n")
+            env = {"TELGATE_BUS__USERNAME": "backend", "TELGATE_BUS__PASSWORD_FILE": str(tmp_path / "backend-password")}
+            args = ("import", str(path), "--campaign", "acl", "--broker", broker.url, "--give-up-after", "10")
+            code, out, err = await telgate(*args, "--json", env=env)
+            assert code == 0 and json.loads(out)["accepted"] == 20, (out, err[-2000:])
+            assert await counts(app, "acl") == {"initial": 20}
     finally:
         broker.stop()
 
