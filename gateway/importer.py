@@ -144,7 +144,7 @@ def _read_csv(path: Path, text: str) -> list[Row]:
                     path,
                     start,
                     None,
-                    f"{len(record)} fields, the header has {len(header)} ({delimiter!r}-separated:"
+                    f"{len(record)} fields, the header has {len(header)} (separated by {delimiter!r}:"
                     f" {', '.join(header)})",
                 )
             entry: dict[str, Any] = {"contact_id": record[id_at].strip(), "phone": record[phone_at].strip()}
