@@ -53,6 +53,14 @@ async def telgate(*args: str, timeout: float = 120, env: dict[str, str] | None =
     return proc.returncode, out.decode(), err.decode()
 
 
+def create(campaign: str) -> dict[str, str]:
+    return {"command_id": f"{campaign}-create", "campaign_id": campaign, "action": "create"}
+
+
+def dial(command_id: str, contact_id: str, phone: str = "+420601000001") -> dict[str, str]:
+    return {"command_id": command_id, "campaign_id": "w", "contact_id": contact_id, "phone": phone}
+
+
 async def draft(url: str, campaign: str) -> None:
     """The campaign exists and is not started: its contacts wait, nothing is dialled."""
     async with CommandWindow(BusTarget(url=url)) as window:
@@ -288,6 +296,32 @@ async def test_the_window_gets_results_on_mqtt_5_and_3_1_1_and_publishes_again(
     async with CommandWindow(BusTarget(url=broker.url), retry_after_s=0.2, give_up_after_s=0.5) as window:
         with pytest.raises(NoResult, match="published 3 time"):
             await window.call("campaign", {"command_id": "k-nobody", "campaign_id": "w", "action": "create"})
+
+
+@pytest.mark.parametrize("shared_group", ["", "telgate"])
+async def test_the_window_publishes_again_after_the_broker_comes_back(
+    broker: Mosquitto, tmp_path: Path, shared_group: str
+) -> None:
+    """A command submitted while the broker is down waits in the window and goes out on the reconnect.
+
+    With a plain subscription the broker (stopped cleanly) keeps the gateway's session and queues the
+    command for it even when the window is back first: the reconnect alone delivers it, long before the
+    retry timer (30 s). With the default shared subscription Mosquitto 2.0 restores no `$share`
+    subscription from its database: a command published after the restart and before the gateway
+    subscribes again reaches nobody, and it is the window's retry (here 1 s) that delivers it."""
+    settings = settings_for(broker.url, tmp_path, bus={"shared_group": shared_group})
+    retry_after = 30.0 if not shared_group else 1.0
+    async with gateway(settings) as app:
+        async with CommandWindow(BusTarget(url=broker.url), retry_after_s=retry_after, give_up_after_s=20) as window:
+            assert (await window.call("campaign", create("back"))).accepted
+            broker.stop()
+            await asyncio.sleep(0.3)
+            future = await window.submit("dial", dial("back-1", "k1") | {"campaign_id": "back"})
+            assert window.outstanding == 1
+            broker.start()
+            result = await asyncio.wait_for(future, 10)
+            assert result.accepted and result.command_id == "back-1"
+        assert await counts(app, "back") == {"initial": 1}
 
 
 async def test_the_shipped_broker_configuration_delivers_replies_to_a_backend(tmp_path: Path) -> None:
