@@ -293,13 +293,16 @@ class Bus:
             if row_id is None:
                 return
             window.release()
-            if getattr(reason, "is_failure", False):  # MQTT 5 PUBACK >= 0x80: the broker refused it
+            if getattr(reason, "is_failure", False):
+                # MQTT 5 PUBACK >= 0x80: the broker refused it (ACL, quota, topic) and will refuse it again:
+                # counted and logged, then out of the outbox like a delivered one — retried forever it would
+                # hold the backlog gauge, its alert and every drain (the event stays in the history)
                 self.recorder.publish_refused.inc()
                 log.error("broker refused a publish", extra={"detail": str(reason), "row": row_id})
-                return
+            else:
+                self.recorder.events_published.inc()
             self._acked.append(row_id)
             self._acked_set.add(row_id)
-            self.recorder.events_published.inc()
 
         paho.on_publish = on_publish
         cursor = 0

@@ -3,7 +3,6 @@ shipped Mosquitto configuration refuses anonymous clients and lets telgate in wi
 
 from __future__ import annotations
 
-import getpass
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import shipped_broker
 from tests.support.harness import gateway, settings_for
 
 pytestmark = pytest.mark.integration
@@ -60,20 +59,7 @@ def test_example_configuration_loads(tmp_path: Path) -> None:
 
 
 async def test_shipped_mosquitto_configuration_requires_a_password(tmp_path: Path) -> None:
-    passwd_tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    broker = Mosquitto(tmp_path / "mq", port=free_port())
-    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    passwd = tmp_path / "passwd"
-    passwd.write_text((DEPLOY / "mosquitto" / "passwd.example").read_text())
-    subprocess.run([passwd_tool, "-U", str(passwd)], check=True)
-    conf = (
-        conf.replace("/mosquitto/config/passwd", str(passwd))
-        .replace("/mosquitto/config/acl", str(DEPLOY / "mosquitto" / "acl"))
-        .replace("/mosquitto/data/", f"{tmp_path}/")
-        .replace("listener 1883", f"listener {broker.port} 127.0.0.1")
-        .replace("log_dest stdout", f"log_dest file {tmp_path}/mq.log")
-    )
-    broker.conf.write_text(conf + f"user {getpass.getuser()}\n")
+    broker = shipped_broker(tmp_path)
     broker.start()
     try:
         with pytest.raises(aiomqtt.MqttError):

@@ -11,12 +11,9 @@ broker configuration (users and ACL) letting a backend get its replies.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import os
 import random
-import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -28,7 +25,7 @@ from gateway.domain.statuses import Channel
 from gateway.importer import Chunk, Report, Row, plan, read_contacts
 from gateway.submit import BusTarget, CommandWindow, NoResult, encode
 from gateway.wire import MAX_BULK_PAYLOAD_BYTES, CommandResult, RefusedContact
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import Mosquitto, shipped_broker
 from tests.support.harness import gateway, settings_for
 
 pytestmark = pytest.mark.integration
@@ -327,21 +324,7 @@ async def test_the_window_publishes_again_after_the_broker_comes_back(
 async def test_the_shipped_broker_configuration_delivers_replies_to_a_backend(tmp_path: Path) -> None:
     """deploy/mosquitto: the gateway (user telgate) may write the Response Topics a backend (user backend)
     reads, so a backend that follows the contract gets its results there."""
-    passwd_tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    broker = Mosquitto(tmp_path / "mq", port=free_port())
-    passwd = tmp_path / "passwd"
-    passwd.write_text((DEPLOY / "mosquitto" / "passwd.example").read_text())
-    subprocess.run([passwd_tool, "-U", str(passwd)], check=True)
-    conf = (
-        (DEPLOY / "mosquitto" / "mosquitto.conf")
-        .read_text()
-        .replace("/mosquitto/config/passwd", str(passwd))
-        .replace("/mosquitto/config/acl", str(DEPLOY / "mosquitto" / "acl"))
-        .replace("/mosquitto/data/", f"{tmp_path}/")
-        .replace("listener 1883", f"listener {broker.port} 127.0.0.1")
-        .replace("log_dest stdout", f"log_dest file {tmp_path}/mq.log")
-    )
-    broker.conf.write_text(conf + f"user {getpass.getuser()}\n")
+    broker = shipped_broker(tmp_path)
     broker.start()
     try:
         settings = settings_for(broker.url, tmp_path, bus={"username": "telgate", "password": "changeme-telgate"})

@@ -27,7 +27,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import Mosquitto, free_port, shipped_broker
 from tests.support.harness import backend, gateway, settings_for
 
 pytestmark = pytest.mark.integration
@@ -297,3 +297,34 @@ async def test_bulk_refuses_contacts_one_by_one_and_is_idempotent(broker: Mosqui
         assert sum(c[3] for c in counts if c[0] == "mix") == 5
         await asyncio.sleep(0.2)
         assert len(b.events) == events
+
+
+async def test_a_publish_the_broker_refuses_leaves_the_outbox(tmp_path: Path) -> None:
+    """The shipped ACL lets the gateway write only under telgate/: a Response Topic elsewhere is refused
+    (PUBACK 0x87). The refusal is counted and logged and the row leaves the outbox: retried forever it
+    would hold the backlog gauge, its alert and every drain."""
+    broker = shipped_broker(tmp_path)
+    broker.start()
+    try:
+        settings = settings_for(broker.url, tmp_path, bus={"username": "telgate", "password": "changeme-telgate"})
+        async with gateway(settings) as app:
+            pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="crm", protocol=mqtt.MQTTv5)
+            pub.username_pw_set("backend", "changeme-backend")
+            pub.connect("127.0.0.1", broker.port)
+            pub.loop_start()
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = "crm/replies"  # not the gateway's to write
+            cmd = {"command_id": "r1", "campaign_id": "acl", "action": "create"}
+            pub.publish("telgate/v1/cmd/campaign", json.dumps(cmd), qos=1, properties=props).wait_for_publish(5)
+            sample = app.recorder.registry.get_sample_value
+            deadline = time.monotonic() + 10
+            while sample("telgate_bus_publish_refused_total") != 1.0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert sample("telgate_bus_publish_refused_total") == 1.0
+            while await app.bus.pending() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert await app.bus.pending() == 0  # the result on evt/command went out, the refused copy left
+            pub.loop_stop()
+            pub.disconnect()
+    finally:
+        broker.stop()

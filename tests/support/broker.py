@@ -72,3 +72,25 @@ class Mosquitto:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+
+def shipped_broker(workdir: Path) -> Mosquitto:
+    """Mosquitto with the whole shipped configuration (deploy/mosquitto: users from passwd.example, the
+    ACL, the limits), on a free port with its data and log in `workdir`. Not started."""
+    deploy = SHIPPED.parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker = Mosquitto(workdir / "mq", port=free_port())
+    passwd = workdir / "passwd"
+    passwd.write_text((deploy / "passwd.example").read_text())
+    passwd_tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    subprocess.run([passwd_tool, "-U", str(passwd)], check=True)
+    conf = (
+        SHIPPED.read_text()
+        .replace("/mosquitto/config/passwd", str(passwd))
+        .replace("/mosquitto/config/acl", str(deploy / "acl"))
+        .replace("/mosquitto/data/", f"{workdir}/")
+        .replace("listener 1883", f"listener {broker.port} 127.0.0.1")
+        .replace("log_dest stdout", f"log_dest file {workdir}/mq.log")
+    )
+    broker.conf.write_text(conf + f"user {getpass.getuser()}\n")
+    return broker
