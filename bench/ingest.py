@@ -96,7 +96,7 @@ async def run_rates(port: int, contacts: int, workdir: Path) -> dict[str, float]
     proc = start_gateway(config(workdir, port, "gw-ingest"), workdir / "ingest.log")
     try:
         async with client(port, "bench-ingest") as c:
-            await c.subscribe("telgate/v1/gateways/+/status", qos=1)
+            await c.subscribe("telgate/v1/gateways/gw-ingest/status", qos=1)  # not a previous run's retained one
             await wait_online(c)
             await c.subscribe("telgate/v1/evt/contact/#", qos=1)
             for campaign in ("warm", "single", "bulk"):
@@ -115,7 +115,7 @@ async def run_queued(port: int, queued: int, workdir: Path) -> dict[str, int]:
     marks: dict[str, int] = {}
     try:
         async with client(port, "bench-queued") as c:
-            await c.subscribe("telgate/v1/gateways/+/status", qos=1)
+            await c.subscribe("telgate/v1/gateways/gw-queued/status", qos=1)
             await wait_online(c)
             await c.subscribe("telgate/v1/evt/contact/#", qos=1)
             await create_draft(c, "q")
@@ -125,9 +125,12 @@ async def run_queued(port: int, queued: int, workdir: Path) -> dict[str, int]:
                 done = target
                 await asyncio.sleep(2.0)  # let the allocator settle after the burst
                 marks[f"rss_kib_with_{target}_queued"] = rss_kib(proc.pid)
+                print(json.dumps(marks), flush=True)
     finally:
+        t0 = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(300)
+        proc.wait(600)
+        marks["stop_s_with_all_queued"] = round(time.perf_counter() - t0, 1)
     return marks
 
 

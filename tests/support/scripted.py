@@ -9,6 +9,7 @@ WhatsApp: accepted, then sent, delivered, read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +111,16 @@ class ScriptedPort:
                 key, Kind.HANGUP, attempt, duration_s=12.0, evidence={**call, "kind": "hangup", "duration_s": 12.0}
             )
         except asyncio.CancelledError:
-            await asyncio.shield(
-                self._emit(
-                    key,
-                    Kind.UNREACHABLE,
-                    attempt,
-                    evidence={**call, "kind": "unreachable", "sip_code": 487, "reason": "Request Terminated"},
-                )
-            )
+            # the CANCEL's outcome; bounded: when the loop itself is closing the engine is gone, and a
+            # shielded wait for it would hang the shutdown forever
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(
+                        self._emit(
+                            key,
+                            Kind.UNREACHABLE,
+                            attempt,
+                            evidence={**call, "kind": "unreachable", "sip_code": 487, "reason": "Request Terminated"},
+                        )
+                    )
             raise
