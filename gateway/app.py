@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -29,7 +30,7 @@ from .engine import Engine, Topics, Unit, utcnow
 from .http import build_app
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
-from .store import Store, open_store
+from .store import Store, StoreError, Txn, open_store
 from .voice_channel import VoiceChannel
 from .whatsapp_channel import WhatsAppChannel
 
@@ -42,6 +43,10 @@ def restart_rule(unit: Unit, gateway_id: str) -> int:
     for key in keys:
         unit.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
     return len(keys)
+
+
+def prune_history(txn: Txn, older_than: datetime) -> dict[str, int]:
+    return txn.prune(older_than)
 
 
 def influx_writer(settings: Settings, recorder: Recorder) -> InfluxWriter | None:
@@ -157,6 +162,20 @@ class App:
             self.recorder.outbox_oldest.set(0 if oldest is None else max(0.0, time.time() - oldest))
             await asyncio.sleep(1.0)
 
+    async def _prune(self, every_s: float = 3600.0) -> None:
+        """Retention (SPEC §11): history, command ids and wamids older than `store.retention_days`, hourly.
+        Housekeeping: a failed turn is logged and tried again at the next."""
+        keep = timedelta(days=self.settings.store.retention_days)
+        while True:
+            cutoff = utcnow() - keep
+            try:
+                pruned = await self.store.run(functools.partial(prune_history, older_than=cutoff))
+            except StoreError as exc:
+                log.warning("pruning failed", extra={"detail": str(exc)})
+            else:
+                log.info("pruned", extra={"older_than": cutoff.isoformat(), **pruned})
+            await asyncio.sleep(every_s)
+
     async def run(self, stop: asyncio.Event) -> None:
         await self.store.open()
         runner: web.AppRunner | None = None
@@ -182,6 +201,7 @@ class App:
                     tg.create_task(self.bus.run(), name="bus"),
                     tg.create_task(self.scheduler.run(), name="scheduler"),
                     tg.create_task(self._outbox_gauges(), name="outbox-gauges"),
+                    tg.create_task(self._prune(), name="store-prune"),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                     *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),
                     *([tg.create_task(self.influx.run(), name="influx")] if self.influx is not None else []),

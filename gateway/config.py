@@ -58,6 +58,7 @@ class GatewaySection(_Section):
 
 class StoreSection(_Section):
     url: str = "sqlite:///{data_dir}/telgate.db"
+    retention_days: int = Field(30, ge=1)  # event history, command ids and wamids older than this are pruned
 
 
 class BusSection(_Section):

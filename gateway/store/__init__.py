@@ -3,6 +3,10 @@
 `Store.run(fn)` runs `fn(txn)` as one transaction; the engine batches many decisions into one `run`
 (group commit). `Txn.put_contact` is a compare-and-set on `sequence` (SPEC §11): it returns False when
 another writer moved the contact first, and the engine decides again.
+
+Chosen by `store.url`: `sqlite:///path` (sqlite.py, the embedded default). It applies its versioned
+schema migrations at `open()` (migrate.py) and prunes history older than `store.retention_days`
+(`Txn.prune`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,15 @@ from typing import Protocol, TypeVar
 
 from ..domain.effects import TimerKind
 from ..domain.state import CampaignState, ContactState
-from ..domain.statuses import Channel
+from ..domain.statuses import STATUSES, Channel
 
 R = TypeVar("R")
 Key = tuple[str, str]  # (campaign_id, contact_id)
+
+# every status that is final on some channel (none is final on one and open on another)
+FINAL_STATUSES: tuple[str, ...] = tuple(
+    sorted({str(status) for table in STATUSES.values() for status, (_, _, final) in table.items() if final})
+)
 
 
 class StoreError(Exception):
@@ -87,14 +96,28 @@ class Txn(Protocol):
     def put_command(self, command_id: str, result: bytes) -> None: ...
     def map_wamid(self, wamid: str, key: Key) -> None: ...
     def lookup_wamid(self, wamid: str) -> Key | None: ...
+    def prune(self, older_than: datetime) -> dict[str, int]:
+        """Delete event history (messages no longer pending), command ids and wamids written before
+        `older_than` (SPEC §11: `store.retention_days`); the rows deleted per table."""
+        ...
 
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect and apply the missing schema migrations (StoreError when it cannot)."""
+        ...
+
     async def close(self) -> None: ...
     async def run(self, fn: Callable[[Txn], R]) -> R: ...
     @property
-    def is_open(self) -> bool: ...
+    def is_open(self) -> bool:
+        """The store can take a transaction now (/readyz): False while closed or disconnected."""
+        ...
+
+    @property
+    def migrated(self) -> list[int]:
+        """The schema versions the last `open()` applied (empty when the schema was up to date)."""
+        ...
 
 
 def open_store(url: str) -> Store:

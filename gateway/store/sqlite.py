@@ -18,61 +18,83 @@ from typing import TypeVar
 from ..domain.effects import TimerKind
 from ..domain.state import CampaignState, ContactState
 from ..domain.statuses import Channel
-from . import Key, OutboxRow, StoreError, Timer, Txn
+from . import FINAL_STATUSES, Key, OutboxRow, StoreError, Timer, Txn
+from .migrate import Migration, pending
 
 R = TypeVar("R")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS contacts (
-    campaign_id TEXT NOT NULL,
-    contact_id TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    status TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    in_flight INTEGER NOT NULL DEFAULT 0,
-    owner TEXT,
-    ready_at REAL,
-    priority INTEGER NOT NULL DEFAULT 1,
-    state TEXT NOT NULL,
-    PRIMARY KEY (campaign_id, contact_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS contacts_ready ON contacts (channel, priority, ready_at) WHERE ready_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS contacts_in_flight ON contacts (owner) WHERE in_flight = 1;
--- every bus message and every contact event, written once: `pending` rows are the outbox (published in
--- id order, cleared on PUBACK); rows with a contact are its event history for the read API
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    retain INTEGER NOT NULL DEFAULT 0,
-    correlation BLOB,
-    created_at REAL NOT NULL,
-    pending INTEGER NOT NULL,
-    campaign_id TEXT,
-    contact_id TEXT
-);
-CREATE INDEX IF NOT EXISTS messages_pending ON messages (id) WHERE pending = 1;
-CREATE INDEX IF NOT EXISTS messages_contact ON messages (campaign_id, contact_id) WHERE contact_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS campaigns (
-    campaign_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    status TEXT NOT NULL,
-    dialed_contacts INTEGER NOT NULL DEFAULT 0,
-    talk_seconds REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS timers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    campaign_id TEXT NOT NULL,
-    contact_id TEXT,
-    due_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
-CREATE INDEX IF NOT EXISTS timers_contact ON timers (campaign_id, contact_id);
-CREATE TABLE IF NOT EXISTS blacklist (phone TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, result BLOB NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS wamids (wamid TEXT PRIMARY KEY, campaign_id TEXT NOT NULL, contact_id TEXT NOT NULL);
-"""
+MIGRATIONS = (
+    Migration(
+        1,
+        "the schema before versioned migrations (an existing file is adopted as it is)",
+        (
+            """CREATE TABLE IF NOT EXISTS contacts (
+                campaign_id TEXT NOT NULL,
+                contact_id TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                status TEXT NOT NULL,
+                sequence INTEGER NOT NULL,
+                in_flight INTEGER NOT NULL DEFAULT 0,
+                owner TEXT,
+                ready_at REAL,
+                priority INTEGER NOT NULL DEFAULT 1,
+                state TEXT NOT NULL,
+                PRIMARY KEY (campaign_id, contact_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX IF NOT EXISTS contacts_ready ON contacts (channel, priority, ready_at)"
+            " WHERE ready_at IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS contacts_in_flight ON contacts (owner) WHERE in_flight = 1",
+            # every bus message and every contact event, written once: `pending` rows are the outbox
+            # (published in id order, cleared on PUBACK); rows with a contact are its event history
+            """CREATE TABLE IF NOT EXISTS messages (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                topic TEXT NOT NULL,
+                payload BLOB NOT NULL,
+                retain INTEGER NOT NULL DEFAULT 0,
+                correlation BLOB,
+                created_at REAL NOT NULL,
+                pending INTEGER NOT NULL,
+                campaign_id TEXT,
+                contact_id TEXT
+            )""",
+            "CREATE INDEX IF NOT EXISTS messages_pending ON messages (id) WHERE pending = 1",
+            "CREATE INDEX IF NOT EXISTS messages_contact ON messages (campaign_id, contact_id)"
+            " WHERE contact_id IS NOT NULL",
+            """CREATE TABLE IF NOT EXISTS campaigns (
+                campaign_id TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                status TEXT NOT NULL,
+                dialed_contacts INTEGER NOT NULL DEFAULT 0,
+                talk_seconds REAL NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE IF NOT EXISTS timers (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                kind TEXT NOT NULL,
+                campaign_id TEXT NOT NULL,
+                contact_id TEXT,
+                due_at REAL NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at)",
+            "CREATE INDEX IF NOT EXISTS timers_contact ON timers (campaign_id, contact_id)",
+            "CREATE TABLE IF NOT EXISTS blacklist (phone TEXT PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS commands"
+            " (command_id TEXT PRIMARY KEY, result BLOB NOT NULL, created_at REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS wamids"
+            " (wamid TEXT PRIMARY KEY, campaign_id TEXT NOT NULL, contact_id TEXT NOT NULL)",
+        ),
+    ),
+    Migration(
+        2,
+        "retention: wamids get a created_at (existing ones count from the upgrade), indexes to prune by age",
+        (
+            "ALTER TABLE wamids ADD COLUMN created_at REAL",
+            "UPDATE wamids SET created_at = (julianday('now') - 2440587.5) * 86400.0",
+            "CREATE INDEX messages_history ON messages (created_at) WHERE pending = 0",
+            "CREATE INDEX commands_created ON commands (created_at)",
+            "CREATE INDEX wamids_created ON wamids (created_at)",
+        ),
+    ),
+)
 
 
 def _ts(dt: datetime) -> float:
@@ -147,7 +169,7 @@ class _SqliteTxn:
         rows = self.db.execute(
             "SELECT c.campaign_id, c.contact_id FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
             " WHERE c.channel=? AND c.ready_at IS NOT NULL AND c.ready_at <= ? AND g.status='in_progress'"
-            f"{clause} ORDER BY c.priority, c.ready_at LIMIT ?",
+            f"{clause} ORDER BY c.priority, c.ready_at, c.campaign_id, c.contact_id LIMIT ?",
             (channel, _ts(now), *args, limit),
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
@@ -170,11 +192,9 @@ class _SqliteTxn:
 
     def unfinished_contacts(self, campaign_id: str) -> list[Key]:
         rows = self.db.execute(
-            "SELECT campaign_id, contact_id FROM contacts WHERE campaign_id=? AND status NOT IN"
-            " ('success','canceled_by_client','completed_without_answer','dial_failed','invalid_record',"
-            "'blacklisted','rejected_by_operator','canceled_by_admin','removed','plan_limit_exceeded','read',"
-            "'delivery_failed','sending_failed','error')",
-            (campaign_id,),
+            "SELECT campaign_id, contact_id FROM contacts WHERE campaign_id=?"
+            f" AND status NOT IN ({','.join('?' * len(FINAL_STATUSES))})",
+            (campaign_id, *FINAL_STATUSES),
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
@@ -250,7 +270,8 @@ class _SqliteTxn:
 
     def due_timers(self, now: datetime, limit: int) -> list[Timer]:
         rows = self.db.execute(
-            "SELECT id, kind, campaign_id, contact_id, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            "SELECT id, kind, campaign_id, contact_id, due_at FROM timers WHERE due_at <= ?"
+            " ORDER BY due_at, id LIMIT ?",
             (_ts(now), limit),
         ).fetchall()
         return [Timer(r[0], TimerKind(r[1]), r[2], r[3], _dt(r[4])) for r in rows]
@@ -319,11 +340,53 @@ class _SqliteTxn:
         )
 
     def map_wamid(self, wamid: str, key: Key) -> None:
-        self.db.execute("INSERT OR REPLACE INTO wamids (wamid, campaign_id, contact_id) VALUES (?,?,?)", (wamid, *key))
+        self.db.execute(
+            "INSERT OR REPLACE INTO wamids (wamid, campaign_id, contact_id, created_at) VALUES (?,?,?,?)",
+            (wamid, *key, time.time()),
+        )
 
     def lookup_wamid(self, wamid: str) -> Key | None:
         row = self.db.execute("SELECT campaign_id, contact_id FROM wamids WHERE wamid=?", (wamid,)).fetchone()
         return None if row is None else (row[0], row[1])
+
+    # retention
+    def prune(self, older_than: datetime) -> dict[str, int]:
+        cutoff = _ts(older_than)
+        return {
+            "messages": self.db.execute(
+                "DELETE FROM messages WHERE pending = 0 AND created_at < ?", (cutoff,)
+            ).rowcount,
+            "commands": self.db.execute("DELETE FROM commands WHERE created_at < ?", (cutoff,)).rowcount,
+            "wamids": self.db.execute("DELETE FROM wamids WHERE created_at < ?", (cutoff,)).rowcount,
+        }
+
+
+def _migrate(db: sqlite3.Connection, where: str) -> list[int]:
+    """Each missing step in an IMMEDIATE transaction of its own, re-reading the version under the lock."""
+    applied: list[int] = []
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (version INTEGER PRIMARY KEY, what TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            steps = pending(MIGRATIONS, current, where)
+            if steps:
+                for statement in steps[0].statements:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_version (version, what, applied_at) VALUES (?,?,?)",
+                    (steps[0].version, steps[0].what, time.time()),
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        if not steps:
+            return applied
+        applied.append(steps[0].version)
 
 
 class SqliteStore:
@@ -331,10 +394,15 @@ class SqliteStore:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store")
         self._db: sqlite3.Connection | None = None
+        self._migrated: list[int] = []
 
     @property
     def is_open(self) -> bool:
         return self._db is not None
+
+    @property
+    def migrated(self) -> list[int]:
+        return list(self._migrated)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +410,11 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=10000")
-        db.executescript(SCHEMA)
+        try:
+            self._migrated = _migrate(db, str(self.path))
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def open(self) -> None:
