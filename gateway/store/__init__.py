@@ -4,9 +4,10 @@
 (group commit). `Txn.put_contact` is a compare-and-set on `sequence` (SPEC §11): it returns False when
 another writer moved the contact first, and the engine decides again.
 
-Chosen by `store.url`: `sqlite:///path` (sqlite.py, the embedded default). It applies its versioned
-schema migrations at `open()` (migrate.py) and prunes history older than `store.retention_days`
-(`Txn.prune`).
+Two implementations behind the same protocols, chosen by `store.url`: `sqlite:///path` (sqlite.py, the
+embedded default) and `postgresql://…` (postgres.py). Both apply their versioned schema migrations at
+`open()` (migrate.py) and prune history older than `store.retention_days` (`Txn.prune`).
+docs/store.md says how they differ inside and why.
 """
 
 from __future__ import annotations
@@ -125,4 +126,8 @@ def open_store(url: str) -> Store:
         from .sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite:///"))
-    raise StoreError(f"unsupported store url {url.split(':', 1)[0]}:// (this build has sqlite:///)")
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(f"unsupported store url {url.split(':', 1)[0]}:// (this build has sqlite:/// and postgresql://)")

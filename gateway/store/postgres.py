@@ -1,0 +1,638 @@
+"""PostgreSQL store (psycopg 3): the SQLite store's contract on a server that several instances can reach.
+
+Like the SQLite store, one connection is owned by one thread and every `run` is one transaction on it:
+this instance's transactions commit one after another, in the order they ran, so outbox ids commit in
+id order and the publisher's cursor never passes a row that commits later (docs/store.md says what
+several instances must change).
+
+Round trips, not rows, are the cost (bench/store.py). A write whose answer the caller does not need
+(events, outbox rows, queue places, timers, commands, wamids, blacklist) is queued and sent with the
+other writes to its table as one `executemany` (one round trip, psycopg pipelines it) when a read needs
+that table or at commit. `put_contact` stays a compare-and-set on `sequence`: when this transaction
+itself read or wrote the contact at `expected_sequence`, the write is queued with its `WHERE sequence`
+and its row count checked when it is sent (a miss — another instance moved the contact in between —
+raises Conflict, and the engine decides the batch again); otherwise it runs at once and returns False
+when the stored sequence moved.
+
+Connection loss: the transaction is rolled back with the connection and `run` reconnects with backoff
+(jittered, 50 ms doubling to 2 s) and runs `fn` again on fresh state, as the engine does after a
+Conflict; `is_open` is False meanwhile (/readyz 503). When the connection broke during COMMIT, the
+transaction's id (read before COMMIT) is looked up with `pg_xact_status` after reconnecting: committed
+means the first result stands (never decided twice), aborted means `fn` runs again (never lost).
+After `outage_s` without the server, `run` raises StoreError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+import psycopg
+
+from ..domain.effects import TimerKind
+from ..domain.state import CampaignState, ContactState
+from ..domain.statuses import Channel
+from . import FINAL_STATUSES, Conflict, Key, OutboxRow, StoreError, Timer, Txn
+from .migrate import Migration, pending
+
+log = logging.getLogger("telgate.store")
+R = TypeVar("R")
+MIGRATION_LOCK = 0x74656C67  # pg_advisory_xact_lock key: one instance migrates at a time
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "contacts, messages (events + outbox), campaigns, timers, blacklist, commands, wamids",
+        (
+            """CREATE TABLE contacts (
+                campaign_id text NOT NULL,
+                contact_id text NOT NULL,
+                channel text NOT NULL,
+                status text NOT NULL,
+                sequence integer NOT NULL,
+                in_flight boolean NOT NULL DEFAULT false,
+                owner text,
+                ready_at timestamptz,
+                priority integer NOT NULL DEFAULT 1,
+                state text NOT NULL,
+                PRIMARY KEY (campaign_id, contact_id)
+            )""",
+            # the dispatch queue in its order, ties broken as SQLite's index breaks them (by key)
+            "CREATE INDEX contacts_ready ON contacts (channel, priority, ready_at, campaign_id, contact_id)"
+            " WHERE ready_at IS NOT NULL",
+            "CREATE INDEX contacts_in_flight ON contacts (owner) WHERE in_flight",
+            """CREATE TABLE messages (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                topic text NOT NULL,
+                payload bytea NOT NULL,
+                retain boolean NOT NULL DEFAULT false,
+                correlation bytea,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                pending boolean NOT NULL,
+                campaign_id text,
+                contact_id text
+            )""",
+            "CREATE INDEX messages_pending ON messages (id) WHERE pending",
+            "CREATE INDEX messages_contact ON messages (campaign_id, contact_id, id) WHERE contact_id IS NOT NULL",
+            """CREATE TABLE campaigns (
+                campaign_id text PRIMARY KEY,
+                state jsonb NOT NULL,
+                status text NOT NULL,
+                dialed_contacts integer NOT NULL DEFAULT 0,
+                talk_seconds double precision NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE timers (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                kind text NOT NULL,
+                campaign_id text NOT NULL,
+                contact_id text,
+                due_at timestamptz NOT NULL
+            )""",
+            "CREATE INDEX timers_due ON timers (due_at, id)",
+            "CREATE INDEX timers_contact ON timers (campaign_id, contact_id)",
+            "CREATE TABLE blacklist (phone text PRIMARY KEY)",
+            "CREATE TABLE commands (command_id text PRIMARY KEY, result bytea NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())",
+            "CREATE TABLE wamids (wamid text PRIMARY KEY, campaign_id text NOT NULL, contact_id text NOT NULL)",
+        ),
+    ),
+    Migration(
+        2,
+        "retention: wamids get a created_at (existing ones count from the upgrade), indexes to prune by age",
+        (
+            "ALTER TABLE wamids ADD COLUMN created_at timestamptz NOT NULL DEFAULT now()",
+            "CREATE INDEX messages_history ON messages (created_at) WHERE NOT pending",
+            "CREATE INDEX commands_created ON commands (created_at)",
+            "CREATE INDEX wamids_created ON wamids (created_at)",
+        ),
+    ),
+)
+
+INSERT_CONTACT = (
+    "INSERT INTO contacts (campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at,"
+    " priority) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING"
+)
+UPDATE_CONTACT = (
+    "UPDATE contacts SET status=%s, sequence=%s, in_flight=%s, owner=COALESCE(%s, owner), state=%s"
+    " WHERE campaign_id=%s AND contact_id=%s AND sequence=%s"
+)
+INSERT_MESSAGE = (
+    "INSERT INTO messages (topic, payload, retain, correlation, pending, campaign_id, contact_id)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s)"
+)
+CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT})  # each row must change exactly one row
+
+
+class _Lost(Exception):
+    """The connection broke. Nothing of the transaction is committed, unless `xid` is set: then COMMIT
+    was under way and `pg_xact_status(xid)` says whether `result` stands."""
+
+    def __init__(self, detail: str, xid: str | None = None, result: Any = None) -> None:
+        super().__init__(detail)
+        self.xid = xid
+        self.result = result
+
+
+@dataclass
+class _Group:
+    """Queued rows of one statement, sent as one executemany."""
+
+    sql: str
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    keys: set[Hashable] = field(default_factory=set)
+
+
+class _PgTxn:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.cur = conn.cursor()
+        self._queued: dict[str, list[_Group]] = {}  # table -> groups, sent in order
+        self._known: dict[Key, ContactState | None] = {}  # contacts as this transaction read or wrote them
+        self._campaigns: dict[str, CampaignState | None] = {}  # read once per transaction (one per batch)
+
+    # -- the write queue ------------------------------------------------------------------------
+    def _queue(self, table: str, sql: str, row: tuple[Any, ...], key: Hashable) -> None:
+        """Queue a row. It joins the latest group of the same statement unless a later group touches
+        the same key (then order matters, and it starts a group of its own at the end)."""
+        groups = self._queued.setdefault(table, [])
+        target: _Group | None = None
+        for group in reversed(groups):
+            if group.sql == sql:
+                target = group
+                break
+            if key in group.keys:
+                break
+        if target is None:
+            target = _Group(sql)
+            groups.append(target)
+        target.rows.append(row)
+        target.keys.add(key)
+
+    def _flush(self, *tables: str) -> None:
+        """Send what is queued for `tables` (every table when none is named)."""
+        for table in tables or tuple(self._queued):
+            for group in self._queued.pop(table, ()):
+                if len(group.rows) == 1:
+                    self.cur.execute(group.sql, group.rows[0])
+                else:
+                    self.cur.executemany(group.sql, group.rows)
+                if group.sql in CAS and self.cur.rowcount != len(group.rows):
+                    raise Conflict(f"{len(group.rows) - self.cur.rowcount} contact(s) moved under this transaction")
+
+    def finish(self) -> str | None:
+        """Before COMMIT: send the rest; the transaction's id when it wrote anything."""
+        self._flush()
+        row = self.cur.execute("SELECT pg_current_xact_id_if_assigned()::text").fetchone()
+        return None if row is None else cast(str | None, row[0])
+
+    def _one(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
+        return self.cur.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.cur.execute(sql, args).fetchall()
+
+    # -- contacts -------------------------------------------------------------------------------
+    def get_contact(self, key: Key) -> ContactState | None:
+        if key in self._known:
+            return self._known[key]
+        row = self._one("SELECT state FROM contacts WHERE campaign_id=%s AND contact_id=%s", key)
+        state = None if row is None else ContactState.model_validate_json(row[0])
+        self._known[key] = state
+        return state
+
+    def put_contact(
+        self, state: ContactState, expected_sequence: int, owner: str | None, ready: tuple[datetime, int] | None = None
+    ) -> bool:
+        key = (state.campaign_id, state.contact_id)
+        blob = state.model_dump_json(exclude_defaults=True)
+        if expected_sequence == 0:
+            sql = INSERT_CONTACT
+            row: tuple[Any, ...] = (
+                *key,
+                state.channel,
+                state.status,
+                state.sequence,
+                state.in_flight,
+                owner,
+                blob,
+                None if ready is None else ready[0],
+                1 if ready is None else ready[1],
+            )
+        else:
+            sql = UPDATE_CONTACT
+            row = (state.status, state.sequence, state.in_flight, owner, blob, *key, expected_sequence)
+        if key in self._known:
+            known = self._known[key]
+            if (0 if known is None else known.sequence) == expected_sequence:
+                self._queue("contacts", sql, row, key)  # its WHERE is checked when it is sent
+                self._known[key] = state
+                return True
+        self._flush("contacts")
+        self.cur.execute(sql, row)
+        if self.cur.rowcount != 1:
+            self._known.pop(key, None)
+            return False
+        self._known[key] = state
+        return True
+
+    def set_ready(self, key: Key, ready_at: datetime | None, priority: int = 1) -> None:
+        self._queue(
+            "contacts",
+            "UPDATE contacts SET ready_at=%s, priority=%s WHERE campaign_id=%s AND contact_id=%s",
+            (ready_at, priority, *key),
+            key,
+        )
+
+    def ready_contacts(self, channel: Channel, now: datetime, limit: int, skip: frozenset[str]) -> list[Key]:
+        self._flush("contacts", "campaigns")
+        rows = self._all(
+            "SELECT c.campaign_id, c.contact_id FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
+            " WHERE c.channel=%s AND c.ready_at IS NOT NULL AND c.ready_at <= %s AND g.status='in_progress'"
+            " AND c.campaign_id <> ALL(%s) ORDER BY c.priority, c.ready_at, c.campaign_id, c.contact_id LIMIT %s",
+            (channel, now, sorted(skip), limit),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def next_ready_at(self, channel: Channel, skip: frozenset[str]) -> datetime | None:
+        self._flush("contacts", "campaigns")
+        row = self._one(
+            "SELECT MIN(c.ready_at) FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
+            " WHERE c.channel=%s AND c.ready_at IS NOT NULL AND g.status='in_progress'"
+            " AND c.campaign_id <> ALL(%s)",
+            (channel, sorted(skip)),
+        )
+        return None if row is None else cast(datetime | None, row[0])
+
+    def in_flight_contacts(self, owner: str) -> list[Key]:
+        self._flush("contacts")
+        rows = self._all(
+            "SELECT campaign_id, contact_id FROM contacts WHERE in_flight AND (owner=%s OR owner IS NULL)", (owner,)
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def unfinished_contacts(self, campaign_id: str) -> list[Key]:
+        self._flush("contacts")
+        rows = self._all(
+            "SELECT campaign_id, contact_id FROM contacts WHERE campaign_id=%s AND status <> ALL(%s)",
+            (campaign_id, list(FINAL_STATUSES)),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def campaigns_with_channel(self, channel: Channel, status: str) -> list[str]:
+        self._flush("contacts", "campaigns")
+        rows = self._all(
+            "SELECT g.campaign_id FROM campaigns g WHERE g.status = %s AND EXISTS"
+            " (SELECT 1 FROM contacts c WHERE c.campaign_id = g.campaign_id AND c.channel = %s)",
+            (status, channel),
+        )
+        return [r[0] for r in rows]
+
+    def counts(self, campaign_id: str) -> dict[str, int]:
+        self._flush("contacts")
+        rows = self._all("SELECT status, COUNT(*) FROM contacts WHERE campaign_id=%s GROUP BY status", (campaign_id,))
+        return {r[0]: r[1] for r in rows}
+
+    def all_counts(self) -> list[tuple[str, str, str, int]]:
+        self._flush("contacts")
+        rows = self._all(
+            "SELECT campaign_id, channel, status, COUNT(*) FROM contacts GROUP BY campaign_id, channel, status"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # -- events and outbox: one table, one statement (ids follow the calls) ----------------------
+    def add_event(self, key: Key, topic: str, payload: bytes) -> None:
+        self._queue("messages", INSERT_MESSAGE, (topic, payload, False, None, True, *key), None)
+
+    def record(self, key: Key, payload: bytes) -> None:
+        self._queue("messages", INSERT_MESSAGE, ("", payload, False, None, False, *key), None)
+
+    def events(self, key: Key) -> list[bytes]:
+        self._flush("messages")
+        rows = self._all("SELECT payload FROM messages WHERE campaign_id=%s AND contact_id=%s ORDER BY id", key)
+        return [bytes(r[0]) for r in rows]
+
+    def add_outbox(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> None:
+        self._queue("messages", INSERT_MESSAGE, (topic, payload, retain, correlation, True, None, None), None)
+
+    def outbox_fetch(self, after_id: int, limit: int) -> list[OutboxRow]:
+        self._flush("messages")
+        rows = self._all(
+            "SELECT id, topic, payload, retain, correlation, extract(epoch FROM created_at)::float8 FROM messages"
+            " WHERE pending AND id > %s ORDER BY id LIMIT %s",
+            (after_id, limit),
+        )
+        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], None if r[4] is None else bytes(r[4]), r[5]) for r in rows]
+
+    def outbox_delete(self, ids: list[int]) -> None:
+        self._flush("messages")
+        self.cur.execute("UPDATE messages SET pending = false WHERE id = ANY(%s) AND pending", (ids,))
+
+    def outbox_stats(self) -> tuple[int, float | None]:
+        self._flush("messages")
+        row = self._one("SELECT COUNT(*), extract(epoch FROM MIN(created_at))::float8 FROM messages WHERE pending")
+        assert row is not None
+        return int(row[0]), row[1]
+
+    # -- timers ---------------------------------------------------------------------------------
+    def add_timer(self, kind: TimerKind, campaign_id: str, contact_id: str | None, due_at: datetime) -> None:
+        self._queue(
+            "timers",
+            "INSERT INTO timers (kind, campaign_id, contact_id, due_at) VALUES (%s,%s,%s,%s)",
+            (kind, campaign_id, contact_id, due_at),
+            (campaign_id, contact_id),
+        )
+
+    def cancel_timers(self, key: Key) -> None:
+        self._queue("timers", "DELETE FROM timers WHERE campaign_id=%s AND contact_id=%s", key, key)
+
+    def due_timers(self, now: datetime, limit: int) -> list[Timer]:
+        self._flush("timers")
+        rows = self._all(
+            "SELECT id, kind, campaign_id, contact_id, due_at FROM timers WHERE due_at <= %s"
+            " ORDER BY due_at, id LIMIT %s",
+            (now, limit),
+        )
+        return [Timer(r[0], TimerKind(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def delete_timer(self, timer_id: int) -> bool:
+        self._flush("timers")
+        return self.cur.execute("DELETE FROM timers WHERE id=%s", (timer_id,)).rowcount == 1
+
+    def next_timer_at(self) -> datetime | None:
+        self._flush("timers")
+        row = self._one("SELECT MIN(due_at) FROM timers")
+        return None if row is None else cast(datetime | None, row[0])
+
+    # -- campaigns ------------------------------------------------------------------------------
+    def get_campaign(self, campaign_id: str) -> CampaignState | None:
+        if campaign_id in self._campaigns:
+            return self._campaigns[campaign_id]
+        self._flush("campaigns")
+        row = self._one(
+            "SELECT state::text, dialed_contacts, talk_seconds FROM campaigns WHERE campaign_id=%s", (campaign_id,)
+        )
+        state = None
+        if row is not None:
+            state = CampaignState.model_validate_json(row[0]).model_copy(
+                update={"dialed_contacts": row[1], "talk_seconds": row[2]}
+            )
+        self._campaigns[campaign_id] = state
+        return state
+
+    def put_campaign(self, state: CampaignState) -> None:
+        """Status and settings; the counters are only ever moved by `bump_campaign`."""
+        self._campaigns.pop(state.campaign_id, None)
+        blob = state.model_dump_json(exclude={"dialed_contacts", "talk_seconds"})
+        self._queue(
+            "campaigns",
+            "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT (campaign_id)"
+            " DO UPDATE SET state=excluded.state, status=excluded.status",
+            (state.campaign_id, blob, state.status),
+            state.campaign_id,
+        )
+
+    def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
+        """One UPDATE … RETURNING: the counters move atomically, whoever else bumps them."""
+        self._campaigns.pop(campaign_id, None)
+        self._flush("campaigns")
+        row = self._one(
+            "UPDATE campaigns SET dialed_contacts = dialed_contacts + %s, talk_seconds = talk_seconds + %s"
+            " WHERE campaign_id = %s RETURNING talk_seconds, (state->'budget'->>'max_talk_minutes')::float8",
+            (dialed, talk_s, campaign_id),
+        )
+        return (0.0, None) if row is None else (float(row[0]), row[1])
+
+    # -- blacklist, commands, wamids ------------------------------------------------------------
+    def is_blacklisted(self, phone: str) -> bool:
+        self._flush("blacklist")
+        return self._one("SELECT 1 FROM blacklist WHERE phone=%s", (phone,)) is not None
+
+    def blacklist(self, phone: str, add: bool) -> None:
+        sql = (
+            "INSERT INTO blacklist (phone) VALUES (%s) ON CONFLICT DO NOTHING"
+            if add
+            else "DELETE FROM blacklist WHERE phone=%s"
+        )
+        self._queue("blacklist", sql, (phone,), phone)
+
+    def get_command(self, command_id: str) -> bytes | None:
+        self._flush("commands")
+        row = self._one("SELECT result FROM commands WHERE command_id=%s", (command_id,))
+        return None if row is None else bytes(row[0])
+
+    def put_command(self, command_id: str, result: bytes) -> None:
+        self._queue(
+            "commands",
+            "INSERT INTO commands (command_id, result) VALUES (%s,%s) ON CONFLICT (command_id)"
+            " DO UPDATE SET result=excluded.result, created_at=excluded.created_at",
+            (command_id, result),
+            command_id,
+        )
+
+    def map_wamid(self, wamid: str, key: Key) -> None:
+        self._queue(
+            "wamids",
+            "INSERT INTO wamids (wamid, campaign_id, contact_id) VALUES (%s,%s,%s) ON CONFLICT (wamid)"
+            " DO UPDATE SET campaign_id=excluded.campaign_id, contact_id=excluded.contact_id,"
+            " created_at=excluded.created_at",
+            (wamid, *key),
+            wamid,
+        )
+
+    def lookup_wamid(self, wamid: str) -> Key | None:
+        self._flush("wamids")
+        row = self._one("SELECT campaign_id, contact_id FROM wamids WHERE wamid=%s", (wamid,))
+        return None if row is None else (row[0], row[1])
+
+    # -- retention ------------------------------------------------------------------------------
+    def prune(self, older_than: datetime) -> dict[str, int]:
+        self._flush()
+        counts = {}
+        for table, where in (("messages", "NOT pending AND "), ("commands", ""), ("wamids", "")):
+            counts[table] = self.cur.execute(
+                f"DELETE FROM {table} WHERE {where}created_at < %s", (older_than,)
+            ).rowcount
+        return counts
+
+
+class PostgresStore:
+    def __init__(self, url: str, outage_s: float = 120.0, connect_timeout_s: int = 5) -> None:
+        self.url = url
+        self.outage_s = outage_s
+        self.connect_timeout_s = connect_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store")
+        self._conn: psycopg.Connection[Any] | None = None
+        self._migrated: list[int] = []
+        self._closed = False
+        self._lost_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        conn = self._conn
+        return not self._closed and conn is not None and not conn.closed and not conn.broken
+
+    @property
+    def migrated(self) -> list[int]:
+        return list(self._migrated)
+
+    # -- in the store thread ----------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout_s, application_name="telgate")
+        conn.execute("SET TIME ZONE 'UTC'")
+        conn.commit()
+        return conn
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._drop("connection broken")
+        try:
+            conn = self._connect()
+        except psycopg.OperationalError as exc:
+            raise _Lost(f"cannot connect: {exc}") from exc
+        self._conn = conn
+        if self._lost_at is not None:
+            log.warning("store reconnected", extra={"down_s": round(time.monotonic() - self._lost_at, 3)})
+            self._lost_at = None
+        return conn
+
+    def _drop(self, why: str) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+                log.warning("store connection lost", extra={"detail": why})
+
+    def _open(self) -> None:
+        conn = self._connect()
+        try:
+            self._migrated = self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """Each missing step in a transaction of its own, under an advisory lock (instances starting
+        together apply each step once)."""
+        applied: list[int] = []
+        while True:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, what text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+                steps = pending(MIGRATIONS, row[0] if row else 0, "the PostgreSQL store")
+                if steps:
+                    for statement in steps[0].statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_version (version, what) VALUES (%s, %s)", (steps[0].version, steps[0].what)
+                    )
+            conn.commit()
+            if not steps:
+                return applied
+            applied.append(steps[0].version)
+
+    def _run(self, fn: Callable[[Txn], R]) -> R:
+        conn = self._connection()
+        try:
+            txn = _PgTxn(conn)
+            result = fn(txn)
+            xid = txn.finish()
+        except BaseException as exc:
+            if conn.broken:  # whatever fn made of the failure, the cause is the connection
+                self._drop(str(exc))
+                raise _Lost(str(exc)) from exc
+            try:
+                conn.rollback()
+            except psycopg.OperationalError as lost:
+                self._drop(str(lost))
+                raise _Lost(str(lost)) from exc
+            if isinstance(exc, psycopg.Error):
+                raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        try:
+            conn.commit()
+        except psycopg.Error as exc:
+            if not conn.broken:
+                raise StoreError(f"COMMIT failed: {exc}") from exc
+            self._drop(str(exc))
+            if xid is None:  # it wrote nothing: what it read stands
+                return result
+            raise _Lost(str(exc), xid, result) from exc
+        return result
+
+    def _verdict(self, xid: str) -> str | None:
+        """After a COMMIT whose answer was lost: 'committed', 'aborted' or 'in progress'."""
+        conn = self._connection()
+        try:
+            row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            conn.commit()
+        except psycopg.OperationalError as exc:
+            if conn.broken:
+                self._drop(str(exc))
+                raise _Lost(str(exc)) from exc
+            raise
+        return None if row is None else cast(str | None, row[0])
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- the event loop's side ------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open the PostgreSQL store: {exc}") from exc
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    async def run(self, fn: Callable[[Txn], R]) -> R:
+        loop = asyncio.get_running_loop()
+        down_since: float | None = None
+        delay = 0.05
+        unsure: _Lost | None = None  # a COMMIT whose outcome is still to be learnt
+        while True:
+            if self._closed:
+                raise StoreError("store is closed")
+            try:
+                if unsure is not None:
+                    assert unsure.xid is not None
+                    verdict = await loop.run_in_executor(self._executor, self._verdict, unsure.xid)
+                    log.warning("outcome of a COMMIT cut off", extra={"xid": unsure.xid, "verdict": verdict})
+                    if verdict == "committed":
+                        return cast(R, unsure.result)
+                    if verdict is None:
+                        raise StoreError(f"the outcome of transaction {unsure.xid} can no longer be known")
+                    if verdict == "in progress":
+                        raise _Lost(f"transaction {unsure.xid} is still committing")
+                    unsure = None  # aborted: decide again
+                return await loop.run_in_executor(self._executor, self._run, fn)
+            except _Lost as lost:
+                if lost.xid is not None:
+                    unsure = lost
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if now - down_since >= self.outage_s:
+                    raise StoreError(f"PostgreSQL unreachable for {self.outage_s:.0f} s: {lost}") from lost
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+            except psycopg.Error as exc:
+                raise StoreError(f"{type(exc).__name__}: {exc}") from exc
