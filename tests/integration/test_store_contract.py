@@ -1,0 +1,599 @@
+"""The store contract, run against SQLite and a real PostgreSQL server (tests/support/postgres.py).
+
+Every `Txn` method's promise as the engine relies on it; migrations and retention; then the real engine
+on PostgreSQL through the bus, and PostgreSQL killed and restarted under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+
+from gateway.config import ConfigError
+from gateway.domain.effects import TimerKind
+from gateway.domain.state import Budget, CampaignState, ContactState
+from gateway.domain.statuses import CampaignStatus, Channel, Status
+from gateway.store import Conflict, Store, StoreError, Txn, open_store
+from gateway.store.migrate import migrate
+from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from tests.support.broker import Mosquitto
+from tests.support.harness import Backend, backend, gateway, scripted_ledger, settings_for
+from tests.support.postgres import Postgres, postgres_own_server, postgres_server  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+_names = itertools.count()
+
+
+async def url_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / f'store{next(_names)}.db'}"
+    server: Postgres = request.getfixturevalue("postgres_server")
+    return await asyncio.to_thread(server.create_database, f"t{next(_names)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return await url_for(request.param, request, tmp_path)
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def contact(key: str, seq: int = 1, campaign: str = "c", **kw: Any) -> ContactState:
+    return ContactState(campaign_id=campaign, contact_id=key, channel=Channel.VOICE, sequence=seq, **kw)
+
+
+# -- contacts: compare-and-set ------------------------------------------------------------------------
+
+
+async def test_put_contact_is_a_compare_and_set_on_sequence(store: Store) -> None:
+    assert await store.run(lambda t: t.put_contact(contact("k"), 0, None))
+    assert not await store.run(lambda t: t.put_contact(contact("k"), 0, None)), "a second create must lose"
+    assert not await store.run(lambda t: t.put_contact(contact("k", 3), 2, None)), "stale expected sequence"
+    assert await store.run(lambda t: t.put_contact(contact("k", 2, status=Status.CALLING), 1, "gw"))
+
+    def read_then_write(t: Txn) -> tuple[bool, bool, ContactState | None]:
+        now = t.get_contact(("c", "k"))
+        assert now is not None and now.sequence == 2 and now.status is Status.CALLING
+        first = t.put_contact(contact("k", 3), 2, None)
+        again = t.put_contact(contact("k", 3), 2, None)  # the sequence moved (by this very transaction)
+        return first, again, t.get_contact(("c", "k"))
+
+    first, again, after = await store.run(read_then_write)
+    assert (first, again) == (True, False)
+    assert after is not None and after.sequence == 3
+    stored = await store.run(lambda t: t.get_contact(("c", "k")))
+    assert stored is not None and stored.sequence == 3 and stored.status is Status.INITIAL
+    assert await store.run(lambda t: t.get_contact(("c", "nobody"))) is None
+
+
+async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
+    def fails(t: Txn) -> None:
+        t.put_contact(contact("k"), 0, None)
+        t.add_event(("c", "k"), "topic", b"e1")
+        raise Conflict("decide again")
+
+    with pytest.raises(Conflict):
+        await store.run(fails)
+    assert await store.run(lambda t: (t.get_contact(("c", "k")), t.events(("c", "k")), t.outbox_stats())) == (
+        None,
+        [],
+        (0, None),
+    )
+
+
+async def test_postgres_another_writer_between_read_and_write_is_a_conflict(
+    postgres_server: Postgres,  # noqa: F811
+) -> None:
+    """What SQLite's write lock rules out: another instance moves the contact after this transaction read
+    it. The queued compare-and-set finds the sequence moved; the whole transaction rolls back."""
+    url = await asyncio.to_thread(postgres_server.create_database, "racing")
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        await store.run(lambda t: t.put_contact(contact("k"), 0, None))
+
+        def racing(t: Txn) -> None:
+            seen = t.get_contact(("c", "k"))
+            assert seen is not None
+            with psycopg.connect(url, autocommit=True) as other:  # the other instance commits first
+                other.execute("UPDATE contacts SET sequence = 2 WHERE contact_id = 'k'")
+            assert t.put_contact(contact("k", 2), seen.sequence, None)  # queued: the check comes with it
+            t.add_event(("c", "k"), "topic", b"e2")
+
+        with pytest.raises(Conflict):
+            await store.run(racing)
+        assert await store.run(lambda t: t.events(("c", "k"))) == []
+    finally:
+        await store.close()
+
+
+async def test_postgres_connection_lost_during_commit_is_applied_once(
+    postgres_server: Postgres,  # noqa: F811
+) -> None:
+    """The server goes away while COMMIT is under way (a deferred trigger ends its own backend, once):
+    the store reconnects, asks `pg_xact_status` what became of the transaction, and either keeps the
+    first result (committed) or runs `fn` again (aborted). Either way the event is stored once."""
+    url = await asyncio.to_thread(postgres_server.create_database, "commitlost")
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("CREATE SEQUENCE die_once")
+            db.execute(
+                "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF nextval('die_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid());"
+                " PERFORM pg_sleep(1); END IF; RETURN NULL; END $$"
+            )
+            db.execute(
+                "CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON messages DEFERRABLE INITIALLY DEFERRED"
+                " FOR EACH ROW EXECUTE FUNCTION die()"
+            )
+        calls = []
+
+        def write(t: Txn) -> str:
+            calls.append(1)
+            t.add_event(("c", "k"), "topic", b"once")
+            return "done"
+
+        assert await store.run(write) == "done"
+        assert 1 <= len(calls) <= 2
+        assert await store.run(lambda t: t.events(("c", "k"))) == [b"once"]
+        assert store.is_open
+    finally:
+        await store.close()
+
+
+# -- the dispatch queue -----------------------------------------------------------------------------------
+
+
+async def test_ready_queue_order_priority_then_time_then_key(store: Store) -> None:
+    def setup(t: Txn) -> None:
+        for camp, status in (("a", CampaignStatus.IN_PROGRESS), ("b", CampaignStatus.IN_PROGRESS)):
+            t.put_campaign(CampaignState(campaign_id=camp, status=status))
+        t.put_campaign(CampaignState(campaign_id="p", status=CampaignStatus.PAUSED))
+        rows = [
+            ("a", "late", T0 + timedelta(seconds=5), 1),
+            ("a", "k2", T0, 1),
+            ("b", "k1", T0, 1),
+            ("a", "k1", T0, 1),
+            ("b", "retry", T0 + timedelta(seconds=9), 0),  # a due retry goes before new contacts
+            ("a", "future", T0 + timedelta(hours=1), 0),
+            ("p", "paused", T0, 0),
+        ]
+        for camp, key, at, prio in rows:
+            assert t.put_contact(contact(key, campaign=camp), 0, None, (at, prio))
+        assert t.put_contact(contact("idle", campaign="a"), 0, None)  # not queued at all
+
+    await store.run(setup)
+    now = T0 + timedelta(seconds=10)
+    assert await store.run(lambda t: t.ready_contacts(Channel.VOICE, now, 10, frozenset())) == [
+        ("b", "retry"),
+        ("a", "k1"),
+        ("a", "k2"),
+        ("b", "k1"),
+        ("a", "late"),
+    ]
+    assert await store.run(lambda t: t.ready_contacts(Channel.VOICE, now, 2, frozenset())) == [
+        ("b", "retry"),
+        ("a", "k1"),
+    ]
+    assert await store.run(lambda t: t.ready_contacts(Channel.VOICE, now, 10, frozenset({"b"}))) == [
+        ("a", "k1"),
+        ("a", "k2"),
+        ("a", "late"),
+    ]
+    assert await store.run(lambda t: t.ready_contacts(Channel.WHATSAPP, now, 10, frozenset())) == []
+    assert await store.run(lambda t: t.next_ready_at(Channel.VOICE, frozenset())) == T0
+    assert await store.run(lambda t: t.next_ready_at(Channel.VOICE, frozenset({"a", "b"}))) is None
+
+    def dequeue_and_requeue(t: Txn) -> list[tuple[str, str]]:
+        t.set_ready(("b", "retry"), None)
+        t.set_ready(("a", "idle"), T0, 0)
+        return t.ready_contacts(Channel.VOICE, now, 3, frozenset())  # sees this transaction's writes
+
+    assert await store.run(dequeue_and_requeue) == [("a", "idle"), ("a", "k1"), ("a", "k2")]
+
+
+async def test_contact_queries_in_flight_unfinished_counts(store: Store) -> None:
+    def setup(t: Txn) -> None:
+        t.put_campaign(CampaignState(campaign_id="c"))
+        t.put_campaign(CampaignState(campaign_id="w", status=CampaignStatus.PAUSED))
+        t.put_contact(contact("mine", status=Status.CALLING, in_flight=True), 0, "gw1")
+        t.put_contact(contact("theirs", status=Status.CALLING, in_flight=True), 0, "gw2")
+        t.put_contact(contact("orphan", status=Status.CALL_IN_PROGRESS, in_flight=True), 0, None)
+        t.put_contact(contact("done", status=Status.SUCCESS), 0, None)
+        t.put_contact(contact("new"), 0, None)
+        wa = ContactState(campaign_id="w", contact_id="m", channel=Channel.WHATSAPP, sequence=1)
+        t.put_contact(wa, 0, None)
+
+    await store.run(setup)
+    assert sorted(await store.run(lambda t: t.in_flight_contacts("gw1"))) == [("c", "mine"), ("c", "orphan")]
+    assert sorted(await store.run(lambda t: t.unfinished_contacts("c"))) == [
+        ("c", "mine"),
+        ("c", "new"),
+        ("c", "orphan"),
+        ("c", "theirs"),
+    ]
+    assert await store.run(lambda t: t.counts("c")) == {
+        "calling": 2,
+        "call_in_progress": 1,
+        "success": 1,
+        "initial": 1,
+    }
+    assert sorted(await store.run(lambda t: t.all_counts())) == [
+        ("c", "voice", "call_in_progress", 1),
+        ("c", "voice", "calling", 2),
+        ("c", "voice", "initial", 1),
+        ("c", "voice", "success", 1),
+        ("w", "whatsapp", "initial", 1),
+    ]
+    assert await store.run(lambda t: t.campaigns_with_channel(Channel.VOICE, "in_progress")) == ["c"]
+    assert await store.run(lambda t: t.campaigns_with_channel(Channel.WHATSAPP, "paused")) == ["w"]
+    assert await store.run(lambda t: t.campaigns_with_channel(Channel.WHATSAPP, "in_progress")) == []
+
+
+# -- events and the outbox ----------------------------------------------------------------------------------
+
+
+async def test_outbox_in_id_order_and_delete(store: Store) -> None:
+    def write(t: Txn, n: int) -> None:
+        for i in range(n):
+            t.add_event(("c", f"k{i % 3}"), f"evt/{i}", f"e{i}".encode())
+            if i % 4 == 0:
+                t.add_outbox("evt/command", f"r{i}".encode(), retain=i % 8 == 0, correlation=b"x" if i else None)
+
+    await store.run(lambda t: write(t, 10))
+    await store.run(lambda t: t.add_outbox("evt/campaign", b"camp", retain=True))
+    rows = await store.run(lambda t: t.outbox_fetch(0, 100))
+    assert [r.payload for r in rows] == [
+        b"e0", b"r0", b"e1", b"e2", b"e3", b"e4", b"r4", b"e5", b"e6", b"e7", b"e8", b"r8", b"e9", b"camp"
+    ]  # fmt: skip
+    assert [r.id for r in rows] == sorted(r.id for r in rows) and len({r.id for r in rows}) == len(rows)
+    assert rows[1].retain and rows[1].correlation is None and rows[6].correlation == b"x" and not rows[6].retain
+    assert rows[0].topic == "evt/0" and abs(rows[0].created_at - datetime.now(UTC).timestamp()) < 60
+    assert await store.run(lambda t: t.outbox_fetch(rows[2].id, 3)) == rows[3:6]
+    count, oldest = await store.run(lambda t: t.outbox_stats())
+    assert count == 14 and oldest is not None and oldest <= rows[-1].created_at
+
+    await store.run(lambda t: t.outbox_delete([r.id for r in rows[:5]]))
+    left = await store.run(lambda t: t.outbox_fetch(0, 100))
+    assert left == rows[5:]
+    assert (await store.run(lambda t: t.outbox_stats()))[0] == 9
+    # deleting from the outbox keeps the event history
+    assert await store.run(lambda t: t.events(("c", "k0"))) == [b"e0", b"e3", b"e6", b"e9"]
+
+
+async def test_events_per_contact_include_recorded_ones_in_order(store: Store) -> None:
+    def write(t: Txn) -> None:
+        t.add_event(("c", "a"), "t", b'{"n":1}')
+        t.add_event(("c", "b"), "t", b'{"n":1}')
+        t.record(("c", "a"), b'{"late":true}')
+        t.add_event(("c", "a"), "t", b'{"n":2}')
+        t.add_event(("d", "a"), "t", b'{"other":1}')
+
+    await store.run(write)
+    assert await store.run(lambda t: t.events(("c", "a"))) == [b'{"n":1}', b'{"late":true}', b'{"n":2}']
+    assert await store.run(lambda t: t.events(("c", "b"))) == [b'{"n":1}']
+    assert await store.run(lambda t: t.events(("c", "zzz"))) == []
+    # a recorded row is history only: never published
+    assert [r.payload for r in await store.run(lambda t: t.outbox_fetch(0, 10))] == [
+        b'{"n":1}',
+        b'{"n":1}',
+        b'{"n":2}',
+        b'{"other":1}',
+    ]
+
+
+# -- timers ---------------------------------------------------------------------------------------------------
+
+
+async def test_timers_due_in_order_fire_once_and_cancel(store: Store) -> None:
+    def setup(t: Txn) -> None:
+        t.add_timer(TimerKind.ACW, "c", "k1", T0 + timedelta(seconds=3))
+        t.add_timer(TimerKind.BCW, "c", "k2", T0 + timedelta(seconds=1))
+        t.add_timer(TimerKind.CAMPAIGN_START, "c", None, T0 + timedelta(seconds=2))
+        t.add_timer(TimerKind.AMBIGUOUS, "c", "k1", T0 + timedelta(hours=1))
+
+    await store.run(setup)
+    assert await store.run(lambda t: t.next_timer_at()) == T0 + timedelta(seconds=1)
+    due = await store.run(lambda t: t.due_timers(T0 + timedelta(seconds=5), 10))
+    assert [(d.kind, d.contact_id, d.due_at) for d in due] == [
+        (TimerKind.BCW, "k2", T0 + timedelta(seconds=1)),
+        (TimerKind.CAMPAIGN_START, None, T0 + timedelta(seconds=2)),
+        (TimerKind.ACW, "k1", T0 + timedelta(seconds=3)),
+    ]
+    assert [d.kind for d in await store.run(lambda t: t.due_timers(T0 + timedelta(seconds=5), 1))] == [TimerKind.BCW]
+    assert await store.run(lambda t: t.delete_timer(due[0].id))
+    assert not await store.run(lambda t: t.delete_timer(due[0].id)), "a timer fires once"
+    await store.run(lambda t: t.cancel_timers(("c", "k1")))  # both of k1's, not the campaign's
+    left = await store.run(lambda t: t.due_timers(T0 + timedelta(days=1), 10))
+    assert [(d.kind, d.contact_id) for d in left] == [(TimerKind.CAMPAIGN_START, None)]
+
+    def cancel_then_add(t: Txn) -> list[str | None]:  # order within one transaction holds
+        t.add_timer(TimerKind.ACW, "c", "k3", T0)
+        t.cancel_timers(("c", "k3"))
+        t.add_timer(TimerKind.BCW, "c", "k3", T0)
+        return [str(d.kind) for d in t.due_timers(T0, 10)]
+
+    assert await store.run(cancel_then_add) == ["bcw"]
+    assert await store.run(lambda t: t.next_timer_at()) == T0
+
+
+# -- campaigns --------------------------------------------------------------------------------------------------
+
+
+async def test_campaign_counters_are_atomic_across_stores(url: str) -> None:
+    one, two = open_store(url), open_store(url)
+    await one.open()
+    await two.open()
+    try:
+        budget = Budget(max_talk_minutes=2.5, max_contacts=100)
+        await one.run(lambda t: t.put_campaign(CampaignState(campaign_id="c", budget=budget)))
+        assert await one.run(lambda t: t.bump_campaign("nope", dialed=1)) == (0.0, None)
+        bumps = [s.run(lambda t: t.bump_campaign("c", dialed=1, talk_s=1.5)) for s in (one, two) for _ in range(40)]
+        results = await asyncio.gather(*bumps)
+        assert sorted(r[0] for r in results) == [1.5 * i for i in range(1, 81)], "every bump saw its own total"
+        assert {r[1] for r in results} == {2.5}
+        # settings and status are written without touching the counters
+        paused = CampaignState(campaign_id="c", status=CampaignStatus.PAUSED, budget=budget, talk_seconds=0.0)
+        await two.run(lambda t: t.put_campaign(paused))
+        camp = await one.run(lambda t: t.get_campaign("c"))
+        assert camp is not None
+        assert (camp.status, camp.dialed_contacts, camp.talk_seconds) == (CampaignStatus.PAUSED, 80, 120.0)
+        assert camp.budget == budget
+        assert await one.run(lambda t: t.get_campaign("nope")) is None
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_campaign_read_after_write_in_one_transaction(store: Store) -> None:
+    def create_then_bump(t: Txn) -> tuple[CampaignState | None, tuple[float, float | None], CampaignState | None]:
+        t.put_campaign(CampaignState(campaign_id="c", budget=Budget(max_talk_minutes=1)))
+        created = t.get_campaign("c")
+        bumped = t.bump_campaign("c", dialed=2, talk_s=30)
+        return created, bumped, t.get_campaign("c")
+
+    created, bumped, after = await store.run(create_then_bump)
+    assert created is not None and created.dialed_contacts == 0
+    assert bumped == (30.0, 1.0)
+    assert after is not None and (after.dialed_contacts, after.talk_seconds) == (2, 30.0)
+
+
+# -- blacklist, command ids, wamids ---------------------------------------------------------------------------
+
+
+async def test_blacklist_commands_wamids(store: Store) -> None:
+    def first(t: Txn) -> tuple[bool, bool, bytes | None, Any]:
+        t.blacklist("+420601123456", True)
+        t.blacklist("+420601123456", True)  # twice is once
+        t.blacklist("+420601000000", True)
+        t.blacklist("+420601000000", False)
+        t.put_command("cmd-1", b'{"accepted":true}')
+        t.map_wamid("wamid.A", ("c", "k1"))
+        return (
+            t.is_blacklisted("+420601123456"),
+            t.is_blacklisted("+420601000000"),
+            t.get_command("cmd-1"),
+            t.lookup_wamid("wamid.A"),
+        )
+
+    assert await store.run(first) == (True, False, b'{"accepted":true}', ("c", "k1"))
+    assert await store.run(lambda t: t.get_command("cmd-2")) is None
+    await store.run(lambda t: t.put_command("cmd-1", b'{"accepted":false}'))
+    assert await store.run(lambda t: t.get_command("cmd-1")) == b'{"accepted":false}'
+    await store.run(lambda t: t.map_wamid("wamid.A", ("c", "k2")))
+    assert await store.run(lambda t: t.lookup_wamid("wamid.A")) == ("c", "k2")
+    assert await store.run(lambda t: t.lookup_wamid("wamid.B")) is None
+    await store.run(lambda t: t.blacklist("+420601123456", False))
+    assert not await store.run(lambda t: t.is_blacklisted("+420601123456"))
+
+
+# -- retention ------------------------------------------------------------------------------------------------
+
+
+async def test_prune_deletes_history_commands_and_wamids_keeps_the_outbox(store: Store) -> None:
+    def write(t: Txn) -> None:
+        t.add_event(("c", "k"), "t", b"published")
+        t.add_event(("c", "k"), "t", b"pending")
+        t.record(("c", "k"), b"recorded")
+        t.put_command("cmd", b"{}")
+        t.map_wamid("wamid.A", ("c", "k"))
+
+    await store.run(write)
+    rows = await store.run(lambda t: t.outbox_fetch(0, 10))
+    await store.run(lambda t: t.outbox_delete([rows[0].id]))
+    now = datetime.now(UTC)
+    assert await store.run(lambda t: t.prune(now - timedelta(days=1))) == {"messages": 0, "commands": 0, "wamids": 0}
+    assert await store.run(lambda t: t.prune(now + timedelta(seconds=5))) == {
+        "messages": 2,
+        "commands": 1,
+        "wamids": 1,
+    }
+    assert await store.run(lambda t: t.events(("c", "k"))) == [b"pending"], "the outbox is never pruned"
+    assert [r.payload for r in await store.run(lambda t: t.outbox_fetch(0, 10))] == [b"pending"]
+    assert await store.run(lambda t: (t.get_command("cmd"), t.lookup_wamid("wamid.A"))) == (None, None)
+
+
+def test_retention_days_is_validated(tmp_path: Path) -> None:
+    assert settings_for("mqtt://127.0.0.1:1", tmp_path).store.retention_days == 30
+    with pytest.raises(ConfigError) as err:
+        settings_for("mqtt://127.0.0.1:1", tmp_path, store={"retention_days": 0})
+    assert err.value.key == "store.retention_days"
+
+
+# -- migrations -----------------------------------------------------------------------------------------------
+
+
+async def test_migrations_apply_once(url: str) -> None:
+    first = open_store(url)
+    await first.open()
+    assert first.migrated == [1, 2]
+    await first.run(lambda t: t.put_contact(contact("k"), 0, None))
+    await first.close()
+    again = open_store(url)
+    await again.open()
+    assert again.migrated == []
+    assert await again.run(lambda t: t.get_contact(("c", "k"))) is not None
+    await again.close()
+    assert await migrate(url) == []
+
+
+async def test_a_schema_newer_than_this_build_is_refused(url: str) -> None:
+    assert await migrate(url) == [1, 2]
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
+    else:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("INSERT INTO schema_version (version, what) VALUES (99, 'from the future')")
+    with pytest.raises(StoreError, match="schema version 99"):
+        await migrate(url)
+
+
+async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Path) -> None:
+    """A telgate.db from before migrations: today's tables and data, no schema_version."""
+    path = tmp_path / "telgate.db"
+    with sqlite3.connect(path) as db:
+        for statement in SQLITE_MIGRATIONS[0].statements:
+            db.execute(statement)
+        blob = contact("k").model_dump_json(exclude_defaults=True)
+        db.execute(
+            "INSERT INTO contacts (campaign_id, contact_id, channel, status, sequence, state) VALUES (?,?,?,?,?,?)",
+            ("c", "k", "voice", "initial", 1, blob),
+        )
+        db.execute("INSERT INTO wamids VALUES ('wamid.old', 'c', 'k')")
+        db.execute("INSERT INTO commands VALUES ('cmd', x'7b7d', 0)")
+    url = f"sqlite:///{path}"
+    assert await migrate(url) == [1, 2]
+    assert await migrate(url) == []
+    store = open_store(url)
+    await store.open()
+    try:
+        assert store.migrated == []
+        got = await store.run(lambda t: (t.get_contact(("c", "k")), t.lookup_wamid("wamid.old"), t.get_command("cmd")))
+        assert got == (contact("k"), ("c", "k"), b"{}")
+        # the old wamid counts its age from the upgrade: kept by today's pruning, not by a later one
+        assert (await store.run(lambda t: t.prune(datetime.now(UTC) - timedelta(days=30))))["wamids"] == 0
+        assert (await store.run(lambda t: t.prune(datetime.now(UTC) + timedelta(seconds=5))))["wamids"] == 1
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+
+
+# -- the engine on PostgreSQL, end to end ---------------------------------------------------------------------
+
+
+def sequences_once(b: Backend) -> dict[tuple[str, str], list[int]]:
+    """Per contact the sequences received: each once, or repeated with the same event_id (a QoS 1
+    redelivery), never two events for one sequence (decided twice)."""
+    ids: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    for e in b.events:
+        key = (e["campaign_id"], e["contact_id"])
+        seen = ids[key].setdefault(e["sequence"], e["event_id"])
+        assert seen == e["event_id"], f"{key} sequence {e['sequence']} decided twice"
+    return {key: sorted(seqs) for key, seqs in ids.items()}
+
+
+async def dial_all(b: Backend, n: int, campaign: str = "pg") -> None:
+    for i in range(n):  # the number's last digit picks the outcome: answered, busy, no answer, failure
+        cmd = {"command_id": f"{campaign}-{i}", "campaign_id": campaign, "contact_id": f"k{i}"}
+        await b.send("dial", {**cmd, "phone": f"+42060123456{i % 4}"})
+
+
+async def test_engine_on_postgres_end_to_end(
+    broker: Mosquitto,
+    tmp_path: Path,
+    postgres_server: Postgres,  # noqa: F811
+) -> None:
+    pg_url = await asyncio.to_thread(postgres_server.create_database, "engine")
+    assert await migrate(pg_url) == [1, 2]
+    with psycopg.connect(pg_url, autocommit=True) as db:  # a command id from before the retention window
+        db.execute("INSERT INTO commands VALUES ('ancient', '{}', now() - interval '31 days')")
+    n = 24
+    async with (
+        backend(broker.url) as b,
+        gateway(settings_for(broker.url, tmp_path, store={"url": pg_url}), delay_s=0.02) as app,
+    ):
+        assert isinstance(app.store, PostgresStore)
+        await dial_all(b, n)
+        await b.wait_for(lambda: all(b.final("pg", f"k{i}") for i in range(n)) and len(b.results) >= n, 30)
+        assert all(r["accepted"] for r in b.results)
+        seqs = sequences_once(b)
+        assert all(seqs[("pg", f"k{i}")] == list(range(1, len(seqs[("pg", f"k{i}")]) + 1)) for i in range(n))
+        final = ["success", "completed_without_answer", "completed_without_answer", "dial_failed"]
+        assert [b.statuses("pg", f"k{i}")[-1] for i in range(n)] == [final[i % 4] for i in range(n)]
+        seen = await scripted_ledger(b, app, Channel.VOICE)
+        assert seen.compared == n and seen.wire == seen.attempts == n + n // 2  # busy, no answer: tried twice
+        state = await app.store.run(lambda t: (t.get_contact(("pg", "k0")), t.events(("pg", "k0"))))
+        assert state[0] is not None and len(state[1]) == len(seqs[("pg", "k0")])
+        # the app prunes at start (then hourly): the old command id is gone, today's are kept
+        assert await app.store.run(lambda t: (t.get_command("ancient"), t.get_command("pg-0") is not None)) == (
+            None,
+            True,
+        )
+
+
+async def readyz(port: int | None) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+        return resp.status
+
+
+async def poll(what: str, check: Any, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_postgres_killed_and_restarted_mid_run(
+    broker: Mosquitto,
+    tmp_path: Path,
+    postgres_own_server: Postgres,  # noqa: F811
+) -> None:
+    pg = postgres_own_server
+    n = 120
+    settings = settings_for(broker.url, tmp_path, store={"url": pg.url})
+    async with backend(broker.url) as b, gateway(settings, delay_s=0.2) as app:
+        await dial_all(b, n, "kill")
+        await b.wait_for(lambda: len(b.events) >= n, 30)  # under way: calls on the wire, events flowing
+        assert await readyz(app.http_port) == 200
+        await asyncio.to_thread(pg.kill)
+        assert sum(b.final("kill", f"k{i}") for i in range(n)) < n // 2, "the kill came too late to matter"
+        await poll("/readyz 503", lambda: _is(readyz(app.http_port), 503), 10)
+        await asyncio.sleep(1.0)  # down for a while: signals from calls on the wire wait
+        assert await readyz(app.http_port) == 503
+        await asyncio.to_thread(pg.start)
+        await poll("/readyz 200", lambda: _is(readyz(app.http_port), 200), 20)
+        await b.wait_for(lambda: all(b.final("kill", f"k{i}") for i in range(n)), 60)
+        seqs = sequences_once(b)
+        for i in range(n):
+            got = seqs[("kill", f"k{i}")]
+            assert got == list(range(1, len(got) + 1)), f"k{i}: a gap in {got}"
+        seen = await scripted_ledger(b, app, Channel.VOICE)
+        assert seen.compared == n and seen.wire == seen.attempts
+        assert app.store.is_open
+
+
+async def _is(status: Any, expected: int) -> bool:
+    return bool(await status == expected)
