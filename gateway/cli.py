@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import sys
@@ -28,6 +29,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     print(json.dumps(settings.masked(), indent=2, default=str))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the store's schema migrations and exit (they also run when the service starts)."""
+    from .store import StoreError
+    from .store.migrate import migrate
+
+    settings = _settings(args.config)
+    try:
+        applied = asyncio.run(migrate(settings.store_url))
+    except StoreError as exc:
+        print(f"telgate: store: {exc}", file=sys.stderr)
+        return 1
+    where = settings.store_url.split("://", 1)[0]
+    print(f"migrations applied to the {where} store: {applied}" if applied else f"the {where} store is up to date")
     return 0
 
 
@@ -128,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="validate and print the effective configuration")
     p.add_argument("--config")
     p.set_defaults(fn=cmd_check_config)
+    p = sub.add_parser("migrate", help="apply the store's schema migrations and exit")
+    p.add_argument("--config")
+    p.set_defaults(fn=cmd_migrate)
     p = sub.add_parser("asyncapi", help="print the AsyncAPI 3 document of the bus")
     p.add_argument("--prefix", default="telgate")
     p.set_defaults(fn=cmd_asyncapi)

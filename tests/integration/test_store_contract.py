@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -597,3 +599,19 @@ async def test_postgres_killed_and_restarted_mid_run(
 
 async def _is(status: Any, expected: int) -> bool:
     return bool(await status == expected)
+
+
+async def test_telgate_migrate_applies_once_from_the_command_line(url: str, tmp_path: Path) -> None:
+    """`telgate migrate` (SPEC §1): the migrations without the service, then nothing the second time."""
+    cfg = tmp_path / "telgate.toml"
+    cfg.write_text(f'[gateway]\ndata_dir = "{tmp_path}"\n[store]\nurl = "{url}"\n')
+    telgate = Path(sys.executable).with_name("telgate")
+    runs = [
+        await asyncio.to_thread(
+            subprocess.run, [str(telgate), "migrate", "--config", str(cfg)], capture_output=True, text=True
+        )
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs
+    assert "migrations applied" in runs[0].stdout and "[1, 2]" in runs[0].stdout
+    assert "up to date" in runs[1].stdout
