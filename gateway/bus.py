@@ -37,6 +37,7 @@ from .wire import CommandResult, Presence, Rejection, parse_command
 
 log = logging.getLogger("telgate.bus")
 WINDOW = 64
+PARSE_AHEAD_BYTES = 512 * 1024  # ~4 bulk commands (4,000 contacts) per batch, or every single one in flight
 
 
 def _fetch(txn: Txn, after: int) -> list[OutboxRow]:
@@ -222,12 +223,31 @@ class Bus:
                 if qos > 0:
                     client._client.ack(mid, qos)
 
+        # Commands taken but not yet committed are parsed objects (a bulk of 1,000 contacts is ~1 MB of
+        # models): at most PARSE_AHEAD_BYTES of payload are parsed ahead of the store; the rest wait as raw
+        # bytes in the client's queue. Without the bound a burst of bulks held Receive Maximum (256) of them
+        # at once, and the process kept that peak for good (bench/ingest, RSS with queued contacts).
+        parsed = 0
+        room = asyncio.Event()
+        room.set()
+
+        def release(size: int) -> None:
+            nonlocal parsed
+            parsed -= size
+            room.set()
+
         async with asyncio.TaskGroup() as tg:
             tg.create_task(acker(), name="bus-acker")
             async for message in client.messages:
+                size = len(message.payload) if isinstance(message.payload, bytes | bytearray) else 0
+                while parsed > 0 and parsed + size > PARSE_AHEAD_BYTES:
+                    room.clear()
+                    await room.wait()
                 fut = self._handle(message)
                 if fut is None:  # draining: never acknowledge what was not applied, the broker keeps it
                     continue
+                parsed += size
+                fut.add_done_callback(functools.partial(lambda size, _f: release(size), size))
                 acks.put_nowait((fut, message.mid, message.qos))
 
     def _handle(self, message: aiomqtt.Message) -> asyncio.Future[Any] | None:
