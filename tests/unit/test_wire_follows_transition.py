@@ -20,6 +20,7 @@ from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import ContactState, Mode
 from gateway.domain.statuses import STATUSES, Channel, Status
 from gateway.domain.tables import CONTACTING
+from tests.unit.test_properties import signals  # any signal but CREATE, with any facts
 
 T0 = datetime(2026, 11, 29, tzinfo=UTC)
 S = Status
@@ -30,15 +31,6 @@ NOT_CONTACTED = frozenset(
 )
 OUTSIDE = (fx.Dial, fx.Send)
 
-signals = st.builds(
-    Signal,
-    kind=st.sampled_from([k for k in Kind if k is not Kind.CREATE]),
-    blacklisted=st.booleans(),
-    plan_limit=st.booleans(),
-    attempt=st.one_of(st.none(), st.integers(1, 4)),
-    duration_s=st.one_of(st.none(), st.floats(0, 3600)),
-    wamid=st.one_of(st.none(), st.just("wamid.x")),
-)
 # DIAL_DUE is what asks for a contact: draw it often, with every combination of its facts
 dial_due = st.builds(Signal, kind=st.just(K.DIAL_DUE), blacklisted=st.booleans(), plan_limit=st.booleans())
 any_signal = st.one_of(signals, dial_due)
