@@ -218,6 +218,11 @@ class App:
                 self.ready.set()
                 await stop.wait()
                 await self._drain(background)
+                # the HTTP server stops while the engine still runs: a webhook in flight is committed and
+                # answered (or refused and retried by Meta), never left waiting for an engine that is gone
+                if runner is not None:
+                    await runner.cleanup()
+                    runner = None
                 engine_task.cancel()
         finally:
             if runner is not None:

@@ -209,6 +209,10 @@ class Unit:
         self.wrote = True
 
 
+class EngineStopped(Exception):
+    """The service is stopping: queued work was not applied (and nothing of it was committed)."""
+
+
 class _WorkFailed(Exception):
     def __init__(self, index: int) -> None:
         super().__init__(f"work {index} of the batch failed")
@@ -269,12 +273,19 @@ class Engine:
         return await self.execute(functools.partial(pause_channel, channel=channel, reason=reason))
 
     async def run(self) -> None:
-        """The batch loop; runs until cancelled."""
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._run_batch(batch)
+        """The batch loop; runs until cancelled. Work still queued then fails with EngineStopped, so
+        nobody waits for a decision that will never be made."""
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < MAX_BATCH and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._run_batch(batch)
+        finally:
+            while not self._queue.empty():
+                work = self._queue.get_nowait()
+                if not work.future.done():
+                    work.future.set_exception(EngineStopped("the engine stopped before this work ran"))
 
     async def _run_batch(self, batch: list[_Work[Any]]) -> None:
         live = [w for w in batch if not w.future.done()]
@@ -283,6 +294,9 @@ class Engine:
             now = self.clock()
             try:
                 units, results = await self.store.run(functools.partial(self._apply_batch, now=now, batch=live))
+            except asyncio.CancelledError:  # stopping: the batch may or may not commit; its callers retry
+                self._fail(live, EngineStopped("the engine stopped during this work's transaction"))
+                raise
             except Conflict as exc:  # another instance moved a contact: decide the batch again on fresh state
                 conflicts += 1
                 log.info("compare-and-set conflict, deciding again", extra={"detail": str(exc)})
