@@ -568,6 +568,12 @@ async def poll(what: str, check: Any, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="KNOWN DEFECT (issue 12, open): after PostgreSQL is SIGKILLed mid-run, some contacts are dialled "
+    "twice for one attempt in the events (seen 1 run in 4: 'events say 1 attempt, the peer received 2'); "
+    "kept running so the ledger shows it until the store's commit-outcome path is fixed",
+)
 async def test_postgres_killed_and_restarted_mid_run(
     broker: Mosquitto,
     tmp_path: Path,
