@@ -231,10 +231,13 @@ class Bus:
         room = asyncio.Event()
         room.set()
 
-        def release(size: int) -> None:
-            nonlocal parsed
-            parsed -= size
-            room.set()
+        def releaser(size: int) -> Callable[[asyncio.Future[Any]], None]:
+            def release(_done: asyncio.Future[Any]) -> None:
+                nonlocal parsed
+                parsed -= size
+                room.set()
+
+            return release
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(acker(), name="bus-acker")
@@ -247,7 +250,7 @@ class Bus:
                 if fut is None:  # draining: never acknowledge what was not applied, the broker keeps it
                     continue
                 parsed += size
-                fut.add_done_callback(functools.partial(lambda size, _f: release(size), size))
+                fut.add_done_callback(releaser(size))
                 acks.put_nowait((fut, message.mid, message.qos))
 
     def _handle(self, message: aiomqtt.Message) -> asyncio.Future[Any] | None:
