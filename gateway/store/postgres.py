@@ -17,8 +17,16 @@ when the stored sequence moved.
 Connection loss: the transaction is rolled back with the connection and `run` reconnects with backoff
 (jittered, 50 ms doubling to 2 s) and runs `fn` again on fresh state, as the engine does after a
 Conflict; `is_open` is False meanwhile (/readyz 503). When the connection broke during COMMIT, the
-transaction's id (read before COMMIT) is looked up with `pg_xact_status` after reconnecting: committed
-means the first result stands (never decided twice), aborted means `fn` runs again (never lost).
+outcome is read from the transaction's commit mark: every transaction that wrote also sets this store's
+row in `commit_marks` to a fresh token, in the same transaction. After reconnecting, the row is read
+`FOR SHARE` (which waits for a COMMIT still under way on the old connection): our token means the first
+result stands (never decided twice), any other means `fn` runs again (never lost).
+
+Not `pg_xact_status(xid)`: a server that crashes loses the WAL of transactions that had not committed,
+and after recovery it hands their transaction ids out again. Another of our own transactions (the
+outbox publisher's delete, a timer) could then commit under the lost transaction's id before the
+verdict was asked, and the lost batch was taken for committed: its dials went out, its writes were gone,
+and the same contacts were dialled again for the same attempt (test_postgres_killed_and_restarted_mid_run).
 After `outage_s` without the server, `run` raises StoreError.
 """
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +122,14 @@ MIGRATIONS = (
             "CREATE INDEX wamids_created ON wamids (created_at)",
         ),
     ),
+    Migration(
+        3,
+        "commit marks: the outcome of a COMMIT whose answer was lost, one row per store connection",
+        (
+            "CREATE TABLE commit_marks (owner text PRIMARY KEY, token bigint NOT NULL,"
+            " at timestamptz NOT NULL DEFAULT now())",
+        ),
+    ),
 )
 
 INSERT_CONTACT = (
@@ -128,15 +145,22 @@ INSERT_MESSAGE = (
     " VALUES (%s,%s,%s,%s,%s,%s,%s)"
 )
 CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT})  # each row must change exactly one row
+# written last, and only by a transaction that wrote something (one that only read needs no verdict);
+# an INSERT of no row assigns no transaction id, so a read-only transaction stays read-only
+MARK = (
+    "INSERT INTO commit_marks (owner, token, at) SELECT %s, %s, now() WHERE pg_current_xact_id_if_assigned()"
+    " IS NOT NULL ON CONFLICT (owner) DO UPDATE SET token = excluded.token, at = excluded.at"
+)
+VERDICT = "SELECT token FROM commit_marks WHERE owner = %s FOR SHARE"
 
 
 class _Lost(Exception):
-    """The connection broke. Nothing of the transaction is committed, unless `xid` is set: then COMMIT
-    was under way and `pg_xact_status(xid)` says whether `result` stands."""
+    """The connection broke. Nothing of the transaction is committed, unless `token` is set: then COMMIT
+    was under way, and whether `commit_marks` holds `token` says whether `result` stands."""
 
-    def __init__(self, detail: str, xid: str | None = None, result: Any = None) -> None:
+    def __init__(self, detail: str, token: int | None = None, result: Any = None) -> None:
         super().__init__(detail)
-        self.xid = xid
+        self.token = token
         self.result = result
 
 
@@ -186,11 +210,12 @@ class _PgTxn:
                 if group.sql in CAS and self.cur.rowcount != len(group.rows):
                     raise Conflict(f"{len(group.rows) - self.cur.rowcount} contact(s) moved under this transaction")
 
-    def finish(self) -> str | None:
-        """Before COMMIT: send the rest; the transaction's id when it wrote anything."""
+    def finish(self, owner: str) -> int | None:
+        """Before COMMIT: send the rest, and when the transaction wrote anything, its commit mark (the
+        token it returns)."""
         self._flush()
-        row = self.cur.execute("SELECT pg_current_xact_id_if_assigned()::text").fetchone()
-        return None if row is None else cast(str | None, row[0])
+        token = secrets.randbits(63)
+        return token if self.cur.execute(MARK, (owner, token)).rowcount == 1 else None
 
     def _one(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
         return self.cur.execute(sql, args).fetchone()
@@ -459,6 +484,9 @@ class _PgTxn:
             counts[table] = self.cur.execute(
                 f"DELETE FROM {table} WHERE {where}created_at < %s", (older_than,)
             ).rowcount
+        # the marks of store connections long gone (each process start is a new owner); not a count of
+        # the contract: SQLite has none
+        self.cur.execute("DELETE FROM commit_marks WHERE at < %s", (older_than,))
         return counts
 
 
@@ -472,6 +500,7 @@ class PostgresStore:
         self._migrated: list[int] = []
         self._closed = False
         self._lost_at: float | None = None
+        self.owner = secrets.token_hex(8)  # this store's row in commit_marks
 
     @property
     def is_open(self) -> bool:
@@ -550,7 +579,7 @@ class PostgresStore:
         try:
             txn = _PgTxn(conn)
             result = fn(txn)
-            xid = txn.finish()
+            token = txn.finish(self.owner)
         except BaseException as exc:
             if conn.broken:  # whatever fn made of the failure, the cause is the connection
                 self._drop(str(exc))
@@ -569,23 +598,28 @@ class PostgresStore:
             if not conn.broken:
                 raise StoreError(f"COMMIT failed: {exc}") from exc
             self._drop(str(exc))
-            if xid is None:  # it wrote nothing: what it read stands
+            if token is None:  # it wrote nothing: what it read stands
                 return result
-            raise _Lost(str(exc), xid, result) from exc
+            raise _Lost(str(exc), token, result) from exc
         return result
 
-    def _verdict(self, xid: str) -> str | None:
-        """After a COMMIT whose answer was lost: 'committed', 'aborted' or 'in progress'."""
+    def _verdict(self, token: int) -> str:
+        """After a COMMIT whose answer was lost: 'committed', 'aborted' or 'in progress' (the old
+        connection's backend still holds the mark's row after `lock_timeout`)."""
         conn = self._connection()
         try:
-            row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            conn.execute("SET LOCAL lock_timeout = '5s'")
+            row = conn.execute(VERDICT, (self.owner,)).fetchone()
             conn.commit()
+        except psycopg.errors.LockNotAvailable:
+            conn.rollback()
+            return "in progress"
         except psycopg.OperationalError as exc:
             if conn.broken:
                 self._drop(str(exc))
                 raise _Lost(str(exc)) from exc
             raise
-        return None if row is None else cast(str | None, row[0])
+        return "committed" if row is not None and row[0] == token else "aborted"
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -614,19 +648,17 @@ class PostgresStore:
                 raise StoreError("store is closed")
             try:
                 if unsure is not None:
-                    assert unsure.xid is not None
-                    verdict = await loop.run_in_executor(self._executor, self._verdict, unsure.xid)
-                    log.warning("outcome of a COMMIT cut off", extra={"xid": unsure.xid, "verdict": verdict})
+                    assert unsure.token is not None
+                    verdict = await loop.run_in_executor(self._executor, self._verdict, unsure.token)
+                    log.warning("outcome of a COMMIT cut off", extra={"token": unsure.token, "verdict": verdict})
                     if verdict == "committed":
                         return cast(R, unsure.result)
-                    if verdict is None:
-                        raise StoreError(f"the outcome of transaction {unsure.xid} can no longer be known")
                     if verdict == "in progress":
-                        raise _Lost(f"transaction {unsure.xid} is still committing")
+                        raise _Lost("the cut-off COMMIT is still under way on the old connection")
                     unsure = None  # aborted: decide again
                 return await loop.run_in_executor(self._executor, self._run, fn)
             except _Lost as lost:
-                if lost.xid is not None:
+                if lost.token is not None:
                     unsure = lost
                 now = time.monotonic()
                 down_since = now if down_since is None else down_since

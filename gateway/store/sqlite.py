@@ -94,6 +94,8 @@ MIGRATIONS = (
             "CREATE INDEX wamids_created ON wamids (created_at)",
         ),
     ),
+    # the same version in both stores: a COMMIT on a local file has no answer to lose, so nothing here
+    Migration(3, "commit marks (PostgreSQL only: the outcome of a COMMIT whose answer was lost)", ()),
 )
 
 

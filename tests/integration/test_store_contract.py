@@ -27,7 +27,7 @@ from gateway.domain.state import Budget, CampaignState, ContactState
 from gateway.domain.statuses import CampaignStatus, Channel, Status
 from gateway.store import Conflict, Store, StoreError, Txn, open_store
 from gateway.store.migrate import migrate
-from gateway.store.postgres import PostgresStore
+from gateway.store.postgres import PostgresStore, _PgTxn
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, scripted_ledger, settings_for
@@ -131,7 +131,7 @@ async def test_postgres_connection_lost_during_commit_is_applied_once(
     postgres_server: Postgres,  # noqa: F811
 ) -> None:
     """The server goes away while COMMIT is under way (a deferred trigger ends its own backend, once):
-    the store reconnects, asks `pg_xact_status` what became of the transaction, and either keeps the
+    the store reconnects, reads its commit mark to learn what became of the transaction, and either keeps the
     first result (committed) or runs `fn` again (aborted). Either way the event is stored once."""
     url = await asyncio.to_thread(postgres_server.create_database, "commitlost")
     store = PostgresStore(url)
@@ -159,6 +159,53 @@ async def test_postgres_connection_lost_during_commit_is_applied_once(
         assert 1 <= len(calls) <= 2
         assert await store.run(lambda t: t.events(("c", "k"))) == [b"once"]
         assert store.is_open
+    finally:
+        await store.close()
+
+
+async def test_postgres_crash_during_commit_whose_xid_is_handed_out_again_is_not_taken_for_committed(
+    postgres_own_server: Postgres,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server is SIGKILLed between a transaction's last write and its COMMIT. Recovery loses that
+    transaction's WAL and hands its transaction id out again; another transaction of ours (the outbox
+    publisher's delete, in the service) commits under it before the cut one asks what became of it.
+    The cut transaction is decided again, not taken for committed: asking `pg_xact_status` for its id
+    answered 'committed' here, its effects ran while its writes were gone, and its contacts were dialled
+    twice for one attempt."""
+    pg = postgres_own_server
+    store = PostgresStore(pg.url)
+    await store.open()
+    try:
+        await store.run(lambda t: t.add_outbox("warm", b"up"))  # whatever came before is committed
+        finish = _PgTxn.finish
+        cut = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def finish_then_crash(self: _PgTxn, owner: str) -> int | None:
+            token = finish(self, owner)
+            if not cut.is_set():
+                pg.kill()  # the COMMIT goes to a server that is gone
+                loop.call_soon_threadsafe(cut.set)
+            return token
+
+        monkeypatch.setattr(_PgTxn, "finish", finish_then_crash)
+        calls = []
+
+        def cut_off(t: Txn) -> str:
+            calls.append(1)
+            t.add_event(("c", "lost"), "topic", b"decided once")
+            return f"run {len(calls)}"
+
+        first = asyncio.create_task(store.run(cut_off))
+        await cut.wait()
+        await asyncio.to_thread(pg.start)
+        # another writer of this store reaches the new server first and takes the freed transaction id
+        for i in range(3):
+            await store.run(lambda t, i=i: t.add_event(("c", f"other{i}"), "topic", b"other"))
+        result = await asyncio.wait_for(first, 30)
+        assert await store.run(lambda t: t.events(("c", "lost"))) == [b"decided once"], "its writes are there once"
+        assert result == "run 2" and len(calls) == 2, "the cut transaction was decided again, on the new server"
     finally:
         await store.close()
 
@@ -448,7 +495,7 @@ def test_retention_days_is_validated(tmp_path: Path) -> None:
 async def test_migrations_apply_once(url: str) -> None:
     first = open_store(url)
     await first.open()
-    assert first.migrated == [1, 2]
+    assert first.migrated == [1, 2, 3]
     await first.run(lambda t: t.put_contact(contact("k"), 0, None))
     await first.close()
     again = open_store(url)
@@ -460,7 +507,7 @@ async def test_migrations_apply_once(url: str) -> None:
 
 
 async def test_a_schema_newer_than_this_build_is_refused(url: str) -> None:
-    assert await migrate(url) == [1, 2]
+    assert await migrate(url) == [1, 2, 3]
     if url.startswith("sqlite"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             db.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
@@ -485,7 +532,7 @@ async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Pat
         db.execute("INSERT INTO wamids VALUES ('wamid.old', 'c', 'k')")
         db.execute("INSERT INTO commands VALUES ('cmd', x'7b7d', 0)")
     url = f"sqlite:///{path}"
-    assert await migrate(url) == [1, 2]
+    assert await migrate(url) == [1, 2, 3]
     assert await migrate(url) == []
     store = open_store(url)
     await store.open()
@@ -499,7 +546,7 @@ async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Pat
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
 
 
 # -- the engine on PostgreSQL, end to end ---------------------------------------------------------------------
@@ -528,7 +575,7 @@ async def test_engine_on_postgres_end_to_end(
     postgres_server: Postgres,  # noqa: F811
 ) -> None:
     pg_url = await asyncio.to_thread(postgres_server.create_database, "engine")
-    assert await migrate(pg_url) == [1, 2]
+    assert await migrate(pg_url) == [1, 2, 3]
     with psycopg.connect(pg_url, autocommit=True) as db:  # a command id from before the retention window
         db.execute("INSERT INTO commands VALUES ('ancient', '{}', now() - interval '31 days')")
     n = 24
@@ -568,12 +615,6 @@ async def poll(what: str, check: Any, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN DEFECT (issue 12, open): after PostgreSQL is SIGKILLed mid-run, some contacts are dialled "
-    "twice for one attempt in the events (seen 1 run in 4: 'events say 1 attempt, the peer received 2'); "
-    "kept running so the ledger shows it until the store's commit-outcome path is fixed",
-)
 async def test_postgres_killed_and_restarted_mid_run(
     broker: Mosquitto,
     tmp_path: Path,
@@ -619,5 +660,5 @@ async def test_telgate_migrate_applies_once_from_the_command_line(url: str, tmp_
         for _ in range(2)
     ]
     assert [r.returncode for r in runs] == [0, 0], runs
-    assert "migrations applied" in runs[0].stdout and "[1, 2]" in runs[0].stdout
+    assert "migrations applied" in runs[0].stdout and "[1, 2, 3]" in runs[0].stdout
     assert "up to date" in runs[1].stdout
