@@ -372,7 +372,8 @@ async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7,
                     stop = asyncio.Event()
                     gateway_task = asyncio.create_task(app.run(stop), name="gateway")
                     try:
-                        await asyncio.wait_for(app.ready.wait(), 20)
+                        async with asyncio.timeout(20):
+                            await app.ready.wait()
                         standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
                         summary.metrics_url = f"http://127.0.0.1:{app.http_port}/metrics"
                         summary.readyz_url = f"http://127.0.0.1:{app.http_port}/readyz"
@@ -439,8 +440,9 @@ async def _drive(
         with Live(_render(progress, tasks, state), console=console, refresh_per_second=4, transient=False) as live:
             messages = aiter(client.messages)
             while True:
-                try:
-                    message = await asyncio.wait_for(anext(messages), timeout=0.25)
+                try:  # not wait_for: in Python 3.11 it drops a Ctrl-C that lands as a message arrives
+                    async with asyncio.timeout(0.25):
+                        message = await anext(messages)
                 except TimeoutError:
                     message = None
                 if message is not None and str(message.topic).startswith("telgate/v1/evt/contact/"):

@@ -70,7 +70,8 @@ async def watch(settings: Settings, campaign: str | None, seconds: float | None)
             while deadline is None or time.monotonic() < deadline:
                 try:
                     remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
-                    message = await asyncio.wait_for(anext(aiter(client.messages)), timeout=remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: it can drop a Ctrl-C (Python 3.11)
+                        message = await anext(aiter(client.messages))
                 except TimeoutError:
                     break
                 try:
