@@ -57,8 +57,31 @@ class TokenBucket:
         self._refill(now)
         return 0.0 if self.tokens >= n - EPSILON else (n - self.tokens) / self.rate
 
+    def whole(self, now: float) -> int:
+        """Whole tokens available at `now`, spending none."""
+        return int(self.available(now) + EPSILON)
+
+    def spend(self, now: float, n: float) -> None:
+        """`n` tokens used at `now` (they were counted against `whole(now)` before)."""
+        self._refill(now)
+        self.tokens = max(0.0, self.tokens - n)
+
 
 BURST_S = 0.1
+
+
+@dataclass
+class Turn:
+    """What one dispatch turn started, counted inside its transaction and spent from the buckets only
+    after the commit: a transaction run again (a Conflict, a lost connection) spends nothing twice."""
+
+    at: float  # the turn's clock (seconds)
+    started: dict[str, int] = field(default_factory=dict)  # campaign -> contacts started
+    allowance: dict[str, int] = field(default_factory=dict)  # campaign -> how many it may start in this turn
+
+    @property
+    def taken(self) -> int:
+        return sum(self.started.values())
 
 
 class Dispatcher:
@@ -90,34 +113,47 @@ class Dispatcher:
             if self.bucket.available(mono) < 1 - EPSILON:
                 await self._sleep(self.bucket.wait_s(mono))
                 continue
-            room = min(free, int(self.bucket.available(mono)), self.MAX_TURN)
-            taken, next_at = await self.engine.execute(functools.partial(self._turn, room=room))
-            if taken:
+            room = min(free, self.bucket.whole(mono), self.MAX_TURN)
+            turn, next_at = await self.engine.execute(functools.partial(self._turn, room=room))
+            self.spend(turn)
+            if turn.taken:
                 continue
             wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
             await self._sleep(min(30.0, wait))
 
-    def _campaign_room(self, camp: CampaignState, now: float) -> bool:
-        if camp.max_concurrent is not None and self.port.active(camp.campaign_id) >= camp.max_concurrent:
-            return False
+    def spend(self, turn: Turn) -> None:
+        """After the turn's commit: its dials/sends leave the channel's and their campaigns' buckets."""
+        self.bucket.spend(turn.at, turn.taken)
+        for campaign_id, n in turn.started.items():
+            bucket = self.campaign_buckets.get(campaign_id)
+            if bucket is not None:
+                bucket.spend(turn.at, n)
+
+    def _campaign_allowance(self, camp: CampaignState, now: float) -> int:
+        """How many of the campaign's contacts this turn may start: its own max_concurrent less what it
+        has on the wire, and its max_cps bucket's whole tokens (read, not spent)."""
+        allowance = self.MAX_TURN
+        if camp.max_concurrent is not None:
+            allowance = min(allowance, camp.max_concurrent - self.port.active(camp.campaign_id))
         if camp.max_cps is not None:
             bucket = self.campaign_buckets.get(camp.campaign_id)
             if bucket is None or bucket.rate != camp.max_cps:
                 bucket = self.campaign_buckets[camp.campaign_id] = TokenBucket(camp.max_cps, max(1.0, camp.max_cps))
-            return bucket.take(now)
-        return True
+            allowance = min(allowance, bucket.whole(now))
+        return max(0, allowance)
 
-    def _turn(self, unit: Unit, room: int) -> tuple[int, datetime | None]:
-        """Inside the transaction: pick ready contacts in order and start them (blacklist, budget checked)."""
+    def _turn(self, unit: Unit, room: int) -> tuple[Turn, datetime | None]:
+        """Inside the transaction: pick ready contacts in order and start them (blacklist, budget checked).
+        Nothing outside the transaction changes here (the buckets are spent after the commit): the
+        engine may run it again on fresh state."""
         txn, now = unit.txn, unit.now
-        stamp = now.timestamp()
+        turn = Turn(at=now.timestamp())
         channel = self.port.channel
         skip: set[str] = set()
-        taken = 0
         campaigns: dict[str, CampaignState] = {}
         dialed: dict[str, int] = {}
-        while taken < room:
-            keys: list[Key] = txn.ready_contacts(channel, now, room - taken, frozenset(skip))
+        while turn.taken < room:
+            keys: list[Key] = txn.ready_contacts(channel, now, room - turn.taken, frozenset(skip))
             if not keys:
                 break
             for key in keys:
@@ -127,7 +163,9 @@ class Dispatcher:
                 if camp is None:
                     skip.add(key[0])
                     continue
-                if not self._campaign_room(camp, stamp):
+                if key[0] not in turn.allowance:
+                    turn.allowance[key[0]] = self._campaign_allowance(camp, turn.at)
+                if turn.started.get(key[0], 0) >= turn.allowance[key[0]]:
                     skip.add(key[0])
                     continue
                 contact = txn.get_contact(key)
@@ -148,10 +186,9 @@ class Dispatcher:
                 if contact.attempt == 0 and decision.state.attempt == 1:
                     dialed[key[0]] = dialed.get(key[0], 0) + 1
                 if decision.state.in_flight:
-                    self.bucket.take(stamp)
-                    taken += 1
-        next_at = None if taken else txn.next_ready_at(channel, frozenset())
-        return taken, next_at
+                    turn.started[key[0]] = turn.started.get(key[0], 0) + 1
+        next_at = None if turn.taken else txn.next_ready_at(channel, frozenset())
+        return turn, next_at
 
 
 def _due_timers(txn: Txn, now: datetime) -> list[Timer]:
@@ -174,10 +211,10 @@ class Scheduler:
         while True:
             self._wake.clear()
             now = self.engine.clock()
-            due = await self.engine.store.run(functools.partial(_due_timers, now=now))
+            due = await self.engine.store.read(functools.partial(_due_timers, now=now))
             if due:
                 await asyncio.gather(*(self.engine.execute(functools.partial(apply_timer, timer=t)) for t in due))
                 continue
-            next_at = await self.engine.store.run(lambda txn: txn.next_timer_at())
+            next_at = await self.engine.store.read(lambda txn: txn.next_timer_at())
             wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
             await wait_event(self._wake, min(30.0, max(0.001, wait)))
