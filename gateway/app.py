@@ -157,7 +157,7 @@ class App:
 
     async def _outbox_gauges(self) -> None:
         while True:
-            count, oldest = await self.store.run(lambda txn: txn.outbox_stats())
+            count, oldest = await self.store.read(lambda txn: txn.outbox_stats())
             self.recorder.outbox_pending.set(count)
             self.recorder.outbox_oldest.set(0 if oldest is None else max(0.0, time.time() - oldest))
             await asyncio.sleep(1.0)
@@ -185,7 +185,7 @@ class App:
                 settled = await self.engine.execute(lambda u: restart_rule(u, self.settings.gateway.id))
                 if settled:
                     log.info("restart rule applied", extra={"contacts": settled})
-                self.recorder.set_contacts(await self.store.run(lambda txn: txn.all_counts()))
+                self.recorder.set_contacts(await self.store.read(lambda txn: txn.all_counts()))
                 host, port = self.settings.http.listen.rsplit(":", 1)
                 app = build_app(
                     self.store, self.recorder, self.readiness, self.settings.http.max_body_bytes, self.http_routes

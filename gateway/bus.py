@@ -99,7 +99,7 @@ class Bus:
                 await self._presence(client, "draining")
 
     async def pending(self) -> int:
-        count, _ = await self.engine.store.run(lambda txn: txn.outbox_stats())
+        count, _ = await self.engine.store.read(lambda txn: txn.outbox_stats())
         return count
 
     async def close(self) -> None:
@@ -334,7 +334,7 @@ class Bus:
         try:
             while not disconnected.done():
                 self._wake.clear()
-                rows = await store.run(functools.partial(_fetch, after=cursor))
+                rows = await store.read(functools.partial(_fetch, after=cursor))
                 if not rows:
                     await wait_event(self._wake, 1.0)
                     continue

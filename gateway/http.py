@@ -52,7 +52,7 @@ def build_app(
         def read(txn: Any) -> tuple[Any, list[bytes]]:
             return txn.get_contact(key), txn.events(key)
 
-        state, events = await store.run(read)
+        state, events = await store.read(read)
         if state is None:
             return web.json_response({"error": "unknown contact"}, status=404)
         body = {

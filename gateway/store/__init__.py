@@ -110,6 +110,13 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
     async def run(self, fn: Callable[[Txn], R]) -> R: ...
+
+    async def read(self, fn: Callable[[Txn], R]) -> R:
+        """Run `fn(txn)` as a read-only transaction on a connection of its own (one consistent snapshot),
+        beside the writer instead of behind it. A write inside it raises StoreError. For what decides
+        nothing: gauges, the HTTP read API, the outbox publisher's fetch, the scheduler's look-ups."""
+        ...
+
     @property
     def is_open(self) -> bool:
         """The store can take a transaction now (/readyz): False while closed or disconnected."""

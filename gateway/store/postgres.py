@@ -497,6 +497,9 @@ class PostgresStore:
         self.connect_timeout_s = connect_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store")
         self._conn: psycopg.Connection[Any] | None = None
+        # reads on a read-only connection and thread of their own, beside the writer's transactions
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store-read")
+        self._reader: psycopg.Connection[Any] | None = None
         self._migrated: list[int] = []
         self._closed = False
         self._lost_at: float | None = None
@@ -512,9 +515,12 @@ class PostgresStore:
         return list(self._migrated)
 
     # -- in the store thread ----------------------------------------------------------------------
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, read_only: bool = False) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout_s, application_name="telgate")
         conn.execute("SET TIME ZONE 'UTC'")
+        if read_only:  # one snapshot per read transaction, and no write through it
+            conn.execute("SET default_transaction_read_only = on")
+            conn.execute("SET default_transaction_isolation = 'repeatable read'")
         conn.commit()
         return conn
 
@@ -626,6 +632,34 @@ class PostgresStore:
         if conn is not None:
             conn.close()
 
+    def _read(self, fn: Callable[[Txn], R]) -> R:
+        """In the reading thread: `fn` in one read-only REPEATABLE READ transaction (one snapshot)."""
+        conn = self._reader
+        if conn is None or conn.closed or conn.broken:
+            self._reader = None
+            try:
+                conn = self._reader = self._connect(read_only=True)
+            except psycopg.OperationalError as exc:
+                raise _Lost(f"cannot connect: {exc}") from exc
+        try:
+            txn = _PgTxn(conn)
+            result = fn(txn)
+            txn._flush()  # a write queued by mistake reaches the server and fails there, never dropped
+            conn.commit()
+        except BaseException as exc:
+            if conn.broken:
+                self._reader = None
+                conn.close()
+                raise _Lost(str(exc)) from exc
+            conn.rollback()
+            raise
+        return result
+
+    def _close_reader(self) -> None:
+        conn, self._reader = self._reader, None
+        if conn is not None:
+            conn.close()
+
     # -- the event loop's side ------------------------------------------------------------------
     async def open(self) -> None:
         try:
@@ -635,8 +669,32 @@ class PostgresStore:
 
     async def close(self) -> None:
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._read_executor, self._close_reader)
+        self._read_executor.shutdown(wait=True)
+        await loop.run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
+
+    async def read(self, fn: Callable[[Txn], R]) -> R:
+        """Like `run`, on the read-only connection; a lost connection is reconnected and `fn` run again
+        (it decides nothing, so running it again is always safe)."""
+        loop = asyncio.get_running_loop()
+        down_since: float | None = None
+        delay = 0.05
+        while True:
+            if self._closed:
+                raise StoreError("store is closed")
+            try:
+                return await loop.run_in_executor(self._read_executor, self._read, fn)
+            except _Lost as lost:
+                now = time.monotonic()
+                down_since = now if down_since is None else down_since
+                if now - down_since >= self.outage_s:
+                    raise StoreError(f"PostgreSQL unreachable for {self.outage_s:.0f} s: {lost}") from lost
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+            except psycopg.Error as exc:
+                raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     async def run(self, fn: Callable[[Txn], R]) -> R:
         loop = asyncio.get_running_loop()

@@ -396,6 +396,10 @@ class SqliteStore:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store")
         self._db: sqlite3.Connection | None = None
+        # reads on a connection and thread of their own: WAL lets them run beside the writer's
+        # transaction instead of queueing behind it for BEGIN IMMEDIATE
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store-read")
+        self._reader: sqlite3.Connection | None = None
         self._migrated: list[int] = []
 
     @property
@@ -419,16 +423,29 @@ class SqliteStore:
             raise
         self._db = db
 
+    def _open_reader(self) -> None:
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA query_only=1")  # a write through it fails: reads only
+        reader.execute("PRAGMA busy_timeout=10000")
+        self._reader = reader
+
     async def open(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+            await loop.run_in_executor(self._executor, self._open)  # migrations first, by the writer
+            await loop.run_in_executor(self._read_executor, self._open_reader)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await loop.run_in_executor(self._read_executor, reader.close)
+        self._read_executor.shutdown(wait=True)
         db, self._db = self._db, None
         if db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+            await loop.run_in_executor(self._executor, db.close)
         self._executor.shutdown(wait=True)
 
     def _run(self, fn: Callable[[Txn], R]) -> R:
@@ -447,5 +464,21 @@ class SqliteStore:
     async def run(self, fn: Callable[[Txn], R]) -> R:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def _read(self, fn: Callable[[Txn], R]) -> R:
+        db = self._reader
+        if db is None:
+            raise StoreError("store is closed")
+        db.execute("BEGIN DEFERRED")  # one snapshot for the whole of fn
+        try:
+            return fn(_SqliteTxn(db))
+        finally:
+            db.execute("COMMIT")
+
+    async def read(self, fn: Callable[[Txn], R]) -> R:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._read_executor, self._read, fn)
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc

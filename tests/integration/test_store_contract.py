@@ -11,6 +11,7 @@ import itertools
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,31 @@ async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
         [],
         (0, None),
     )
+
+
+async def test_reads_see_what_committed_refuse_writes_and_do_not_wait_for_the_writer(store: Store) -> None:
+    """`read` (gauges, the HTTP read API, the outbox fetch, the scheduler) runs beside the writer: a read
+    issued while a write transaction is open completes before it, and sees only what was committed."""
+    await store.run(lambda t: t.add_event(("c", "k"), "topic", b"committed"))
+    assert await store.read(lambda t: t.events(("c", "k"))) == [b"committed"]
+    with pytest.raises(StoreError):
+        await store.read(lambda t: t.add_event(("c", "k"), "topic", b"written by a read"))
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(t: Txn) -> None:
+        t.add_event(("c", "k"), "topic", b"uncommitted")
+        t.events(("c", "k"))  # sent to the server: the transaction holds its write
+        writing.set()
+        release.wait(10)
+
+    write = asyncio.create_task(store.run(slow_write))
+    await asyncio.to_thread(writing.wait, 10)
+    seen = await store.read(lambda t: t.events(("c", "k")))
+    assert not write.done(), "the read completed while the write transaction was still open"
+    assert seen == [b"committed"], "and saw nothing uncommitted"
+    release.set()
+    await write
+    assert await store.read(lambda t: t.events(("c", "k"))) == [b"committed", b"uncommitted"]
 
 
 async def test_postgres_another_writer_between_read_and_write_is_a_conflict(
