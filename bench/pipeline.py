@@ -1,16 +1,21 @@
-"""Pipeline benchmark: commands → decisions → SQLite on disk → events on a real Mosquitto.
+"""Pipeline benchmark: commands → decisions → the store → events on a real Mosquitto, on SQLite and on
+PostgreSQL side by side in one run, with its limit: the same number of bare QoS 1 publishes through
+aiomqtt.
 
-Side by side in one run with its limit: the same number of bare QoS 1 publishes through aiomqtt.
 The gateway runs as its own process (tests/support/run_scripted.py: scripted channels that answer at
-once), the load generator and the collector in this one, as a backend would be.
+once), the load generator and the collector in this one, as a backend would be. PostgreSQL is a private
+server on its defaults (fsync and synchronous_commit on, as SQLite's synchronous=FULL), started for the
+run (tests/support/postgres.py). CPU seconds per 1,000 status events are split by process: the gateway,
+PostgreSQL (the postmaster and its backends) and the broker, so the cost per event is visible.
 
-    python -m bench.pipeline [--contacts 5000] [--queued 100000]
+    python -m bench.pipeline [--contacts 5000] [--stores sqlite,postgres] [--rounds 1] [--queued 100000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.support.broker import Mosquitto, free_port
+from tests.support.postgres import running_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 64
@@ -38,6 +44,32 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, its reaped children included (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
+
+
+def tree_cpu_s(root: int) -> float:
+    """The CPU of `root` and of its live children (PostgreSQL: the postmaster and its backends)."""
+    total = cpu_s(root)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == root:
+                total += cpu_s(int(entry.name))
+    return total
 
 
 def client(port: int, name: str, clean: bool = True) -> aiomqtt.Client:
@@ -147,13 +179,25 @@ def start_gateway(cfg: Path, log: Path, rate: str = "100000") -> subprocess.Pope
     )
 
 
-async def run_pipeline(port: int, contacts: int, workdir: Path, paced: float) -> dict[str, Any]:
+async def run_pipeline(
+    port: int,
+    contacts: int,
+    workdir: Path,
+    paced: float,
+    store_url: str | None = None,
+    cpu_of: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One gateway on `store_url` (None: SQLite in its data_dir); `cpu_of` names the other processes whose
+    CPU is counted (name -> pid: the broker, the postmaster)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "telgate.toml"
+    store = f'[store]\nurl = "{store_url}"\n' if store_url else ""
     cfg.write_text(
         f'[gateway]\nid = "gw-bench"\ndata_dir = "{workdir / "var"}"\n[bus]\nurl = "mqtt://127.0.0.1:{port}"\n'
-        f'[http]\nlisten = "127.0.0.1:{free_port()}"\n[metrics]\ncampaign_label = false\n'
+        f'[http]\nlisten = "127.0.0.1:{free_port()}"\n[metrics]\ncampaign_label = false\n{store}'
     )
     proc = start_gateway(cfg, workdir / "gateway.log")
+    others = cpu_of or {}
     try:
         async with client(port, "bench-backend") as c:
             await c.subscribe("telgate/v1/evt/contact/#", qos=1)
@@ -209,9 +253,12 @@ async def run_pipeline(port: int, contacts: int, workdir: Path, paced: float) ->
                     "p99_ms": lat[int(len(lat) * 0.99) - 1],
                 }
 
+            cpu0 = {"gateway": cpu_s(proc.pid), **{k: tree_cpu_s(pid) for k, pid in others.items()}}
             burst = await phase("burst", contacts, None)
+            cpu1 = {"gateway": cpu_s(proc.pid), **{k: tree_cpu_s(pid) for k, pid in others.items()}}
             steady = await phase("paced", max(1, int(paced * 5)), paced)
-            return {**burst, "paced": steady, "rss_kib": rss_kib(proc.pid)}
+            per_1000 = {k: round((cpu1[k] - cpu0[k]) * 1000 / burst["events"], 3) for k in cpu0}
+            return {**burst, "paced": steady, "rss_kib": rss_kib(proc.pid), "cpu_s_per_1000_events": per_1000}
     finally:
         proc.send_signal(signal.SIGINT if os.environ.get("BENCH_WRAP") else signal.SIGTERM)
         proc.wait(60)
@@ -284,36 +331,65 @@ async def main() -> None:
     parser.add_argument("--contacts", type=int, default=5000)
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--paced", type=float, default=400.0, help="contacts/s offered in the latency phase")
+    parser.add_argument("--stores", default="sqlite,postgres", help="which stores, in turn: sqlite,postgres")
+    parser.add_argument("--rounds", type=int, default=1, help="the stores take turns this many times (medians)")
     parser.add_argument("--bare-publisher", nargs=2, type=int, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_publisher:
         await bare_publisher(*args.bare_publisher)
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in stores}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
+        pg = stack.enter_context(running_postgres(())) if "postgres" in stores else None
         broker = Mosquitto(work / "mosquitto")
         broker.start()
+        assert broker.proc is not None
         try:
-            pipe = await run_pipeline(broker.port, args.contacts, work, args.paced)
-            bare = await bare_baseline(broker.port, pipe["events"])
+            for r in range(args.rounds):
+                for kind in stores:
+                    cpu_of = {"broker": broker.proc.pid}
+                    url = None
+                    if kind == "postgres":
+                        assert pg is not None
+                        url = pg.create_database(f"bench{r}")
+                        pid = pg.postmaster_pid()
+                        if pid is not None:
+                            cpu_of["postgres"] = pid
+                    runs[kind].append(
+                        await run_pipeline(broker.port, args.contacts, work / f"{kind}{r}", args.paced, url, cpu_of)
+                    )
+            events = runs[stores[0]][0]["events"]
+            bare = await bare_baseline(broker.port, events)
             queued = await run_queued(broker.port, args.queued, work) if args.queued else {}
         finally:
             broker.stop()
-    report = {
+    report: dict[str, Any] = {
         "contacts": args.contacts,
-        "status_events": pipe["events"],
-        "pipeline_events_per_s": round(pipe["events_per_s"]),
+        "rounds": args.rounds,
         "bare_qos1_publishes_per_s": round(bare),
-        "ratio_to_bare": round(pipe["events_per_s"] / bare, 3),
-        "burst_command_to_first_event_p50_ms": round(pipe["p50_ms"], 1),
-        "burst_command_to_first_event_p99_ms": round(pipe["p99_ms"], 1),
-        "paced_contacts_per_s": args.paced,
-        "paced_events_per_s": round(pipe["paced"]["events_per_s"]),
-        "paced_command_to_first_event_p50_ms": round(pipe["paced"]["p50_ms"], 1),
-        "paced_command_to_first_event_p99_ms": round(pipe["paced"]["p99_ms"], 1),
-        "gateway_rss_kib_after_pipeline": pipe["rss_kib"],
-        **queued,
     }
+    for kind, results in runs.items():
+        rate = statistics.median(p["events_per_s"] for p in results)
+        best = sorted(results, key=lambda p: p["events_per_s"])[len(results) // 2]
+        report[kind] = {
+            "status_events": best["events"],
+            "events_per_s": round(rate),
+            "events_per_s_each_round": [round(p["events_per_s"]) for p in results],
+            "ratio_to_bare": round(rate / bare, 3),
+            "burst_command_to_first_event_p50_ms": round(best["p50_ms"], 1),
+            "burst_command_to_first_event_p99_ms": round(best["p99_ms"], 1),
+            "paced_contacts_per_s": args.paced,
+            "paced_events_per_s": round(best["paced"]["events_per_s"]),
+            "paced_command_to_first_event_p50_ms": round(best["paced"]["p50_ms"], 1),
+            "paced_command_to_first_event_p99_ms": round(best["paced"]["p99_ms"], 1),
+            "cpu_s_per_1000_events": best["cpu_s_per_1000_events"],
+            "gateway_rss_kib_after_pipeline": best["rss_kib"],
+        }
+    if "sqlite" in runs and "postgres" in runs:
+        report["postgres_to_sqlite"] = round(report["postgres"]["events_per_s"] / report["sqlite"]["events_per_s"], 3)
+    report.update(queued)
     print(json.dumps(report, indent=2))
 
 
