@@ -15,7 +15,7 @@ from gateway.wire import CampaignStatusEvent, CommandResult, ContactStatusEvent
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, scripted, scripted_ledger, settings_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 
 EVENT_KEYS = {
     "schema",

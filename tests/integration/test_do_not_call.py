@@ -20,11 +20,11 @@ import pytest
 from gateway.app import App
 from tests.support import ledger
 from tests.support.broker import Mosquitto
-from tests.support.harness import Backend, backend, gateway, settings_for
+from tests.support.harness import Backend, backend, gateway, settings_for, store_toml
 from tests.support.sipp import Sipp
 from tests.support.wa import send, wa_rig
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 ROOT = Path(__file__).resolve().parents[2]
 NOT_DIALLED = "420601000111"  # the number on the do-not-call list, written in every notation below
 NOTATIONS = ("+420601000111", "+420 601 000 111", "00420601000111", "601 000 111", "(+420) 601-000-111")
@@ -242,7 +242,7 @@ async def test_restart_with_contacts_queued_and_blacklisted_meanwhile(broker: Mo
         cfg.write_text(
             f'[gateway]\nid = "gw-dnc"\ndata_dir = "{tmp_path / "gw"}"\ndrain_timeout_s = 600\n'
             f'[bus]\nurl = "{broker.url}"\nclient_id = "telgate-dnc"\n[http]\nlisten = "127.0.0.1:0"\n'
-            f'[sip]\npbx = "{pbx.address}"\nlocal = "127.0.0.1:0"\n'
+            f'[sip]\npbx = "{pbx.address}"\nlocal = "127.0.0.1:0"\n{store_toml()}'
         )
         proc = _start(cfg, log)
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
@@ -15,13 +14,14 @@ from typing import Any
 import pytest
 
 from gateway.domain.statuses import Channel
-from tests.support import ledger
+from gateway.store import open_store
+from tests.support import harness, ledger
 from tests.support.broker import Mosquitto
-from tests.support.harness import Backend, backend, gateway, settings_for
+from tests.support.harness import Backend, backend, gateway, settings_for, store_toml
 from tests.support.scripted import ScriptedPort
 from tests.support.sipp import Sipp
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -98,7 +98,7 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
     cfg = tmp_path / "telgate.toml"
     cfg.write_text(
         f'[gateway]\nid = "gw-crash"\ndata_dir = "{data}"\n[bus]\nurl = "{broker.url}"\nclient_id = "telgate-crash"\n'
-        '[http]\nlisten = "127.0.0.1:0"\n[retry]\nmax_attempts = 2\ndelays_s = [60]\n'
+        f'[http]\nlisten = "127.0.0.1:0"\n[retry]\nmax_attempts = 2\ndelays_s = [60]\n{store_toml()}'
     )
     log = tmp_path / "gateway.log"
     record = tmp_path / "scripted-started.txt"  # both runs append to it
@@ -135,9 +135,12 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
             await asyncio.sleep(1.5)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            db = sqlite3.connect(data / "telgate.db")
-            pending = db.execute("SELECT COUNT(*) FROM messages WHERE pending = 1").fetchone()[0]
-            db.close()
+            store = open_store(harness.STORE_URL or f"sqlite:///{data / 'telgate.db'}")  # the gateway's store
+            await store.open()
+            try:
+                pending, _ = await store.read(lambda t: t.outbox_stats())
+            finally:
+                await store.close()
             assert pending >= 2, "the events committed while the broker was away wait in the outbox"
 
             broker.start()
@@ -182,7 +185,7 @@ async def test_sigkill_during_live_sip_calls_applies_the_restart_rule(broker: Mo
         cfg.write_text(
             f'[gateway]\nid = "gw-sip"\ndata_dir = "{data}"\n[bus]\nurl = "{broker.url}"\nclient_id = "telgate-sip"\n'
             f'[http]\nlisten = "127.0.0.1:0"\n[retry]\nmax_attempts = 2\ndelays_s = [60]\n'
-            f'[sip]\npbx = "{pbx.address}"\nlocal = "127.0.0.1:0"\nring_timeout_s = 120\n'
+            f'[sip]\npbx = "{pbx.address}"\nlocal = "127.0.0.1:0"\nring_timeout_s = 120\n{store_toml()}'
         )
         log = tmp_path / "gateway.log"
         proc = _start_gateway(cfg, log)

@@ -33,7 +33,7 @@ from tests.support.wa import send, wa_rig
 from tools.gen_dashboards import queries
 from whatsapp.standin import Scenario
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 QUIET: tuple[Any, ...] = ()

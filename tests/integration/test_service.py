@@ -17,7 +17,7 @@ from gateway.domain.statuses import Channel
 from tests.support.broker import Mosquitto, free_port
 from tests.support.harness import backend, gateway, scripted_ledger, settings_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 ROOT = Path(__file__).resolve().parents[2]
 
 

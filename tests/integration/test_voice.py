@@ -21,7 +21,7 @@ from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 
 
 @dataclass(frozen=True)

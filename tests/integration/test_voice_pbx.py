@@ -17,7 +17,7 @@ from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.pbx import Baresip, Kamailio
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 NUMBER = "420601234567"
 
 

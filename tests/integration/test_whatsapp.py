@@ -14,12 +14,12 @@ import pytest
 
 from tests.conftest import CORPORA
 from tests.support.broker import Mosquitto
-from tests.support.harness import backend
+from tests.support.harness import backend, store_toml
 from tests.support.wa import SECRET, VERIFY, send, wa_ledger, wa_rig
 from whatsapp.standin import Scenario
 from whatsapp.webhook import signature
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 NO_HOOKS: tuple[Any, ...] = ()
 
 
@@ -396,7 +396,7 @@ async def test_gateway_killed_between_send_and_webhooks(broker: Mosquitto, tmp_p
             f'[gateway]\nid = "gw-wa"\ndata_dir = "{tmp_path / "var"}"\n[bus]\nurl = "{broker.url}"\n'
             f'client_id = "telgate-wa"\n[http]\nlisten = "127.0.0.1:{port}"\n'
             f'[whatsapp]\napi_base = "{standin.api_base}"\nphone_number_id = "{standin.phone_number_id}"\n'
-            f'access_token = "{TOKEN}"\napp_secret = "{SECRET}"\nverify_token = "{VERIFY}"\n'
+            f'access_token = "{TOKEN}"\napp_secret = "{SECRET}"\nverify_token = "{VERIFY}"\n{store_toml()}'
         )
         log = (tmp_path / "gw.log").open("ab")
 

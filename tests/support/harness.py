@@ -23,6 +23,15 @@ from . import ledger
 from .broker import free_port
 from .scripted import ScriptedPort
 
+# The store the gateways of the running test use: None is the embedded default (SQLite in data_dir); a
+# test marked `both_stores` runs once more with a PostgreSQL database of its own (tests/conftest.py).
+STORE_URL: str | None = None
+
+
+def store_toml() -> str:
+    """The `[store]` section for a gateway configured from a file (a separate process), or nothing."""
+    return f'[store]\nurl = "{STORE_URL}"\n' if STORE_URL else ""
+
 
 def settings_for(broker_url: str, data_dir: Path, **sections: dict[str, Any]) -> Settings:
     base: dict[str, Any] = {
@@ -30,6 +39,7 @@ def settings_for(broker_url: str, data_dir: Path, **sections: dict[str, Any]) ->
         "bus": {"url": broker_url, "client_id": f"telgate-test-{free_port()}"},
         "http": {"listen": "127.0.0.1:0"},
         "retry": {"max_attempts": 2, "delays_s": [0.2]},
+        **({"store": {"url": STORE_URL}} if STORE_URL else {}),
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
