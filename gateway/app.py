@@ -104,7 +104,8 @@ class App:
         self.dispatchers: list[Dispatcher] = []
         self.http_routes: list[web.RouteDef] = []
         self.ready = asyncio.Event()
-        self.http_port: int | None = None
+        self.http_port: int | None = None  # the public listener (webhooks, /healthz)
+        self.admin_port: int | None = None  # /readyz, /metrics, the contact API: http_port unless admin_listen
         self.engine.on("commit", self.bus.notify)
         self.engine.on("timers", self.scheduler.wake)
         for port in ports or []:
@@ -178,7 +179,7 @@ class App:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.store.open()
-        runner: web.AppRunner | None = None
+        runners: list[web.AppRunner] = []
         try:
             async with asyncio.TaskGroup() as tg:
                 engine_task = tg.create_task(self.engine.run(), name="engine")
@@ -186,17 +187,7 @@ class App:
                 if settled:
                     log.info("restart rule applied", extra={"contacts": settled})
                 self.recorder.set_contacts(await self.store.read(lambda txn: txn.all_counts()))
-                host, port = self.settings.http.listen.rsplit(":", 1)
-                app = build_app(
-                    self.store, self.recorder, self.readiness, self.settings.http.max_body_bytes, self.http_routes
-                )
-                runner = web.AppRunner(app, access_log=None)
-                await runner.setup()
-                site = web.TCPSite(runner, host.strip("[]"), int(port))
-                await site.start()
-                server = getattr(site, "_server", None)
-                if server is not None and server.sockets:
-                    self.http_port = server.sockets[0].getsockname()[1]
+                self.http_port, self.admin_port = await self._serve_http(runners)
                 background = [
                     tg.create_task(self.bus.run(), name="bus"),
                     tg.create_task(self.scheduler.run(), name="scheduler"),
@@ -211,6 +202,7 @@ class App:
                     extra={
                         "gateway_id": self.settings.gateway.id,
                         "http": self.http_port,
+                        "admin_http": self.admin_port,
                         "bus": self.settings.bus.url,
                         "version": __version__,
                     },
@@ -220,15 +212,52 @@ class App:
                 await self._drain(background)
                 # the HTTP server stops while the engine still runs: a webhook in flight is committed and
                 # answered (or refused and retried by Meta), never left waiting for an engine that is gone
-                if runner is not None:
-                    await runner.cleanup()
-                    runner = None
+                while runners:
+                    await runners.pop().cleanup()
                 engine_task.cancel()
         finally:
-            if runner is not None:
-                await runner.cleanup()
+            while runners:
+                await runners.pop().cleanup()
             await self.store.close()
         log.info("telgate stopped")
+
+    async def _serve_http(self, runners: list[web.AppRunner]) -> tuple[int | None, int | None]:
+        """The public listener (webhooks, /healthz) and, with `http.admin_listen`, the admin one (/readyz,
+        /metrics, the contact API) — or both kinds on the one listener. The ports bound (port 0 asks the
+        OS)."""
+        cfg = self.settings.http
+        token = cfg.api_token.get_secret_value() if cfg.api_token is not None else None
+        separate = cfg.admin_listen is not None
+
+        async def serve(listen: str, public: bool, admin: bool) -> int | None:
+            app = build_app(
+                self.store,
+                self.recorder,
+                self.readiness,
+                cfg.max_body_bytes,
+                self.http_routes,
+                public=public,
+                admin=admin,
+                api_token=token,
+            )
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            host, port = listen.rsplit(":", 1)
+            site = web.TCPSite(runner, host.strip("[]"), int(port))
+            await site.start()
+            server = getattr(site, "_server", None)
+            return int(server.sockets[0].getsockname()[1]) if server is not None and server.sockets else None
+
+        public_port = await serve(cfg.listen, public=True, admin=not separate)
+        admin_port = await serve(cfg.admin_listen, public=False, admin=True) if cfg.admin_listen else public_port
+        if not separate and token is None and not cfg.listen.startswith(("127.", "localhost", "[::1]")):
+            log.warning(
+                "the contact read API and /metrics are served unauthenticated on a public listener:"
+                " set http.admin_listen or http.api_token",
+                extra={"listen": cfg.listen},
+            )
+        return public_port, admin_port
 
     async def _drain(self, background: list[asyncio.Task[Any]]) -> None:
         started = time.monotonic()

@@ -77,7 +77,13 @@ class BusSection(_Section):
 
 
 class HttpSection(_Section):
+    # the listener a load balancer may expose: the WhatsApp webhook and /healthz, and (without
+    # admin_listen) the admin endpoints too — behind api_token when it is set
     listen: str = Field("127.0.0.1:8080", pattern=r"^.+:\d{1,5}$")
+    # /readyz, /metrics and the contact read API (phone numbers, event history) on a listener of their own
+    admin_listen: str | None = Field(None, pattern=r"^.+:\d{1,5}$")
+    # a bearer token the admin endpoints require (`Authorization: Bearer …`), wherever they listen
+    api_token: SecretStr | None = None
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
 
 
