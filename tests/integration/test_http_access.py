@@ -69,7 +69,7 @@ async def test_admin_listener_takes_the_admin_endpoints_off_the_public_one(broke
             assert (await get(admin, path))[0] == 200, f"{path} on the admin listener"
         assert (await get(public, "/healthz"))[0] == 200
         status, body = await get(admin, "/v1/campaigns/wa/contacts/k1")
-        assert status == 200 and '"phone"' in body and "420601000051" in body, "the contact API (and its phone numbers) is there"
+        assert status == 200 and "420601000051" in body, "the contact API (and its phone numbers) is there"
         async with (
             aiohttp.ClientSession() as http,
             http.post(f"http://127.0.0.1:{admin}/webhooks/whatsapp", data=b"{}") as r,
