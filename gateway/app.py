@@ -22,11 +22,12 @@ from whatsapp.client import CloudApiClient
 from . import __version__
 from .bus import Bus
 from .commands import CommandContext
+from .commit import Topics
 from .config import Settings
 from .domain.policy import Policy
 from .domain.signals import Kind, Signal
 from .domain.statuses import Channel
-from .engine import Engine, Topics, Unit, utcnow
+from .engine import Engine, Unit, utcnow
 from .http import build_app
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
@@ -39,7 +40,7 @@ log = logging.getLogger("telgate.app")
 
 def restart_rule(unit: Unit, gateway_id: str) -> int:
     """SPEC §9: what this gateway left in flight when it died is settled before anything else runs."""
-    keys = unit.txn.in_flight_contacts(gateway_id)
+    keys = unit.read.in_flight_contacts(gateway_id)
     for key in keys:
         unit.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
     return len(keys)

@@ -30,8 +30,9 @@ from sip.waiting import wait_event
 
 from . import __version__
 from .commands import CommandContext, execute, publish_result
+from .commit import Topics
 from .config import BusSection
-from .engine import Engine, Topics
+from .engine import Engine
 from .store import OutboxRow, Txn
 from .wire import CommandResult, Presence, Rejection, parse_command
 

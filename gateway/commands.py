@@ -111,12 +111,12 @@ def execute(
     correlation: bytes | None,
 ) -> CommandResult:
     """Apply one validated command; publish and store its result. Runs inside the transaction."""
-    stored = unit.txn.get_command(cmd.command_id)
+    stored = unit.read.get_command(cmd.command_id)
     if stored is not None:
         result = CommandResult.model_validate_json(stored).model_copy(
             update={"duplicate": True, "occurred_at": unit.now}
         )
-        publish_result(unit, result, response_topic, correlation)
+        unit.command_result(cmd.command_id, _payload(result), response_topic, correlation, store=False)
         return result
     contact_id = getattr(cmd, "contact_id", None)
     error: CommandError | None = None
@@ -143,17 +143,17 @@ def execute(
         occurred_at=unit.now,
         **counts,
     )
-    unit.txn.put_command(cmd.command_id, result.model_dump_json(by_alias=True).encode())
-    publish_result(unit, result, response_topic, correlation)
+    unit.command_result(cmd.command_id, _payload(result), response_topic, correlation, store=True)
     return result
 
 
 def publish_result(unit: Unit, result: CommandResult, response_topic: str | None, correlation: bytes | None) -> None:
-    payload = result.model_dump_json(by_alias=True).encode()
-    unit.txn.add_outbox(unit.engine.topics.command_result, payload)
-    if response_topic:
-        unit.txn.add_outbox(response_topic, payload, correlation=correlation)
-    unit.wrote = True
+    """A rejection of a command that never reached `execute` (malformed): published, not kept."""
+    unit.command_result(result.command_id or "", _payload(result), response_topic, correlation, store=False)
+
+
+def _payload(result: CommandResult) -> bytes:
+    return result.model_dump_json(by_alias=True).encode()
 
 
 def _refused(code: str | None, what: str) -> None:
@@ -176,7 +176,7 @@ def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> Intake | None:
                     raise _No("illegal_transition", "contact_id", f"cannot cancel: {d.illegal}")
                 _refused(d.refused, "cancel")
             else:
-                for key in unit.txn.unfinished_contacts(campaign_id):
+                for key in unit.read.unfinished_contacts(campaign_id):
                     unit.apply(key, Signal(Kind.CANCEL, {"source": "admin", "kind": "cancel"}))
         case RemoveCommand(campaign_id=campaign_id, contact_id=contact_id):
             d = unit.apply((campaign_id, contact_id), Signal(Kind.REMOVE, {"source": "admin", "kind": "remove"}))
@@ -187,8 +187,7 @@ def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> Intake | None:
             number = normalise(phone, ctx.default_region)
             if number is None:
                 raise _No("invalid_phone", "phone", "not a valid phone number")
-            unit.txn.blacklist(number, action == "add")
-            unit.wrote = True
+            unit.blacklist(number, action == "add")
         case CampaignCommand():
             _campaign(unit, cmd)
         case OperatorCommand(campaign_id=campaign_id, contact_id=contact_id, signal=sig, operator_id=op):
@@ -272,7 +271,7 @@ def _create_one(
     state = ContactState(campaign_id=key[0], contact_id=key[1], phone_raw=entry.phone, meta=meta, **fields)
     d = unit.apply(key, Signal(Kind.CREATE, phone=phone), create=state)
     if d.refused:
-        existing = unit.txn.get_contact(key)
+        existing = unit.read.get_contact(key)
         if existing is not None and existing.channel is not state.channel:
             raise _No("contact_busy", f"{where}contact_id", f"contact exists on the {existing.channel} channel")
         raise _No(d.refused, f"{where}contact_id", f"{cmd.kind}: {d.refused}")
@@ -283,31 +282,20 @@ def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
     settings: dict[str, Any] = {"start_at": cmd.start_at, "max_cps": cmd.max_cps, "max_concurrent": cmd.max_concurrent}
     if cmd.budget is not None:
         settings["budget"] = Budget(**cmd.budget.model_dump())
-    existing = unit.txn.get_campaign(cmd.campaign_id)
     if cmd.action == "create":
-        if existing is not None:
-            raise _No("campaign_exists", "campaign_id", "the campaign exists")
-        from .domain.campaign import new_campaign
-
-        camp = new_campaign(cmd.campaign_id, draft=True, **settings)
-        unit.txn.put_campaign(camp)
-        unit._campaign_event(camp, None)
+        created = unit.create_campaign(cmd.campaign_id, **settings)
+        if created.refused:
+            raise _No(created.refused, "campaign_id", "the campaign exists")
         return
+    # the domain decides the campaign and its effects (the start_at timer, finishing its contacts)
     decision = unit.campaign_action(cmd.campaign_id, Action(cmd.action), **settings)
     if decision.refused:
         raise _No(decision.refused, "action", f"campaign {cmd.action} refused: {decision.refused}")
-    state = decision.state
-    if state.status is CampaignStatus.PLANNED and decision.changed and state.start_at is not None:
-        unit.txn.add_timer(TimerKind.CAMPAIGN_START, state.campaign_id, None, state.start_at)
-        unit.wake_timers = True
-    if cmd.action == "finish":
-        for key in unit.txn.unfinished_contacts(cmd.campaign_id):
-            unit.apply(key, Signal(Kind.FINISH, {"source": "admin", "kind": "campaign_finished"}))
 
 
 def apply_timer(unit: Unit, timer: Timer) -> None:
     """A persisted timer fired: delete it and apply its signal in one transaction (fires once)."""
-    if not unit.txn.delete_timer(timer.id):
+    if not unit.fire_timer(timer.id):
         return
     kind, campaign_id, contact_id = timer.kind, timer.campaign_id, timer.contact_id
     if kind is TimerKind.CAMPAIGN_START:

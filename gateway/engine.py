@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,16 +17,23 @@ from typing import Any, Generic, TypeVar
 
 from metrics.recorder import Recorder
 
+from .commit import After, Topics, Writer
 from .domain import effects as fx
-from .domain.campaign import Action, CampaignDecision, decide_campaign, new_campaign
+from .domain.campaign import (
+    Action,
+    CampaignDecision,
+    FinishContacts,
+    decide_campaign,
+    implicit,
+    talk_budget_spent,
+)
+from .domain.campaign import create as create_campaign
 from .domain.decide import Decision, decide
-from .domain.signals import Signal
+from .domain.signals import Kind, Signal
 from .domain.state import CampaignState, ContactState
-from .domain.statuses import Channel, label
-from .ids import uuid7
+from .domain.statuses import Channel
 from .ports import ChannelPort
-from .store import Conflict, Key, Store, Txn
-from .wire import CampaignStatusEvent, encode_contact_event
+from .store import Conflict, Key, Reads, Store, Txn
 
 log = logging.getLogger("telgate.engine")
 R = TypeVar("R")
@@ -40,46 +46,29 @@ def utcnow() -> datetime:
 
 
 @dataclass
-class Topics:
-    prefix: str
-
-    def contact(self, channel: str, campaign_id: str, contact_id: str) -> str:
-        return f"{self.prefix}/v1/evt/contact/{channel}/{campaign_id}/{contact_id}"
-
-    def campaign(self, campaign_id: str) -> str:
-        return f"{self.prefix}/v1/evt/campaign/{campaign_id}"
-
-    @property
-    def command_result(self) -> str:
-        return f"{self.prefix}/v1/evt/command"
-
-    @property
-    def commands(self) -> str:
-        return f"{self.prefix}/v1/cmd/+"
-
-    def presence(self, gateway_id: str) -> str:
-        return f"{self.prefix}/v1/gateways/{gateway_id}/status"
-
-
-@dataclass
 class Unit:
-    """One piece of work's view of the open transaction: decide, write, and note what to do after."""
+    """One piece of work inside the batch's transaction. It reads through `read`, decides with the
+    domain (`apply` for a contact, `campaign_action` for a campaign), and every decision is written by
+    the engine's `Writer` (gateway/commit.py) — nothing else writes. `after` collects what is done once
+    the transaction has committed: the channel effects of what was committed, metrics, wake-ups."""
 
-    txn: Txn
+    _txn: Txn
     now: datetime
     engine: Engine
-    after: list[tuple[fx.Effect, ContactState]] = field(default_factory=list)
-    notes: list[Callable[[], None]] = field(default_factory=list)
-    wake_dispatch: bool = False
-    wake_timers: bool = False
-    wrote: bool = False
+    after: After = field(default_factory=After)
+
+    @property
+    def read(self) -> Reads:
+        """The open transaction, for reading (what this transaction wrote included)."""
+        return self._txn
 
     # -- contacts -----------------------------------------------------------------------------
     def apply(
         self, key: Key, signal: Signal, create: ContactState | None = None, current: ContactState | None = None
     ) -> Decision:
-        """Decide `signal` for the contact; `current` is its state when the caller has just read it."""
-        state = current or self.txn.get_contact(key)
+        """Decide `signal` for the contact and commit the decision; `current` is its state when the
+        caller has just read it."""
+        state = current or self._txn.get_contact(key)
         if state is None:
             if create is None:
                 return Decision(
@@ -91,7 +80,7 @@ class Unit:
         decision = decide(state, signal, self.now)
         rec = self.engine.recorder
         if decision.illegal:
-            self.notes.append(lambda: rec.illegal_transition(state.channel))
+            self.after.notes.append(lambda: rec.illegal_transition(state.channel))
             log.warning(
                 "illegal transition dropped",
                 extra={"campaign_id": key[0], "contact_id": key[1], "transition": decision.illegal},
@@ -99,114 +88,76 @@ class Unit:
             return decision
         if decision.absorbed:
             why = decision.absorbed
-            self.notes.append(lambda: rec.absorbed_signal(state.channel, why))
+            self.after.notes.append(lambda: rec.absorbed_signal(state.channel, why))
             if why == "recorded":
-                self._record_late(key, state, signal)
+                self.engine.writer.late(self._txn, key, signal, self.now)
             return decision
         if decision.refused or (not decision.changed and decision.state is state):
             return decision
-        new = decision.state
-        owner = self.engine.gateway_id if new.in_flight else None
-        effects = decision.effects
-        ready: tuple[datetime, int] | None = None
-        if before == 0:  # a new contact takes its place in the queue with its first write
-            for effect in effects:
-                if isinstance(effect, fx.Enqueue):
-                    ready = (effect.ready_at, effect.priority)
-                    self.wake_dispatch = True
-            effects = tuple(e for e in effects if not isinstance(e, fx.Enqueue))
-        if not self.txn.put_contact(new, before, owner, ready):
-            raise Conflict(f"{key[0]}/{key[1]} moved past sequence {before}")
-        self.wrote = True
-        for draft in decision.events:
-            payload = self.engine.contact_event(new, draft, self.now)
-            self.txn.add_event(key, self.engine.topics.contact(new.channel, key[0], key[1]), payload)
-            ch, st, prev = (
-                str(new.channel),
-                str(draft.status),
-                (str(draft.previous_status) if draft.previous_status else None),
-            )
-            self.notes.append(functools.partial(rec.transition, ch, st, prev, key[0]))
-        for effect in effects:
-            self._effect(key, new, effect)
+        self.engine.writer.contact(self._txn, self.after, before, decision, self.now)
+        # the campaign decisions a contact's decision asks for: decided now, in the same transaction
+        for effect in decision.effects:
+            match effect:
+                case fx.AddTalkTime(seconds):
+                    talk, limit_minutes = self._txn.bump_campaign(key[0], talk_s=seconds)
+                    if talk_budget_spent(talk, limit_minutes):
+                        self.campaign_action(key[0], Action.AUTO_PAUSE, reason="budget_spent")
+                case fx.PauseCampaign(reason):
+                    self.campaign_action(key[0], Action.AUTO_PAUSE, reason=reason)
         return decision
 
-    def _record_late(self, key: Key, state: ContactState, signal: Signal) -> None:
-        """A webhook for a message whose contact was canceled/removed: kept for the read API, not published."""
-        payload = json.dumps(
-            {
-                "recorded_at": self.now.isoformat(),
-                "signal": {"kind": str(signal.kind), **signal.evidence},
-                "published": False,
-            }
-        ).encode()
-        self.txn.record(key, payload)
-
-    def _effect(self, key: Key, state: ContactState, effect: fx.Effect) -> None:
-        txn = self.txn
-        match effect:
-            case fx.Enqueue(ready_at, priority):
-                txn.set_ready(key, ready_at, priority)
-                self.wake_dispatch = True
-            case fx.Dequeue():
-                txn.set_ready(key, None)
-            case fx.StartTimer(kind, due_at):
-                txn.add_timer(kind, key[0], key[1], due_at)
-                self.wake_timers = True
-            case fx.CancelTimers():
-                txn.cancel_timers(key)
-            case fx.MapWamid(wamid):
-                txn.map_wamid(wamid, key)
-            case fx.CountDialed():
-                txn.bump_campaign(key[0], dialed=1)
-            case fx.AddTalkTime(seconds):
-                talk, limit_minutes = txn.bump_campaign(key[0], talk_s=seconds)
-                if limit_minutes is not None and talk >= limit_minutes * 60.0:
-                    self.campaign_action(key[0], Action.AUTO_PAUSE, reason="budget_spent")
-            case fx.PauseCampaign(reason):
-                self.campaign_action(key[0], Action.AUTO_PAUSE, reason=reason)
-            case fx.Dial() | fx.Send() | fx.CancelCall():
-                self.after.append((effect, state))
+    def dequeue(self, key: Key) -> None:
+        """Take a contact that cannot start out of the dispatch queue (the dispatcher never spins on it)."""
+        self._txn.set_ready(key, None)
 
     # -- campaigns ----------------------------------------------------------------------------
     def campaign(self, campaign_id: str, create: bool = True) -> CampaignState:
-        camp = self.txn.get_campaign(campaign_id)
-        if camp is None:
-            camp = new_campaign(campaign_id, draft=False)
-            if create:
-                self.txn.put_campaign(camp)
-                self._campaign_event(camp, None)
-        return camp
+        """The campaign; one that nobody created is created `in_progress` (its first contact names it)."""
+        camp = self._txn.get_campaign(campaign_id)
+        if camp is not None:
+            return camp
+        decision = implicit(campaign_id)
+        if create:
+            self.engine.writer.campaign(self._txn, self.after, decision, self.now, None)
+        return decision.state
+
+    def create_campaign(self, campaign_id: str, **settings: Any) -> CampaignDecision:
+        """The `create` command: a draft campaign (refused `campaign_exists`)."""
+        decision = create_campaign(self._txn.get_campaign(campaign_id), campaign_id, **settings)
+        self.engine.writer.campaign(self._txn, self.after, decision, self.now, None)
+        return decision
 
     def campaign_action(
         self, campaign_id: str, action: Action, reason: str | None = None, **settings: Any
     ) -> CampaignDecision:  # settings: start_at, budget, max_cps, max_concurrent
-        camp = self.campaign(campaign_id)
-        decision = decide_campaign(camp, action, self.now, reason=reason, **settings)
+        decision = decide_campaign(self.campaign(campaign_id), action, self.now, reason=reason, **settings)
         if decision.refused:
             return decision
-        self.txn.put_campaign(decision.state)
-        self.wrote = True
-        self.wake_dispatch = True
-        if decision.changed:
-            self._campaign_event(decision.state, decision.previous)
-            if action is Action.AUTO_PAUSE:
-                self.engine.recorder.campaign_auto_paused(reason or "")
+        self.engine.writer.campaign(self._txn, self.after, decision, self.now, reason)
+        for effect in decision.effects:
+            if isinstance(effect, FinishContacts):
+                for key in self._txn.unfinished_contacts(campaign_id):
+                    self.apply(key, Signal(Kind.FINISH, {"source": "admin", "kind": "campaign_finished"}))
         return decision
 
-    def _campaign_event(self, camp: CampaignState, previous: Any) -> None:
-        event = CampaignStatusEvent(
-            event_id=uuid7(),
-            occurred_at=self.now,
-            campaign_id=camp.campaign_id,
-            status=camp.status,
-            previous_status=previous,
-            reason=camp.reason,
-            counts=self.txn.counts(camp.campaign_id),
+    # -- what commands and channels write beside decisions ----------------------------------------
+    def blacklist(self, number: str, add: bool) -> None:
+        self._txn.blacklist(number, add)
+        self.after.wrote = True
+
+    def command_result(
+        self, command_id: str, payload: bytes, response_topic: str | None, correlation: bytes | None, store: bool
+    ) -> None:
+        self.engine.writer.command_result(
+            self._txn, self.after, command_id, payload, response_topic, correlation, store
         )
-        payload = event.model_dump_json(by_alias=True).encode()
-        self.txn.add_outbox(self.engine.topics.campaign(camp.campaign_id), payload, retain=True)
-        self.wrote = True
+
+    def map_wamid(self, wamid: str, key: Key) -> None:
+        self._txn.map_wamid(wamid, key)
+
+    def fire_timer(self, timer_id: int) -> bool:
+        """A persisted timer fires once: False when another transaction already took it."""
+        return self._txn.delete_timer(timer_id)
 
 
 class EngineStopped(Exception):
@@ -220,7 +171,7 @@ class _WorkFailed(Exception):
 
 
 def pause_channel(unit: Unit, channel: Channel, reason: str) -> list[str]:
-    ids = unit.txn.campaigns_with_channel(channel, "in_progress")
+    ids = unit.read.campaigns_with_channel(channel, "in_progress")
     for campaign_id in ids:
         unit.campaign_action(campaign_id, Action.AUTO_PAUSE, reason=reason)
     return ids
@@ -245,6 +196,7 @@ class Engine:
         self.gateway_id = gateway_id
         self.topics = topics
         self.recorder = recorder
+        self.writer = Writer(gateway_id, topics, recorder)
         self.clock = clock
         self.ports: dict[Channel, ChannelPort] = {}
         self._queue: asyncio.Queue[_Work[Any]] = asyncio.Queue()
@@ -325,15 +277,16 @@ class Engine:
     def _after_commit(self, units: list[Unit], works: list[_Work[Any]], results: list[Any]) -> None:
         wrote = dispatch = timers = False
         for unit, work, result in zip(units, works, results, strict=True):
-            for note in unit.notes:
+            after = unit.after
+            for note in after.notes:
                 note()
-            for effect, contact in unit.after:
+            for effect, contact in after.effects:  # carried out from what was committed
                 port = self.ports.get(contact.channel)
                 if port is not None:
                     port.submit(effect, contact)
-            wrote |= unit.wrote
-            dispatch |= unit.wake_dispatch
-            timers |= unit.wake_timers
+            wrote |= after.wrote
+            dispatch |= after.wake_dispatch
+            timers |= after.wake_timers
             if not work.future.done():
                 work.future.set_result(result)
         for what, flag in (("commit", wrote), ("dispatch", dispatch), ("timers", timers)):
@@ -355,27 +308,3 @@ class Engine:
                 raise _WorkFailed(index) from exc
             units.append(unit)
         return units, results
-
-    # -- event payloads --------------------------------------------------------------------------
-    def contact_event(self, state: ContactState, draft: Any, now: datetime) -> bytes:
-        # every value is already typed by the domain: encoded without building the model (hot path);
-        # tests validate published payloads against the model
-        return encode_contact_event(
-            event_id=uuid7(int(now.timestamp() * 1000)),
-            sequence=draft.sequence,
-            occurred_at=now,
-            gateway_id=self.gateway_id,
-            campaign_id=state.campaign_id,
-            contact_id=state.contact_id,
-            channel=state.channel,
-            status=draft.status,
-            label=label(state.channel, draft.status, state.profile),
-            previous_status=draft.previous_status,
-            final=draft.final,
-            attempt=draft.attempt,
-            max_attempts=state.policy.max_attempts,
-            retry_at=draft.retry_at,
-            phone=state.phone or state.phone_raw or None,
-            evidence=draft.evidence,
-            meta=state.meta,
-        )

@@ -146,7 +146,7 @@ class Dispatcher:
         """Inside the transaction: pick ready contacts in order and start them (blacklist, budget checked).
         Nothing outside the transaction changes here (the buckets are spent after the commit): the
         engine may run it again on fresh state."""
-        txn, now = unit.txn, unit.now
+        txn, now = unit.read, unit.now
         turn = Turn(at=now.timestamp())
         channel = self.port.channel
         skip: set[str] = set()
@@ -181,7 +181,7 @@ class Dispatcher:
                 )
                 decision = unit.apply(key, signal, current=contact)
                 if decision.illegal or not decision.events:
-                    txn.set_ready(key, None)  # never spin on a contact that cannot start
+                    unit.dequeue(key)  # never spin on a contact that cannot start
                     continue
                 if contact.attempt == 0 and decision.state.attempt == 1:
                     dialed[key[0]] = dialed.get(key[0], 0) + 1

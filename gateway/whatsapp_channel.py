@@ -238,13 +238,13 @@ class WhatsAppChannel:
         signal = status_signal(status)
         if signal is None:
             return "unknown_status"
-        key = unit.txn.lookup_wamid(status.id)
+        key = unit.read.lookup_wamid(status.id)
         if key is None:
             parsed = parse_callback(status.biz_opaque_callback_data)
             if parsed is None:
                 return "unmatched"
             key = parsed[0]
-            unit.txn.map_wamid(status.id, key)
+            unit.map_wamid(status.id, key)
         decision = unit.apply(key, signal)
         if decision.refused == "unknown_contact":
             return "unmatched"

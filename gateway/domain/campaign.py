@@ -1,11 +1,19 @@
 """Campaign statuses (SPEC §5.3) as a transition table and a pure decide_campaign().
 
 Rules:
-- a campaign is created `in_progress` by the first contact command naming it, `draft` by `create`;
-- `start` goes to `planned` while `start_at` is in the future, else to `in_progress`;
+- a campaign is created `in_progress` by the first contact command naming it (`implicit`), `draft` by
+  `create` (refused `campaign_exists` when it exists); a creation publishes an event with no previous
+  status;
+- `start` goes to `planned` while `start_at` is in the future, else to `in_progress`; entering `planned`
+  sets the persisted `campaign_start` timer (`StartTimer`), whose firing is `start_due`;
 - the gateway pauses a campaign itself (`auto_pause`, with a reason): PBX down, WhatsApp account
-  error, talk budget spent; `resume` is refused with `budget_spent` while the budget is spent;
-- `finished` accepts nothing; repeating the current state is accepted and changes nothing.
+  error, talk budget spent (`talk_budget_spent`: the campaign's talk time reached `max_talk_minutes`);
+  `resume` is refused with `budget_spent` while the budget is spent;
+- entering `finished` finishes every contact of the campaign that is not final (`FinishContacts`);
+  `finished` accepts nothing; repeating the current state is accepted and changes nothing.
+
+decide_campaign() returns the whole decision — the new state, whether it is published, and its effects;
+the engine commits it (gateway/commit.py) and carries the effects out in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from .effects import StartTimer, TimerKind
 from .state import CampaignState
 from .statuses import CampaignStatus
 
@@ -90,11 +99,22 @@ CAMPAIGN: dict[CampaignStatus, dict[Action, CTarget]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class FinishContacts:
+    """Every contact of the campaign that is not final gets the `finish` signal, in this transaction."""
+
+
+CampaignEffect = StartTimer | FinishContacts
+
+
+@dataclass(frozen=True, slots=True)
 class CampaignDecision:
     state: CampaignState
-    changed: bool  # a status change: publish a CampaignStatusEvent
+    changed: bool  # a status change (or a creation): publish a CampaignStatusEvent
     previous: CampaignStatus | None = None
     refused: str | None = None
+    effects: tuple[CampaignEffect, ...] = ()
+    created: bool = False  # a new campaign: written whole, its event has no previous status
+    wrote: bool = False  # its settings or status are written (an accepted action; not a refusal)
 
 
 def new_campaign(campaign_id: str, draft: bool, **settings: Any) -> CampaignState:
@@ -105,7 +125,39 @@ def new_campaign(campaign_id: str, draft: bool, **settings: Any) -> CampaignStat
     )
 
 
+def implicit(campaign_id: str) -> CampaignDecision:
+    """The campaign a contact command names and nobody created: `in_progress` from its first contact."""
+    return CampaignDecision(new_campaign(campaign_id, draft=False), True, created=True, wrote=True)
+
+
+def create(existing: CampaignState | None, campaign_id: str, **settings: Any) -> CampaignDecision:
+    """The `create` command: a `draft` with its settings, refused when the campaign exists."""
+    if existing is not None:
+        return CampaignDecision(existing, False, refused="campaign_exists")
+    return CampaignDecision(new_campaign(campaign_id, draft=True, **settings), True, created=True, wrote=True)
+
+
+def talk_budget_spent(talk_seconds: float, limit_minutes: float | None) -> bool:
+    """The campaign's talk time (counted in the store, atomically) reached its `max_talk_minutes`."""
+    return limit_minutes is not None and talk_seconds >= limit_minutes * 60.0
+
+
 def decide_campaign(
+    state: CampaignState, action: Action, now: datetime, reason: str | None = None, **settings: Any
+) -> CampaignDecision:
+    decision = _decide(state, action, now, reason, **settings)
+    if not decision.changed:
+        return decision
+    new = decision.state
+    effects: list[CampaignEffect] = []
+    if new.status is C.PLANNED and new.start_at is not None:
+        effects.append(StartTimer(TimerKind.CAMPAIGN_START, new.start_at))
+    if new.status is C.FINISHED:
+        effects.append(FinishContacts())
+    return CampaignDecision(new, True, previous=decision.previous, effects=tuple(effects), wrote=True)
+
+
+def _decide(
     state: CampaignState, action: Action, now: datetime, reason: str | None = None, **settings: Any
 ) -> CampaignDecision:
     target = CAMPAIGN[state.status].get(action)
@@ -121,11 +173,13 @@ def decide_campaign(
     if updates:
         state = state.model_copy(update=updates)
     if isinstance(target, Same):
-        return CampaignDecision(state, False)
+        return CampaignDecision(state, False, wrote=True)
     if isinstance(target, StartOrPlan):
         target = C.PLANNED if state.start_at is not None and state.start_at > now else C.IN_PROGRESS
     if action in (A.RESUME, A.START) and target is C.IN_PROGRESS and state.budget_spent():
         return CampaignDecision(state, False, refused="budget_spent")
+    if target is state.status:
+        return CampaignDecision(state, False, wrote=True)
     new = state.model_copy(
         update={
             "status": target,

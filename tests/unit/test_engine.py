@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.commit import Topics
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import ContactState
 from gateway.domain.statuses import Channel, Status
-from gateway.engine import Engine, Topics, Unit
+from gateway.engine import Engine, Unit
 from gateway.store.sqlite import SqliteStore
 from metrics.recorder import Recorder
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from gateway.commit import Topics
 from gateway.domain import effects as fx
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import CampaignState, ContactState
 from gateway.domain.statuses import Channel, Status
-from gateway.engine import Engine, Topics, Unit
+from gateway.engine import Engine, Unit
 from gateway.pacing import Dispatcher, Turn
 from gateway.store import Conflict
 from gateway.store.sqlite import SqliteStore
@@ -56,8 +57,9 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
 
 
 async def queue(engine: Engine, n: int, **campaign: Any) -> None:
+    await engine.store.run(lambda txn: txn.put_campaign(CampaignState(campaign_id="c", **campaign)))
+
     def setup(unit: Unit) -> None:
-        unit.txn.put_campaign(CampaignState(campaign_id="c", **campaign))
         for i in range(n):
             state = ContactState(campaign_id="c", contact_id=f"k{i:02d}", channel=Channel.VOICE)
             unit.apply(("c", f"k{i:02d}"), Signal(Kind.CREATE, phone=f"+42060123{i:04d}"), create=state)
@@ -70,7 +72,7 @@ async def calling(engine: Engine) -> list[str]:
         return [
             k
             for k in (f"k{i:02d}" for i in range(10))
-            if (c := unit.txn.get_contact(("c", k))) is not None and c.status is Status.CALLING
+            if (c := unit.read.get_contact(("c", k))) is not None and c.status is Status.CALLING
         ]
 
     return await engine.execute(read)

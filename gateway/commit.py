@@ -1,0 +1,210 @@
+"""Commit: the one place that writes a decision to the store.
+
+The domain decides (`decide()` for a contact, `decide_campaign()` for a campaign) and returns the whole
+decision: the new state, the events to publish, the effects. The functions here write it inside the
+batch's transaction — the state as a compare-and-set on `sequence`, its events into the outbox, the
+queue, the timers, the campaign counters — and note in `After` what is carried out once the transaction
+has committed: the channel effects (dial, send, cancel) of what was committed, the metrics, the
+wake-ups of the dispatcher and the scheduler. Nothing here decides a status, and nothing outside this
+module writes one.
+
+Payloads and topics are built here too, from the committed state (`gateway/wire.py` encodes them).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from metrics.recorder import Recorder
+
+from .domain import effects as fx
+from .domain.campaign import CampaignDecision, FinishContacts
+from .domain.decide import Decision, EventDraft
+from .domain.signals import Signal
+from .domain.state import CampaignState, ContactState
+from .domain.statuses import label
+from .ids import uuid7
+from .store import Conflict, Key, Txn
+from .wire import CampaignStatusEvent, encode_contact_event
+
+log = logging.getLogger("telgate.engine")
+
+
+@dataclass
+class Topics:
+    prefix: str
+
+    def contact(self, channel: str, campaign_id: str, contact_id: str) -> str:
+        return f"{self.prefix}/v1/evt/contact/{channel}/{campaign_id}/{contact_id}"
+
+    def campaign(self, campaign_id: str) -> str:
+        return f"{self.prefix}/v1/evt/campaign/{campaign_id}"
+
+    @property
+    def command_result(self) -> str:
+        return f"{self.prefix}/v1/evt/command"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}/v1/cmd/+"
+
+    def presence(self, gateway_id: str) -> str:
+        return f"{self.prefix}/v1/gateways/{gateway_id}/status"
+
+
+@dataclass
+class After:
+    """What one piece of work's commits ask for once the transaction has committed."""
+
+    effects: list[tuple[fx.Effect, ContactState]] = field(default_factory=list)  # dial, send, cancel
+    notes: list[Callable[[], None]] = field(default_factory=list)  # metrics
+    wrote: bool = False  # an event or outbox row was written: the publisher has work
+    wake_dispatch: bool = False  # the queue or a campaign changed: the dispatcher looks again
+    wake_timers: bool = False  # a timer was set: the scheduler looks again
+    finish: list[str] = field(default_factory=list)  # campaigns whose contacts are to be finished
+
+
+@dataclass(frozen=True)
+class Writer:
+    """The instance-wide parts a commit needs: who writes, where events go, what is counted."""
+
+    gateway_id: str
+    topics: Topics
+    recorder: Recorder
+
+    # -- contacts -----------------------------------------------------------------------------------
+    def contact(self, txn: Txn, after: After, before: int, decision: Decision, now: datetime) -> None:
+        """Write a contact's decision: its state if the stored sequence is still `before` (else
+        Conflict: decide again), its events, the store effects; the channel effects go to `after`."""
+        new = decision.state
+        key = (new.campaign_id, new.contact_id)
+        owner = self.gateway_id if new.in_flight else None
+        effects = decision.effects
+        ready: tuple[datetime, int] | None = None
+        if before == 0:  # a new contact takes its place in the queue with its first write
+            for effect in effects:
+                if isinstance(effect, fx.Enqueue):
+                    ready = (effect.ready_at, effect.priority)
+                    after.wake_dispatch = True
+            effects = tuple(e for e in effects if not isinstance(e, fx.Enqueue))
+        if not txn.put_contact(new, before, owner, ready):
+            raise Conflict(f"{key[0]}/{key[1]} moved past sequence {before}")
+        after.wrote = True
+        for draft in decision.events:
+            txn.add_event(key, self.topics.contact(new.channel, key[0], key[1]), self.contact_event(new, draft, now))
+            previous = str(draft.previous_status) if draft.previous_status else None
+            after.notes.append(
+                functools.partial(self.recorder.transition, str(new.channel), str(draft.status), previous, key[0])
+            )
+        for effect in effects:
+            self._effect(txn, after, key, new, effect)
+
+    def _effect(self, txn: Txn, after: After, key: Key, state: ContactState, effect: fx.Effect) -> None:
+        match effect:
+            case fx.Enqueue(ready_at, priority):
+                txn.set_ready(key, ready_at, priority)
+                after.wake_dispatch = True
+            case fx.Dequeue():
+                txn.set_ready(key, None)
+            case fx.StartTimer(kind, due_at):
+                txn.add_timer(kind, key[0], key[1], due_at)
+                after.wake_timers = True
+            case fx.CancelTimers():
+                txn.cancel_timers(key)
+            case fx.MapWamid(wamid):
+                txn.map_wamid(wamid, key)
+            case fx.CountDialed():
+                txn.bump_campaign(key[0], dialed=1)
+            case fx.AddTalkTime() | fx.PauseCampaign():
+                pass  # campaign decisions: the engine decides them (Unit.apply) after this write
+            case fx.Dial() | fx.Send() | fx.CancelCall():
+                after.effects.append((effect, state))
+
+    def late(self, txn: Txn, key: Key, signal: Signal, now: datetime) -> None:
+        """A webhook for a message whose contact was canceled/removed: kept for the read API, not published."""
+        signal_json = {"kind": str(signal.kind), **signal.evidence}
+        payload = json.dumps({"recorded_at": now.isoformat(), "signal": signal_json, "published": False}).encode()
+        txn.record(key, payload)
+
+    def contact_event(self, state: ContactState, draft: EventDraft, now: datetime) -> bytes:
+        # every value is already typed by the domain: encoded without building the model (hot path);
+        # tests validate published payloads against the model
+        return encode_contact_event(
+            event_id=uuid7(int(now.timestamp() * 1000)),
+            sequence=draft.sequence,
+            occurred_at=now,
+            gateway_id=self.gateway_id,
+            campaign_id=state.campaign_id,
+            contact_id=state.contact_id,
+            channel=state.channel,
+            status=draft.status,
+            label=label(state.channel, draft.status, state.profile),
+            previous_status=draft.previous_status,
+            final=draft.final,
+            attempt=draft.attempt,
+            max_attempts=state.policy.max_attempts,
+            retry_at=draft.retry_at,
+            phone=state.phone or state.phone_raw or None,
+            evidence=draft.evidence,
+            meta=state.meta,
+        )
+
+    # -- campaigns ----------------------------------------------------------------------------------
+    def campaign(self, txn: Txn, after: After, decision: CampaignDecision, now: datetime, reason: str | None) -> None:
+        """Write an accepted campaign decision: its state, its event when it changed (or was created),
+        its effects (the `start_at` timer, the contacts to finish)."""
+        if not decision.wrote:
+            return
+        camp = decision.state
+        txn.put_campaign(camp)
+        after.wrote = after.wake_dispatch = True
+        if decision.changed:
+            self.campaign_event(txn, camp, decision.previous, now)
+            if decision.previous is not None and camp.paused_by_gateway:
+                after.notes.append(functools.partial(self.recorder.campaign_auto_paused, reason or ""))
+        for effect in decision.effects:
+            match effect:
+                case fx.StartTimer(kind, due_at):
+                    txn.add_timer(kind, camp.campaign_id, None, due_at)
+                    after.wake_timers = True
+                case FinishContacts():
+                    after.finish.append(camp.campaign_id)
+
+    def campaign_event(self, txn: Txn, camp: CampaignState, previous: Any, now: datetime) -> None:
+        event = CampaignStatusEvent(
+            event_id=uuid7(),
+            occurred_at=now,
+            campaign_id=camp.campaign_id,
+            status=camp.status,
+            previous_status=previous,
+            reason=camp.reason,
+            counts=txn.counts(camp.campaign_id),
+        )
+        payload = event.model_dump_json(by_alias=True).encode()
+        txn.add_outbox(self.topics.campaign(camp.campaign_id), payload, retain=True)
+
+    # -- what commands write beside decisions -------------------------------------------------------
+    def command_result(
+        self,
+        txn: Txn,
+        after: After,
+        command_id: str,
+        payload: bytes,
+        response_topic: str | None,
+        correlation: bytes | None,
+        store: bool,
+    ) -> None:
+        """A command's result: kept under its id (a repeat is answered from it) unless it is the answer
+        to a repeat, and published on evt/command and on the command's Response Topic."""
+        if store:
+            txn.put_command(command_id, payload)
+        txn.add_outbox(self.topics.command_result, payload)
+        if response_topic:
+            txn.add_outbox(response_topic, payload, correlation=correlation)
+        after.wrote = True
