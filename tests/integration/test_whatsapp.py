@@ -425,8 +425,13 @@ async def test_gateway_killed_between_send_and_webhooks(broker: Mosquitto, tmp_p
                 await asyncio.sleep(0.5)
                 # rows the broker acknowledged just before the kill may come again: with the same event_id
                 events = b.unique("wa", "k")
-                assert [e["status"] for e in events] == ["initial", "in_progress", "sent", "delivered", "read"]
-                assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5]
+                # Meta retries each undelivered webhook on its own schedule, so the one that reaches the
+                # restarted gateway first may be `read` (SPEC §5.2: "read may come without delivered");
+                # whatever came later and lower is a duplicate. Statuses only move up, without a gap.
+                statuses = [e["status"] for e in events]
+                assert statuses[:2] == ["initial", "in_progress"] and statuses[-1] == "read", statuses
+                assert statuses[2:-1] in ([], ["sent"], ["delivered"], ["sent", "delivered"]), statuses
+                assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
                 assert events[-1]["signal"]["wa_message_id"] == standin.sent[0].wamid
                 received = len(b.by_contact[("wa", "k")])
                 # Meta repeating a POST the gateway did acknowledge: nothing new
