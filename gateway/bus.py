@@ -29,7 +29,7 @@ from metrics.recorder import Recorder
 from sip.waiting import wait_event
 
 from . import __version__
-from .commands import CommandContext, execute, publish_result
+from .commands import CommandContext, command_hint, execute, publish_result
 from .commit import Topics
 from .config import BusSection
 from .engine import Engine
@@ -286,7 +286,7 @@ class Bus:
         def work(unit: Any) -> CommandResult:
             return execute(unit, cmd, self.ctx, self.gateway_id, response_topic, correlation)
 
-        fut = self.engine.submit(work)
+        fut = self.engine.submit(work, command_hint(cmd))
         fut.add_done_callback(lambda f: self._count(cmd.kind, f))
         return fut
 

@@ -20,7 +20,7 @@ from .domain.policy import Policy
 from .domain.signals import Kind, Signal
 from .domain.state import Budget, ContactState
 from .domain.statuses import CampaignStatus, Channel
-from .engine import Unit
+from .engine import Hint, Unit
 from .phones import normalise
 from .store import Timer
 from .wire import (
@@ -145,6 +145,17 @@ def execute(
     )
     unit.command_result(cmd.command_id, _payload(result), response_topic, correlation, store=True)
     return result
+
+
+def command_hint(cmd: Command) -> Hint:
+    """What applying `cmd` reads first: its command id, and the contacts it names."""
+    campaign_id, contact_id = getattr(cmd, "campaign_id", None), getattr(cmd, "contact_id", None)
+    keys: tuple[tuple[str, str], ...] = ()
+    if isinstance(cmd, DialCommand | SendCommand):
+        keys = tuple((cmd.campaign_id, e.contact_id) for e in cmd.entries())
+    elif isinstance(campaign_id, str) and isinstance(contact_id, str):
+        keys = ((campaign_id, contact_id),)
+    return Hint(contacts=keys, commands=(cmd.command_id,))
 
 
 def publish_result(unit: Unit, result: CommandResult, response_topic: str | None, correlation: bytes | None) -> None:

@@ -177,10 +177,20 @@ def pause_channel(unit: Unit, channel: Channel, reason: str) -> list[str]:
     return ids
 
 
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """What a piece of work is about to read: the batch reads it up front in one query per kind
+    (Reads.prefetch) instead of a round trip per contact."""
+
+    contacts: tuple[Key, ...] = ()
+    commands: tuple[str, ...] = ()
+
+
 @dataclass
 class _Work(Generic[R]):
     fn: Callable[[Unit], R]
     future: asyncio.Future[R]
+    hint: Hint | None = None
 
 
 class Engine:
@@ -206,18 +216,21 @@ class Engine:
         """Call `callback` after a commit that wrote events ('commit'), enqueued ('dispatch') or set timers."""
         self._listeners[what].append(callback)
 
-    def submit(self, fn: Callable[[Unit], R]) -> asyncio.Future[R]:
+    def submit(self, fn: Callable[[Unit], R], hint: Hint | None = None) -> asyncio.Future[R]:
         """Queue `fn` for the next batch transaction now (arrival order is apply order)."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Work(fn, fut))
+        self._queue.put_nowait(_Work(fn, fut, hint))
         return fut
 
-    async def execute(self, fn: Callable[[Unit], R]) -> R:
+    async def execute(self, fn: Callable[[Unit], R], hint: Hint | None = None) -> R:
         """Run `fn` inside the next batch transaction; its result once committed."""
-        return await self.submit(fn)
+        return await self.submit(fn, hint)
+
+    def submit_signal(self, key: Key, signal: Signal) -> asyncio.Future[Decision]:
+        return self.submit(lambda unit: unit.apply(key, signal), Hint(contacts=(key,)))
 
     async def signal(self, key: Key, signal: Signal) -> Decision:
-        return await self.execute(lambda unit: unit.apply(key, signal))
+        return await self.submit_signal(key, signal)
 
     async def auto_pause(self, channel: Channel, reason: str) -> list[str]:
         """The hook a channel calls when its far side is down (PBX, WhatsApp account): every campaign in
@@ -298,6 +311,11 @@ class Engine:
         """In the store thread, inside one transaction. Any exception rolls the whole batch back."""
         units: list[Unit] = []
         results: list[Any] = []
+        hints = [w.hint for w in batch if w.hint is not None]
+        if hints:
+            txn.prefetch(
+                contacts=[k for h in hints for k in h.contacts], commands=[c for h in hints for c in h.commands]
+            )
         for index, work in enumerate(batch):
             unit = Unit(txn, now, self)
             try:

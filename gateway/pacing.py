@@ -156,6 +156,8 @@ class Dispatcher:
             keys: list[Key] = txn.ready_contacts(channel, now, room - turn.taken, frozenset(skip))
             if not keys:
                 break
+            txn.prefetch(contacts=keys)  # the turn's contacts and their numbers' blacklist entries, read at once
+            txn.prefetch(phones=[c.phone for k in keys if (c := txn.get_contact(k)) is not None and c.phone])
             for key in keys:
                 if key[0] in skip:
                     continue

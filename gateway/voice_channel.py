@@ -255,7 +255,7 @@ class VoiceChannel:
             if signal is not None and placed.transfer is not None:
                 signal = dataclasses.replace(signal, evidence={**signal.evidence, "transfer": placed.transfer})
         if signal is not None:
-            future = self.engine.submit(lambda unit: unit.apply(key, signal))
+            future = self.engine.submit_signal(key, signal)
             future.add_done_callback(_log_failure)
         if isinstance(update.event, Answered):
             self._answered(update.call_id, placed, update.event)

@@ -12,7 +12,7 @@ docs/store.md says how they differ inside and why.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
@@ -94,6 +94,15 @@ class Reads(Protocol):
     def get_command(self, command_id: str) -> bytes | None: ...
 
     def lookup_wamid(self, wamid: str) -> Key | None: ...
+
+    def prefetch(
+        self, contacts: Collection[Key] = (), commands: Collection[str] = (), phones: Collection[str] = ()
+    ) -> None:
+        """A hint: these contacts, command ids and blacklist entries are about to be read. A store whose
+        reads are round trips (PostgreSQL) reads them in one query each, so a batch of hundreds of
+        decisions costs a handful of round trips instead of several per contact; SQLite reads a local
+        file and ignores it. Changes nothing that a later read would see."""
+        ...
 
 
 class Txn(Reads, Protocol):

@@ -37,7 +37,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -180,6 +180,40 @@ class _PgTxn:
         self._queued: dict[str, list[_Group]] = {}  # table -> groups, sent in order
         self._known: dict[Key, ContactState | None] = {}  # contacts as this transaction read or wrote them
         self._campaigns: dict[str, CampaignState | None] = {}  # read once per transaction (one per batch)
+        self._commands: dict[str, bytes | None] = {}  # command ids read (prefetched) or written here
+        self._blacklisted: dict[str, bool] = {}  # numbers looked up (prefetched) or changed here
+
+    def prefetch(
+        self, contacts: Collection[Key] = (), commands: Collection[str] = (), phones: Collection[str] = ()
+    ) -> None:
+        """One query per kind for what is not known yet (see Reads.prefetch)."""
+        keys = [k for k in dict.fromkeys(contacts) if k not in self._known]
+        if keys:
+            self._flush("contacts")
+            for key in keys:
+                self._known[key] = None
+            rows = self._all(
+                "SELECT state FROM contacts WHERE (campaign_id, contact_id) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            )
+            for (blob,) in rows:
+                state = ContactState.model_validate_json(blob)
+                self._known[(state.campaign_id, state.contact_id)] = state
+        ids = [c for c in dict.fromkeys(commands) if c not in self._commands]
+        if ids:
+            self._flush("commands")
+            self._commands.update(dict.fromkeys(ids))
+            for command_id, result in self._all(
+                "SELECT command_id, result FROM commands WHERE command_id = ANY(%s)", (ids,)
+            ):
+                self._commands[command_id] = bytes(result)
+        numbers = [p for p in dict.fromkeys(phones) if p and p not in self._blacklisted]
+        if numbers:
+            self._flush("blacklist")
+            self._blacklisted.update(dict.fromkeys(numbers, False))
+            for (phone,) in self._all("SELECT phone FROM blacklist WHERE phone = ANY(%s)", (numbers,)):
+                self._blacklisted[phone] = True
 
     # -- the write queue ------------------------------------------------------------------------
     def _queue(self, table: str, sql: str, row: tuple[Any, ...], key: Hashable) -> None:
@@ -436,8 +470,12 @@ class _PgTxn:
 
     # -- blacklist, commands, wamids ------------------------------------------------------------
     def is_blacklisted(self, phone: str) -> bool:
+        if phone in self._blacklisted:
+            return self._blacklisted[phone]
         self._flush("blacklist")
-        return self._one("SELECT 1 FROM blacklist WHERE phone=%s", (phone,)) is not None
+        found = self._one("SELECT 1 FROM blacklist WHERE phone=%s", (phone,)) is not None
+        self._blacklisted[phone] = found
+        return found
 
     def blacklist(self, phone: str, add: bool) -> None:
         sql = (
@@ -446,13 +484,19 @@ class _PgTxn:
             else "DELETE FROM blacklist WHERE phone=%s"
         )
         self._queue("blacklist", sql, (phone,), phone)
+        self._blacklisted[phone] = add
 
     def get_command(self, command_id: str) -> bytes | None:
+        if command_id in self._commands:
+            return self._commands[command_id]
         self._flush("commands")
         row = self._one("SELECT result FROM commands WHERE command_id=%s", (command_id,))
-        return None if row is None else bytes(row[0])
+        result = None if row is None else bytes(row[0])
+        self._commands[command_id] = result
+        return result
 
     def put_command(self, command_id: str, result: bytes) -> None:
+        self._commands[command_id] = result
         self._queue(
             "commands",
             "INSERT INTO commands (command_id, result) VALUES (%s,%s) ON CONFLICT (command_id)"

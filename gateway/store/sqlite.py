@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +111,11 @@ class _SqliteTxn:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self._campaigns: dict[str, CampaignState | None] = {}  # read once per transaction (one per batch)
+
+    def prefetch(
+        self, contacts: Collection[Key] = (), commands: Collection[str] = (), phones: Collection[str] = ()
+    ) -> None:
+        """A local file: each read is a page lookup, not a round trip; nothing to gain."""
 
     # contacts
     def get_contact(self, key: Key) -> ContactState | None:

@@ -153,6 +153,57 @@ async def test_postgres_another_writer_between_read_and_write_is_a_conflict(
         await store.close()
 
 
+async def test_prefetch_changes_nothing_a_read_sees(store: Store) -> None:
+    """Reads.prefetch is a hint (PostgreSQL reads a batch's contacts, command ids and blacklist entries in
+    one query each): every read after it answers as it would without it, writes of the same transaction
+    included, and a contact another writer moved after the prefetch is still a Conflict (below)."""
+    await store.run(
+        lambda t: (t.put_contact(contact("a"), 0, None), t.put_command("c1", b"r1"), t.blacklist("+1", True))
+    )
+
+    def reads(t: Txn) -> tuple[Any, ...]:
+        t.prefetch(contacts=[("c", "a"), ("c", "none")], commands=["c1", "c2"], phones=["+1", "+2"])
+        a, none = t.get_contact(("c", "a")), t.get_contact(("c", "none"))
+        before = (a.sequence if a else None, none, t.get_command("c1"), t.get_command("c2"))
+        listed = (t.is_blacklisted("+1"), t.is_blacklisted("+2"))
+        t.blacklist("+2", True)
+        t.blacklist("+1", False)
+        t.put_command("c2", b"r2")
+        assert t.put_contact(contact("none"), 0, None)
+        after = (t.is_blacklisted("+1"), t.is_blacklisted("+2"), t.get_command("c2"), t.get_contact(("c", "none")))
+        return before, listed, after
+
+    before, listed, after = await store.run(reads)
+    assert before == (1, None, b"r1", None) and listed == (True, False)
+    assert after[:3] == (False, True, b"r2") and after[3] is not None and after[3].sequence == 1
+    assert await store.read(lambda t: (t.is_blacklisted("+1"), t.get_command("c2"))) == (False, b"r2")
+
+
+async def test_postgres_a_prefetched_contact_another_writer_moved_is_a_conflict(
+    postgres_server: Postgres,  # noqa: F811
+) -> None:
+    url = await asyncio.to_thread(postgres_server.create_database, "prefetched")
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        await store.run(lambda t: t.put_contact(contact("k"), 0, None))
+
+        def racing(t: Txn) -> None:
+            t.prefetch(contacts=[("c", "k")])
+            with psycopg.connect(url, autocommit=True) as other:
+                other.execute("UPDATE contacts SET sequence = 2 WHERE contact_id = 'k'")
+            seen = t.get_contact(("c", "k"))
+            assert seen is not None and seen.sequence == 1  # as prefetched
+            assert t.put_contact(contact("k", 2), seen.sequence, None)
+            t.add_event(("c", "k"), "topic", b"e2")
+
+        with pytest.raises(Conflict):
+            await store.run(racing)
+        assert await store.run(lambda t: t.events(("c", "k"))) == []
+    finally:
+        await store.close()
+
+
 async def test_postgres_connection_lost_during_commit_is_applied_once(
     postgres_server: Postgres,  # noqa: F811
 ) -> None:
