@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.support import harness
 from tests.support.broker import Mosquitto, free_port, shipped_broker
 from tests.support.harness import backend, gateway, settings_for
 
@@ -117,13 +119,22 @@ def write_config(tmp_path: Path, broker: Mosquitto) -> Path:
     cfg.write_text(
         f'[gateway]\nid = "gw-intake"\ndata_dir = "{tmp_path / "var"}"\n'
         f'[bus]\nurl = "{broker.url}"\nclient_id = "telgate-intake"\n'
-        f'[http]\nlisten = "127.0.0.1:0"\n[metrics]\ncampaign_label = false\n'
+        f'[http]\nlisten = "127.0.0.1:0"\n[metrics]\ncampaign_label = false\n{harness.store_toml()}'
     )
     return cfg
 
 
 def store_contacts(tmp_path: Path, campaign: str) -> tuple[int, int]:
     """(contacts, `initial` events written) of `campaign` in the gateway's store."""
+    if harness.STORE_URL is not None:
+        with psycopg.connect(harness.STORE_URL) as pg:
+            row = pg.execute(
+                "SELECT (SELECT COUNT(*) FROM contacts WHERE campaign_id=%s), (SELECT COUNT(*) FROM messages"
+                " WHERE campaign_id=%s AND topic != '' AND convert_from(payload, 'UTF8') LIKE %s)",
+                (campaign, campaign, '%"sequence":1,%'),
+            ).fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1])
     db = sqlite3.connect(tmp_path / "var" / "telgate.db")
     try:
         contacts = db.execute("SELECT COUNT(*) FROM contacts WHERE campaign_id=?", (campaign,)).fetchone()[0]
@@ -177,6 +188,7 @@ async def test_a_burst_of_20000_single_dials_is_held_not_dropped(broker: Mosquit
         assert proc.wait(60) == 0, log.read_text()[-2000:]
 
 
+@pytest.mark.both_stores  # 100,000 contacts through each store; the bus tests around it run on SQLite
 async def test_100_bulk_commands_of_1000_contacts(broker: Mosquitto, tmp_path: Path) -> None:
     n_cmds = 100
     cfg, log = write_config(tmp_path, broker), tmp_path / "gateway.log"
