@@ -164,6 +164,12 @@ class App:
             self.recorder.outbox_oldest.set(0 if oldest is None else max(0.0, time.time() - oldest))
             await asyncio.sleep(1.0)
 
+    async def _contact_gauges(self) -> None:
+        """Contacts per status from the store, every `metrics.contacts_refresh_s` (SPEC §11)."""
+        while True:
+            await asyncio.sleep(self.settings.metrics.contacts_refresh_s)
+            self.recorder.set_contacts(await self.store.read(lambda txn: txn.all_counts()))
+
     async def _prune(self, every_s: float = 3600.0) -> None:
         """Retention (SPEC §11): history, command ids and wamids older than `store.retention_days`, hourly.
         Housekeeping: a failed turn is logged and tried again at the next."""
@@ -193,6 +199,7 @@ class App:
                     tg.create_task(self.bus.run(), name="bus"),
                     tg.create_task(self.scheduler.run(), name="scheduler"),
                     tg.create_task(self._outbox_gauges(), name="outbox-gauges"),
+                    tg.create_task(self._contact_gauges(), name="contact-gauges"),
                     tg.create_task(self._prune(), name="store-prune"),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                     *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),

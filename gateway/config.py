@@ -154,6 +154,9 @@ class InfluxSection(_Section):
 
 class MetricsSection(_Section):
     campaign_label: bool = True
+    # how often the contacts-per-status gauges are read back from the store (SPEC §11: the same totals
+    # on every instance, whoever made the transitions)
+    contacts_refresh_s: float = Field(10.0, ge=0.5)
 
 
 class RetrySection(_Section):

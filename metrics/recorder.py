@@ -270,9 +270,20 @@ class Recorder:
             kpi.talk_s += duration_s
 
     def set_contacts(self, rows: list[tuple[str, str, str, int]]) -> None:
+        """Contacts per status as the store counts them (SPEC §11: every instance reports the store's
+        totals, not the transitions it made itself). Replaces what the transitions counted since the
+        last call: a status no longer in `rows` goes to 0. Between two calls the transitions this
+        instance commits move the gauge at once."""
+        counts: Tally[tuple[str, str, str]] = Tally()
+        gauge: Tally[tuple[str, str, str]] = Tally()
         for campaign, channel, status, n in rows:
-            self.contacts.labels(channel, status, self._campaign(campaign)).inc(n)
-            self.counts[(campaign, channel, status)] += n
+            counts[(campaign, channel, status)] += n
+            gauge[(channel, status, self._campaign(campaign))] += n
+        for key in [k for k in self.counts if k not in counts]:
+            gauge.setdefault((key[1], key[2], self._campaign(key[0])), 0)
+        for (channel, status, label), n in gauge.items():
+            self.contacts.labels(channel, status, label).set(n)
+        self.counts = counts
 
     def command(self, kind: str, result: str) -> None:
         self.commands.labels(kind, result).inc()

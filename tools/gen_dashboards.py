@@ -26,7 +26,7 @@ PROMETHEUS: dict[str, list[Panel]] = {
         (
             "Contacts per status",
             "none",
-            [("sum by (campaign, channel, status) (telgate_contacts)", "{{campaign}} {{status}}")],
+            [("max by (campaign, channel, status) (telgate_contacts)", "{{campaign}} {{status}}")],
         ),
         (
             "Transitions / s",

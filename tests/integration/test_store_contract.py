@@ -22,14 +22,18 @@ import aiohttp
 import psycopg
 import pytest
 
+from gateway.commit import Topics
 from gateway.config import ConfigError
 from gateway.domain.effects import TimerKind
+from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import Budget, CampaignState, ContactState
 from gateway.domain.statuses import CampaignStatus, Channel, Status
+from gateway.engine import Engine
 from gateway.store import Conflict, Store, StoreError, Txn, open_store
 from gateway.store.migrate import migrate
 from gateway.store.postgres import PostgresStore, _PgTxn
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from metrics.recorder import Recorder
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, scripted_ledger, settings_for
 from tests.support.postgres import Postgres, postgres_own_server, postgres_server  # noqa: F401 (fixtures)
@@ -739,3 +743,55 @@ async def test_telgate_migrate_applies_once_from_the_command_line(url: str, tmp_
     assert [r.returncode for r in runs] == [0, 0], runs
     assert "migrations applied" in runs[0].stdout and "[1, 2, 3]" in runs[0].stdout
     assert "up to date" in runs[1].stdout
+
+
+async def test_contact_gauges_report_the_stores_totals_whoever_made_the_transitions(
+    broker: Mosquitto, tmp_path: Path, url: str
+) -> None:
+    """SPEC §11: /metrics of every instance shows the contacts per status the store holds, not only the
+    transitions it made itself. Another writer (another instance's engine on the same store) creates
+    contacts the gateway never saw; within `metrics.contacts_refresh_s` its gauge counts them too."""
+    settings = settings_for(broker.url, tmp_path, store={"url": url}, metrics={"contacts_refresh_s": 0.5})
+    async with backend(broker.url) as b, gateway(settings, delay_s=0.05) as app:
+        await dial_all(b, 4, "mine")
+        await b.wait_for(lambda: sum(b.final("mine", f"k{i}") for i in range(4)) == 4, 20)
+        seen = await scripted_ledger(b, app, Channel.VOICE)
+        assert seen.compared == 4 and seen.wire == seen.attempts
+        other = open_store(url)  # another instance, deciding on the same store
+        await other.open()
+        try:
+            engine = Engine(other, "gw-other", Topics("telgate"), Recorder("other"))
+            task = asyncio.create_task(engine.run())
+            try:
+                for i in range(3):
+                    state = ContactState(campaign_id="theirs", contact_id=f"t{i}", channel=Channel.VOICE)
+                    key = ("theirs", f"t{i}")
+                    sig = Signal(Kind.CREATE, phone=f"+42060200000{i}")
+                    await engine.execute(
+                        lambda u, k=key, s=state, g=sig: (u.campaign("theirs"), u.apply(k, g, create=s))
+                    )
+            finally:
+                task.cancel()
+        finally:
+            await other.close()
+
+        async def totals() -> dict[str, float]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{app.admin_port}/metrics") as r,
+            ):
+                text = await r.text()
+            out: dict[str, float] = defaultdict(float)
+            for line in text.splitlines():
+                if line.startswith("telgate_contacts{"):
+                    labels, value = line.rsplit(" ", 1)
+                    out[labels.split('status="', 1)[1].split('"', 1)[0]] += float(value)
+            return out
+
+        async def counts_theirs() -> bool:
+            now = await totals()
+            return now.get("initial", 0) == 3 and sum(now.values()) == 7
+
+        await poll("the gauges to count the other instance's contacts", counts_theirs, 20)
+        stored = await app.store.read(lambda t: t.all_counts())
+        assert sum(n for *_, n in stored) == 7
