@@ -106,7 +106,7 @@ PROMETHEUS: dict[str, list[Panel]] = {
             "ops",
             [("sum by (method) (rate(telgate_sip_retransmissions_total[5m]))", "{{method}}")],
         ),
-        ("PBX up", "none", [("telgate_pbx_up", "{{instance}}")]),
+        ("PBX up", "none", [("telgate_pbx_up", "{{instance}} {{pbx}}")]),
         (
             "OPTIONS round trip (p95)",
             "s",
