@@ -1,0 +1,148 @@
+"""Voice on real trunks (issue 14): the dial string, the caller ID and several PBXs, checked by SIPp itself.
+
+The SIPp scenarios match the Request-URI, From, P-Asserted-Identity and Privacy with `check_it` regexps, so
+a wrong header fails the call inside SIPp (and SIPp exits 1); the tests read SIPp's message log as well, and
+compare every peer's record with the events (the wire ledger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from tests.support import ledger
+from tests.support.broker import Mosquitto
+from tests.support.harness import backend, gateway, settings_for
+from tests.support.sipp import Sipp
+
+pytestmark = pytest.mark.integration
+
+
+def _header(message: str, name: str) -> str | None:
+    found = re.search(rf"^{name}\s*:\s*(.*)$", message, re.MULTILINE | re.IGNORECASE)
+    return found[1].strip() if found else None
+
+
+def _invites(pbx: Sipp) -> list[str]:
+    return [m for m in pbx.messages() if "message received" in m.split("\n", 1)[0] and "\nINVITE " in m]
+
+
+def _trunk(broker: Mosquitto, tmp_path: Path, pbx: str, **sip: Any) -> Any:
+    return settings_for(broker.url, tmp_path, sip={"pbx": pbx, "local": "127.0.0.1:0", **sip})
+
+
+async def test_national_dial_string_behind_a_prefix_with_the_campaign_caller_id_asserted(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    with Sipp("trunk_caller_id_486.xml", tmp_path / "sipp") as pbx:
+        settings = _trunk(
+            broker,
+            tmp_path,
+            pbx.address,
+            dial_format="national",
+            dial_prefix="9",
+            user_phone=True,
+            assert_identity=True,
+        )
+        async with backend(broker.url) as b, gateway(settings, channels=()):
+            await b.send(
+                "campaign",
+                {"command_id": "c1", "campaign_id": "uk", "action": "create", "caller_id": "+49 30 123456"},
+            )
+            await b.send(
+                "campaign", {"command_id": "c2", "campaign_id": "uk", "action": "start", "caller_name": "Acme"}
+            )
+            await b.send(
+                "dial",
+                {
+                    "command_id": "d1",
+                    "campaign_id": "uk",
+                    "contact_id": "k",
+                    "phone": "+44 20 7946 0958",
+                    "policy": {"max_attempts": 1},
+                },
+            )
+            await b.wait_for(lambda: b.final("uk", "k"), timeout=15)
+            events = b.unique("uk", "k")
+            assert [e["status"] for e in events] == ["initial", "calling", "completed_without_answer"]
+            assert events[-1]["signal"]["sip_code"] == 486 and events[-1]["phone"] == "+442079460958"
+            seen = await ledger.check(
+                b, "voice", ledger.sipp_invites(pbx), dialled={"+442079460958": "902079460958"}.__getitem__
+            )
+            assert seen.attempts == 1 and seen.wire == 1
+        assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
+    (invite,) = _invites(pbx)
+    assert re.search(r"^INVITE sip:902079460958@127\.0\.0\.1:\d+;user=phone SIP/2\.0$", invite, re.MULTILINE)
+    assert (_header(invite, "From") or "").startswith('"Acme" <sip:030123456@127.0.0.1;user=phone>;tag=')
+    assert _header(invite, "P-Asserted-Identity") == '"Acme" <sip:030123456@127.0.0.1;user=phone>'
+    assert _header(invite, "Privacy") is None
+
+
+async def test_withheld_caller_id_of_the_dial_is_anonymous_asserted_and_private(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    with Sipp("withheld_caller_id_486.xml", tmp_path / "sipp") as pbx:
+        settings = _trunk(broker, tmp_path, pbx.address, dial_format="+e164", dial_prefix="77#", assert_identity=True)
+        async with backend(broker.url) as b, gateway(settings, channels=()):
+            await b.send(
+                "campaign",
+                {"command_id": "c1", "campaign_id": "cz", "action": "create", "caller_id": "+420212345678"},
+            )
+            await b.send("campaign", {"command_id": "c2", "campaign_id": "cz", "action": "start"})
+            await b.send(
+                "dial",
+                {
+                    "command_id": "d1",
+                    "campaign_id": "cz",
+                    "contact_id": "k",
+                    "phone": "601 234 567",  # national notation: gateway.default_region CZ
+                    "caller_id": "+442079460958",
+                    "caller_name": "Help desk",
+                    "caller_id_withheld": True,
+                    "policy": {"max_attempts": 1},
+                },
+            )
+            await b.wait_for(lambda: b.final("cz", "k"), timeout=15)
+            assert [e["status"] for e in b.unique("cz", "k")] == ["initial", "calling", "completed_without_answer"]
+            seen = await ledger.check(
+                b,
+                "voice",
+                ledger.sipp_invites(pbx, key=unquote),
+                dialled={"+420601234567": "77#+420601234567"}.__getitem__,
+            )
+            assert seen.attempts == 1 and seen.wire == 1
+        assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
+    (invite,) = _invites(pbx)
+    assert re.search(r"^INVITE sip:77%23\+420601234567@127\.0\.0\.1:\d+ SIP/2\.0$", invite, re.MULTILINE)
+    assert (_header(invite, "From") or "").startswith('"Anonymous" <sip:anonymous@anonymous.invalid>;tag=')
+    assert _header(invite, "P-Asserted-Identity") == '"Help desk" <sip:+442079460958@127.0.0.1>'
+    assert _header(invite, "Privacy") == "id"
+
+
+async def test_a_caller_id_that_is_not_a_number_is_refused_and_dials_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    with Sipp("busy_486.xml", tmp_path / "sipp") as pbx:
+        async with backend(broker.url) as b, gateway(_trunk(broker, tmp_path, pbx.address), channels=()):
+            await b.send(
+                "dial",
+                {
+                    "command_id": "d1",
+                    "campaign_id": "v",
+                    "contact_id": "k",
+                    "phone": "+420601234567",
+                    "caller_id": "ACME",
+                },
+            )
+            await b.send(
+                "campaign", {"command_id": "c1", "campaign_id": "v", "action": "start", "caller_id": "+420 12"}
+            )
+            await b.wait_for(lambda: len(b.results) == 2)
+            for result in b.results:
+                assert not result["accepted"] and result["error"]["code"] == "invalid_field"
+                assert result["error"]["field"] == "caller_id", result
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.compared == 0 and seen.wire == 0  # no contact was created, nothing reached SIPp
