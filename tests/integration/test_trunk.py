@@ -18,6 +18,7 @@ import pytest
 from tests.support import ledger
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
+from tests.support.relay import UdpRelay
 from tests.support.sipp import Sipp
 
 pytestmark = pytest.mark.integration
@@ -146,3 +147,89 @@ async def test_a_caller_id_that_is_not_a_number_is_refused_and_dials_nothing(bro
                 assert result["error"]["field"] == "caller_id", result
             seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
             assert seen.compared == 0 and seen.wire == 0  # no contact was created, nothing reached SIPp
+
+
+def _received(pbx: Sipp, first_line: str) -> list[str]:
+    return [m for m in pbx.messages() if "message received" in m.split("\n", 1)[0] and f"\n{first_line}" in m]
+
+
+def _call_id(message: str) -> str | None:
+    return _header(message, "Call-ID")
+
+
+async def test_two_pbxs_new_calls_to_the_one_up_dialogs_stay_and_the_campaign_pauses_when_both_are_down(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """PBX 1 (priority 1, a SIPp behind a relay) answers A's call; then it stops answering OPTIONS while A's
+    dialog goes on. A new call (B) goes to PBX 2; the campaign keeps running; A's transfer completes and its
+    BYE goes to PBX 1, the PBX of its dialog. When PBX 2 dies too, the campaign pauses."""
+    with (
+        Sipp("answer_transfer_on_release.xml", tmp_path / "sipp1", calls=100_000) as first,
+        Sipp("busy_486_checked.xml", tmp_path / "sipp2", calls=100_000) as second,
+    ):
+        relay = await UdpRelay(("127.0.0.1", first.port), hold_notify=True).start()
+        try:
+            settings = _trunk(
+                broker,
+                tmp_path,
+                [relay.address, second.address],  # priority by order
+                options_interval_s=0.2,
+                connect_to="sip:agents@queue.example",
+            )
+            async with backend(broker.url) as b, gateway(settings, channels=()) as app:
+                assert app.voice is not None
+
+                def up(address: str) -> float | None:
+                    return app.recorder.registry.get_sample_value("telgate_pbx_up", {"pbx": address})
+
+                def paused() -> list[dict[str, Any]]:
+                    return [c for c in b.campaigns if c["campaign_id"] == "two" and c["status"] == "paused"]
+
+                await b.send("campaign", {"command_id": "c1", "campaign_id": "two", "action": "create"})
+                await b.send("campaign", {"command_id": "c2", "campaign_id": "two", "action": "start"})
+                await b.send(
+                    "dial", {"command_id": "da", "campaign_id": "two", "contact_id": "a", "phone": "+420601234561"}
+                )
+                await b.wait_for(lambda: b.statuses("two", "a")[-1:] == ["call_in_progress"] and bool(relay.held))
+
+                relay.drop_options = True  # PBX 1 stops answering keepalives; A's dialog with it goes on
+                await b.wait_for(lambda: up(relay.address) == 0)
+                assert up(second.address) == 1 and app.voice.state == "up"
+                await b.send(
+                    "dial",
+                    {
+                        "command_id": "db",
+                        "campaign_id": "two",
+                        "contact_id": "b",
+                        "phone": "+420601234562",
+                        "policy": {"max_attempts": 1},
+                    },
+                )
+                await b.wait_for(lambda: b.final("two", "b"))
+                assert [e["status"] for e in b.unique("two", "b")] == ["initial", "calling", "completed_without_answer"]
+                assert not paused()  # one PBX is still up: the campaign runs on
+
+                relay.release()  # A's transfer succeeds: telgate leaves the call with BYE, to PBX 1
+                await b.wait_for(lambda: b.final("two", "a"))
+                events = b.unique("two", "a")
+                assert [e["status"] for e in events] == ["initial", "calling", "call_in_progress", "success"]
+                assert events[-1]["signal"]["transfer"] == "ok" and events[-1]["signal"]["sip_code"] == 200
+
+                assert second.proc is not None
+                second.proc.kill()  # now both are down
+                await b.wait_for(lambda: bool(paused()))
+                assert paused()[-1]["reason"].startswith("pbx_down: all 2 PBXs down"), paused()
+                assert app.voice.state == "down" and up(second.address) == 0
+                seen = await ledger.check(b, "voice", ledger.sipp_invites(first, second))
+                assert seen.attempts == 2 and seen.wire == 2
+        finally:
+            relay.close()
+    # each PBX's own record: A's INVITE and its BYE at PBX 1, B's INVITE (and no BYE) at PBX 2
+    invites_1, byes_1 = _received(first, "INVITE "), _received(first, "BYE ")
+    invites_2, byes_2 = _received(second, "INVITE "), _received(second, "BYE ")
+    assert [("420601234561@" in m) for m in invites_1] == [True]
+    assert [("420601234562@" in m) for m in invites_2] == [True]
+    assert len(byes_1) == 1 and _call_id(byes_1[0]) == _call_id(invites_1[0]) and not byes_2
+    assert _received(first, "REFER ") and relay.dropped > 0
+    for pbx in (first, second):
+        assert "regexp" not in pbx.errors().lower(), pbx.errors()  # SIPp's own checks of the Request-URI
