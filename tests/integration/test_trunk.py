@@ -233,3 +233,48 @@ async def test_two_pbxs_new_calls_to_the_one_up_dialogs_stay_and_the_campaign_pa
     assert _received(first, "REFER ") and relay.dropped > 0
     for pbx in (first, second):
         assert "regexp" not in pbx.errors().lower(), pbx.errors()  # SIPp's own checks of the Request-URI
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[sip]\npbx = "10.0.0.5:5060"\ndial_format = "E.164"\n', "sip.dial_format"),
+        ('[sip]\npbx = "10.0.0.5:5060"\ndial_prefix = "9-"\n', "sip.dial_prefix"),
+        ('[sip]\npbx = ["10.0.0.5:5060", {address = "10.0.0.6", weight = 2}]\n', "sip.pbx"),
+        ('[sip]\npbx = [{address = "10.0.0.5:99999"}]\n', "sip.pbx"),
+    ],
+)
+def test_bad_trunk_configuration_exits_2_naming_the_key(toml: str, key: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "telgate.toml"
+    config.write_text(toml)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(config)], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and key in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_check_config_prints_the_trunk(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "telgate.toml"
+    config.write_text(
+        '[sip]\npbx = ["10.0.0.5:5060", "10.0.0.6:5060"]\ndial_format = "national"\ndial_prefix = "9"\n'
+        "user_phone = true\nassert_identity = true\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(config)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    sip = json.loads(out.stdout)["sip"]
+    assert sip["pbx"] == [{"address": "10.0.0.5:5060", "priority": 1}, {"address": "10.0.0.6:5060", "priority": 2}]
+    assert (sip["dial_format"], sip["dial_prefix"], sip["user_phone"], sip["assert_identity"]) == (
+        "national",
+        "9",
+        True,
+        True,
+    )
