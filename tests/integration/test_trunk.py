@@ -278,3 +278,32 @@ def test_check_config_prints_the_trunk(tmp_path: Path) -> None:
         True,
         True,
     )
+
+
+def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -> None:
+    import tomllib
+
+    from gateway.config import load_settings
+    from gateway.phones import international
+    from sip.call import Call, UacConfig
+    from sip.identity import Caller
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    part = text[text.index("### On a carrier trunk") :]
+    toml = re.search(r"```toml\n(.*?)```", part, re.DOTALL)
+    invite = re.search(r"```\n(INVITE .*?)```", part, re.DOTALL)
+    assert toml is not None and invite is not None
+    sip = load_settings(None, sip=tomllib.loads(toml[1])["sip"]).sip
+    cfg = UacConfig(
+        "192.0.2.1",
+        5070,
+        sip.pbxs[0].address,
+        dial_format=sip.dial_format,
+        dial_prefix=sip.dial_prefix,
+        user_phone=sip.user_phone,
+        assert_identity=sip.assert_identity,
+    )
+    caller = Caller(international("+442079460111"), "Acme Ltd")
+    built = Call(cfg, "+442079460958", "readme", 30.0, caller=caller)._invite_request().encode().decode()
+    for line in invite[1].strip().splitlines():
+        assert line.replace("…", "") in built, (line, built)
