@@ -202,3 +202,10 @@ def test_trunk_settings_and_several_pbxs() -> None:
     tables = load_settings(None, sip={"pbx": [{"address": "a:5060", "priority": 2}, {"address": "b"}]}).sip
     assert [(p.address, p.priority) for p in tables.pbxs] == [("b", 1), ("a:5060", 2)]
     assert tables.active
+
+
+def test_pbx_from_the_environment_as_a_string_or_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELGATE_SIP__PBX", "10.0.0.1:5060")
+    assert [p.address for p in load_settings().sip.pbxs] == ["10.0.0.1:5060"]
+    monkeypatch.setenv("TELGATE_SIP__PBX", '["10.0.0.1:5060", {"address": "10.0.0.2:5060", "priority": 1}]')
+    assert [(p.address, p.priority) for p in load_settings().sip.pbxs] == [("10.0.0.1:5060", 1), ("10.0.0.2:5060", 1)]
