@@ -376,6 +376,17 @@ class VoiceChannel:
         self.ua.cfg = self._uac_config(port)
         if self.sip.register_:
             self.ua.registration = Registration(self.ua.cfg, self.sip.register_expires_s, lambda: secrets.token_hex(6))
+            self.ua.more_registrations = [  # with every other PBX too, each to its own address
+                (
+                    Registration(
+                        dataclasses.replace(self.ua.cfg, pbx=pbx.address),
+                        self.sip.register_expires_s,
+                        lambda: secrets.token_hex(6),
+                    ),
+                    pbx.addr,
+                )
+                for pbx in self.pbxs[1:]
+            ]
         self.endpoint = endpoint
         pending, self._pending = self._pending, []
         endpoint.emit(pending)

@@ -82,7 +82,9 @@ class UserAgent:
     calls: dict[str, Call] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
     pings: dict[str, tuple[NonInviteClientTransaction, float, Addr]] = field(default_factory=dict)
-    registration: Registration | None = None
+    registration: Registration | None = None  # with the default PBX
+    # several PBXs: a registration with each other one, and where its REGISTERs go
+    more_registrations: list[tuple[Registration, Addr]] = field(default_factory=list)
     responses: Counter[tuple[str, int]] = field(default_factory=Counter)  # (method, code) received
     retransmissions: Counter[str] = field(default_factory=Counter)  # requests re-sent by Timer A / E
     _heap: list[tuple[float, str]] = field(default_factory=list)  # (when, call id), stale entries skipped
@@ -96,8 +98,12 @@ class UserAgent:
     # several PBXs: the address each call's requests go to (its INVITE's PBX, for every in-dialog request)
     _routes: dict[str, Addr] = field(default_factory=dict)
 
-    def _reg_out(self, requests: list[Request]) -> list[Output]:
-        return [Datagram(r.encode(), self.pbx) for r in requests]
+    def _reg_out(self, requests: list[Request], to: Addr | None = None) -> list[Output]:
+        return [Datagram(r.encode(), self.pbx if to is None else to) for r in requests]
+
+    def _registrations(self) -> list[tuple[Registration, Addr]]:
+        first = [(self.registration, self.pbx)] if self.registration is not None else []
+        return first + self.more_registrations
 
     def ping(self, now: float, pbx: tuple[str, Addr] | None = None) -> list[Output]:
         """An OPTIONS keepalive to the PBX (or to `pbx`: its `host:port` and address), out of any dialog."""
@@ -217,14 +223,14 @@ class UserAgent:
     def get_timer(self) -> float | None:
         times = [t] if (t := self._next_call_timer()) is not None else []
         times += [t for tx, _, _ in self.pings.values() if (t := tx.get_timer()) is not None]
-        if self.registration is not None and (t := self.registration.get_timer()) is not None:
-            times.append(t)
+        times += [t for reg, _ in self._registrations() if (t := reg.get_timer()) is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Output]:
         out: list[Output] = []
-        if self.registration is not None and (t := self.registration.get_timer()) is not None and t <= now:
-            out += self._reg_out(self.registration.handle_timer(now))
+        for reg, to in self._registrations():
+            if (t := reg.get_timer()) is not None and t <= now:
+                out += self._reg_out(reg.handle_timer(now), to)
         for call_id, (tx, _sent, addr) in list(self.pings.items()):
             t = tx.get_timer()
             if t is not None and t <= now:
@@ -255,8 +261,10 @@ class UserAgent:
             method = (message.headers.get("cseq") or "").rpartition(" ")[2].upper()
             self.responses[(method if method in KNOWN_METHODS else "other", message.status)] += 1
         call_key = message.headers.get("call-id") or ""
-        if self.registration is not None and call_key == self.registration.call_id and isinstance(message, Response):
-            return self._reg_out(self.registration.receive(message, now))
+        if isinstance(message, Response):
+            for reg, to in self._registrations():
+                if call_key == reg.call_id:
+                    return self._reg_out(reg.receive(message, now), to)
         ping = self.pings.get(call_key)
         if ping is not None and isinstance(message, Response):
             tx, sent, pinged = ping

@@ -307,3 +307,33 @@ def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -
     built = Call(cfg, "+442079460958", "readme", 30.0, caller=caller)._invite_request().encode().decode()
     for line in invite[1].strip().splitlines():
         assert line.replace("…", "") in built, (line, built)
+
+
+async def test_with_two_pbxs_telgate_registers_with_each(broker: Mosquitto, tmp_path: Path) -> None:
+    with (
+        Sipp("register_401.xml", tmp_path / "sipp1") as first,
+        Sipp("register_401.xml", tmp_path / "sipp2") as second,
+    ):
+        settings = _trunk(
+            broker,
+            tmp_path,
+            [first.address, second.address],
+            register=True,
+            register_expires_s=60,
+            username="telgate",
+            password="secret",
+        )
+        async with backend(broker.url) as b, gateway(settings, channels=()) as app:
+            assert app.voice is not None and app.voice.ua.registration is not None
+            registrations = [app.voice.ua.registration, *(r for r, _ in app.voice.ua.more_registrations)]
+            assert len(registrations) == 2
+
+            def done() -> bool:
+                return all(r.registered and r.cseq >= 3 for r in registrations)
+
+            await b.wait_for(done, timeout=15)
+            for pbx in (first, second):  # each SIPp saw its scenario through: challenge, digest, refresh
+                assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 10) == 0, pbx.errors()
+                assert len(_received(pbx, "REGISTER ")) >= 3
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(first, second))
+            assert seen.compared == 0 and seen.wire == 0  # nothing was dialled
