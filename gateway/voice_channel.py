@@ -282,7 +282,7 @@ class VoiceChannel:
         if isinstance(update, PingAnswered):
             pbx = self._by_addr.get(update.pbx or self.pbx_addr, self.pbxs[0])
             pbx.answered_since_tick = True
-            self.recorder.pbx_options_rtt.observe(update.rtt_s)
+            self.recorder.pbx_options_rtt.labels(pbx.address).observe(update.rtt_s)
             if pbx.state == "down":
                 pbx.state = "up"
                 self.recorder.pbx_up.labels(pbx.address).set(1)

@@ -175,7 +175,8 @@ class Recorder:
         )
         self.pbx_options_rtt = Histogram(
             "telgate_pbx_options_rtt_seconds",
-            "Round trip of OPTIONS keepalives to the PBX",
+            "Round trip of OPTIONS keepalives to the PBX, per PBX address",
+            ["pbx"],
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )

@@ -110,7 +110,12 @@ PROMETHEUS: dict[str, list[Panel]] = {
         (
             "OPTIONS round trip (p95)",
             "s",
-            [("histogram_quantile(0.95, sum by (le) (rate(telgate_pbx_options_rtt_seconds_bucket[5m])))", "p95")],
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le, pbx) (rate(telgate_pbx_options_rtt_seconds_bucket[5m])))",
+                    "p95 {{pbx}}",
+                )
+            ],
         ),
     ],
     "WhatsApp": [
