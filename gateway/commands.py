@@ -18,7 +18,7 @@ from .domain.campaign import Action
 from .domain.effects import TimerKind
 from .domain.policy import Policy
 from .domain.signals import Kind, Signal
-from .domain.state import Budget, ContactState
+from .domain.state import Budget, CallerId, ContactState
 from .domain.statuses import CampaignStatus, Channel
 from .engine import Hint, Unit
 from .phones import normalise
@@ -275,7 +275,14 @@ def _create_one(
             problem = prompt_problem(ctx.prompts_dir, prompt)
             if problem is not None:
                 raise _No("invalid_prompt", f"{where}prompt", problem)
-        fields |= {"connect_to": entry.connect_to or cmd.connect_to, "prompt": prompt}
+        caller = CallerId(number=entry.caller_id, name=entry.caller_name, withheld=entry.caller_id_withheld).over(
+            CallerId(number=cmd.caller_id, name=cmd.caller_name, withheld=cmd.caller_id_withheld)
+        )
+        fields |= {
+            "connect_to": entry.connect_to or cmd.connect_to,
+            "prompt": prompt,
+            "caller": None if caller.empty else caller,
+        }
     key = (cmd.campaign_id, entry.contact_id)
     phone = normalise(entry.phone, ctx.default_region)
     meta = entry.meta if entry.meta is not None else cmd.meta
@@ -293,6 +300,10 @@ def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
     settings: dict[str, Any] = {"start_at": cmd.start_at, "max_cps": cmd.max_cps, "max_concurrent": cmd.max_concurrent}
     if cmd.budget is not None:
         settings["budget"] = Budget(**cmd.budget.model_dump())
+    existing = unit.read.get_campaign(cmd.campaign_id)
+    caller = CallerId(number=cmd.caller_id, name=cmd.caller_name, withheld=cmd.caller_id_withheld)
+    if not caller.empty:  # what this command leaves out of the caller ID stays as the campaign had it
+        settings["caller"] = caller.over(existing.caller if existing is not None else None)
     if cmd.action == "create":
         created = unit.create_campaign(cmd.campaign_id, **settings)
         if created.refused:

@@ -7,13 +7,16 @@ masked whenever the settings are printed.
 from __future__ import annotations
 
 import contextvars
+import re
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sip.numbers import PREFIX_PATTERN
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("telgate_toml", default=None)
 
@@ -87,10 +90,56 @@ class HttpSection(_Section):
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
 
 
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+class PbxEntry(BaseModel):
+    """One PBX of several: where it is and its priority (lower goes first; equal ones share the calls)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: str
+    priority: int = Field(1, ge=0, le=1000)
+
+
+def _pbx_entries(value: Any) -> Any:
+    """`pbx` as a list: strings in priority order, or tables `{address, priority}`; each address host[:port]."""
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise ValueError("an empty list: give one PBX address or several")
+    out: list[dict[str, Any]] = []
+    for index, item in enumerate(value):
+        entry: Any = {"address": item, "priority": index + 1} if isinstance(item, str) else item
+        if not isinstance(entry, dict):
+            raise ValueError(f'pbx[{index}]: a PBX is "host:port" or {{address = "host:port", priority = N}}')
+        unknown = sorted(set(entry) - {"address", "priority"})
+        if unknown:
+            raise ValueError(f"pbx[{index}].{unknown[0]}: unknown key (a PBX entry has address and priority)")
+        address = entry.get("address")
+        if not isinstance(address, str) or not _HOSTPORT.match(address):
+            raise ValueError(f"pbx[{index}].address: {address!r} is not host:port")
+        port = address.rpartition(":")[2] if ":" in address else "5060"
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"pbx[{index}].address: port {port} is out of range")
+        priority = entry.get("priority", 1)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 1000:
+            raise ValueError(f"pbx[{index}].priority: {priority!r} is not a whole number from 0 to 1000")
+        out.append({"address": address, "priority": priority})
+    if len({e["address"] for e in out}) != len(out):
+        raise ValueError("the same PBX address is listed twice")
+    return out
+
+
 class SipSection(_Section):
     enabled: bool | None = None
-    pbx: str | None = None
+    # one `host:port`, or several: ["10.0.0.1:5060", "10.0.0.2:5060"] (priority by order) or
+    # [{address = "10.0.0.1:5060", priority = 1}, ...] (lowest first, equal priorities round-robin)
+    pbx: str | list[PbxEntry] | None = None
     transport: Literal["udp", "tcp"] = "udp"
+    dial_format: Literal["e164", "+e164", "national"] = "e164"  # the Request-URI user (sip/numbers.py)
+    dial_prefix: str = Field("", pattern=PREFIX_PATTERN)  # in front of the dialled number: digits, * and #
+    user_phone: bool = False  # `;user=phone` on the Request-URI and To
+    assert_identity: bool = False  # P-Asserted-Identity with the caller ID (RFC 3325)
     local: str = "0.0.0.0:5060"
     public_address: str | None = None
     username: str | None = None
@@ -110,9 +159,26 @@ class SipSection(_Section):
     prompts_dir: str = "{data_dir}/prompts"  # where `dial.prompt` names an 8 kHz mono 16-bit WAV
     t1_ms: int = Field(500, ge=10, le=10_000)  # RFC 3261 T1: INVITE retransmits from T1, Timer B = 64 x T1
 
+    _pbx = field_validator("pbx", mode="before")(_pbx_entries)
+
+    @model_validator(mode="after")
+    def _several_pbx_over_udp(self) -> SipSection:
+        if isinstance(self.pbx, list) and len(self.pbx) > 1 and self.transport != "udp":
+            raise ValueError('sip.pbx: several PBXs are supported over transport = "udp" only (for now)')
+        return self
+
     @property
     def active(self) -> bool:
         return bool(self.pbx) if self.enabled is None else self.enabled and bool(self.pbx)
+
+    @property
+    def pbxs(self) -> list[PbxEntry]:
+        """Every PBX, best first (a plain string is one PBX of priority 1)."""
+        if not self.pbx:
+            return []
+        if isinstance(self.pbx, str):
+            return [PbxEntry(address=self.pbx)]
+        return sorted(self.pbx, key=lambda e: e.priority)
 
 
 class WhatsappSection(_Section):

@@ -180,6 +180,7 @@ class Dispatcher:
                     {"source": "gateway", "kind": "dial" if channel == "voice" else "send"},
                     blacklisted=bool(contact.phone) and txn.is_blacklisted(contact.phone or ""),
                     plan_limit=limit is not None and camp.dialed_contacts + dialed.get(key[0], 0) >= limit,
+                    caller=camp.caller,
                 )
                 decision = unit.apply(key, signal, current=contact)
                 if decision.illegal or not decision.events:

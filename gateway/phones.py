@@ -18,6 +18,22 @@ def normalise(raw: str, default_region: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def international(raw: str) -> str | None:
+    """A number given in international form (`+` and the country code; spaces, dots, dashes and brackets
+    allowed) as E.164, or None when it is not a valid number written so (a caller ID is never guessed
+    from a region)."""
+    text = raw.strip()
+    if not text.startswith("+"):
+        return None
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
 def mask(phone: str | None) -> str:
     """For logs: keep the country prefix and the last three digits."""
     if not phone:

@@ -1,6 +1,10 @@
 """The voice channel: `dial`/`cancel` effects → the SIP UAC; call events → signals (SPEC §6.1).
 
 `sip/` knows SIP, not contacts; this adapter keeps which call is which contact's attempt.
+
+Several PBXs (`sip.pbx` as a list): each gets its own OPTIONS keepalive and its own "5 failed dials in a
+row"; a new call goes to the best PBX that is up (lowest priority number; equal ones in turn), and every
+request of its dialog stays with that PBX. Voice campaigns pause (`pbx_down`) only when all are down.
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ from typing import Any
 from metrics.recorder import Recorder
 from sip import sdp
 from sip.call import Answered, Ended, EndKind, Ringing, Transferred, UacConfig
+from sip.identity import Caller
 from sip.media import MediaEndpoint
 from sip.register import Registration
 from sip.rtp import PromptError, encode, load_wav
 from sip.transport import TcpEndpoint, UdpEndpoint
-from sip.ua import CallUpdate, Output, PingAnswered, UserAgent
+from sip.ua import Addr, CallUpdate, Output, PingAnswered, UserAgent
 
 from .commands import prompt_path
 from .config import SipSection
 from .domain import effects as fx
 from .domain.signals import Kind, Signal
-from .domain.state import ContactState
+from .domain.state import CallerId, ContactState
 from .domain.statuses import Channel
 from .engine import Engine, pause_channel
 from .store import Key
@@ -81,6 +86,35 @@ def update_signal(update: CallUpdate, attempt: int) -> Signal | None:
 
 
 @dataclass
+class Pbx:
+    """One PBX of `sip.pbx`: where it is, its priority, and whether it answers."""
+
+    address: str  # host:port as configured: the Request-URI's host and the OPTIONS target
+    addr: Addr
+    priority: int
+    state: str = "up"  # up until 3 keepalive intervals pass unanswered (or 5 dials in a row fail)
+    answered_since_tick: bool = True
+    missed: int = 0
+    failed_in_a_row: int = 0
+
+    @property
+    def peer(self) -> tuple[str, Addr]:
+        return self.address, self.addr
+
+
+def _addr(address: str) -> Addr:
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", "5060")
+    return host, int(port or 5060)
+
+
+def sip_caller(caller: CallerId | None) -> Caller | None:
+    """The domain's caller ID of an attempt → the SIP one (None: `sip.from_user`)."""
+    if caller is None:
+        return None
+    return Caller(caller.number, caller.name, bool(caller.withheld))
+
+
+@dataclass
 class _Placed:
     """What the channel keeps per call: whose attempt it is and what to do once it is answered."""
 
@@ -88,6 +122,7 @@ class _Placed:
     attempt: int
     connect_to: str | None
     prompt: str | None
+    pbx: Pbx
     dialed_at: float = 0.0
     answered: bool = False
     followup: asyncio.Task[None] | None = None
@@ -109,9 +144,13 @@ class VoiceChannel:
         self.max_rate = sip.max_cps
         host, _, port = sip.local.rpartition(":")
         self.bind = (host or "0.0.0.0", int(port))
-        pbx_host, _, pbx_port = sip.pbx.rpartition(":")
-        self.pbx_addr = (pbx_host, int(pbx_port or 5060))
-        self.allowed = [ipaddress.ip_network(n, strict=False) for n in (sip.allowed_sources or [pbx_host])]
+        self.pbxs = [Pbx(e.address, _addr(e.address), e.priority) for e in sip.pbxs]
+        self._by_addr = {p.addr: p for p in self.pbxs}
+        self._turn = 0  # round-robin among PBXs of the same priority
+        self.pbx_addr = self.pbxs[0].addr
+        self.allowed = [
+            ipaddress.ip_network(n, strict=False) for n in (sip.allowed_sources or [p.addr[0] for p in self.pbxs])
+        ]
         self.endpoint: UdpEndpoint | TcpEndpoint | None = None
         self.media = MediaEndpoint()
         self.rtp_port = 0
@@ -125,11 +164,21 @@ class VoiceChannel:
         self._active: Counter[str] = Counter()
         self._prompts: dict[tuple[str, int], bytes] = {}
         self.ready = asyncio.Event()
-        self.state = "up"  # presence `pbx`: up until 3 keepalive intervals pass unanswered
-        self._answered_since_tick = True
-        self._missed = 0
-        self._failed_in_a_row = 0
-        recorder.pbx_up.set(1)
+        for pbx in self.pbxs:
+            recorder.pbx_up.labels(pbx.address).set(1)
+
+    @property
+    def state(self) -> str:
+        """Presence `pbx`: "up" while any PBX answers, "down" when none does."""
+        return "up" if any(p.state == "up" for p in self.pbxs) else "down"
+
+    def choose(self) -> Pbx:
+        """The PBX for a new call: the best priority among those up (all of them when none is), in turn."""
+        pool = [p for p in self.pbxs if p.state == "up"] or self.pbxs
+        best = min(p.priority for p in pool)
+        tier = [p for p in pool if p.priority == best]
+        self._turn += 1
+        return tier[self._turn % len(tier)]
 
     def active(self, campaign_id: str | None = None) -> int:
         """Calls in flight: the user agent's own dialogs (the dispatcher's room, the drain and
@@ -143,13 +192,17 @@ class VoiceChannel:
         return UacConfig(
             local_host=public_host,
             local_port=int(public_port or bound_port),
-            pbx=sip.pbx or "",
+            pbx=self.pbxs[0].address,
             transport=sip.transport.upper(),
             from_user=sip.from_user,
             from_display=sip.from_display,
             username=sip.username,
             password=sip.password.get_secret_value() if sip.password else None,
             t1=sip.t1_ms / 1000.0,
+            dial_format=sip.dial_format,
+            dial_prefix=sip.dial_prefix,
+            user_phone=sip.user_phone,
+            assert_identity=sip.assert_identity,
         )
 
     def _emit(self, outputs: list[Output]) -> None:
@@ -166,9 +219,17 @@ class VoiceChannel:
         if isinstance(effect, fx.Dial):
             ring = contact.policy.ring_timeout_s or self.sip.ring_timeout_s
             offer = sdp.offer(self.ua.cfg.local_host, self.rtp_port, secrets.randbelow(2**31))
-            call_id, outputs = self.ua.place(contact.phone or "", ring, offer, self._now())
+            pbx = self.choose()
+            call_id, outputs = self.ua.place(
+                contact.phone or "",
+                ring,
+                offer,
+                self._now(),
+                caller=sip_caller(contact.attempt_caller),
+                pbx=None if len(self.pbxs) == 1 else pbx.peer,
+            )
             connect_to = contact.connect_to or self.sip.connect_to or None
-            self._calls[call_id] = _Placed(key, effect.attempt, connect_to, contact.prompt, self._now())
+            self._calls[call_id] = _Placed(key, effect.attempt, connect_to, contact.prompt, pbx, self._now())
             self.recorder.call_placed(contact.campaign_id)
             self._by_key[key] = call_id
             self._active[contact.campaign_id] += 1
@@ -219,12 +280,13 @@ class VoiceChannel:
 
     def _on_update(self, update: CallUpdate | PingAnswered) -> None:
         if isinstance(update, PingAnswered):
-            self._answered_since_tick = True
-            self.recorder.pbx_options_rtt.observe(update.rtt_s)
-            if self.state == "down":
-                self.state = "up"
-                self.recorder.pbx_up.set(1)
-                log.info("pbx answers again; paused campaigns stay paused until resumed")
+            pbx = self._by_addr.get(update.pbx or self.pbx_addr, self.pbxs[0])
+            pbx.answered_since_tick = True
+            self.recorder.pbx_options_rtt.labels(pbx.address).observe(update.rtt_s)
+            if pbx.state == "down":
+                pbx.state = "up"
+                self.recorder.pbx_up.labels(pbx.address).set(1)
+                log.info("pbx answers again; paused campaigns stay paused until resumed", extra={"pbx": pbx.address})
             return
         placed = self._calls.get(update.call_id)
         if placed is None:
@@ -240,10 +302,11 @@ class VoiceChannel:
             self.recorder.call_ended(key[0], str(event.kind), placed.answered, event.duration_s)
         if isinstance(update.event, Ended):
             failed = update.event.kind is EndKind.FAILED
-            self._failed_in_a_row = self._failed_in_a_row + 1 if failed else 0
-            if self._failed_in_a_row >= FAILED_DIALS_DOWN:
-                self._failed_in_a_row = 0
-                self._pbx_down(f"{FAILED_DIALS_DOWN} failed dials in a row")
+            pbx = placed.pbx
+            pbx.failed_in_a_row = pbx.failed_in_a_row + 1 if failed else 0
+            if pbx.failed_in_a_row >= FAILED_DIALS_DOWN:
+                pbx.failed_in_a_row = 0
+                self._pbx_down(pbx, f"{FAILED_DIALS_DOWN} failed dials in a row")
             del self._calls[update.call_id]
             if self._by_key.get(key) == update.call_id:
                 del self._by_key[key]
@@ -262,27 +325,33 @@ class VoiceChannel:
         elif isinstance(update.event, Transferred):
             self._transferred(update.call_id, placed, update.event)
 
-    def _pbx_down(self, why: str) -> None:
-        if self.state == "down":
+    def _pbx_down(self, pbx: Pbx, why: str) -> None:
+        if pbx.state == "down":
             return
-        self.state = "down"
-        self.recorder.pbx_up.set(0)
-        log.error("pbx down, voice campaigns pause", extra={"why": why})
+        pbx.state = "down"
+        self.recorder.pbx_up.labels(pbx.address).set(0)
+        if self.state == "up":
+            log.error("pbx down, new calls go to the next one", extra={"pbx": pbx.address, "why": why})
+            return
+        log.error("pbx down, voice campaigns pause", extra={"pbx": pbx.address, "why": why})
+        if len(self.pbxs) > 1:
+            why = f"all {len(self.pbxs)} PBXs down, the last {pbx.address}: {why}"
         future = self.engine.submit(functools.partial(pause_channel, channel=Channel.VOICE, reason=f"pbx_down: {why}"))
         future.add_done_callback(_log_failure)
 
     async def _keepalive(self) -> None:
-        """OPTIONS to the PBX every `options_interval_s`; three intervals without an answer is down."""
+        """OPTIONS to every PBX every `options_interval_s`; three intervals without an answer is down."""
         while True:
             await asyncio.sleep(self.sip.options_interval_s)  # the first one an interval after start
-            if not self._answered_since_tick:
-                self._missed += 1
-                if self._missed >= 3:
-                    self._pbx_down(f"no answer to OPTIONS for {self._missed} intervals")
-            else:
-                self._missed = 0
-            self._answered_since_tick = False
-            self._emit(self.ua.ping(self._now()))
+            for pbx in self.pbxs:
+                if not pbx.answered_since_tick:
+                    pbx.missed += 1
+                    if pbx.missed >= 3:
+                        self._pbx_down(pbx, f"no answer to OPTIONS for {pbx.missed} intervals")
+                else:
+                    pbx.missed = 0
+                pbx.answered_since_tick = False
+                self._emit(self.ua.ping(self._now(), None if len(self.pbxs) == 1 else pbx.peer))
 
     async def _open(self) -> tuple[UdpEndpoint | TcpEndpoint, int, asyncio.BaseTransport | None]:
         loop = asyncio.get_running_loop()
@@ -307,6 +376,17 @@ class VoiceChannel:
         self.ua.cfg = self._uac_config(port)
         if self.sip.register_:
             self.ua.registration = Registration(self.ua.cfg, self.sip.register_expires_s, lambda: secrets.token_hex(6))
+            self.ua.more_registrations = [  # with every other PBX too, each to its own address
+                (
+                    Registration(
+                        dataclasses.replace(self.ua.cfg, pbx=pbx.address),
+                        self.sip.register_expires_s,
+                        lambda: secrets.token_hex(6),
+                    ),
+                    pbx.addr,
+                )
+                for pbx in self.pbxs[1:]
+            ]
         self.endpoint = endpoint
         pending, self._pending = self._pending, []
         endpoint.emit(pending)
@@ -317,7 +397,7 @@ class VoiceChannel:
                 "local": f"{self.ua.cfg.local_host}:{self.ua.cfg.local_port}",
                 "transport": self.sip.transport,
                 "rtp_port": self.rtp_port,
-                "pbx": self.sip.pbx,
+                "pbx": [p.address for p in self.pbxs],
             },
         )
         try:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -22,6 +23,7 @@ from pydantic import (
 
 from .domain.state import Mode
 from .domain.statuses import CampaignStatus, Channel, Profile, Status
+from .phones import international
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_BULK_PAYLOAD_BYTES = 1024 * 1024  # a bulk dial/send (SPEC §4)
@@ -40,6 +42,30 @@ def _check_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _caller_number(value: str) -> str:
+    number = international(value)
+    if number is None:
+        raise ValueError("not a phone number in international form (E.164 with +, e.g. +420212345678)")
+    return number
+
+
+CallerNumber = Annotated[
+    str,
+    Field(max_length=32, description="E.164 with + (spaces allowed); stored and sent normalised"),
+    AfterValidator(_caller_number),
+]
+CallerName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class _CallerFields(_Strict):
+    """The caller ID a dial (or a bulk entry, or a campaign) asks for; what is left out comes from the
+    campaign, then from `sip.from_user` / `sip.from_display`."""
+
+    caller_id: CallerNumber | None = None
+    caller_name: CallerName | None = None
+    caller_id_withheld: bool | None = None  # true: From anonymous (RFC 3323), Privacy: id
 
 
 class PolicyIn(_Strict):
@@ -67,7 +93,7 @@ class _Entry(_Strict):
     _meta = field_validator("meta")(_check_meta)
 
 
-class DialEntry(_Entry):
+class DialEntry(_Entry, _CallerFields):
     connect_to: str | None = Field(None, max_length=512)
     prompt: str | None = Field(None, max_length=256)
 
@@ -98,7 +124,7 @@ class _ContactsCommand(_Command):
                 raise Rejection("missing_field", name, "Field required", self.command_id)
 
 
-class DialCommand(_ContactsCommand):
+class DialCommand(_ContactsCommand, _CallerFields):
     kind: Literal["dial"] = "dial"
     contacts: list[DialEntry] | None = Field(None, min_length=1, max_length=MAX_BULK_CONTACTS)
     mode: Mode = Mode.PROGRESSIVE
@@ -113,8 +139,18 @@ class DialCommand(_ContactsCommand):
         if self.contacts is not None:
             return self.contacts
         assert self.contact_id is not None and self.phone is not None
-        one = DialEntry(contact_id=self.contact_id, phone=self.phone, meta=self.meta)
-        return [one.model_copy(update={"connect_to": self.connect_to, "prompt": self.prompt})]
+        return [
+            DialEntry.model_construct(
+                contact_id=self.contact_id,
+                phone=self.phone,
+                meta=self.meta,
+                connect_to=self.connect_to,
+                prompt=self.prompt,
+                caller_id=self.caller_id,
+                caller_name=self.caller_name,
+                caller_id_withheld=self.caller_id_withheld,
+            )
+        ]
 
 
 class Template(_Strict):
@@ -164,7 +200,7 @@ class BudgetIn(_Strict):
     max_contacts: int | None = Field(None, ge=0)
 
 
-class CampaignCommand(_Command):
+class CampaignCommand(_Command, _CallerFields):
     kind: Literal["campaign"] = "campaign"
     action: Literal["create", "start", "pause", "resume", "finish"]
     start_at: AwareDatetime | None = None

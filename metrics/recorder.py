@@ -170,10 +170,13 @@ class Recorder:
         self.wa_webhooks = Counter(
             "telgate_whatsapp_webhooks", "Webhook statuses and POSTs by result", ["result"], registry=r
         )
-        self.pbx_up = Gauge("telgate_pbx_up", "1 while the PBX answers OPTIONS keepalives", registry=r)
+        self.pbx_up = Gauge(
+            "telgate_pbx_up", "1 while the PBX answers OPTIONS keepalives, per PBX address", ["pbx"], registry=r
+        )
         self.pbx_options_rtt = Histogram(
             "telgate_pbx_options_rtt_seconds",
-            "Round trip of OPTIONS keepalives to the PBX",
+            "Round trip of OPTIONS keepalives to the PBX, per PBX address",
+            ["pbx"],
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
@@ -333,6 +336,8 @@ def influx_points(recorder: Recorder, gateway_id: str, now_ms: int, voice: bool)
         "outbox_pending": int(sample("telgate_outbox_pending") or 0),
     }
     if voice:
-        gateway["pbx_up"] = int(sample("telgate_pbx_up") or 0)
+        # 1 while any PBX is up (new calls have somewhere to go), as the presence's `pbx`
+        ups = [s.value for m in recorder.pbx_up.collect() for s in m.samples]
+        gateway["pbx_up"] = int(max(ups, default=0))
     points.append(Point("telgate_gateway", {"gateway": gateway_id}, gateway, now_ms))
     return points

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from . import auth
+from .identity import Caller, asserted, from_addr, request_uri
 from .message import Headers, Request, Response, cseq, reason_q850, tag, uri_of
 from .outcome import Outcome, final_outcome
 from .sdp import Media, parse_answer
@@ -47,6 +48,10 @@ class UacConfig:
     username: str | None = None
     password: str | None = None
     t1: float = 0.5  # RFC 3261 T1 (RTT estimate): Timer A starts at T1, Timers B and F are 64 x T1
+    dial_format: str = "e164"  # how the Request-URI user writes the number (sip/numbers.py)
+    dial_prefix: str = ""
+    user_phone: bool = False  # `;user=phone` on the Request-URI and To (and on a caller ID number)
+    assert_identity: bool = False  # P-Asserted-Identity (RFC 3325) on every INVITE
 
     @property
     def reliable(self) -> bool:
@@ -136,6 +141,7 @@ class Call:
     ring_timeout_s: float
     sdp: bytes = b""
     token: Callable[[], str] = _token
+    caller: Caller | None = None  # the caller ID the callee sees (None: sip.from_user)
     phase: Phase = Phase.INVITING
     local_tag: str = field(default="")
     remote_tag: str | None = None
@@ -164,11 +170,13 @@ class Call:
     # -- building requests ----------------------------------------------------------------------
     @property
     def target_uri(self) -> str:
-        return f"sip:{self.number.lstrip('+')}@{self.cfg.pbx}"
+        cfg = self.cfg
+        return request_uri(self.number, cfg.pbx, cfg.dial_format, cfg.dial_prefix, cfg.user_phone)
 
     def _from(self) -> str:
-        display = f'"{self.cfg.from_display}" ' if self.cfg.from_display else ""
-        return f"{display}<sip:{self.cfg.from_user}@{self.cfg.domain}>;tag={self.local_tag}"
+        cfg = self.cfg
+        addr = from_addr(self.caller, cfg.from_user, cfg.from_display, cfg.domain, cfg.dial_format, cfg.user_phone)
+        return f"{addr};tag={self.local_tag}"
 
     def _contact(self) -> str:
         cfg = self.cfg
@@ -187,6 +195,14 @@ class Call:
             .with_("Allow", ALLOW)
             .with_("User-Agent", USER_AGENT)
         )
+        cfg = self.cfg
+        if cfg.assert_identity:
+            identity = asserted(
+                self.caller, cfg.from_user, cfg.from_display, cfg.domain, cfg.dial_format, cfg.user_phone
+            )
+            h = h.with_("P-Asserted-Identity", identity)
+        if self.caller is not None and self.caller.withheld:
+            h = h.with_("Privacy", "id")
         for n, v in extra.items if extra else ():
             h = h.with_(n, v)
         if self.sdp:

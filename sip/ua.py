@@ -8,6 +8,7 @@ counted in `stats`.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import re
 from collections import Counter, deque
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .call import Call, CallEvent, Send, UacConfig, respond
+from .identity import Caller
 from .message import Headers, ParseError, Request, Response, parse
 from .register import Registration
 from .transaction import NonInviteClientTransaction, ResponseReceived, Terminated, Transmit
@@ -40,6 +42,7 @@ class PingAnswered:
 
     status: int
     rtt_s: float
+    pbx: Addr | None = None  # which PBX answered (the address the OPTIONS went to)
 
 
 Output = Datagram | CallUpdate | PingAnswered
@@ -78,8 +81,10 @@ class UserAgent:
     token: Callable[[], str]
     calls: dict[str, Call] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
-    pings: dict[str, tuple[NonInviteClientTransaction, float]] = field(default_factory=dict)
-    registration: Registration | None = None
+    pings: dict[str, tuple[NonInviteClientTransaction, float, Addr]] = field(default_factory=dict)
+    registration: Registration | None = None  # with the default PBX
+    # several PBXs: a registration with each other one, and where its REGISTERs go
+    more_registrations: list[tuple[Registration, Addr]] = field(default_factory=list)
     responses: Counter[tuple[str, int]] = field(default_factory=Counter)  # (method, code) received
     retransmissions: Counter[str] = field(default_factory=Counter)  # requests re-sent by Timer A / E
     _heap: list[tuple[float, str]] = field(default_factory=list)  # (when, call id), stale entries skipped
@@ -90,14 +95,21 @@ class UserAgent:
     # metrics, the dispatcher's room and the drain read (a call lingers in `calls` for Timer D/K after it ends)
     _state: dict[str, str] = field(default_factory=dict)
     _live: Counter[str] = field(default_factory=Counter)
+    # several PBXs: the address each call's requests go to (its INVITE's PBX, for every in-dialog request)
+    _routes: dict[str, Addr] = field(default_factory=dict)
 
-    def _reg_out(self, requests: list[Request]) -> list[Output]:
-        return [Datagram(r.encode(), self.pbx) for r in requests]
+    def _reg_out(self, requests: list[Request], to: Addr | None = None) -> list[Output]:
+        return [Datagram(r.encode(), self.pbx if to is None else to) for r in requests]
 
-    def ping(self, now: float) -> list[Output]:
-        """An OPTIONS keepalive to the PBX, out of any dialog."""
+    def _registrations(self) -> list[tuple[Registration, Addr]]:
+        first = [(self.registration, self.pbx)] if self.registration is not None else []
+        return first + self.more_registrations
+
+    def ping(self, now: float, pbx: tuple[str, Addr] | None = None) -> list[Output]:
+        """An OPTIONS keepalive to the PBX (or to `pbx`: its `host:port` and address), out of any dialog."""
         call_id = f"ka-{self.token()}@{self.cfg.local_host}"
-        cfg = self.cfg
+        cfg = self.cfg if pbx is None else dataclasses.replace(self.cfg, pbx=pbx[0])
+        addr = self.pbx if pbx is None else pbx[1]
         h = (
             Headers()
             .with_("Via", cfg.via(self.token()))
@@ -109,12 +121,25 @@ class UserAgent:
             .with_("Accept", "application/sdp")
         )
         tx = NonInviteClientTransaction(Request("OPTIONS", f"sip:{cfg.pbx}", h), cfg.reliable, now, cfg.t1)
-        self.pings[call_id] = (tx, now)
-        return [Datagram(e.message.encode(), self.pbx) for e in tx.events() if isinstance(e, Transmit)]
+        self.pings[call_id] = (tx, now, addr)
+        return [Datagram(e.message.encode(), addr) for e in tx.events() if isinstance(e, Transmit)]
 
-    def place(self, number: str, ring_timeout_s: float, sdp: bytes, now: float) -> tuple[str, list[Output]]:
+    def place(
+        self,
+        number: str,
+        ring_timeout_s: float,
+        sdp: bytes,
+        now: float,
+        caller: Caller | None = None,
+        pbx: tuple[str, Addr] | None = None,
+    ) -> tuple[str, list[Output]]:
+        """A new call to `number`; with `pbx` (`host:port`, address) to that PBX instead of the default one,
+        and every request of its dialog with it."""
         call_id = f"{self.token()}{self.token()}@{self.cfg.local_host}"
-        call = Call(self.cfg, number, call_id, ring_timeout_s, sdp, token=self.token)
+        cfg = self.cfg if pbx is None else dataclasses.replace(self.cfg, pbx=pbx[0])
+        call = Call(cfg, number, call_id, ring_timeout_s, sdp, token=self.token, caller=caller)
+        if pbx is not None:
+            self._routes[call_id] = pbx[1]
         self.calls[call_id] = call
         self._state[call_id] = "ringing"
         self._live["ringing"] += 1
@@ -149,17 +174,19 @@ class UserAgent:
 
     def _outputs(self, call: Call, events: list[CallEvent]) -> list[Output]:
         out: list[Output] = []
+        to = self._routes.get(call.call_id, self.pbx)
         for e in events:
             if isinstance(e, Send):
                 if e.retransmission and isinstance(e.message, Request):
                     self.retransmissions[e.message.method] += 1
-                out.append(Datagram(e.message.encode(), self.pbx))
+                out.append(Datagram(e.message.encode(), to))
             else:
                 out.append(CallUpdate(call.call_id, e))
         self._track(call)
         at = call.get_timer()
         if call.ended and at is None:
             self.calls.pop(call.call_id, None)
+            self._routes.pop(call.call_id, None)
         self._schedule(call.call_id, at)
         return out
 
@@ -195,22 +222,22 @@ class UserAgent:
 
     def get_timer(self) -> float | None:
         times = [t] if (t := self._next_call_timer()) is not None else []
-        times += [t for tx, _ in self.pings.values() if (t := tx.get_timer()) is not None]
-        if self.registration is not None and (t := self.registration.get_timer()) is not None:
-            times.append(t)
+        times += [t for tx, _, _ in self.pings.values() if (t := tx.get_timer()) is not None]
+        times += [t for reg, _ in self._registrations() if (t := reg.get_timer()) is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[Output]:
         out: list[Output] = []
-        if self.registration is not None and (t := self.registration.get_timer()) is not None and t <= now:
-            out += self._reg_out(self.registration.handle_timer(now))
-        for call_id, (tx, _sent) in list(self.pings.items()):
+        for reg, to in self._registrations():
+            if (t := reg.get_timer()) is not None and t <= now:
+                out += self._reg_out(reg.handle_timer(now), to)
+        for call_id, (tx, _sent, addr) in list(self.pings.items()):
             t = tx.get_timer()
             if t is not None and t <= now:
                 for e in tx.handle_timer(now):
                     if isinstance(e, Transmit):
                         self.retransmissions["OPTIONS"] += 1
-                        out.append(Datagram(e.message.encode(), self.pbx))
+                        out.append(Datagram(e.message.encode(), addr))
                     elif isinstance(e, Terminated):
                         self.pings.pop(call_id, None)
         while (t := self._next_call_timer()) is not None and t <= now:
@@ -234,15 +261,17 @@ class UserAgent:
             method = (message.headers.get("cseq") or "").rpartition(" ")[2].upper()
             self.responses[(method if method in KNOWN_METHODS else "other", message.status)] += 1
         call_key = message.headers.get("call-id") or ""
-        if self.registration is not None and call_key == self.registration.call_id and isinstance(message, Response):
-            return self._reg_out(self.registration.receive(message, now))
+        if isinstance(message, Response):
+            for reg, to in self._registrations():
+                if call_key == reg.call_id:
+                    return self._reg_out(reg.receive(message, now), to)
         ping = self.pings.get(call_key)
         if ping is not None and isinstance(message, Response):
-            tx, sent = ping
+            tx, sent, pinged = ping
             out_ping: list[Output] = []
             for e in tx.receive(message, now):
                 if isinstance(e, ResponseReceived) and e.response.status >= 200:
-                    out_ping.append(PingAnswered(e.response.status, now - sent))
+                    out_ping.append(PingAnswered(e.response.status, now - sent, pinged))
                     self.pings.pop(call_key, None)
             return out_ping
         if isinstance(message, Request) and message.method != "ACK":

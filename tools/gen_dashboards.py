@@ -106,11 +106,16 @@ PROMETHEUS: dict[str, list[Panel]] = {
             "ops",
             [("sum by (method) (rate(telgate_sip_retransmissions_total[5m]))", "{{method}}")],
         ),
-        ("PBX up", "none", [("telgate_pbx_up", "{{instance}}")]),
+        ("PBX up", "none", [("telgate_pbx_up", "{{instance}} {{pbx}}")]),
         (
             "OPTIONS round trip (p95)",
             "s",
-            [("histogram_quantile(0.95, sum by (le) (rate(telgate_pbx_options_rtt_seconds_bucket[5m])))", "p95")],
+            [
+                (
+                    "histogram_quantile(0.95, sum by (le, pbx) (rate(telgate_pbx_options_rtt_seconds_bucket[5m])))",
+                    "p95 {{pbx}}",
+                )
+            ],
         ),
     ],
     "WhatsApp": [

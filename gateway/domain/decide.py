@@ -190,6 +190,9 @@ def _move(
     if isinstance(target, Attempt):  # entering calling / in_progress: a new attempt starts
         attempt += 1
         changes.update(attempt=attempt, in_flight=True, answered=False, no_retry=False, wamid=None)
+        if state.channel is Channel.VOICE:  # the caller ID this attempt is placed with: the dial's over the campaign's
+            caller = state.caller.over(signal.caller) if state.caller is not None else signal.caller
+            changes["attempt_caller"] = None if caller is None or caller.empty else caller
         if state.attempt == 0:
             effects.append(fx.CountDialed())
         effects.append(fx.Dial(attempt) if state.channel is Channel.VOICE else fx.Send(attempt))

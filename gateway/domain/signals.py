@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .state import CallerId
+
 
 class Kind(StrEnum):
     # lifecycle, from commands and the dispatcher
@@ -74,6 +76,7 @@ class Signal:
     phone: str | None = None  # CREATE: E.164 number, None when invalid/blank
     blacklisted: bool = False  # DIAL_DUE
     plan_limit: bool = False  # DIAL_DUE
+    caller: CallerId | None = None  # DIAL_DUE: the campaign's caller ID, under the dial's own
     attempt: int | None = None  # outcome of which attempt (stale outcomes are ignored)
     duration_s: float | None = None  # HANGUP
     wamid: str | None = None  # WA_ACCEPTED

@@ -18,6 +18,33 @@ class Mode(StrEnum):
     PREVIEW = "preview"
 
 
+class CallerId(BaseModel):
+    """The caller ID a callee sees, as a dial or a campaign asks for it: each field None = not said here.
+
+    A dial's value wins over its campaign's, the campaign's over `sip.from_user` / `sip.from_display`
+    (field by field: a dial may name only the number and keep the campaign's display name)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    number: str | None = None  # E.164 with +
+    name: str | None = None  # the display name
+    withheld: bool | None = None  # True: From anonymous (RFC 3323), Privacy: id
+
+    def over(self, base: CallerId | None) -> CallerId:
+        """This caller ID with what it leaves unsaid taken from `base`."""
+        if base is None:
+            return self
+        return CallerId(
+            number=self.number if self.number is not None else base.number,
+            name=self.name if self.name is not None else base.name,
+            withheld=self.withheld if self.withheld is not None else base.withheld,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self.number is None and self.name is None and self.withheld is None
+
+
 class ContactState(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -38,6 +65,8 @@ class ContactState(BaseModel):
     acw_timeout_s: float = 120.0
     connect_to: str | None = None
     prompt: str | None = None  # a WAV in `sip.prompts_dir`, played on answer; the call ends after it
+    caller: CallerId | None = None  # the dial's own caller ID (over the campaign's)
+    attempt_caller: CallerId | None = None  # the caller ID the current attempt was placed with (dial over campaign)
     template: dict[str, Any] | None = None
     in_flight: bool = False  # a call is placed / a message handed to the API
     answered: bool = False  # the current call was answered
@@ -65,6 +94,7 @@ class CampaignState(BaseModel):
     budget: Budget = Budget()
     max_cps: float | None = None
     max_concurrent: int | None = None
+    caller: CallerId | None = None  # the campaign's caller ID for its dials (each dial may name its own)
     talk_seconds: float = 0.0
     dialed_contacts: int = 0  # contacts that got a first dial/send (max_contacts budget)
     paused_by_gateway: bool = False

@@ -124,7 +124,10 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 # faults: the PBX goes away (OPTIONS unanswered), then the broker, while webhooks keep coming
                 assert pbx.proc is not None
                 pbx.proc.kill()
-                await b.wait_for(lambda: app.recorder.registry.get_sample_value("telgate_pbx_up") == 0, timeout=10)
+                await b.wait_for(
+                    lambda: app.recorder.registry.get_sample_value("telgate_pbx_up", {"pbx": pbx.address}) == 0,
+                    timeout=10,
+                )
                 await asyncio.sleep(2.5)  # scrapes with the PBX down, before the broker goes
                 broker.stop()
                 await asyncio.sleep(1.5)

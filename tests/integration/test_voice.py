@@ -235,7 +235,9 @@ async def test_pbx_answering_options_stays_up(broker: Mosquitto, tmp_path: Path)
             await asyncio.sleep(1.2)
             assert app.voice is not None and app.voice.state == "up"
             text = __import__("prometheus_client").generate_latest(app.recorder.registry).decode()
-            assert "telgate_pbx_up 1.0" in text and "telgate_pbx_options_rtt_seconds_count" in text
+            assert (
+                f'telgate_pbx_up{{pbx="{pbx.address}"}} 1.0' in text and "telgate_pbx_options_rtt_seconds_count" in text
+            )
             # the ledger: SIPp logged the OPTIONS, and no INVITE (nothing was dialled, no contact has events)
             assert _received(pbx.messages(), "OPTIONS ")
             seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))

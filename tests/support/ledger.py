@@ -78,14 +78,17 @@ class Comparison:
         return not self.mismatches
 
 
-def compare(backend: HasEvents, channel: str, wire: Counter[Any], by: str) -> Comparison:
-    """`wire` counts what the peer received, keyed by number digits (`by="number"`) or contact key."""
+def compare(
+    backend: HasEvents, channel: str, wire: Counter[Any], by: str, dialled: Callable[[str], str] = digits
+) -> Comparison:
+    """`wire` counts what the peer received, keyed by number digits (`by="number"`) or contact key.
+    `dialled` maps an event's phone to the key the peer's record has for it (a trunk's dial string)."""
     recs = contacts(backend, channel)
     expected: Counter[Any] = Counter()
     owners: dict[Any, list[Key]] = {}
     mismatches = []
     for key, rec in recs.items():
-        k: Any = digits(rec.phone) if by == "number" else key
+        k: Any = dialled(rec.phone) if by == "number" else key
         expected[k] += len(rec.attempts)
         owners.setdefault(k, []).append(key)
         if len(rec.attempts) != (max(rec.attempts) if rec.attempts else 0):  # attempts are 1, 2, …, n
@@ -95,7 +98,7 @@ def compare(backend: HasEvents, channel: str, wire: Counter[Any], by: str) -> Co
             who = {f"{c[0]}/{c[1]}": recs[c].statuses for c in owners.get(k, [])}
             mismatches.append(f"{k}: events say {expected[k]} attempt(s), the peer received {wire[k]}; {who}")
     for key, rec in recs.items():  # said explicitly: not contacted means nothing on the wire
-        k = digits(rec.phone) if by == "number" else key
+        k = dialled(rec.phone) if by == "number" else key
         if rec.statuses and rec.statuses[-1] in NOT_CONTACTED and not rec.attempts and wire[k] and len(owners[k]) == 1:
             mismatches.append(f"{key}: ends {rec.statuses[-1]} without an attempt, yet the peer received {wire[k]}")
     return Comparison(len(recs), sum(len(r.attempts) for r in recs.values()), sum(wire.values()), mismatches)
@@ -107,12 +110,13 @@ async def check(
     wire: Callable[[], Counter[Any]],
     by: str = "number",
     patience_s: float = 10.0,
+    dialled: Callable[[str], str] = digits,
 ) -> Comparison:
     """Wait until the peer's record and the events agree contact by contact; fail naming who disagrees."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
     while True:
-        result = compare(backend, channel, wire(), by)
+        result = compare(backend, channel, wire(), by, dialled)
         if result.ok:
             return result
         if loop.time() >= deadline:
@@ -129,8 +133,8 @@ _CALL_ID = re.compile(r"^(?:Call-ID|i)\s*:\s*(?P<id>\S+)", re.MULTILINE | re.IGN
 _TO_TAG = re.compile(r"^(?:To|t)\s*:.*;\s*tag=", re.MULTILINE | re.IGNORECASE)
 
 
-def invites_in(messages: Iterable[str]) -> Counter[str]:
-    """Initial INVITEs (no To tag) with distinct Call-IDs, per Request-URI user's digits."""
+def invites_in(messages: Iterable[str], key: Callable[[str], str] = digits) -> Counter[str]:
+    """Initial INVITEs (no To tag) with distinct Call-IDs, per Request-URI user's digits (or `key` of it)."""
     seen: set[str] = set()
     out: Counter[str] = Counter()
     for text in messages:
@@ -139,7 +143,7 @@ def invites_in(messages: Iterable[str]) -> Counter[str]:
         if line is None or call_id is None or _TO_TAG.search(text) or call_id["id"] in seen:
             continue
         seen.add(call_id["id"])
-        out[digits(line["user"])] += 1
+        out[key(line["user"])] += 1
     return out
 
 
@@ -147,13 +151,13 @@ class SippLike(Protocol):
     def messages(self) -> list[str]: ...
 
 
-def sipp_invites(*peers: SippLike) -> Callable[[], Counter[str]]:
-    """The INVITEs SIPp logged (every Sipp in tests runs with -trace_msg)."""
+def sipp_invites(*peers: SippLike, key: Callable[[str], str] = digits) -> Callable[[], Counter[str]]:
+    """The INVITEs SIPp logged (every Sipp in tests runs with -trace_msg), across all `peers`."""
 
     def read() -> Counter[str]:
         total: Counter[str] = Counter()
         for p in peers:
-            total += invites_in(p.messages())
+            total += invites_in(p.messages(), key)
         return total
 
     return read

@@ -251,3 +251,55 @@ def test_a_call_may_ring_longer_than_timer_b() -> None:
     assert not call.ended and not [e for e in events if isinstance(e, Ended)]
     cancel = sent(call.handle_timer(120.0))
     assert [m.method for m in cancel if isinstance(m, Request)] == ["CANCEL"]
+
+
+def test_trunk_format_caller_id_and_asserted_identity_on_every_request_of_the_dialog() -> None:
+    from dataclasses import replace
+
+    from sip.identity import Caller
+
+    cfg = replace(CFG, dial_format="national", dial_prefix="9", user_phone=True, assert_identity=True)
+    call = Call(
+        cfg, "+442079460958", "trunk", 30.0, token=lambda: f"t{next(_counter)}", caller=Caller("+4930123456", "Acme")
+    )
+    invite = sent(call.start(0.0))[0]
+    assert isinstance(invite, Request)
+    assert invite.uri == "sip:902079460958@127.0.0.1:5060;user=phone"
+    assert invite.headers.get("to") == "<sip:902079460958@127.0.0.1:5060;user=phone>"
+    assert (invite.headers.get("from") or "").startswith('"Acme" <sip:030123456@127.0.0.1;user=phone>;tag=')
+    assert invite.headers.get("p-asserted-identity") == '"Acme" <sip:030123456@127.0.0.1;user=phone>'
+    assert invite.headers.get("privacy") is None
+    events = call.receive(reply(invite, 200, "OK", Contact="<sip:bob@10.0.0.9>"), 1.0)
+    ack = sent(events)[0]
+    assert isinstance(ack, Request) and ack.headers.get("from") == invite.headers.get("from")
+    bye = sent(call.hangup(2.0))[0]
+    assert isinstance(bye, Request) and bye.method == "BYE" and bye.headers.get("from") == invite.headers.get("from")
+
+
+def test_a_withheld_caller_id_is_anonymous_in_from_and_still_asserted() -> None:
+    from dataclasses import replace
+
+    from sip.identity import Caller
+
+    for assert_identity in (True, False):
+        cfg = replace(CFG, dial_format="+e164", assert_identity=assert_identity)
+        caller = Caller("+420212345678", withheld=True)
+        call = Call(
+            cfg, "+420601234567", f"w{assert_identity}", 30.0, token=lambda: f"t{next(_counter)}", caller=caller
+        )
+        invite = sent(call.start(0.0))[0]
+        assert isinstance(invite, Request) and invite.uri == "sip:+420601234567@127.0.0.1:5060"
+        assert (invite.headers.get("from") or "").startswith('"Anonymous" <sip:anonymous@anonymous.invalid>;tag=')
+        assert invite.headers.get("privacy") == "id"
+        pai = invite.headers.get("p-asserted-identity")
+        assert pai == ("<sip:+420212345678@127.0.0.1>" if assert_identity else None)
+        events = call.receive(reply(invite, 407, "Proxy Auth", Proxy_Authenticate='Digest realm="r", nonce="n"'), 0.1)
+        again = next(m for m in sent(events) if isinstance(m, Request) and m.method == "INVITE")
+        assert again.headers.get("privacy") == "id" and again.headers.get("p-asserted-identity") == pai
+
+
+def test_without_a_caller_id_the_invite_is_as_before() -> None:
+    _call, invite = new_call()
+    assert invite.uri == "sip:420601234567@127.0.0.1:5060" and invite.headers.get("to") == f"<{invite.uri}>"
+    assert (invite.headers.get("from") or "").startswith("<sip:telgate@127.0.0.1>;tag=")
+    assert invite.headers.get("p-asserted-identity") is None and invite.headers.get("privacy") is None

@@ -93,3 +93,28 @@ def test_dialogs_counts_what_the_ua_holds_until_each_call_ends() -> None:
     assert (ua.dialogs(), ua.dialogs("ringing"), ua.dialogs("answered")) == (1, 0, 1)
     ua.handle_timer(100.0)
     assert ua.dialogs() == 1  # timers end transactions, not the answered dialog
+
+
+def test_each_call_keeps_to_the_pbx_it_was_placed_with() -> None:
+    from sip.ua import Datagram, PingAnswered
+
+    ua = _ua()
+    other = ("127.0.0.2", 5080)
+    call_id, out = ua.place("+420601234567", 30.0, b"", 0.0, pbx=("127.0.0.2:5080", other))
+    invite = _sent(out)[0]
+    assert isinstance(invite, Request) and invite.uri == "sip:420601234567@127.0.0.2:5080"
+    assert [o.addr for o in out if isinstance(o, Datagram)] == [other]
+    ok = respond(invite, 200, "OK", to_tag="b").encode()
+    answered = ua.receive(ok, other, 0.5)
+    assert [o.addr for o in answered if isinstance(o, Datagram)] == [other]  # the ACK
+    bye = ua.hangup(call_id, 1.0)
+    assert [o.addr for o in bye if isinstance(o, Datagram)] == [other]  # and the BYE
+    _, first = ua.place("+420601234568", 30.0, b"", 0.0)
+    assert [o.addr for o in first if isinstance(o, Datagram)] == [PBX]  # the default PBX otherwise
+    ping = ua.ping(2.0, ("127.0.0.2:5080", other))
+    options = [o for o in ping if isinstance(o, Datagram)]
+    assert [o.addr for o in options] == [other] and b"OPTIONS sip:127.0.0.2:5080 SIP/2.0" in options[0].data
+    request = parse(options[0].data)
+    assert isinstance(request, Request)
+    pong = ua.receive(respond(request, 200, "OK", to_tag="p").encode(), other, 2.1)
+    assert [o.pbx for o in pong if isinstance(o, PingAnswered)] == [other]
