@@ -23,7 +23,7 @@ from sip.call import Answered, Ended, EndKind, Ringing, Transferred, UacConfig
 from sip.media import MediaEndpoint
 from sip.register import Registration
 from sip.rtp import PromptError, encode, load_wav
-from sip.transport import TcpEndpoint, UdpEndpoint
+from sip.transport import TLS_PORT, LinkFailed, TcpEndpoint, TlsEndpoint, UdpEndpoint, client_context
 from sip.ua import CallUpdate, Output, PingAnswered, UserAgent
 
 from .commands import prompt_path
@@ -48,7 +48,7 @@ END_KIND = {
 
 
 def update_signal(update: CallUpdate, attempt: int) -> Signal | None:
-    base: dict[str, Any] = {"source": "sip", "call_id": update.call_id}
+    base: dict[str, Any] = {"source": "sip", "call_id": update.call_id, **dict(update.evidence)}
     match update.event:
         case Ringing(status, reason, first):
             return Signal(
@@ -95,7 +95,7 @@ class _Placed:
 
 
 class VoiceChannel:
-    """The ChannelPort for voice: one SIP endpoint (UDP or TCP) and one RTP port; calls go to `sip.pbx`."""
+    """The ChannelPort for voice: one SIP endpoint (UDP, TCP or TLS) and one RTP port; calls go to `sip.pbx`."""
 
     channel = Channel.VOICE
 
@@ -109,10 +109,10 @@ class VoiceChannel:
         self.max_rate = sip.max_cps
         host, _, port = sip.local.rpartition(":")
         self.bind = (host or "0.0.0.0", int(port))
-        pbx_host, _, pbx_port = sip.pbx.rpartition(":")
-        self.pbx_addr = (pbx_host, int(pbx_port or 5060))
+        pbx_host, _, pbx_port = sip.pbx.rpartition(":") if ":" in sip.pbx else (sip.pbx, "", "")
+        self.pbx_addr = (pbx_host, int(pbx_port or (TLS_PORT if sip.transport == "tls" else 5060)))
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in (sip.allowed_sources or [pbx_host])]
-        self.endpoint: UdpEndpoint | TcpEndpoint | None = None
+        self.endpoint: UdpEndpoint | TcpEndpoint | TlsEndpoint | None = None
         self.media = MediaEndpoint()
         self.rtp_port = 0
         self._pending: list[Output] = []  # what was sent before the socket was bound
@@ -217,7 +217,11 @@ class VoiceChannel:
             log.warning("transfer failed", extra={"call_id": call_id, "why": placed.transfer})
         self._emit(self.ua.hangup(call_id, self._now()))  # the transferor leaves either way (RFC 5589 §6)
 
-    def _on_update(self, update: CallUpdate | PingAnswered) -> None:
+    def _on_update(self, update: CallUpdate | PingAnswered | LinkFailed) -> None:
+        if isinstance(update, LinkFailed):
+            if update.tls is not None:  # a certificate the PBX will keep showing: down, like OPTIONS unanswered
+                self._pbx_down(f"tls: {update.tls}")
+            return
         if isinstance(update, PingAnswered):
             self._answered_since_tick = True
             self.recorder.pbx_options_rtt.observe(update.rtt_s)
@@ -286,7 +290,13 @@ class VoiceChannel:
 
     async def _open(self) -> tuple[UdpEndpoint | TcpEndpoint, int, asyncio.BaseTransport | None]:
         loop = asyncio.get_running_loop()
-        if self.sip.transport == "tcp":
+        sip = self.sip
+        if sip.transport == "tls":  # no listener: the port in Via/Contact is `local`'s (5061 when it is 0)
+            context = client_context(sip.ca_file, sip.cert_file, sip.key_file)
+            server_name = sip.tls_server_name or self.pbx_addr[0]
+            tls = TlsEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr, context, server_name)
+            return tls, self.bind[1] or TLS_PORT, None
+        if sip.transport == "tcp":
             tcp = TcpEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr)
             port = await tcp.listen(*self.bind)
             return tcp, port, None

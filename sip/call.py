@@ -56,10 +56,23 @@ class UacConfig:
     def domain(self) -> str:
         return self.pbx.split(":")[0]
 
+    @property
+    def scheme(self) -> str:
+        """`sips` over TLS (RFC 3261 §26.2, RFC 5630): the Request-URI, To and Contact say TLS end to end."""
+        return "sips" if self.transport.upper() == "TLS" else "sip"
+
+    def contact(self, user: str) -> str:
+        """Our Contact: a sips: URI over TLS (RFC 5630 §3.1.1: no `transport=tls`), else sip: with the transport."""
+        where = f"{user}@{self.local_host}:{self.local_port}"
+        return f"<sips:{where}>" if self.scheme == "sips" else f"<sip:{where};transport={self.transport.lower()}>"
+
     def via(self, branch_token: str) -> str:
-        """Our Via: this address, a new RFC 3261 branch, and rport (RFC 3581) for NAT."""
+        """Our Via: this address, a new RFC 3261 branch, and rport (RFC 3581) for NAT; over TLS also `alias`
+        (RFC 5923): the PBX sends its requests back on our connection (telgate has no TLS listener)."""
+        alias = ";alias" if self.scheme == "sips" else ""
         return (
             f"SIP/2.0/{self.transport.upper()} {self.local_host}:{self.local_port};branch=z9hG4bK{branch_token};rport"
+            f"{alias}"
         )
 
 
@@ -164,15 +177,14 @@ class Call:
     # -- building requests ----------------------------------------------------------------------
     @property
     def target_uri(self) -> str:
-        return f"sip:{self.number.lstrip('+')}@{self.cfg.pbx}"
+        return f"{self.cfg.scheme}:{self.number.lstrip('+')}@{self.cfg.pbx}"
 
     def _from(self) -> str:
         display = f'"{self.cfg.from_display}" ' if self.cfg.from_display else ""
         return f"{display}<sip:{self.cfg.from_user}@{self.cfg.domain}>;tag={self.local_tag}"
 
     def _contact(self) -> str:
-        cfg = self.cfg
-        return f"<sip:{cfg.from_user}@{cfg.local_host}:{cfg.local_port};transport={cfg.transport.lower()}>"
+        return self.cfg.contact(self.cfg.from_user)
 
     def _invite_request(self, extra: Headers | None = None) -> Request:
         h = (
