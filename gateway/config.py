@@ -107,6 +107,7 @@ class SipSection(_Section):
         None, validation_alias=AliasChoices("key_file", "tls_key_file"), validate_default=True
     )
     tls_server_name: str | None = None
+    tls_scheme: Literal["sips", "sip"] = "sips"  # "sip": sip:...;transport=tls URIs, for a PBX that cannot route sips:
     local: str = "0.0.0.0:5060"
     public_address: str | None = None
     username: str | None = None

@@ -150,6 +150,7 @@ class VoiceChannel:
             username=sip.username,
             password=sip.password.get_secret_value() if sip.password else None,
             t1=sip.t1_ms / 1000.0,
+            tls_scheme=sip.tls_scheme,
         )
 
     def _emit(self, outputs: list[Output]) -> None:

@@ -47,6 +47,7 @@ class UacConfig:
     username: str | None = None
     password: str | None = None
     t1: float = 0.5  # RFC 3261 T1 (RTT estimate): Timer A starts at T1, Timers B and F are 64 x T1
+    tls_scheme: str = "sips"  # over TLS: sips: URIs (RFC 5630), or "sip" (sip:...;transport=tls) for PBXs without sips:
 
     @property
     def reliable(self) -> bool:
@@ -59,7 +60,13 @@ class UacConfig:
     @property
     def scheme(self) -> str:
         """`sips` over TLS (RFC 3261 §26.2, RFC 5630): the Request-URI, To and Contact say TLS end to end."""
-        return "sips" if self.transport.upper() == "TLS" else "sip"
+        return "sips" if self.transport.upper() == "TLS" and self.tls_scheme == "sips" else "sip"
+
+    def uri(self, user: str | None, host: str) -> str:
+        """A URI of the PBX side (Request-URI, To): sips: over TLS, or sip:...;transport=tls when asked."""
+        where = f"{user}@{host}" if user else host
+        plain_tls = self.transport.upper() == "TLS" and self.scheme == "sip"
+        return f"{self.scheme}:{where}{';transport=tls' if plain_tls else ''}"
 
     def contact(self, user: str) -> str:
         """Our Contact: a sips: URI over TLS (RFC 5630 §3.1.1: no `transport=tls`), else sip: with the transport."""
@@ -69,7 +76,7 @@ class UacConfig:
     def via(self, branch_token: str) -> str:
         """Our Via: this address, a new RFC 3261 branch, and rport (RFC 3581) for NAT; over TLS also `alias`
         (RFC 5923): the PBX sends its requests back on our connection (telgate has no TLS listener)."""
-        alias = ";alias" if self.scheme == "sips" else ""
+        alias = ";alias" if self.transport.upper() == "TLS" else ""
         return (
             f"SIP/2.0/{self.transport.upper()} {self.local_host}:{self.local_port};branch=z9hG4bK{branch_token};rport"
             f"{alias}"
@@ -177,7 +184,7 @@ class Call:
     # -- building requests ----------------------------------------------------------------------
     @property
     def target_uri(self) -> str:
-        return f"{self.cfg.scheme}:{self.number.lstrip('+')}@{self.cfg.pbx}"
+        return self.cfg.uri(self.number.lstrip("+"), self.cfg.pbx)
 
     def _from(self) -> str:
         display = f'"{self.cfg.from_display}" ' if self.cfg.from_display else ""

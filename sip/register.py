@@ -53,7 +53,7 @@ class Registration:
         )
         if extra:
             h = h.with_(*extra)
-        return Request("REGISTER", f"{cfg.scheme}:{cfg.domain}", h)
+        return Request("REGISTER", cfg.uri(None, cfg.domain), h)
 
     def _send(self, req: Request, now: float) -> None:
         self._tx = NonInviteClientTransaction(req, self.cfg.reliable, now, self.cfg.t1)
@@ -101,7 +101,7 @@ class Registration:
                     continue
                 self._authed = True
                 value = auth.response(
-                    challenge, self.cfg.username, self.cfg.password, "REGISTER", f"{self.cfg.scheme}:{self.cfg.domain}"
+                    challenge, self.cfg.username, self.cfg.password, "REGISTER", self.cfg.uri(None, self.cfg.domain)
                 )
                 self._send(self._request(("Authorization" if code == 401 else "Proxy-Authorization", value)), now)
             else:
