@@ -154,6 +154,10 @@ class _Connection(asyncio.Protocol):
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.get_running_loop().create_future()
+        # what we wrote before the peer sent a byte: a TLS 1.3 server refuses our certificate (or its
+        # absence) only after the client's side of the handshake is done, by an alert that ends the
+        # connection; those messages then fail with the TLS reason instead of waiting for Timer B
+        self.unanswered: list[bytes] | None = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -166,6 +170,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.peer is not None
+        self.unanswered = None
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:
@@ -183,10 +188,15 @@ class _Connection(asyncio.Protocol):
             self.shell.pbx_connection = None
         if not self.lost.done():
             self.lost.set_result(None)
+        if isinstance(exc, ssl.SSLError) and self.unanswered:
+            self.shell.fail(self.unanswered, self.shell.failure(exc))
+        self.unanswered = None
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            if self.unanswered is not None:
+                self.unanswered.append(data)
 
 
 class TcpEndpoint(_Shell):
@@ -222,27 +232,29 @@ class TcpEndpoint(_Shell):
         )
         return conn
 
-    def _failure(self, exc: OSError) -> LinkFailed:
+    def failure(self, exc: OSError) -> LinkFailed:
         return LinkFailed("tcp", exc.strerror or str(exc))
+
+    def fail(self, messages: list[bytes], failure: LinkFailed) -> None:
+        """The link failed under `messages`: tell the owner, and every INVITE among them fails now
+        (transport error, with the TLS reason in its evidence); other requests are left to Timer F."""
+        log.warning(
+            f"sip {failure.transport} connection failed",
+            extra={"pbx": f"{self.pbx[0]}:{self.pbx[1]}", "why": failure.why},
+        )
+        self.ua.stats[f"{failure.transport}_connect_failed"] += 1
+        self.on_update(failure)
+        evidence = () if failure.tls is None else (("tls", failure.tls),)
+        for data in messages:
+            outputs = self.ua.transport_error(data, failure.why)
+            self.emit([dataclasses.replace(o, evidence=evidence) if isinstance(o, CallUpdate) else o for o in outputs])
 
     async def _connect(self) -> None:
         try:
             conn = await self._dial()
         except OSError as exc:
-            failure = self._failure(exc)
-            log.warning(
-                f"sip {failure.transport} connect failed",
-                extra={"pbx": f"{self.pbx[0]}:{self.pbx[1]}", "why": failure.why},
-            )
-            self.ua.stats[f"{failure.transport}_connect_failed"] += 1
-            self.on_update(failure)
-            evidence = () if failure.tls is None else (("tls", failure.tls),)
             queued, self._queued = self._queued, []
-            for data in queued:  # INVITEs fail now (transport error); other requests are left to Timer F
-                outputs = self.ua.transport_error(data, failure.why)
-                self.emit(
-                    [dataclasses.replace(o, evidence=evidence) if isinstance(o, CallUpdate) else o for o in outputs]
-                )
+            self.fail(queued, self.failure(exc))
             return
         finally:
             self._connecting = False
@@ -313,7 +325,7 @@ class TlsEndpoint(TcpEndpoint):
         )
         return conn
 
-    def _failure(self, exc: OSError) -> LinkFailed:
+    def failure(self, exc: OSError) -> LinkFailed:
         if isinstance(exc, ssl.SSLError | ConnectionAbortedError):
             reason = tls_reason(exc)
             return LinkFailed("tls", f"tls: {reason}", reason)

@@ -153,3 +153,32 @@ async def test_a_bad_certificate_fails_the_attempt_and_marks_the_pbx_down(
             assert app.recorder.registry.get_sample_value("telgate_pbx_up") == 0
         # the ledger: the attempt never reached the wire, and Kamailio's record says so
         assert ledger.kamailio_invites(kam.log)() == {} and _tls_invites(kam) == []
+
+
+@pytest.mark.parametrize("with_cert", [True, False])
+async def test_a_pbx_that_asks_for_our_certificate(with_cert: bool, broker: Mosquitto, tmp_path: Path) -> None:
+    """Mutual TLS: with cert_file/key_file the call reaches Kamailio (404: nobody registered that number);
+    without, Kamailio refuses us by an alert after our side of the TLS 1.3 handshake is done, and the
+    INVITE written on that connection fails at once with the alert as its TLS reason, not after Timer B."""
+    pki = Pki(tmp_path / "pki")
+    mine = pki.issue("telgate")
+    client = {"cert_file": str(mine.cert), "key_file": str(mine.key)} if with_cert else {}
+    with Kamailio(tmp_path / "kamailio", tls=KamailioTls(pki.issue("pbx"), pki.ca, verify_clients=True)) as kam:
+        settings = _tls_settings(broker, tmp_path, kam, pki.ca, register=False, **client)
+        async with backend(broker.url) as b, gateway(settings, channels=()) as app:
+            dial = {"command_id": "d1", "campaign_id": "tls", "contact_id": "k1", "phone": "+420601999999"}
+            await b.send("dial", {**dial, "policy": {"max_attempts": 1}})
+            await b.wait_for(lambda: b.final("tls", "k1"), timeout=20)
+            last = b.unique("tls", "k1")[-1]
+            assert app.voice is not None
+            if with_cert:
+                assert last["status"] == "invalid_record" and last["signal"]["sip_code"] == 404
+                assert app.voice.state == "up"
+                seen = await ledger.check(b, "voice", ledger.kamailio_invites(kam.log))
+                assert seen.attempts == 1 and seen.wire == 1
+            else:
+                assert last["status"] == "dial_failed" and last["signal"]["sip_code"] is None
+                assert "certificate required" in last["signal"]["tls"], last["signal"]
+                assert app.voice.state == "down"
+        if not with_cert:
+            assert kam.logged("peer did not return a certificate") and _tls_invites(kam) == []
