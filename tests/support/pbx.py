@@ -63,7 +63,15 @@ class KamailioTls:
 class Kamailio:
     """Kamailio on a free port (UDP and TCP); with `tls`, a TLS listener on the next port too."""
 
-    def __init__(self, workdir: Path, password: str = "secret", tls: KamailioTls | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        password: str = "secret",
+        tls: KamailioTls | None = None,
+        config: Path = CONFIG / "kamailio.cfg",
+        fill: dict[str, str] | None = None,  # more placeholders of `config` and their values
+        memory_mb: int = 32,
+    ) -> None:
         self.binary = binary("kamailio", "kamailio")
         if tls is not None and not _tls_module_installed():
             raise RuntimeError(
@@ -72,10 +80,13 @@ class Kamailio:
         self.port = free_port_pair()
         self.tls_port = self.port + 1  # free_port_pair checked it too
         self.tls = tls
+        self.memory_mb = memory_mb
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.cfg = workdir / "kamailio.cfg"
-        text = (CONFIG / "kamailio.cfg").read_text()
+        text = config.read_text()
+        for name, value in (fill or {}).items():
+            text = text.replace(name, value)
         text = (
             text.replace("LISTEN_PORT", str(self.port))
             .replace("KPASS", password)
@@ -97,7 +108,7 @@ class Kamailio:
         return f"127.0.0.1:{self.tls_port}"
 
     def __enter__(self) -> Kamailio:
-        cmd = [self.binary, "-f", str(self.cfg), "-DD", "-E", "-m", "32", "-M", "8"]
+        cmd = [self.binary, "-f", str(self.cfg), "-DD", "-E", "-m", str(self.memory_mb), "-M", "8"]
         if self.tls is not None:
             cmd += ["-A", "WITH_TLS"]
         cmd += ["-P", str(self.workdir / "kamailio.pid"), "-Y", str(self.workdir)]
