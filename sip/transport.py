@@ -147,6 +147,9 @@ class StreamFramer:
             del self._buffer[:total]
 
 
+UNANSWERED_KEPT = 1000  # messages a new connection keeps until the peer's first byte (see _Connection)
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, shell: TcpEndpoint, peer: Addr | None = None) -> None:
         self.shell = shell
@@ -197,6 +200,8 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
             if self.unanswered is not None:
                 self.unanswered.append(data)
+                if len(self.unanswered) > UNANSWERED_KEPT:  # a peer this silent is not refusing a handshake
+                    self.unanswered = None
 
 
 class TcpEndpoint(_Shell):
