@@ -12,6 +12,9 @@
 - Held calls: `--ringing` calls left ringing (tests/sipp/ring_forever.xml, ring timeout 10 min); the
   gateway's RSS with all of them ringing minus its RSS with the same contacts queued → KiB per call;
   then one `cancel` for the campaign CANCELs them all (each must end canceled_by_admin).
+- Transports (`--transports udp,tls`): the same mix at `--transport-rate` and `--transport-ringing` held
+  calls, once per transport, with Kamailio (bench/kamailio_front.cfg) in front of the SIPp UAS — the
+  Debian SIPp has no TLS — so that only the leg telgate → proxy differs; reported with TLS / UDP ratios.
 - The limit: SIPp's built-in UAC against the same UAS, unthrottled. The design card's peer: pyVoIP 1.6
   placing `--pyvoip` calls one after another, then 5 x as many from 20 threads (its API is a thread per
   call), against a SIPp UAS that registers it, rings and answers at once.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,11 +42,31 @@ import aiomqtt
 
 from bench.pipeline import client, queue_in_draft, rss_kib, start_gateway, wait_online
 from tests.support.broker import Mosquitto, free_port
+from tests.support.certs import Pki
+from tests.support.pbx import Kamailio, KamailioTls
 from tests.support.sipp import SCENARIOS, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_SCENARIOS = Path(__file__).resolve().parent / "sipp"
 HOLD_MS = 1000
+FRONT = Path(__file__).resolve().parent / "kamailio_front.cfg"
+
+
+@contextlib.contextmanager
+def pbx_path(sipp_port: int, workdir: Path, transport: str | None) -> Iterator[tuple[str, str]]:
+    """Where the gateway dials and its extra [sip] lines: the SIPp UAS itself (`transport` None), or
+    Kamailio in front of it, reached over UDP or TLS (a throwaway CA; the gateway verifies as always)."""
+    if transport is None:
+        yield f"127.0.0.1:{sipp_port}", ""
+        return
+    pki = Pki(workdir / "pki")
+    tls = KamailioTls(pki.issue("pbx"), pki.ca)
+    fill = {"SIPP_PORT": str(sipp_port)}
+    with Kamailio(workdir / "kamailio", tls=tls, config=FRONT, fill=fill, memory_mb=512) as kam:
+        if transport == "tls":
+            yield kam.tls_address, f'transport = "tls"\nca_file = "{pki.ca}"\n'
+        else:
+            yield kam.address, ""
 
 
 def sipp_uas(scenario: Path, port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -96,14 +121,16 @@ def sipp_sent_times(workdir: Path) -> dict[str, float]:
     return out
 
 
-def _config(workdir: Path, name: str, broker: Mosquitto, port: int, rate: int, ring_timeout: int = 60) -> Path:
+def _config(
+    workdir: Path, name: str, broker: Mosquitto, pbx: str, rate: int, ring_timeout: int = 60, sip_extra: str = ""
+) -> Path:
     cfg = workdir / f"{name}.toml"
     cfg.write_text(
         f'[gateway]\nid = "gw-{name}"\ndata_dir = "{workdir / f"var-{name}"}"\n[bus]\nurl = "{broker.url}"\n'
-        f'client_id = "telgate-{name}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'client_id = "telgate-{name}"\nshared_group = "{name}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
         f"[metrics]\ncampaign_label = false\n[retry]\nmax_attempts = 1\n"
-        f'[sip]\npbx = "127.0.0.1:{port}"\nlocal = "127.0.0.1:0"\nmax_cps = {rate}\nmax_concurrent_calls = 20000\n'
-        f"ring_timeout_s = {ring_timeout}\noptions_interval_s = 3600\n"
+        f'[sip]\npbx = "{pbx}"\nlocal = "127.0.0.1:0"\nmax_cps = {rate}\nmax_concurrent_calls = 20000\n'
+        f"ring_timeout_s = {ring_timeout}\noptions_interval_s = 3600\n{sip_extra}"
     )
     return cfg
 
@@ -134,21 +161,28 @@ async def warm_up(c: aiomqtt.Client, campaign: str, n: int) -> None:
                         return
 
 
-async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace: bool) -> dict[str, Any]:
+async def run_mix(
+    broker: Mosquitto, rate: int, calls: int, workdir: Path, trace: bool, via: str | None = None
+) -> dict[str, Any]:
     port = free_udp_port()
-    sipp_dir = workdir / f"sipp-{rate}"
+    tag = f"{rate}" if via is None else f"{rate}-{via}"
+    sipp_dir = workdir / f"sipp-{tag}"
     sipp_dir.mkdir()
     extra = ("-d", str(HOLD_MS), "-trace_err", *(("-trace_msg",) if trace else ()))
     uas = sipp_uas(SCENARIOS / "mix.xml", port, sipp_dir, *extra)
-    name = f"voice-{rate}"
-    gw = start_gateway(_config(workdir, name, broker, port, rate), workdir / f"{name}.log", rate="1000")
+    name = f"voice-{tag}"
+    stack = contextlib.ExitStack()  # the Kamailio front, if any: stopped after the gateway
+    pbx, sip_extra = stack.enter_context(pbx_path(port, workdir / f"front-{tag}", via))
+    gw = start_gateway(
+        _config(workdir, name, broker, pbx, rate, sip_extra=sip_extra), workdir / f"{name}.log", rate="1000"
+    )
     try:
         async with client(broker.port, f"bench-{name}") as c:
             await c.subscribe("telgate/v1/evt/#", qos=1)
             await c.subscribe(f"telgate/v1/gateways/gw-{name}/status", qos=1)
             await wait_online(c)
-            await warm_up(c, f"warm{rate}", 50)  # the first calls of a fresh process are not the steady state
-            camp = f"mix{rate}"
+            await warm_up(c, f"warm{tag}", 50)  # the first calls of a fresh process are not the steady state
+            camp = f"mix{tag}"
             await queue_in_draft(
                 c,
                 camp,
@@ -228,24 +262,28 @@ async def run_mix(broker: Mosquitto, rate: int, calls: int, workdir: Path, trace
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(60)
+        stack.close()
         if uas.poll() is None:
             uas.kill()
         uas.wait()
 
 
-async def run_ringing(broker: Mosquitto, n: int, workdir: Path) -> dict[str, Any]:
+async def run_ringing(broker: Mosquitto, n: int, workdir: Path, via: str | None = None) -> dict[str, Any]:
     port = free_udp_port()
-    sipp_dir = workdir / "sipp-ringing"
+    name = "ringing" if via is None else f"ringing-{via}"
+    sipp_dir = workdir / f"sipp-{name}"
     sipp_dir.mkdir()
     uas = sipp_uas(SCENARIOS / "ring_forever.xml", port, sipp_dir)
-    name = "ringing"
-    gw = start_gateway(_config(workdir, name, broker, port, 500, ring_timeout=600), workdir / f"{name}.log")
+    stack = contextlib.ExitStack()
+    pbx, sip_extra = stack.enter_context(pbx_path(port, workdir / f"front-{name}", via))
+    cfg = _config(workdir, name, broker, pbx, 500, ring_timeout=600, sip_extra=sip_extra)
+    gw = start_gateway(cfg, workdir / f"{name}.log")
     try:
         async with client(broker.port, f"bench-{name}") as c:
             await c.subscribe("telgate/v1/evt/#", qos=1)
             await c.subscribe(f"telgate/v1/gateways/gw-{name}/status", qos=1)
             await wait_online(c)
-            camp = "ringing"
+            camp = name
             contacts = [
                 {"command_id": f"r-{i}", "contact_id": f"r{i:06d}", "phone": f"+420602{i:06d}"} for i in range(n)
             ]
@@ -283,8 +321,30 @@ async def run_ringing(broker: Mosquitto, n: int, workdir: Path) -> dict[str, Any
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(120)
+        stack.close()
         uas.kill()
         uas.wait()
+
+
+async def run_transports(
+    broker: Mosquitto, transports: list[str], rate: int, calls: int, ringing: int, workdir: Path
+) -> dict[str, Any]:
+    """The mix and the held calls once per transport through the same Kamailio front, side by side."""
+    out: dict[str, Any] = {"peer": "Kamailio 5.6 (tls module) in front of the SIPp UAS", "rate_asked": rate}
+    for t in transports:
+        out[t] = {"mix": await run_mix(broker, rate, calls, workdir, trace=False, via=t)}
+    if ringing:
+        for t in transports:
+            out[t]["ringing"] = await run_ringing(broker, ringing, workdir, via=t)
+    if "udp" in transports and "tls" in transports:
+        udp, tls = out["udp"], out["tls"]
+        ratios = {"attempts_per_s": round(tls["mix"]["attempts_per_s"] / udp["mix"]["attempts_per_s"], 3)}
+        if ringing and udp["ringing"]["kib_per_ringing_call"] > 0:
+            ratios["kib_per_ringing_call"] = round(
+                tls["ringing"]["kib_per_ringing_call"] / udp["ringing"]["kib_per_ringing_call"], 3
+            )
+        out["tls_over_udp"] = ratios
+    return out
 
 
 def sipp_limit(calls: int, workdir: Path) -> float:
@@ -403,6 +463,10 @@ async def main() -> None:
     parser.add_argument("--rates", default="100,300,600")
     parser.add_argument("--ringing", type=int, default=5000)
     parser.add_argument("--pyvoip", type=int, default=20)
+    parser.add_argument("--transports", default="", help="e.g. udp,tls: the mix and held calls through Kamailio")
+    parser.add_argument("--transport-rate", type=int, default=300)
+    parser.add_argument("--transport-calls", type=int, default=2000)
+    parser.add_argument("--transport-ringing", type=int, default=2000)
     args = parser.parse_args()
     report: dict[str, Any] = {"mix": [], "hold_ms": HOLD_MS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -410,10 +474,19 @@ async def main() -> None:
         broker = Mosquitto(work / "mosquitto")
         broker.start()
         try:
-            for i, rate in enumerate(int(r) for r in args.rates.split(",")):
+            for i, rate in enumerate(int(r) for r in args.rates.split(",") if r):
                 report["mix"].append(await run_mix(broker, rate, args.calls, work, trace=i == 0))
             if args.ringing:
                 report["ringing"] = await run_ringing(broker, args.ringing, work)
+            if args.transports:
+                report["transports"] = await run_transports(
+                    broker,
+                    args.transports.split(","),
+                    args.transport_rate,
+                    args.transport_calls,
+                    args.transport_ringing,
+                    work,
+                )
             report["sipp_uac_limit_calls_per_s"] = round(sipp_limit(args.calls, work), 1)
             if args.pyvoip:
                 report["pyvoip"] = [pyvoip_rate(args.pyvoip, work, 1), pyvoip_rate(args.pyvoip * 5, work, 20)]

@@ -9,14 +9,26 @@ from __future__ import annotations
 import contextvars
 import re
 import socket
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sip.numbers import PREFIX_PATTERN
+from sip.transport import client_context
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("telgate_toml", default=None)
 
@@ -135,11 +147,21 @@ class SipSection(_Section):
     # one `host:port`, or several: ["10.0.0.1:5060", "10.0.0.2:5060"] (priority by order) or
     # [{address = "10.0.0.1:5060", priority = 1}, ...] (lowest first, equal priorities round-robin)
     pbx: str | list[PbxEntry] | None = None
-    transport: Literal["udp", "tcp"] = "udp"
+    transport: Literal["udp", "tcp", "tls"] = "udp"
     dial_format: Literal["e164", "+e164", "national"] = "e164"  # the Request-URI user (sip/numbers.py)
     dial_prefix: str = Field("", pattern=PREFIX_PATTERN)  # in front of the dialled number: digits, * and #
     user_phone: bool = False  # `;user=phone` on the Request-URI and To
     assert_identity: bool = False  # P-Asserted-Identity with the caller ID (RFC 3325)
+    # TLS (transport = "tls"): the CA that signs the PBX's certificate (empty = the system's CAs), our own
+    # certificate if the PBX asks for one, and the name the PBX's certificate must carry (empty = the host
+    # of `pbx`). SPEC §2 names them ca_file / cert_file / key_file; tls_ca_file etc. are accepted too.
+    ca_file: Path | None = Field(None, validation_alias=AliasChoices("ca_file", "tls_ca_file"))
+    cert_file: Path | None = Field(None, validation_alias=AliasChoices("cert_file", "tls_cert_file"))
+    key_file: Path | None = Field(
+        None, validation_alias=AliasChoices("key_file", "tls_key_file"), validate_default=True
+    )
+    tls_server_name: str | None = None
+    tls_scheme: Literal["sips", "sip"] = "sips"  # "sip": sip:...;transport=tls URIs, for a PBX that cannot route sips:
     local: str = "0.0.0.0:5060"
     public_address: str | None = None
     username: str | None = None
@@ -179,6 +201,56 @@ class SipSection(_Section):
         if isinstance(self.pbx, str):
             return [PbxEntry(address=self.pbx)]
         return sorted(self.pbx, key=lambda e: e.priority)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _readable(path)
+            try:
+                client_context(path)
+            except ssl.SSLError as exc:
+                raise ValueError(f"{path} holds no CA certificate in PEM ({exc.reason or exc})") from exc
+        return path
+
+    @field_validator("cert_file")
+    @classmethod
+    def _cert_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _readable(path)
+            try:  # parses the PEM certificates in it, whatever they are
+                ssl.create_default_context(cafile=str(path))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{path} holds no certificate in PEM ({exc.reason or exc})") from exc
+        return path
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_goes_with_cert(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """The key of `cert_file`: in this file, or (empty) in `cert_file` itself."""
+        if "cert_file" not in info.data:
+            return path  # cert_file itself was refused; that is the error to report
+        cert = info.data["cert_file"]
+        if cert is None:
+            if path is not None:
+                raise ValueError("a key without sip.cert_file (the certificate it belongs to)")
+            return path
+        if path is not None:
+            _readable(path)
+        try:
+            client_context(None, cert, path)
+        except ssl.SSLError as exc:
+            where = "" if path is not None else f" in {cert} (set sip.key_file when the key is in a file of its own)"
+            raise ValueError(f"no private key of sip.cert_file{where}: {exc.reason or exc}") from exc
+        return path
+
+
+def _readable(path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 class WhatsappSection(_Section):

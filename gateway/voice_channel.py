@@ -28,7 +28,7 @@ from sip.identity import Caller
 from sip.media import MediaEndpoint
 from sip.register import Registration
 from sip.rtp import PromptError, encode, load_wav
-from sip.transport import TcpEndpoint, UdpEndpoint
+from sip.transport import TLS_PORT, LinkFailed, TcpEndpoint, TlsEndpoint, UdpEndpoint, client_context
 from sip.ua import Addr, CallUpdate, Output, PingAnswered, UserAgent
 
 from .commands import prompt_path
@@ -53,7 +53,7 @@ END_KIND = {
 
 
 def update_signal(update: CallUpdate, attempt: int) -> Signal | None:
-    base: dict[str, Any] = {"source": "sip", "call_id": update.call_id}
+    base: dict[str, Any] = {"source": "sip", "call_id": update.call_id, **dict(update.evidence)}
     match update.event:
         case Ringing(status, reason, first):
             return Signal(
@@ -102,9 +102,9 @@ class Pbx:
         return self.address, self.addr
 
 
-def _addr(address: str) -> Addr:
-    host, _, port = address.rpartition(":") if ":" in address else (address, "", "5060")
-    return host, int(port or 5060)
+def _addr(address: str, default_port: int = 5060) -> Addr:
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
+    return host, int(port or default_port)
 
 
 def sip_caller(caller: CallerId | None) -> Caller | None:
@@ -130,7 +130,7 @@ class _Placed:
 
 
 class VoiceChannel:
-    """The ChannelPort for voice: one SIP endpoint (UDP or TCP) and one RTP port; calls go to `sip.pbx`."""
+    """The ChannelPort for voice: one SIP endpoint (UDP, TCP or TLS) and one RTP port; calls go to `sip.pbx`."""
 
     channel = Channel.VOICE
 
@@ -144,14 +144,15 @@ class VoiceChannel:
         self.max_rate = sip.max_cps
         host, _, port = sip.local.rpartition(":")
         self.bind = (host or "0.0.0.0", int(port))
-        self.pbxs = [Pbx(e.address, _addr(e.address), e.priority) for e in sip.pbxs]
+        default_port = TLS_PORT if sip.transport == "tls" else 5060
+        self.pbxs = [Pbx(e.address, _addr(e.address, default_port), e.priority) for e in sip.pbxs]
         self._by_addr = {p.addr: p for p in self.pbxs}
         self._turn = 0  # round-robin among PBXs of the same priority
         self.pbx_addr = self.pbxs[0].addr
         self.allowed = [
             ipaddress.ip_network(n, strict=False) for n in (sip.allowed_sources or [p.addr[0] for p in self.pbxs])
         ]
-        self.endpoint: UdpEndpoint | TcpEndpoint | None = None
+        self.endpoint: UdpEndpoint | TcpEndpoint | TlsEndpoint | None = None
         self.media = MediaEndpoint()
         self.rtp_port = 0
         self._pending: list[Output] = []  # what was sent before the socket was bound
@@ -203,6 +204,7 @@ class VoiceChannel:
             dial_prefix=sip.dial_prefix,
             user_phone=sip.user_phone,
             assert_identity=sip.assert_identity,
+            tls_scheme=sip.tls_scheme,
         )
 
     def _emit(self, outputs: list[Output]) -> None:
@@ -278,7 +280,11 @@ class VoiceChannel:
             log.warning("transfer failed", extra={"call_id": call_id, "why": placed.transfer})
         self._emit(self.ua.hangup(call_id, self._now()))  # the transferor leaves either way (RFC 5589 §6)
 
-    def _on_update(self, update: CallUpdate | PingAnswered) -> None:
+    def _on_update(self, update: CallUpdate | PingAnswered | LinkFailed) -> None:
+        if isinstance(update, LinkFailed):
+            if update.tls is not None:  # a certificate the PBX will keep showing: down, like OPTIONS unanswered
+                self._pbx_down(self.pbxs[0], f"tls: {update.tls}")  # TLS and TCP have one PBX (config)
+            return
         if isinstance(update, PingAnswered):
             pbx = self._by_addr.get(update.pbx or self.pbx_addr, self.pbxs[0])
             pbx.answered_since_tick = True
@@ -355,7 +361,13 @@ class VoiceChannel:
 
     async def _open(self) -> tuple[UdpEndpoint | TcpEndpoint, int, asyncio.BaseTransport | None]:
         loop = asyncio.get_running_loop()
-        if self.sip.transport == "tcp":
+        sip = self.sip
+        if sip.transport == "tls":  # no listener: the port in Via/Contact is `local`'s (5061 when it is 0)
+            context = client_context(sip.ca_file, sip.cert_file, sip.key_file)
+            server_name = sip.tls_server_name or self.pbx_addr[0]
+            tls = TlsEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr, context, server_name)
+            return tls, self.bind[1] or TLS_PORT, None
+        if sip.transport == "tcp":
             tcp = TcpEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr)
             port = await tcp.listen(*self.bind)
             return tcp, port, None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from . import auth
-from .identity import Caller, asserted, from_addr, request_uri
+from .identity import Caller, asserted, from_addr, request_user
 from .message import Headers, Request, Response, cseq, reason_q850, tag, uri_of
 from .outcome import Outcome, final_outcome
 from .sdp import Media, parse_answer
@@ -52,6 +52,7 @@ class UacConfig:
     dial_prefix: str = ""
     user_phone: bool = False  # `;user=phone` on the Request-URI and To (and on a caller ID number)
     assert_identity: bool = False  # P-Asserted-Identity (RFC 3325) on every INVITE
+    tls_scheme: str = "sips"  # over TLS: sips: URIs (RFC 5630), or "sip" (sip:...;transport=tls) for PBXs without sips:
 
     @property
     def reliable(self) -> bool:
@@ -61,10 +62,29 @@ class UacConfig:
     def domain(self) -> str:
         return self.pbx.split(":")[0]
 
+    @property
+    def scheme(self) -> str:
+        """`sips` over TLS (RFC 3261 §26.2, RFC 5630): the Request-URI, To and Contact say TLS end to end."""
+        return "sips" if self.transport.upper() == "TLS" and self.tls_scheme == "sips" else "sip"
+
+    def uri(self, user: str | None, host: str) -> str:
+        """A URI of the PBX side (Request-URI, To): sips: over TLS, or sip:...;transport=tls when asked."""
+        where = f"{user}@{host}" if user else host
+        plain_tls = self.transport.upper() == "TLS" and self.scheme == "sip"
+        return f"{self.scheme}:{where}{';transport=tls' if plain_tls else ''}"
+
+    def contact(self, user: str) -> str:
+        """Our Contact: a sips: URI over TLS (RFC 5630 §3.1.1: no `transport=tls`), else sip: with the transport."""
+        where = f"{user}@{self.local_host}:{self.local_port}"
+        return f"<sips:{where}>" if self.scheme == "sips" else f"<sip:{where};transport={self.transport.lower()}>"
+
     def via(self, branch_token: str) -> str:
-        """Our Via: this address, a new RFC 3261 branch, and rport (RFC 3581) for NAT."""
+        """Our Via: this address, a new RFC 3261 branch, and rport (RFC 3581) for NAT; over TLS also `alias`
+        (RFC 5923): the PBX sends its requests back on our connection (telgate has no TLS listener)."""
+        alias = ";alias" if self.transport.upper() == "TLS" else ""
         return (
             f"SIP/2.0/{self.transport.upper()} {self.local_host}:{self.local_port};branch=z9hG4bK{branch_token};rport"
+            f"{alias}"
         )
 
 
@@ -170,8 +190,9 @@ class Call:
     # -- building requests ----------------------------------------------------------------------
     @property
     def target_uri(self) -> str:
-        cfg = self.cfg
-        return request_uri(self.number, cfg.pbx, cfg.dial_format, cfg.dial_prefix, cfg.user_phone)
+        cfg = self.cfg  # the trunk's dial string, under the transport's scheme (sips: over TLS)
+        user = request_user(self.number, cfg.dial_format, cfg.dial_prefix)
+        return cfg.uri(user, cfg.pbx) + (";user=phone" if cfg.user_phone else "")
 
     def _from(self) -> str:
         cfg = self.cfg
@@ -179,8 +200,7 @@ class Call:
         return f"{addr};tag={self.local_tag}"
 
     def _contact(self) -> str:
-        cfg = self.cfg
-        return f"<sip:{cfg.from_user}@{cfg.local_host}:{cfg.local_port};transport={cfg.transport.lower()}>"
+        return self.cfg.contact(self.cfg.from_user)
 
     def _invite_request(self, extra: Headers | None = None) -> Request:
         h = (

@@ -37,9 +37,14 @@ def quoted(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def request_user(number: str, fmt: str = "e164", prefix: str = "") -> str:
+    """The Request-URI's user part: the dialled number as the trunk wants it, escaped for a URI."""
+    return uri_user(dial_string(number, fmt, prefix))
+
+
 def request_uri(number: str, host: str, fmt: str = "e164", prefix: str = "", user_phone: bool = False) -> str:
-    user = uri_user(dial_string(number, fmt, prefix))
-    return f"sip:{user}@{host}" + (";user=phone" if user_phone else "")
+    """The Request-URI over UDP/TCP (over TLS the call builds it with its transport's scheme)."""
+    return f"sip:{request_user(number, fmt, prefix)}@{host}" + (";user=phone" if user_phone else "")
 
 
 def asserted(
@@ -73,4 +78,4 @@ def from_addr(
     return asserted(caller, from_user, from_display, domain, fmt, user_phone)
 
 
-__all__ = ["ANONYMOUS", "Caller", "asserted", "from_addr", "quoted", "request_uri"]
+__all__ = ["ANONYMOUS", "Caller", "asserted", "from_addr", "quoted", "request_uri", "request_user"]

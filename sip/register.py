@@ -48,12 +48,12 @@ class Registration:
             .with_("To", f"<sip:{user}@{cfg.domain}>")
             .with_("Call-ID", self.call_id)
             .with_("CSeq", f"{self.cseq} REGISTER")
-            .with_("Contact", f"<sip:{user}@{cfg.local_host}:{cfg.local_port};transport={cfg.transport.lower()}>")
+            .with_("Contact", cfg.contact(user))
             .with_("Expires", str(self.expires_s))
         )
         if extra:
             h = h.with_(*extra)
-        return Request("REGISTER", f"sip:{cfg.domain}", h)
+        return Request("REGISTER", cfg.uri(None, cfg.domain), h)
 
     def _send(self, req: Request, now: float) -> None:
         self._tx = NonInviteClientTransaction(req, self.cfg.reliable, now, self.cfg.t1)
@@ -101,7 +101,7 @@ class Registration:
                     continue
                 self._authed = True
                 value = auth.response(
-                    challenge, self.cfg.username, self.cfg.password, "REGISTER", f"sip:{self.cfg.domain}"
+                    challenge, self.cfg.username, self.cfg.password, "REGISTER", self.cfg.uri(None, self.cfg.domain)
                 )
                 self._send(self._request(("Authorization" if code == 401 else "Proxy-Authorization", value)), now)
             else:

@@ -1,4 +1,5 @@
-"""The asyncio shells for UDP and TCP: bytes in become UA calls, the UA's outputs are sent, one timer re-armed.
+"""The asyncio shells for UDP, TCP and TLS: bytes in become UA calls, the UA's outputs are sent, one timer
+re-armed.
 
 Packets (or connections) from addresses outside `allowed` are dropped and counted; a message over
 64 KiB is refused by the codec (UDP) or closes the connection (TCP, where it cannot be framed).
@@ -7,15 +8,26 @@ TCP (RFC 3261 §18.3): one connection to the PBX, opened on the first message an
 drops, plus a listener on our port for requests the PBX sends on a connection of its own. Messages are
 framed by Content-Length; CRLF keepalives (RFC 5626 §3.5.1) between messages are skipped. A response
 goes back on the connection its request came in on.
+
+TLS (RFC 3261 §26.2, RFC 5630): the TCP shell with Python's `ssl` on the one connection to the PBX, TLS
+1.2 or newer, the PBX's certificate verified against `ca_file` (or the system's CAs) and its name
+against the server name, always. There is no TLS listener: the PBX sends its requests back on our
+connection (RFC 5923 connection reuse; our Via carries `alias`). A connection that cannot be made is a
+`LinkFailed` for the owner, and every INVITE that waited for it fails at once with the reason (for a
+certificate, in the call's evidence as `tls`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import re
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 from .message import MAX_MESSAGE
@@ -24,7 +36,18 @@ from .waiting import wait_event
 
 log = logging.getLogger("telgate.sip")
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-OnUpdate = Callable[[CallUpdate | PingAnswered], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFailed:
+    """No connection to the PBX: refused, unreachable, or (TLS) a handshake that failed."""
+
+    transport: str  # "tcp" or "tls"
+    why: str
+    tls: str | None = None  # the TLS reason, e.g. "certificate verify failed: certificate has expired"
+
+
+OnUpdate = Callable[[CallUpdate | PingAnswered | LinkFailed], None]
 
 
 class _Shell:
@@ -124,6 +147,9 @@ class StreamFramer:
             del self._buffer[:total]
 
 
+UNANSWERED_KEPT = 1000  # messages a new connection keeps until the peer's first byte (see _Connection)
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, shell: TcpEndpoint, peer: Addr | None = None) -> None:
         self.shell = shell
@@ -131,6 +157,10 @@ class _Connection(asyncio.Protocol):
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.get_running_loop().create_future()
+        # what we wrote before the peer sent a byte: a TLS 1.3 server refuses our certificate (or its
+        # absence) only after the client's side of the handshake is done, by an alert that ends the
+        # connection; those messages then fail with the TLS reason instead of waiting for Timer B
+        self.unanswered: list[bytes] | None = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -143,6 +173,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.peer is not None
+        self.unanswered = None
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:
@@ -160,10 +191,17 @@ class _Connection(asyncio.Protocol):
             self.shell.pbx_connection = None
         if not self.lost.done():
             self.lost.set_result(None)
+        if isinstance(exc, ssl.SSLError) and self.unanswered:
+            self.shell.fail(self.unanswered, self.shell.failure(exc))
+        self.unanswered = None
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            if self.unanswered is not None:
+                self.unanswered.append(data)
+                if len(self.unanswered) > UNANSWERED_KEPT:  # a peer this silent is not refusing a handshake
+                    self.unanswered = None
 
 
 class TcpEndpoint(_Shell):
@@ -193,16 +231,35 @@ class TcpEndpoint(_Shell):
                 self._connecting = True
                 asyncio.get_running_loop().create_task(self._connect(), name="sip-tcp-connect")
 
+    async def _dial(self) -> _Connection:
+        _, conn = await asyncio.get_running_loop().create_connection(
+            lambda: _Connection(self), self.pbx[0], self.pbx[1]
+        )
+        return conn
+
+    def failure(self, exc: OSError) -> LinkFailed:
+        return LinkFailed("tcp", exc.strerror or str(exc))
+
+    def fail(self, messages: list[bytes], failure: LinkFailed) -> None:
+        """The link failed under `messages`: tell the owner, and every INVITE among them fails now
+        (transport error, with the TLS reason in its evidence); other requests are left to Timer F."""
+        log.warning(
+            f"sip {failure.transport} connection failed",
+            extra={"pbx": f"{self.pbx[0]}:{self.pbx[1]}", "why": failure.why},
+        )
+        self.ua.stats[f"{failure.transport}_connect_failed"] += 1
+        self.on_update(failure)
+        evidence = () if failure.tls is None else (("tls", failure.tls),)
+        for data in messages:
+            outputs = self.ua.transport_error(data, failure.why)
+            self.emit([dataclasses.replace(o, evidence=evidence) if isinstance(o, CallUpdate) else o for o in outputs])
+
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(lambda: _Connection(self), self.pbx[0], self.pbx[1])
+            conn = await self._dial()
         except OSError as exc:
-            log.warning("sip tcp connect failed", extra={"pbx": f"{self.pbx[0]}:{self.pbx[1]}", "why": str(exc)})
-            self.ua.stats["tcp_connect_failed"] += 1
             queued, self._queued = self._queued, []
-            for data in queued:  # INVITEs fail now (transport error); other requests are left to Timer F
-                self.emit(self.ua.transport_error(data, exc.strerror or str(exc)))
+            self.fail(queued, self.failure(exc))
             return
         finally:
             self._connecting = False
@@ -217,3 +274,64 @@ class TcpEndpoint(_Shell):
         for conn in list(self.connections.values()):
             if conn.transport is not None:
                 conn.transport.close()
+
+
+TLS_PORT = 5061  # RFC 3261 §19.1.2: the default port of sips: URIs
+
+
+def client_context(ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
+    """The TLS client side: TLS >= 1.2, the server's certificate and name always verified, against
+    `ca_file` alone when it is given (else the system's CAs); our own certificate when `cert_file` is set
+    (its key in `key_file`, or in the same file). Raises OSError / ssl.SSLError for files it cannot use."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context
+
+
+def tls_reason(exc: OSError) -> str:
+    """What went wrong in a TLS handshake, in OpenSSL's words (`certificate verify failed: Hostname
+    mismatch, certificate is not valid for 'pbx.example'.`, `... certificate has expired`)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"handshake failed: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
+    return f"handshake failed: {exc.strerror or exc}"
+
+
+class TlsEndpoint(TcpEndpoint):
+    """SIP over TLS to the PBX: the TCP shell's framing on a verified TLS connection, no listener."""
+
+    def __init__(
+        self,
+        ua: UserAgent,
+        on_update: OnUpdate,
+        allowed: Networks,
+        pbx: Addr,
+        context: ssl.SSLContext,
+        server_name: str,
+        handshake_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(ua, on_update, allowed, pbx)
+        assert context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
+        self.context = context
+        self.server_name = server_name
+        self.handshake_timeout_s = handshake_timeout_s
+
+    async def _dial(self) -> _Connection:
+        _, conn = await asyncio.get_running_loop().create_connection(
+            lambda: _Connection(self),
+            self.pbx[0],
+            self.pbx[1],
+            ssl=self.context,
+            server_hostname=self.server_name,
+            ssl_handshake_timeout=self.handshake_timeout_s,
+        )
+        return conn
+
+    def failure(self, exc: OSError) -> LinkFailed:
+        if isinstance(exc, ssl.SSLError | ConnectionAbortedError):
+            reason = tls_reason(exc)
+            return LinkFailed("tls", f"tls: {reason}", reason)
+        return LinkFailed("tls", exc.strerror or str(exc))  # TCP itself failed: refused, unreachable

@@ -34,6 +34,7 @@ class Datagram:
 class CallUpdate:
     call_id: str
     event: CallEvent
+    evidence: tuple[tuple[str, str], ...] = ()  # what the transport adds (e.g. ("tls", reason) for a bad certificate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +116,12 @@ class UserAgent:
             .with_("Via", cfg.via(self.token()))
             .with_("Max-Forwards", "70")
             .with_("From", f"<sip:{cfg.from_user}@{cfg.domain}>;tag={self.token()}")
-            .with_("To", f"<sip:{cfg.pbx}>")
+            .with_("To", f"<{cfg.uri(None, cfg.pbx)}>")
             .with_("Call-ID", call_id)
             .with_("CSeq", "1 OPTIONS")
             .with_("Accept", "application/sdp")
         )
-        tx = NonInviteClientTransaction(Request("OPTIONS", f"sip:{cfg.pbx}", h), cfg.reliable, now, cfg.t1)
+        tx = NonInviteClientTransaction(Request("OPTIONS", cfg.uri(None, cfg.pbx), h), cfg.reliable, now, cfg.t1)
         self.pings[call_id] = (tx, now, addr)
         return [Datagram(e.message.encode(), addr) for e in tx.events() if isinstance(e, Transmit)]
 

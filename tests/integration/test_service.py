@@ -47,6 +47,13 @@ def test_check_config_masks_secrets_and_names_bad_key(tmp_path: Path) -> None:
     assert missing.returncode == 2
 
 
+def test_run_refuses_an_unreadable_tls_ca_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[sip]\npbx = "pbx.example"\ntransport = "tls"\nca_file = "{tmp_path / "absent.pem"}"\n')
+    bad = telgate("run", "--config", str(cfg))
+    assert bad.returncode == 2 and "sip.ca_file" in bad.stderr and "cannot read" in bad.stderr, bad.stderr
+
+
 def test_docs_are_generated_from_the_models() -> None:
     out = telgate("asyncapi")
     assert out.returncode == 0

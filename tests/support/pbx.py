@@ -6,9 +6,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import binary, stop
+from .certs import Issued
+from .procs import binary, stop, wait_tcp
 
 CONFIG = Path(__file__).resolve().parents[1] / "pbx"
 BARESIP_MODULES = next(
@@ -45,15 +47,55 @@ def _wait(predicate: object, timeout: float, what: str, log: Path) -> None:
     raise RuntimeError(f"{what} did not happen in {timeout}s; log:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def _tls_module_installed() -> bool:
+    return any(Path("/usr/lib").glob("*/kamailio/modules/tls.so")) or Path("/usr/lib/kamailio/modules/tls.so").exists()
+
+
+@dataclass(frozen=True)
+class KamailioTls:
+    """Kamailio's TLS listener: its certificate, the CAs it trusts, and whether clients must show one."""
+
+    cert: Issued
+    ca: Path
+    verify_clients: bool = False
+
+
 class Kamailio:
-    def __init__(self, workdir: Path, password: str = "secret") -> None:
+    """Kamailio on a free port (UDP and TCP); with `tls`, a TLS listener on the next port too."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        password: str = "secret",
+        tls: KamailioTls | None = None,
+        config: Path = CONFIG / "kamailio.cfg",
+        fill: dict[str, str] | None = None,  # more placeholders of `config` and their values
+        memory_mb: int = 32,
+    ) -> None:
         self.binary = binary("kamailio", "kamailio")
+        if tls is not None and not _tls_module_installed():
+            raise RuntimeError(
+                "Kamailio's tls module is not installed (apt-get install kamailio-tls-modules; bash .ci/run does)"
+            )
         self.port = free_port_pair()
+        self.tls_port = self.port + 1  # free_port_pair checked it too
+        self.tls = tls
+        self.memory_mb = memory_mb
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.cfg = workdir / "kamailio.cfg"
-        text = (CONFIG / "kamailio.cfg").read_text()
-        self.cfg.write_text(text.replace("LISTEN_PORT", str(self.port)).replace("KPASS", password))
+        text = config.read_text()
+        for name, value in (fill or {}).items():
+            text = text.replace(name, value)
+        text = (
+            text.replace("LISTEN_PORT", str(self.port))
+            .replace("KPASS", password)
+            .replace("TLS_PORT", str(self.tls_port))
+        )
+        if tls is not None:
+            text = text.replace("TLS_CERT", str(tls.cert.cert)).replace("TLS_KEY", str(tls.cert.key))
+            text = text.replace("TLS_CA", str(tls.ca)).replace("TLS_VERIFY", "1" if tls.verify_clients else "0")
+        self.cfg.write_text(text)
         self.log = workdir / "kamailio.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -61,13 +103,21 @@ class Kamailio:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def tls_address(self) -> str:
+        return f"127.0.0.1:{self.tls_port}"
+
     def __enter__(self) -> Kamailio:
-        cmd = [self.binary, "-f", str(self.cfg), "-DD", "-E", "-m", "32", "-M", "8"]
+        cmd = [self.binary, "-f", str(self.cfg), "-DD", "-E", "-m", str(self.memory_mb), "-M", "8"]
+        if self.tls is not None:
+            cmd += ["-A", "WITH_TLS"]
         cmd += ["-P", str(self.workdir / "kamailio.pid"), "-Y", str(self.workdir)]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait(self._answers, 10, "kamailio answering OPTIONS", self.log)
+            if self.tls is not None:
+                wait_tcp(self.tls_port, "kamailio's TLS listener")
         except BaseException:
             self.__exit__()  # __exit__ is not called when __enter__ fails: do not leave kamailio behind
             raise
@@ -98,7 +148,14 @@ class Kamailio:
 class Baresip:
     """One baresip with an auto-answering account per user, registered through `proxy`."""
 
-    def __init__(self, workdir: Path, proxy: str, users: tuple[str, ...], password: str = "secret") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        proxy: str,
+        users: tuple[str, ...],
+        password: str = "secret",
+        tls: tuple[Issued, Path] | None = None,  # (its certificate, the CA of the proxy's): register over TLS
+    ) -> None:
         self.binary = binary("baresip", "baresip")
         self.port = free_port_pair()
         self.workdir = workdir
@@ -117,9 +174,16 @@ class Baresip:
             "module\tmenu.so",
             "call_max_calls\t8",
         ]
+        transport = ""
+        if tls is not None:  # its TLS listener (SIP port + 1) needs a certificate; it checks the proxy's with the CA
+            config[1] = "sip_trans_def\ttls"
+            config += [f"sip_certificate\t{tls[0].bundle(workdir / 'baresip.pem')}", f"sip_cafile\t{tls[1]}"]
+            transport = ";transport=tls"
         (workdir / "config").write_text("\n".join(config) + "\n")
         accounts = [
-            f'<sip:{u}@127.0.0.1>;auth_pass={password};outbound="sip:{proxy}";answermode=auto;regint=60' for u in users
+            f'<sip:{u}@127.0.0.1{transport}>;auth_pass={password};outbound="sip:{proxy}{transport}";answermode=auto;'
+            "regint=60"
+            for u in users
         ]
         (workdir / "accounts").write_text("\n".join(accounts) + "\n")
         self.log = workdir / "baresip.log"

@@ -27,6 +27,7 @@ from gateway.wire import (
     encode_contact_event,
     parse_command,
 )
+from tests.support.certs import Pki
 
 GOOD = {"command_id": "c1", "campaign_id": "camp", "contact_id": "k1", "phone": "+420601234567"}
 
@@ -143,6 +144,43 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(cfg)
     assert info.value.key == "sip.max_cps"
+
+
+def _tls(**sip: str) -> dict[str, dict[str, str]]:
+    return {"sip": {"pbx": "pbx.example", "transport": "tls", **sip}}
+
+
+def test_tls_files_are_read_at_startup_and_a_bad_one_names_its_key(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    mine, other = pki.issue("telgate"), pki.issue("other")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    unreadable = tmp_path / "absent.pem"
+    good = load_settings(None, **_tls(ca_file=str(pki.ca), cert_file=str(mine.cert), key_file=str(mine.key)))
+    assert good.sip.transport == "tls" and good.sip.key_file == mine.key and good.sip.tls_scheme == "sips"
+    # the names of the issue (tls_ca_file, ...) are the same keys as SPEC §2's
+    same = load_settings(
+        None, **_tls(tls_ca_file=str(pki.ca), tls_cert_file=str(mine.cert), tls_key_file=str(mine.key))
+    )
+    assert same.sip.ca_file == pki.ca and same.sip.cert_file == mine.cert
+    assert load_settings(None, **_tls()).sip.ca_file is None  # no ca_file: the system's CAs
+    bundle = mine.bundle(tmp_path / "both.pem")
+    assert load_settings(None, **_tls(cert_file=str(bundle))).sip.key_file is None  # the key in the same file
+    cases = [
+        ({"ca_file": str(unreadable)}, "sip.ca_file", "cannot read"),
+        ({"ca_file": str(junk)}, "sip.ca_file", "no CA certificate"),
+        ({"ca_file": str(tmp_path)}, "sip.ca_file", "cannot read"),
+        ({"cert_file": str(junk), "key_file": str(mine.key)}, "sip.cert_file", "no certificate"),
+        ({"cert_file": str(mine.cert), "key_file": str(unreadable)}, "sip.key_file", "cannot read"),
+        ({"cert_file": str(mine.cert), "key_file": str(other.key)}, "sip.key_file", "KEY_VALUES_MISMATCH"),
+        ({"cert_file": str(mine.cert)}, "sip.key_file", "set sip.key_file"),
+        ({"key_file": str(mine.key)}, "sip.key_file", "without sip.cert_file"),
+        ({"tls_scheme": "https"}, "sip.tls_scheme", ""),
+    ]
+    for sip, key, words in cases:
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, **_tls(**sip))
+        assert info.value.key == key and words in str(info.value), (sip, str(info.value))
 
 
 def test_token_bucket_holds_rate() -> None:
