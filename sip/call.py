@@ -205,6 +205,7 @@ class Ev(StrEnum):
     REFER_FAILED = "refer_failed"  # a non-2xx final, or Timer F
     REFRESH_OK = "refresh_ok"
     REFRESH_OK_AGAIN = "refresh_ok_again"  # a retransmitted 2xx to our re-INVITE
+    REFRESH_UPDATED = "refresh_updated"  # a 2xx to our UPDATE (no ACK)
     REFRESH_TIMED_OUT = "refresh_timed_out"  # 408, or no response (Timer B/F)
     REFRESH_NO_DIALOG = "refresh_no_dialog"  # 481
     REFRESH_TOO_SMALL = "refresh_too_small"  # 422
@@ -355,6 +356,8 @@ ROWS: list[Row] = [
     ((ENDED,), Ev.REFER_ACCEPTED, STAY, ()),
     ((ENDED,), Ev.REFER_FAILED, STAY, ()),
     ((CONFIRMED,), Ev.REFRESH_OK, STAY, (Do.ACK_2XX, Do.ARM_SESSION)),
+    ((CONFIRMED,), Ev.REFRESH_UPDATED, STAY, (Do.ARM_SESSION,)),
+    ((CLOSING, ENDED), Ev.REFRESH_UPDATED, STAY, ()),
     ((CLOSING, ENDED), Ev.REFRESH_OK, STAY, (Do.ACK_2XX,)),
     ((CONFIRMED, CLOSING, ENDED), Ev.REFRESH_OK_AGAIN, STAY, (Do.ACK_2XX,)),
     ((CONFIRMED,), Ev.REFRESH_TIMED_OUT, CLOSING, (Do.NOTE_END_REASON, Do.SEND_BYE)),
@@ -703,6 +706,8 @@ class Call:
         if role is Role.REFER:
             return (Ev.REFER_ACCEPTED, None) if code < 300 else (Ev.REFER_FAILED, f"REFER refused: {resp.reason}")
         # Role.REFRESH
+        if code < 300 and cseq(resp)[1] == "UPDATE":
+            return Ev.REFRESH_UPDATED, None
         if code < 300:
             return (Ev.REFRESH_OK_AGAIN if retransmission else Ev.REFRESH_OK), None
         event = {408: Ev.REFRESH_TIMED_OUT, 481: Ev.REFRESH_NO_DIALOG, 422: Ev.REFRESH_TOO_SMALL}.get(
