@@ -75,7 +75,6 @@ class UacConfig:
     password: str | None = None
     t1: float = 0.5  # RFC 3261 T1 (RTT estimate): Timer A starts at T1, Timers B and F are 64 x T1
     session_expires_s: int = 1800  # RFC 4028: the Session-Expires we ask for (§4 recommends 1800)
-    min_se_s: int = DEFAULT_MIN_SE  # our Min-SE: sent when not the default; a shorter interval is raised to it
 
     @property
     def reliable(self) -> bool:
@@ -518,7 +517,7 @@ class Call:
     _out: list[CallEvent] = field(default_factory=list)
 
     @property
-    def request_uri(self) -> str:
+    def invite_uri(self) -> str:
         """Where the current INVITE goes: the number at the PBX, or the Contact of the redirect followed."""
         return self.redirect.contact if self.redirect is not None else self.target_uri
 
@@ -552,7 +551,7 @@ class Call:
             h = h.with_(n, v)
         if self.sdp:
             h = h.with_("Content-Type", "application/sdp")
-        return Request("INVITE", self.request_uri, h, self.sdp)
+        return Request("INVITE", self.invite_uri, h, self.sdp)
 
     def _in_dialog(self, method: str, number: int) -> Request:
         h = Headers().with_("Via", self.cfg.via(self.token())).with_("Max-Forwards", "70")
@@ -786,14 +785,14 @@ class Call:
         if self._challenge is not None:
             challenge, name = self._challenge
             assert self.cfg.username is not None and self.cfg.password is not None
-            credentials = auth.response(challenge, self.cfg.username, self.cfg.password, "INVITE", self.request_uri)
+            credentials = auth.response(challenge, self.cfg.username, self.cfg.password, "INVITE", self.invite_uri)
             extra = extra.with_(name, credentials)
         extra = extra.with_("Supported", "timer").with_("Session-Expires", str(self._asked_interval()))
         min_se = self.min_se if self.min_se is not None else min(self.cfg.session_expires_s, DEFAULT_MIN_SE)
         if min_se != DEFAULT_MIN_SE or self.min_se is not None:
             extra = extra.with_("Min-SE", str(min_se))
         self._invite = self._invite_request(extra)
-        self.tried.append(self.request_uri)
+        self.tried.append(self.invite_uri)
         self._start(Role.INVITE, self._invite, now)
 
     def _asked_interval(self) -> int:
@@ -811,7 +810,7 @@ class Call:
 
     def _dialog_of(self, resp: Response) -> tuple[str | None, str, list[str]]:
         contact = resp.headers.get_all("contact")
-        target = uri_of(contact[0]) if contact else self.request_uri
+        target = uri_of(contact[0]) if contact else self.invite_uri
         return tag(resp.headers.get("to")), target, list(reversed(resp.headers.get_all("record-route")))
 
     def _transferred(self, ok: bool, status: int | None, reason: str) -> None:
