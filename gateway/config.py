@@ -176,6 +176,7 @@ class SipSection(_Section):
     max_concurrent_calls: int = Field(100, ge=1)
     max_cps: float = Field(10.0, gt=0)
     ring_timeout_s: float = Field(30.0, gt=0)
+    session_expires_s: int = Field(1800, ge=90)  # RFC 4028: the Session-Expires every INVITE asks for
     connect_to: str = ""
     rtp_port: int = Field(0, ge=0, le=65535)  # the one RTP port of every call's SDP; 0 = chosen by the OS
     prompts_dir: str = "{data_dir}/prompts"  # where `dial.prompt` names an 8 kHz mono 16-bit WAV

@@ -23,7 +23,7 @@ from typing import Any
 
 from metrics.recorder import Recorder
 from sip import sdp
-from sip.call import Answered, Ended, EndKind, Ringing, Transferred, UacConfig
+from sip.call import Answered, Ended, EndKind, Redirected, Ringing, Transferred, UacConfig
 from sip.identity import Caller
 from sip.media import MediaEndpoint
 from sip.register import Registration
@@ -127,6 +127,7 @@ class _Placed:
     answered: bool = False
     followup: asyncio.Task[None] | None = None
     transfer: str | None = None  # the transfer's outcome, for the hangup's evidence
+    redirect: dict[str, Any] | None = None  # the 301/302 followed, in the evidence of every later event
 
 
 class VoiceChannel:
@@ -205,6 +206,7 @@ class VoiceChannel:
             user_phone=sip.user_phone,
             assert_identity=sip.assert_identity,
             tls_scheme=sip.tls_scheme,
+            session_expires_s=sip.session_expires_s,
         )
 
     def _emit(self, outputs: list[Output]) -> None:
@@ -298,8 +300,13 @@ class VoiceChannel:
         if placed is None:
             return
         key, attempt = placed.key, placed.attempt
-        signal = update_signal(update, attempt)
         event = update.event
+        if isinstance(event, Redirected):
+            placed.redirect = {"sip_code": event.status, "contact": event.contact}
+            return
+        signal = update_signal(update, attempt)
+        if signal is not None and placed.redirect is not None:
+            signal = dataclasses.replace(signal, evidence={**signal.evidence, "redirect": placed.redirect})
         if isinstance(event, Ringing) and event.first:
             self.recorder.call_ringing(key[0], self._now() - placed.dialed_at)
         elif isinstance(event, Answered) and not placed.answered:

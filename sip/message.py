@@ -47,6 +47,7 @@ CANONICAL = {
     "rseq": "RSeq",
     "sip-etag": "SIP-ETag",
     "sip-if-match": "SIP-If-Match",
+    "min-se": "Min-SE",
 }
 # headers whose comma-separated values are separate entries (RFC 3261 §7.3.1)
 MULTI = frozenset(

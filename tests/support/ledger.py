@@ -8,7 +8,11 @@ reads the peer's own record of what reached it and checks it against the contact
   `in_progress`;
 - zero for every contact whose events show no attempt — in particular those that end `blacklisted`,
   `plan_limit_exceeded`, `invalid_record`, `rejected_by_operator`, or `canceled_by_admin` / `removed`
-  before a dial.
+  before a dial;
+- a 301/302 followed is one attempt with two INVITEs: the second keeps the Call-ID (RFC 3261 §8.1.3.4)
+  and goes to the Contact, so it is not counted as an attempt but as a *redirected* INVITE
+  (`redirects_in`), per number of the attempt it belongs to; when a test passes `redirected`, those must
+  equal the attempts whose events carry `signal.redirect`.
 
 Events reach the backend a moment after the peer saw the INVITE (the event is published after the
 commit, the INVITE is sent after the commit too), so `check` waits for the two to agree and, if they do
@@ -48,6 +52,7 @@ class ContactRecord:
     phone: str
     attempts: set[int] = field(default_factory=set)
     statuses: list[str] = field(default_factory=list)
+    redirected: set[int] = field(default_factory=set)  # attempts whose events carry `signal.redirect`
 
 
 def contacts(backend: HasEvents, channel: str) -> dict[Key, ContactRecord]:
@@ -62,6 +67,8 @@ def contacts(backend: HasEvents, channel: str) -> dict[Key, ContactRecord]:
             rec.statuses.append(e["status"])
             if e["status"] == CONTACTING[channel]:
                 rec.attempts.add(int(e["attempt"]))
+            if (e.get("signal") or {}).get("redirect"):
+                rec.redirected.add(int(e["attempt"]))
         out[key] = rec
     return out
 
@@ -72,6 +79,7 @@ class Comparison:
     attempts: int  # attempts seen in the events (= contacts with the number on the wire)
     wire: int  # what the peer recorded in all
     mismatches: list[str]
+    redirected: int = 0  # redirected INVITEs the peer recorded (when the test compared them)
 
     @property
     def ok(self) -> bool:
@@ -79,10 +87,16 @@ class Comparison:
 
 
 def compare(
-    backend: HasEvents, channel: str, wire: Counter[Any], by: str, dialled: Callable[[str], str] = digits
+    backend: HasEvents,
+    channel: str,
+    wire: Counter[Any],
+    by: str,
+    dialled: Callable[[str], str] = digits,
+    redirected: Counter[str] | None = None,
 ) -> Comparison:
     """`wire` counts what the peer received, keyed by number digits (`by="number"`) or contact key.
-    `dialled` maps an event's phone to the key the peer's record has for it (a trunk's dial string)."""
+    `dialled` maps an event's phone to the key the peer's record has for it (a trunk's dial string);
+    `redirected` the redirected INVITEs per number (voice), compared with the attempts that say so."""
     recs = contacts(backend, channel)
     expected: Counter[Any] = Counter()
     owners: dict[Any, list[Key]] = {}
@@ -101,7 +115,16 @@ def compare(
         k = dialled(rec.phone) if by == "number" else key
         if rec.statuses and rec.statuses[-1] in NOT_CONTACTED and not rec.attempts and wire[k] and len(owners[k]) == 1:
             mismatches.append(f"{key}: ends {rec.statuses[-1]} without an attempt, yet the peer received {wire[k]}")
-    return Comparison(len(recs), sum(len(r.attempts) for r in recs.values()), sum(wire.values()), mismatches)
+    if redirected is not None:
+        said: Counter[str] = Counter()
+        for rec in recs.values():
+            said[dialled(rec.phone)] += len(rec.redirected)
+        for k in sorted(set(said) | set(redirected)):
+            if said[k] != redirected[k]:
+                mismatches.append(f"{k}: events say {said[k]} redirected attempt(s), the peer received {redirected[k]}")
+    total = sum(redirected.values()) if redirected is not None else 0
+    attempts = sum(len(r.attempts) for r in recs.values())
+    return Comparison(len(recs), attempts, sum(wire.values()), mismatches, total)
 
 
 async def check(
@@ -111,12 +134,13 @@ async def check(
     by: str = "number",
     patience_s: float = 10.0,
     dialled: Callable[[str], str] = digits,
+    redirected: Callable[[], Counter[str]] | None = None,
 ) -> Comparison:
     """Wait until the peer's record and the events agree contact by contact; fail naming who disagrees."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
     while True:
-        result = compare(backend, channel, wire(), by, dialled)
+        result = compare(backend, channel, wire(), by, dialled, redirected() if redirected is not None else None)
         if result.ok:
             return result
         if loop.time() >= deadline:
@@ -129,6 +153,7 @@ async def check(
 # -- what each peer recorded ------------------------------------------------------------------------------
 
 _REQUEST_LINE = re.compile(r"^INVITE sips?:(?P<user>[^@;>\s]+)@", re.MULTILINE)
+_REQUEST_URI = re.compile(r"^INVITE (?P<uri>sips?:\S+) SIP/2\.0", re.MULTILINE)
 _CALL_ID = re.compile(r"^(?:Call-ID|i)\s*:\s*(?P<id>\S+)", re.MULTILINE | re.IGNORECASE)
 _TO_TAG = re.compile(r"^(?:To|t)\s*:.*;\s*tag=", re.MULTILINE | re.IGNORECASE)
 
@@ -147,6 +172,25 @@ def invites_in(messages: Iterable[str], key: Callable[[str], str] = digits) -> C
     return out
 
 
+def redirects_in(messages: Iterable[str]) -> Counter[str]:
+    """Redirected INVITEs: initial INVITEs (no To tag) that repeat an earlier INVITE's Call-ID with another
+    Request-URI — the INVITE after a 301/302 — per the number of the attempt's first INVITE."""
+    first: dict[str, tuple[str, str]] = {}  # Call-ID -> (Request-URI, its user's digits)
+    out: Counter[str] = Counter()
+    for text in messages:
+        line = _REQUEST_URI.search(text)
+        call_id = _CALL_ID.search(text)
+        if line is None or call_id is None or _TO_TAG.search(text):
+            continue
+        seen = first.get(call_id["id"])
+        if seen is None:
+            first[call_id["id"]] = (line["uri"], digits(line["uri"].split("@")[0]))
+        elif seen[0] != line["uri"]:
+            first[call_id["id"]] = (line["uri"], seen[1])
+            out[seen[1]] += 1
+    return out
+
+
 class SippLike(Protocol):
     def messages(self) -> list[str]: ...
 
@@ -154,11 +198,8 @@ class SippLike(Protocol):
 def sipp_invites(*peers: SippLike, key: Callable[[str], str] = digits) -> Callable[[], Counter[str]]:
     """The INVITEs SIPp logged (every Sipp in tests runs with -trace_msg), across all `peers`."""
 
-    def read() -> Counter[str]:
-        total: Counter[str] = Counter()
-        for p in peers:
-            total += invites_in(p.messages(), key)
-        return total
+    def read() -> Counter[str]:  # one Call-ID is one attempt even when its INVITEs reached two peers
+        return invites_in([m for p in peers for m in p.messages()], key)
 
     return read
 
@@ -175,6 +216,15 @@ def kamailio_invites(log: Path, from_user: str = "telgate") -> Callable[[], Coun
             if m["from"] == from_user:
                 seen.setdefault(m["call_id"], digits(m["to"]))
         return Counter(seen.values())
+
+    return read
+
+
+def sipp_redirects(*peers: SippLike) -> Callable[[], Counter[str]]:
+    """The redirected INVITEs SIPp logged, across the peers (one attempt may reach two of them)."""
+
+    def read() -> Counter[str]:
+        return redirects_in([m for p in peers for m in p.messages()])
 
     return read
 
