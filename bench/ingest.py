@@ -172,8 +172,8 @@ async def main() -> None:
         "gateway_rss_kib_after": rates["rss_kib"],
         **queued,
     }
-    if len(queued) == 2:
-        small, large = queued.values()
+    small, large = queued.get("rss_kib_with_10000_queued"), queued.get(f"rss_kib_with_{args.queued}_queued")
+    if small and large:  # (it was never printed: the report also holds the stop time)
         report["rss_growth_queued"] = round(large / small - 1, 3)
     print(json.dumps(report, indent=2))
 
