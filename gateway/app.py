@@ -29,6 +29,7 @@ from .domain.signals import Kind, Signal
 from .domain.statuses import Channel
 from .engine import Engine, Unit, utcnow
 from .http import build_app
+from .memory import tune_allocator
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
 from .store import Store, StoreError, Txn, open_store
@@ -185,6 +186,7 @@ class App:
             await asyncio.sleep(every_s)
 
     async def run(self, stop: asyncio.Event) -> None:
+        tune_allocator()  # bulk payloads in mappings of their own: a burst's buffers go back (gateway/memory.py)
         await self.store.open()
         runners: list[web.AppRunner] = []
         try:
