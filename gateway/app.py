@@ -29,7 +29,7 @@ from .domain.signals import Kind, Signal
 from .domain.statuses import Channel
 from .engine import Engine, Unit, utcnow
 from .http import build_app
-from .memory import tune_allocator
+from .memory import trim_allocator
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
 from .store import Store, StoreError, Txn, open_store
@@ -165,6 +165,21 @@ class App:
             self.recorder.outbox_oldest.set(0 if oldest is None else max(0.0, time.time() - oldest))
             await asyncio.sleep(1.0)
 
+    async def _trim_after_bursts(self, every_s: float = 1.0) -> None:
+        """Once a burst of commands is over (some arrived since the last look, none in the last second),
+        hand the heap's free memory back: a burst's bulk payloads left ~15 MiB of free heap that glibc
+        kept (gateway/memory.py). One malloc_trim per burst, nothing on the hot path."""
+        seen = self.bus.received
+        busy = False
+        while True:
+            await asyncio.sleep(every_s)
+            now = self.bus.received
+            if now != seen:
+                busy, seen = True, now
+            elif busy:
+                busy = False
+                await asyncio.to_thread(trim_allocator)
+
     async def _contact_gauges(self) -> None:
         """Contacts per status from the store, every `metrics.contacts_refresh_s` (SPEC §11)."""
         while True:
@@ -186,7 +201,6 @@ class App:
             await asyncio.sleep(every_s)
 
     async def run(self, stop: asyncio.Event) -> None:
-        tune_allocator()  # bulk payloads in mappings of their own: a burst's buffers go back (gateway/memory.py)
         await self.store.open()
         runners: list[web.AppRunner] = []
         try:
@@ -202,6 +216,7 @@ class App:
                     tg.create_task(self.scheduler.run(), name="scheduler"),
                     tg.create_task(self._outbox_gauges(), name="outbox-gauges"),
                     tg.create_task(self._contact_gauges(), name="contact-gauges"),
+                    tg.create_task(self._trim_after_bursts(), name="allocator-trim"),
                     tg.create_task(self._prune(), name="store-prune"),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                     *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),

@@ -76,6 +76,7 @@ class Bus:
         self.port = url.port or (8883 if self.tls else 1883)
         self.connected = asyncio.Event()
         self.accepting = True
+        self.received = 0  # commands taken off the bus (the allocator trim looks for the end of a burst)
         self.state = "online"
         self._client: aiomqtt.Client | None = None
         self._wake = asyncio.Event()
@@ -261,6 +262,7 @@ class Bus:
         response_topic: str | None = getattr(props, "ResponseTopic", None) if props else None
         correlation: bytes | None = getattr(props, "CorrelationData", None) if props else None
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
+        self.received += 1
         if not self.accepting:
             return None
         try:

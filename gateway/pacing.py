@@ -157,7 +157,8 @@ class Dispatcher:
             if not keys:
                 break
             txn.prefetch(contacts=keys)  # the turn's contacts and their numbers' blacklist entries, read at once
-            txn.prefetch(phones=[c.phone for k in keys if (c := txn.get_contact(k)) is not None and c.phone])
+            read = {k: txn.get_contact(k) for k in keys}  # each read once (SQLite parses a row per read)
+            txn.prefetch(phones=[c.phone for c in read.values() if c is not None and c.phone])
             for key in keys:
                 if key[0] in skip:
                     continue
@@ -170,7 +171,7 @@ class Dispatcher:
                 if turn.started.get(key[0], 0) >= turn.allowance[key[0]]:
                     skip.add(key[0])
                     continue
-                contact = txn.get_contact(key)
+                contact = read[key]
                 if contact is None:
                     continue
                 campaigns[key[0]] = camp

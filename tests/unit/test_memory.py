@@ -38,3 +38,20 @@ def test_bulk_sized_buffers_get_mappings_of_their_own_and_give_them_back() -> No
     assert mapped >= 6  # of 8: a free chunk left from the interpreter's start may still serve one or two
     assert returned == mapped
     assert small == 0
+
+
+TRIM_PROBE = """
+from gateway.memory import trim_allocator
+held = [bytes(55_000) for _ in range(256)]  # a burst's bulk payloads, on the heap (default threshold)
+keep = bytes(100)  # something allocated after them holds the heap's top
+del held
+print(trim_allocator())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc_trim")
+def test_the_heap_a_burst_left_free_is_handed_back() -> None:
+    """What App's allocator-trim task calls once a burst is over: malloc_trim releases the free heap the
+    burst's payloads left, which glibc would otherwise keep (it returns only the heap's top by itself)."""
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
