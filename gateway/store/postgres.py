@@ -534,6 +534,24 @@ class _PgTxn:
         return counts
 
 
+class _Backoff:
+    """The wait between tries while the server is away: jittered, 50 ms doubling to 2 s; StoreError once
+    it has been away for `outage_s`."""
+
+    def __init__(self, outage_s: float) -> None:
+        self.outage_s = outage_s
+        self.down_since: float | None = None
+        self.delay = 0.05
+
+    async def wait(self, lost: _Lost) -> None:
+        now = time.monotonic()
+        self.down_since = now if self.down_since is None else self.down_since
+        if now - self.down_since >= self.outage_s:
+            raise StoreError(f"PostgreSQL unreachable for {self.outage_s:.0f} s: {lost}") from lost
+        await asyncio.sleep(self.delay * (0.5 + random.random()))
+        self.delay = min(self.delay * 2, 2.0)
+
+
 class PostgresStore:
     def __init__(self, url: str, outage_s: float = 120.0, connect_timeout_s: int = 5) -> None:
         self.url = url
@@ -723,27 +741,20 @@ class PostgresStore:
         """Like `run`, on the read-only connection; a lost connection is reconnected and `fn` run again
         (it decides nothing, so running it again is always safe)."""
         loop = asyncio.get_running_loop()
-        down_since: float | None = None
-        delay = 0.05
+        backoff = _Backoff(self.outage_s)
         while True:
             if self._closed:
                 raise StoreError("store is closed")
             try:
                 return await loop.run_in_executor(self._read_executor, self._read, fn)
             except _Lost as lost:
-                now = time.monotonic()
-                down_since = now if down_since is None else down_since
-                if now - down_since >= self.outage_s:
-                    raise StoreError(f"PostgreSQL unreachable for {self.outage_s:.0f} s: {lost}") from lost
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+                await backoff.wait(lost)
             except psycopg.Error as exc:
                 raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     async def run(self, fn: Callable[[Txn], R]) -> R:
         loop = asyncio.get_running_loop()
-        down_since: float | None = None
-        delay = 0.05
+        backoff = _Backoff(self.outage_s)
         unsure: _Lost | None = None  # a COMMIT whose outcome is still to be learnt
         while True:
             if self._closed:
@@ -762,11 +773,6 @@ class PostgresStore:
             except _Lost as lost:
                 if lost.token is not None:
                     unsure = lost
-                now = time.monotonic()
-                down_since = now if down_since is None else down_since
-                if now - down_since >= self.outage_s:
-                    raise StoreError(f"PostgreSQL unreachable for {self.outage_s:.0f} s: {lost}") from lost
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+                await backoff.wait(lost)
             except psycopg.Error as exc:
                 raise StoreError(f"{type(exc).__name__}: {exc}") from exc
