@@ -188,9 +188,11 @@ async def test_a_burst_of_20000_single_dials_is_held_not_dropped(broker: Mosquit
         assert proc.wait(60) == 0, log.read_text()[-2000:]
 
 
-@pytest.mark.both_stores  # 100,000 contacts through each store; the bus tests around it run on SQLite
+@pytest.mark.both_stores  # the bus tests around it run on SQLite
 async def test_100_bulk_commands_of_1000_contacts(broker: Mosquitto, tmp_path: Path) -> None:
-    n_cmds = 100
+    # 100,000 contacts on SQLite (issue 11's case); on PostgreSQL 30 bulks, 30,000 contacts, enough for the
+    # store's set-wise writes at volume and keeping the whole suite under 10 minutes
+    n_cmds = 100 if harness.STORE_URL is None else 30
     cfg, log = write_config(tmp_path, broker), tmp_path / "gateway.log"
     tap = Tap(broker.port)
     proc = start_gateway(cfg, log)
