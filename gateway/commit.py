@@ -67,7 +67,6 @@ class After:
     wrote: bool = False  # an event or outbox row was written: the publisher has work
     wake_dispatch: bool = False  # the queue or a campaign changed: the dispatcher looks again
     wake_timers: bool = False  # a timer was set: the scheduler looks again
-    finish: list[str] = field(default_factory=list)  # campaigns whose contacts are to be finished
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ class Writer:
     # -- campaigns ----------------------------------------------------------------------------------
     def campaign(self, txn: Txn, after: After, decision: CampaignDecision, now: datetime, reason: str | None) -> None:
         """Write an accepted campaign decision: its state, its event when it changed (or was created),
-        its effects (the `start_at` timer, the contacts to finish)."""
+        the timer its effects ask for (finishing the contacts is a decision per contact: Unit.campaign_action)."""
         if not decision.wrote:
             return
         camp = decision.state
@@ -174,7 +173,7 @@ class Writer:
                     txn.add_timer(kind, camp.campaign_id, None, due_at)
                     after.wake_timers = True
                 case FinishContacts():
-                    after.finish.append(camp.campaign_id)
+                    pass  # decided contact by contact by the Unit, in this transaction
 
     def campaign_event(self, txn: Txn, camp: CampaignState, previous: Any, now: datetime) -> None:
         event = CampaignStatusEvent(

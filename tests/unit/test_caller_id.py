@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,12 +17,10 @@ from gateway.domain.policy import Policy
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import CallerId, ContactState
 from gateway.domain.statuses import Channel
-from gateway.engine import Engine, Topics
+from gateway.engine import Engine
 from gateway.pacing import Dispatcher
-from gateway.store.sqlite import SqliteStore
 from gateway.voice_channel import sip_caller
 from gateway.wire import Rejection, parse_command
-from metrics.recorder import Recorder
 from sip.identity import Caller
 from tests.support.scripted import ScriptedPort
 
@@ -103,17 +100,6 @@ def test_the_dial_wins_over_the_campaign_field_by_field() -> None:
     assert decide(state, Signal(Kind.DIAL_DUE), NOW).state.attempt_caller is None
     assert sip_caller(None) is None
     assert sip_caller(CallerId(number="+420212345678", withheld=None)) == Caller("+420212345678", None, False)
-
-
-@pytest.fixture
-async def engine(tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = SqliteStore(tmp_path / "t.db")
-    await store.open()
-    eng = Engine(store, "gw", Topics("telgate"), Recorder("test"))
-    task = asyncio.create_task(eng.run())
-    yield eng
-    task.cancel()
-    await store.close()
 
 
 async def test_each_attempt_takes_the_campaign_caller_id_it_has_when_it_is_dialled(engine: Engine) -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.commit import Topics
 from gateway.domain import effects as fx
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import CampaignState, ContactState
@@ -19,8 +16,6 @@ from gateway.domain.statuses import Channel, Status
 from gateway.engine import Engine, Unit
 from gateway.pacing import Dispatcher, Turn
 from gateway.store import Conflict
-from gateway.store.sqlite import SqliteStore
-from metrics.recorder import Recorder
 
 
 class Port:
@@ -45,15 +40,10 @@ class Port:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    store = SqliteStore(tmp_path / "t.db")
-    await store.open()
-    eng = Engine(store, "gw", Topics("telgate"), Recorder("test"))
-    eng.ports[Channel.VOICE] = Port()
-    task = asyncio.create_task(eng.run())
-    yield eng
-    task.cancel()
-    await store.close()
+async def engine(engine: Engine) -> Engine:
+    """The shared engine (tests/unit/conftest.py) with a voice port that records what it starts."""
+    engine.ports[Channel.VOICE] = Port()
+    return engine
 
 
 async def queue(engine: Engine, n: int, **campaign: Any) -> None:
