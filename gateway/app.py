@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import signal
 import time
@@ -21,11 +22,14 @@ from whatsapp.client import CloudApiClient
 
 from . import __version__
 from .bus import Bus
+from .cluster import Cluster
 from .commands import CommandContext
 from .commit import Topics
 from .config import Settings
+from .domain import effects as fx
 from .domain.policy import Policy
 from .domain.signals import Kind, Signal
+from .domain.state import ContactState
 from .domain.statuses import Channel
 from .engine import Engine, Unit, utcnow
 from .http import build_app
@@ -103,6 +107,13 @@ class App:
             self._channel_states,
         )
         self.scheduler = Scheduler(self.engine)
+        epoch = int(self.started_at.timestamp() * 1000)  # presence says the same epoch
+        gw = settings.gateway
+        self.cluster = Cluster(self.engine, self.store, gw.id, epoch, gw.lease_s, self.recorder)
+        self.cluster.busy_parts = self.bus.busy_parts
+        if self.store.shared:  # several instances may share it: publish the partitions this one holds
+            self.bus.parts = self.cluster.parts
+            self.scheduler.max_sleep_s = gw.lease_s
         self.dispatchers: list[Dispatcher] = []
         self.http_routes: list[web.RouteDef] = []
         self.ready = asyncio.Event()
@@ -144,6 +155,11 @@ class App:
         self.ctx = dataclasses.replace(self.ctx, enabled=frozenset(self.ports))
         self.bus.ctx = self.ctx
         dispatcher = Dispatcher(self.engine, port)
+        if self.store.shared:
+            dispatcher.members = lambda: self.cluster.size
+            dispatcher.fenced = lambda: self.cluster.fenced
+            dispatcher.max_sleep_s = self.settings.gateway.lease_s
+            self.cluster.on_change.append(dispatcher.wake)
         self.dispatchers.append(dispatcher)
         self.engine.on("dispatch", dispatcher.wake)
 
@@ -186,6 +202,22 @@ class App:
             await asyncio.sleep(self.settings.metrics.contacts_refresh_s)
             self.recorder.set_contacts(await self.store.read(lambda txn: txn.all_counts()))
 
+    async def _notifications(self) -> None:
+        """What other instances committed for this one: a cancel of a call it owns (SPEC §11)."""
+        async for payload in self.store.notifications():
+            try:
+                note = json.loads(payload)
+                if note.get("origin") == self.settings.gateway.id or note.get("effect") != "cancel_call":
+                    continue
+                port = self.ports.get(Channel(note["channel"]))
+                campaign_id, contact_id = note["key"]
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("unreadable store notification", extra={"detail": repr(exc)})
+                continue
+            if port is not None:  # the port cancels it when the call is its own, and ignores it otherwise
+                contact = ContactState(campaign_id=campaign_id, contact_id=contact_id, channel=port.channel)
+                port.submit(fx.CancelCall(), contact)
+
     async def _prune(self, every_s: float = 3600.0) -> None:
         """Retention (SPEC §11): history, command ids and wamids older than `store.retention_days`, hourly.
         Housekeeping: a failed turn is logged and tried again at the next."""
@@ -206,6 +238,8 @@ class App:
         try:
             async with asyncio.TaskGroup() as tg:
                 engine_task = tg.create_task(self.engine.run(), name="engine")
+                await self.cluster.join()  # before the restart rule: no other member buries this id meanwhile
+                lease = tg.create_task(self.cluster.run(), name="cluster-lease")
                 settled = await self.engine.execute(lambda u: restart_rule(u, self.settings.gateway.id))
                 if settled:
                     log.info("restart rule applied", extra={"contacts": settled})
@@ -218,6 +252,7 @@ class App:
                     tg.create_task(self._contact_gauges(), name="contact-gauges"),
                     tg.create_task(self._trim_after_bursts(), name="allocator-trim"),
                     tg.create_task(self._prune(), name="store-prune"),
+                    tg.create_task(self._notifications(), name="cluster-notifications"),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                     *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),
                     *([tg.create_task(self.influx.run(), name="influx")] if self.influx is not None else []),
@@ -235,6 +270,8 @@ class App:
                 self.ready.set()
                 await stop.wait()
                 await self._drain(background)
+                lease.cancel()
+                await self.cluster.leave()
                 # the HTTP server stops while the engine still runs: a webhook in flight is committed and
                 # answered (or refused and retried by Meta), never left waiting for an engine that is gone
                 while runners:
@@ -304,7 +341,10 @@ class App:
         )
         while time.monotonic() < deadline and self.bus.connected.is_set():
             await self.bus.flush_deletes()
-            if await self.bus.pending() == 0:
+            if self.cluster.size > 1:  # the others publish the rest once this one has left
+                if self.bus.in_flight() == 0:
+                    break
+            elif await self.bus.pending() == 0:
                 break
             await asyncio.sleep(0.05)
         await self.bus.close()

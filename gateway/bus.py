@@ -41,8 +41,8 @@ WINDOW = 64
 PARSE_AHEAD_BYTES = 512 * 1024  # ~4 bulk commands (4,000 contacts) per batch, or every single one in flight
 
 
-def _fetch(txn: Txn, after: int) -> list[OutboxRow]:
-    return txn.outbox_fetch(after, WINDOW * 4)
+def _fetch(txn: Txn, after: int, limit: int, parts: frozenset[int] | None) -> list[OutboxRow]:
+    return txn.outbox_fetch(after, limit, parts)
 
 
 def _delete(txn: Txn, ids: list[int]) -> None:
@@ -82,7 +82,17 @@ class Bus:
         self._wake = asyncio.Event()
         self._acked: list[int] = []
         self._acked_set: set[int] = set()
+        self._row_part: dict[int, int] = {}  # rows published and not yet deleted -> their partition
         self._closing = False
+        # the outbox partitions this instance publishes now (gateway/cluster.py); None: all of them
+        self.parts: Callable[[], frozenset[int] | None] = lambda: None
+
+    def busy_parts(self) -> set[int]:
+        """Partitions with rows on the wire or acknowledged and not yet deleted: not to be given back."""
+        return set(self._row_part.values())
+
+    def in_flight(self) -> int:
+        return len(self._row_part)
 
     # -- public ------------------------------------------------------------------------------
     def notify(self) -> None:
@@ -303,6 +313,11 @@ class Bus:
     async def _publisher(self, client: aiomqtt.Client) -> None:
         """Publish the outbox in id order with at most WINDOW rows awaiting their PUBACK.
 
+        Of the partitions this instance holds only (`parts`). On a store several instances write
+        (`Store.shared`), ids need not commit in id order, so there is no cursor: every fetch starts at
+        the oldest pending row and skips the rows already on the wire (docs/cluster.md says why a
+        contact's events still go out in `sequence` order).
+
         aiomqtt's `publish()` costs an Event, a timeout and a task per message, more than the rest of the
         pipeline; the outbox instead calls paho's publish on aiomqtt's connection and keeps its own
         registry of paho message ids (DESIGN habit 8), released by the PUBACK callback.
@@ -333,19 +348,30 @@ class Bus:
         paho.on_publish = on_publish
         cursor = 0
         store = self.engine.store
+        shared = store.shared
         disconnected = client._disconnected
         try:
             while not disconnected.done():
                 self._wake.clear()
-                rows = await store.read(functools.partial(_fetch, after=cursor))
+                parts = self.parts()
+                if parts is not None and not parts:  # fenced, or holding no partition
+                    await wait_event(self._wake, 0.5)
+                    continue
+                busy = self._row_part
+                fetch = functools.partial(
+                    _fetch, after=0 if shared else cursor, limit=WINDOW * 4 + (len(busy) if shared else 0), parts=parts
+                )
+                rows = [r for r in await store.read(fetch) if r.id not in busy and r.id not in self._acked_set]
                 if not rows:
                     await wait_event(self._wake, 1.0)
                     continue
                 for row in rows:
-                    cursor = row.id
-                    if row.id in self._acked_set:
-                        continue
                     await window.acquire()
+                    now_parts = self.parts()
+                    if now_parts is not None and row.part not in now_parts:  # given up or fenced meanwhile
+                        window.release()
+                        break
+                    cursor = row.id
                     props = None
                     if row.correlation is not None and self.cfg.protocol == 5:
                         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -354,9 +380,12 @@ class Bus:
                     if info.rc != 0:
                         raise aiomqtt.MqttCodeError(info.rc, "could not publish from the outbox")
                     inflight[info.mid] = row.id
+                    busy[row.id] = row.part
             raise aiomqtt.MqttError("disconnected")
         finally:
             paho.on_publish = original
+            for row_id in inflight.values():  # not acknowledged: published again on the next connection
+                busy.pop(row_id, None)
 
     async def _deleter(self) -> None:
         while True:
@@ -378,5 +407,7 @@ class Bus:
         finally:
             if done:
                 self._acked_set.difference_update(ids)
+                for row_id in ids:
+                    self._row_part.pop(row_id, None)
             else:
                 self._acked[:0] = ids

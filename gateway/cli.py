@@ -19,11 +19,20 @@ def _settings(path: str | None) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import logs
     from .app import run_forever
+    from .cluster import ClusterError, LeaseLost
 
     settings = _settings(args.config)
     logs.setup(args.log_level)
-    run_forever(settings)
-    return 0
+    code = 0
+    try:
+        run_forever(settings)
+    except* ClusterError as group:
+        print(f"telgate: {group.exceptions[0]}", file=sys.stderr)
+        code = 2
+    except* LeaseLost as group:  # its contacts were settled by another member: start again as a new one
+        print(f"telgate: lease lost, stopping: {group.exceptions[0]}", file=sys.stderr)
+        code = 75  # EX_TEMPFAIL: the supervisor starts it again (deploy/telgate@.service)
+    return code
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

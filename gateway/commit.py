@@ -58,6 +58,12 @@ class Topics:
         return f"{self.prefix}/v1/gateways/{gateway_id}/status"
 
 
+def cancel_note(origin: str, state: ContactState) -> bytes:
+    """The notification that carries a committed cancel to the instance whose call it is."""
+    key = [state.campaign_id, state.contact_id]
+    return json.dumps({"origin": origin, "effect": "cancel_call", "channel": str(state.channel), "key": key}).encode()
+
+
 @dataclass
 class After:
     """What one piece of work's commits ask for once the transaction has committed."""
@@ -83,7 +89,10 @@ class Writer:
         Conflict: decide again), its events, the store effects; the channel effects go to `after`."""
         new = decision.state
         key = (new.campaign_id, new.contact_id)
-        owner = self.gateway_id if new.in_flight else None
+        # a contact belongs to the instance that starts its attempt (SPEC §11); a signal decided by
+        # another instance (a webhook, a cancel) never moves it: None keeps the stored owner
+        starts = any(isinstance(e, fx.Dial | fx.Send) for e in decision.effects)
+        owner = self.gateway_id if new.in_flight and starts else None
         effects = decision.effects
         ready: tuple[datetime, int] | None = None
         if before == 0:  # a new contact takes its place in the queue with its first write
@@ -122,7 +131,11 @@ class Writer:
                 txn.bump_campaign(key[0], dialed=1)
             case fx.AddTalkTime() | fx.PauseCampaign():
                 pass  # campaign decisions: the engine decides them (Unit.apply) after this write
-            case fx.Dial() | fx.Send() | fx.CancelCall():
+            case fx.CancelCall():
+                after.effects.append((effect, state))
+                # the call may be another instance's: its owner hears of it once this commits
+                txn.notify(cancel_note(self.gateway_id, state))
+            case fx.Dial() | fx.Send():
                 after.effects.append((effect, state))
 
     def late(self, txn: Txn, key: Key, signal: Signal, now: datetime) -> None:
@@ -161,7 +174,7 @@ class Writer:
         if not decision.wrote:
             return
         camp = decision.state
-        txn.put_campaign(camp)
+        txn.put_campaign(camp, created=decision.created)
         after.wrote = after.wake_dispatch = True
         if decision.changed:
             self.campaign_event(txn, camp, decision.previous, now)
@@ -203,7 +216,7 @@ class Writer:
         to a repeat, and published on evt/command and on the command's Response Topic."""
         if store:
             txn.put_command(command_id, payload)
-        txn.add_outbox(self.topics.command_result, payload)
+        txn.add_outbox(self.topics.command_result, payload, part_key=command_id)
         if response_topic:
-            txn.add_outbox(response_topic, payload, correlation=correlation)
+            txn.add_outbox(response_topic, payload, correlation=correlation, part_key=command_id)
         after.wrote = True

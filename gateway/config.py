@@ -69,6 +69,8 @@ class GatewaySection(_Section):
     data_dir: Path = Path("./var")
     default_region: str = Field("CZ", pattern=r"^[A-Z]{2}$")
     drain_timeout_s: float = Field(30.0, ge=0)
+    # several instances on one store (SPEC §11): a dead instance's work is taken over within 2 x lease_s
+    lease_s: float = Field(10.0, ge=1, le=300)
 
 
 class StoreSection(_Section):

@@ -106,14 +106,19 @@ class Unit:
                     self.campaign_action(key[0], Action.AUTO_PAUSE, reason=reason)
         return decision
 
+    def lock_dispatch(self, channel: Channel) -> None:
+        """No other instance's dispatch turn for `channel` until this transaction ends."""
+        self._txn.lock_dispatch(channel)
+
     def dequeue(self, key: Key) -> None:
         """Take a contact that cannot start out of the dispatch queue (the dispatcher never spins on it)."""
         self._txn.set_ready(key, None)
 
     # -- campaigns ----------------------------------------------------------------------------
-    def campaign(self, campaign_id: str, create: bool = True) -> CampaignState:
-        """The campaign; one that nobody created is created `in_progress` (its first contact names it)."""
-        camp = self._txn.get_campaign(campaign_id)
+    def campaign(self, campaign_id: str, create: bool = True, lock: bool = False) -> CampaignState:
+        """The campaign; one that nobody created is created `in_progress` (its first contact names it).
+        `lock`: as last committed, and no other instance decides for it until this transaction ends."""
+        camp = self._txn.lock_campaign(campaign_id) if lock else self._txn.get_campaign(campaign_id)
         if camp is not None:
             return camp
         decision = implicit(campaign_id)
@@ -123,14 +128,14 @@ class Unit:
 
     def create_campaign(self, campaign_id: str, **settings: Any) -> CampaignDecision:
         """The `create` command: a draft campaign (refused `campaign_exists`)."""
-        decision = create_campaign(self._txn.get_campaign(campaign_id), campaign_id, **settings)
+        decision = create_campaign(self._txn.lock_campaign(campaign_id), campaign_id, **settings)
         self.engine.writer.campaign(self._txn, self.after, decision, self.now, None)
         return decision
 
     def campaign_action(
         self, campaign_id: str, action: Action, reason: str | None = None, **settings: Any
     ) -> CampaignDecision:  # settings: start_at, budget, max_cps, max_concurrent
-        decision = decide_campaign(self.campaign(campaign_id), action, self.now, reason=reason, **settings)
+        decision = decide_campaign(self.campaign(campaign_id, lock=True), action, self.now, reason=reason, **settings)
         if decision.refused:
             return decision
         self.engine.writer.campaign(self._txn, self.after, decision, self.now, reason)
@@ -158,6 +163,16 @@ class Unit:
     def fire_timer(self, timer_id: int) -> bool:
         """A persisted timer fires once: False when another transaction already took it."""
         return self._txn.delete_timer(timer_id)
+
+    def take_over(self, member: str) -> int | None:
+        """A member whose lease expired: bury it and apply SPEC §9's restart rule to what it left in
+        flight, in this one transaction — or None when another instance buried it first."""
+        if not self._txn.lease_bury(member):
+            return None
+        keys = self._txn.in_flight_contacts(member)
+        for key in keys:
+            self.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
+        return len(keys)
 
 
 class EngineStopped(Exception):

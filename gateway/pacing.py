@@ -4,6 +4,12 @@ Room is the channel's `max_concurrent`/`max_rate` and each campaign's own `max_c
 The token bucket is pure (time is an input); the dispatcher is the thin shell that sleeps between turns.
 Due retries and operator-ready previews (priority 0) go before new contacts; within a priority, first
 come first served.
+
+Several instances (a store that is `shared`, docs/cluster.md): the queue is the store's, and each turn
+claims its contacts (`FOR UPDATE SKIP LOCKED`), so a ready contact is started by one instance. Rates
+(`max_cps`, `max_mps`, a campaign's `max_cps`) are split evenly between the live members; concurrency
+(`max_concurrent_calls`, a campaign's `max_concurrent`) is counted from the store's calls in flight,
+under a lock that lets one voice turn of the cluster run at a time.
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sip.waiting import wait_event
 
 from .domain.signals import Kind, Signal
 from .domain.state import CampaignState
+from .domain.statuses import Channel
 from .engine import Engine, Unit
 from .ports import ChannelPort
 from .store import Key, Timer, Txn
@@ -90,6 +98,12 @@ class Dispatcher:
     def __init__(self, engine: Engine, port: ChannelPort) -> None:
         self.engine = engine
         self.port = port
+        # several instances: how many share the limits, whether this one may start anything now, and
+        # the longest sleep (another instance's contacts become this one's when it dies)
+        self.members: Callable[[], int] = lambda: 1
+        self.fenced: Callable[[], bool] = lambda: False
+        self.max_sleep_s = 30.0
+        self.shared = engine.store.shared
         # at most 100 ms worth of dials/sends at once: a carrier that counts CPS sees a steady rate, not
         # max_cps INVITEs in one instant (and the far end's answers do not arrive as one burst either)
         self.bucket = TokenBucket(port.max_rate, burst=max(1.0, min(port.max_rate * BURST_S, float(self.MAX_TURN))))
@@ -102,9 +116,21 @@ class Dispatcher:
     async def _sleep(self, seconds: float) -> None:
         await wait_event(self._wake, max(0.001, seconds))
 
+    def _share(self) -> int:
+        """Split the rates between the live members (a change takes effect at once)."""
+        n = self.members()
+        rate = self.port.max_rate / n
+        if self.bucket.rate != rate:
+            self.bucket.rate = rate
+        return n
+
     async def run(self) -> None:
         while True:
             self._wake.clear()
+            if self.fenced():
+                await self._sleep(0.5)
+                continue
+            self._share()
             free = self.port.max_concurrent - self.port.active()
             if free <= 0:
                 await self._sleep(1.0)
@@ -118,8 +144,8 @@ class Dispatcher:
             self.spend(turn)
             if turn.taken:
                 continue
-            wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
-            await self._sleep(min(30.0, wait))
+            wait = self.max_sleep_s if next_at is None else (next_at - self.engine.clock()).total_seconds()
+            await self._sleep(min(self.max_sleep_s, wait))
 
     def spend(self, turn: Turn) -> None:
         """After the turn's commit: its dials/sends leave the channel's and their campaigns' buckets."""
@@ -129,16 +155,19 @@ class Dispatcher:
             if bucket is not None:
                 bucket.spend(turn.at, n)
 
-    def _campaign_allowance(self, camp: CampaignState, now: float) -> int:
+    def _campaign_allowance(self, camp: CampaignState, now: float, flying: dict[str, int]) -> int:
         """How many of the campaign's contacts this turn may start: its own max_concurrent less what it
-        has on the wire, and its max_cps bucket's whole tokens (read, not spent)."""
+        has on the wire (in the cluster: `flying`, from the store), and its max_cps bucket's whole tokens
+        (read, not spent; the rate split between the members)."""
         allowance = self.MAX_TURN
         if camp.max_concurrent is not None:
-            allowance = min(allowance, camp.max_concurrent - self.port.active(camp.campaign_id))
+            on_wire = max(self.port.active(camp.campaign_id), flying.get(camp.campaign_id, 0))
+            allowance = min(allowance, camp.max_concurrent - on_wire)
         if camp.max_cps is not None:
+            rate = camp.max_cps / self.members()
             bucket = self.campaign_buckets.get(camp.campaign_id)
-            if bucket is None or bucket.rate != camp.max_cps:
-                bucket = self.campaign_buckets[camp.campaign_id] = TokenBucket(camp.max_cps, max(1.0, camp.max_cps))
+            if bucket is None or bucket.rate != rate:
+                bucket = self.campaign_buckets[camp.campaign_id] = TokenBucket(rate, max(1.0, rate))
             allowance = min(allowance, bucket.whole(now))
         return max(0, allowance)
 
@@ -152,6 +181,13 @@ class Dispatcher:
         skip: set[str] = set()
         campaigns: dict[str, CampaignState] = {}
         dialed: dict[str, int] = {}
+        flying: dict[str, int] = {}
+        if self.shared and channel is Channel.VOICE:  # the cluster's calls, counted one turn at a time
+            unit.lock_dispatch(channel)
+            flying = txn.in_flight_counts(channel)
+            room = min(room, self.port.max_concurrent - sum(flying.values()))
+            if room <= 0:  # the cluster's calls are at the limit: look again soon (ends elsewhere wake nobody here)
+                return turn, now + timedelta(seconds=0.25)
         while turn.taken < room:
             keys: list[Key] = txn.ready_contacts(channel, now, room - turn.taken, frozenset(skip))
             if not keys:
@@ -167,7 +203,7 @@ class Dispatcher:
                     skip.add(key[0])
                     continue
                 if key[0] not in turn.allowance:
-                    turn.allowance[key[0]] = self._campaign_allowance(camp, turn.at)
+                    turn.allowance[key[0]] = self._campaign_allowance(camp, turn.at, flying)
                 if turn.started.get(key[0], 0) >= turn.allowance[key[0]]:
                     skip.add(key[0])
                     continue
@@ -205,6 +241,7 @@ class Scheduler:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._wake = asyncio.Event()
+        self.max_sleep_s = 30.0  # several instances: lease_s, so a dead member's timers fire in time
 
     def wake(self) -> None:
         self._wake.set()
@@ -220,5 +257,5 @@ class Scheduler:
                 await asyncio.gather(*(self.engine.execute(functools.partial(apply_timer, timer=t)) for t in due))
                 continue
             next_at = await self.engine.store.read(lambda txn: txn.next_timer_at())
-            wait = 30.0 if next_at is None else (next_at - self.engine.clock()).total_seconds()
-            await wait_event(self._wake, min(30.0, max(0.001, wait)))
+            wait = self.max_sleep_s if next_at is None else (next_at - self.engine.clock()).total_seconds()
+            await wait_event(self._wake, min(self.max_sleep_s, max(0.001, wait)))

@@ -181,6 +181,15 @@ class Recorder:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         self.bus_connected = Gauge("telgate_bus_connected", "1 while connected to the MQTT broker", registry=r)
+        self.cluster_members = Gauge(
+            "telgate_cluster_members", "Instances holding a live lease in the store, this one included", registry=r
+        )
+        self.cluster_partitions = Gauge(
+            "telgate_cluster_partitions", "Outbox partitions this instance holds (of 64)", registry=r
+        )
+        self.cluster_takeovers = Counter(
+            "telgate_cluster_takeovers", "Members whose lease expired, buried by this instance", registry=r
+        )
         self.call_transfers = Counter(
             "telgate_call_transfers", "Blind transfers (REFER) of answered calls by result", ["result"], registry=r
         )

@@ -12,8 +12,9 @@ docs/store.md says how they differ inside and why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+import zlib
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -28,6 +29,31 @@ Key = tuple[str, str]  # (campaign_id, contact_id)
 FINAL_STATUSES: tuple[str, ...] = tuple(
     sorted({str(status) for table in STATUSES.values() for status, (_, _, final) in table.items() if final})
 )
+
+
+# The outbox is cut into PARTS partitions; each is published by one instance at a time (its lease holder),
+# in id order (docs/cluster.md says why that keeps every contact's events in `sequence` order). A row's
+# partition is written with it, so the number is fixed for the life of a store: never change it.
+PARTS = 64
+
+
+def partition(key: str) -> int:
+    """The outbox partition of a contact (`campaign_id/contact_id`), a campaign or a command id."""
+    return zlib.crc32(key.encode()) % PARTS
+
+
+def contact_partition(key: Key) -> int:
+    return partition(f"{key[0]}/{key[1]}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What one renewal of an instance's lease found (Txn.lease_renew)."""
+
+    held: bool  # False: this member's row is gone or has another epoch (another instance buried it)
+    members: tuple[str, ...] = ()  # live members, this one included
+    parts: frozenset[int] = field(default_factory=frozenset)  # the outbox partitions this member holds now
+    dead: tuple[str, ...] = ()  # members whose lease expired, not buried yet
 
 
 class StoreError(Exception):
@@ -46,6 +72,7 @@ class OutboxRow:
     retain: bool
     correlation: bytes | None
     created_at: float
+    part: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +106,13 @@ class Reads(Protocol):
 
     def events(self, key: Key) -> list[bytes]: ...
 
-    def outbox_fetch(self, after_id: int, limit: int) -> list[OutboxRow]: ...
+    def outbox_fetch(self, after_id: int, limit: int, parts: Collection[int] | None = None) -> list[OutboxRow]:
+        """Pending rows after `after_id` in id order, of `parts` only when given."""
+        ...
+
+    def in_flight_counts(self, channel: Channel) -> dict[str, int]:
+        """Contacts of `channel` in flight (on the wire) per campaign, across every instance."""
+        ...
 
     def outbox_stats(self) -> tuple[int, float | None]: ...
 
@@ -122,8 +155,15 @@ class Txn(Reads, Protocol):
     def record(self, key: Key, payload: bytes) -> None: ...
 
     def add_outbox(
-        self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None
-    ) -> None: ...
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        part_key: str | None = None,
+    ) -> None:
+        """A message that is no contact's event; its partition is `part_key`'s (default: the topic's)."""
+        ...
 
     def outbox_delete(self, ids: list[int]) -> None: ...
 
@@ -133,7 +173,10 @@ class Txn(Reads, Protocol):
 
     def delete_timer(self, timer_id: int) -> bool: ...
 
-    def put_campaign(self, state: CampaignState) -> None: ...
+    def put_campaign(self, state: CampaignState, created: bool = False) -> None:
+        """Status and settings. `created`: a campaign this transaction read as missing — Conflict when
+        another instance created it meanwhile (decide again)."""
+        ...
 
     def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]: ...
 
@@ -142,6 +185,41 @@ class Txn(Reads, Protocol):
     def put_command(self, command_id: str, result: bytes) -> None: ...
 
     def map_wamid(self, wamid: str, key: Key) -> None: ...
+
+    # -- several instances (docs/cluster.md); on SQLite one instance holds everything ------------------
+    def lock_dispatch(self, channel: Channel) -> None:
+        """Until this transaction ends, no other instance's dispatch turn for `channel` runs (the
+        cluster's concurrency limits are counted from the store under it)."""
+        ...
+
+    def lock_campaign(self, campaign_id: str) -> CampaignState | None:
+        """The campaign as last committed, locked against other instances' campaign decisions until
+        this transaction ends (a campaign decision is made on the state it replaces)."""
+        ...
+
+    def notify(self, payload: bytes) -> None:
+        """Tell every instance, once this transaction commits (the owner of a call carries out a cancel
+        another instance decided)."""
+        ...
+
+    def lease_join(self, member: str, epoch: int, lease_s: float) -> int | None:
+        """Register `member` under `epoch`; None, or the epoch of another run of the same id whose lease
+        has not expired (then nothing is written)."""
+        ...
+
+    def lease_renew(self, member: str, epoch: int, lease_s: float, release: Collection[int]) -> Lease:
+        """Extend this member's lease and its partitions', give up `release`, take free or expired
+        partitions up to its fair share of the live members."""
+        ...
+
+    def lease_bury(self, member: str) -> bool:
+        """Delete a member whose lease expired: True for the one transaction that did it (it applies
+        the restart rule to the member's contacts)."""
+        ...
+
+    def lease_leave(self, member: str, epoch: int) -> None:
+        """A member that stops: its row and its partitions' leases go at once."""
+        ...
 
     def prune(self, older_than: datetime) -> dict[str, int]:
         """Delete event history (messages no longer pending), command ids and wamids written before
@@ -166,6 +244,16 @@ class Store(Protocol):
     @property
     def is_open(self) -> bool:
         """The store can take a transaction now (/readyz): False while closed or disconnected."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Several instances may write this store at once (PostgreSQL): outbox ids then need not commit
+        in id order, and the publisher cannot follow a cursor (docs/cluster.md)."""
+        ...
+
+    def notifications(self) -> AsyncIterator[bytes]:
+        """What other instances `notify`; never yields on a store one instance has to itself."""
         ...
 
     @property

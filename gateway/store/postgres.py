@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import AsyncIterator, Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,12 +49,26 @@ import psycopg
 from ..domain.effects import TimerKind
 from ..domain.state import CampaignState, ContactState
 from ..domain.statuses import Channel
-from . import FINAL_STATUSES, Conflict, Key, OutboxRow, StoreError, Timer, Txn
+from . import (
+    FINAL_STATUSES,
+    PARTS,
+    Conflict,
+    Key,
+    Lease,
+    OutboxRow,
+    StoreError,
+    Timer,
+    Txn,
+    contact_partition,
+    partition,
+)
 from .migrate import Migration, pending
 
 log = logging.getLogger("telgate.store")
 R = TypeVar("R")
 MIGRATION_LOCK = 0x74656C67  # pg_advisory_xact_lock key: one instance migrates at a time
+DISPATCH_LOCK = 0x74656C68  # pg_advisory_xact_lock(DISPATCH_LOCK, channel's): one dispatch turn at a time
+NOTIFY_CHANNEL = "telgate"
 
 MIGRATIONS = (
     Migration(
@@ -130,6 +145,25 @@ MIGRATIONS = (
             " at timestamptz NOT NULL DEFAULT now())",
         ),
     ),
+    Migration(
+        4,
+        "several instances: members and their leases, outbox partitions leased to one member at a time",
+        (
+            # rows pending at the upgrade stay in partition 0 (docs/cluster.md)
+            "ALTER TABLE messages ADD COLUMN part smallint NOT NULL DEFAULT 0",
+            "CREATE INDEX messages_pending_part ON messages (part, id) WHERE pending",
+            """CREATE TABLE members (
+                gateway_id text PRIMARY KEY,
+                epoch bigint NOT NULL,
+                joined_at timestamptz NOT NULL DEFAULT now(),
+                expires_at timestamptz NOT NULL
+            )""",
+            "CREATE TABLE partitions (part integer PRIMARY KEY, owner text, expires_at timestamptz)",
+            f"INSERT INTO partitions (part) SELECT generate_series(0, {PARTS - 1})",
+            # outbox ids must be handed out in time order across sessions (docs/cluster.md): no cache
+            "ALTER TABLE messages ALTER COLUMN id SET CACHE 1",
+        ),
+    ),
 )
 
 INSERT_CONTACT = (
@@ -141,10 +175,15 @@ UPDATE_CONTACT = (
     " WHERE campaign_id=%s AND contact_id=%s AND sequence=%s"
 )
 INSERT_MESSAGE = (
-    "INSERT INTO messages (topic, payload, retain, correlation, pending, campaign_id, contact_id)"
-    " VALUES (%s,%s,%s,%s,%s,%s,%s)"
+    "INSERT INTO messages (topic, payload, retain, correlation, pending, campaign_id, contact_id, part)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
 )
-CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT})  # each row must change exactly one row
+INSERT_CAMPAIGN = "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT DO NOTHING"
+UPSERT_CAMPAIGN = (
+    "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT (campaign_id)"
+    " DO UPDATE SET state=excluded.state, status=excluded.status"
+)
+CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT, INSERT_CAMPAIGN})  # each row must change exactly one row
 # written last, and only by a transaction that wrote something (one that only read needs no verdict);
 # an INSERT of no row assigns no transaction id, so a read-only transaction stays read-only
 MARK = (
@@ -174,8 +213,9 @@ class _Group:
 
 
 class _PgTxn:
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], read_only: bool = False) -> None:
         self.conn = conn
+        self.read_only = read_only
         self.cur = conn.cursor()
         self._queued: dict[str, list[_Group]] = {}  # table -> groups, sent in order
         self._known: dict[Key, ContactState | None] = {}  # contacts as this transaction read or wrote them
@@ -314,7 +354,9 @@ class _PgTxn:
         rows = self._all(
             "SELECT c.campaign_id, c.contact_id FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
             " WHERE c.channel=%s AND c.ready_at IS NOT NULL AND c.ready_at <= %s AND g.status='in_progress'"
-            " AND c.campaign_id <> ALL(%s) ORDER BY c.priority, c.ready_at, c.campaign_id, c.contact_id LIMIT %s",
+            " AND c.campaign_id <> ALL(%s) ORDER BY c.priority, c.ready_at, c.campaign_id, c.contact_id LIMIT %s"
+            # claiming: a contact another instance's turn is starting is skipped, not waited for
+            + ("" if self.read_only else " FOR UPDATE OF c SKIP LOCKED"),
             (channel, now, sorted(skip), limit),
         )
         return [(r[0], r[1]) for r in rows]
@@ -367,27 +409,42 @@ class _PgTxn:
 
     # -- events and outbox: one table, one statement (ids follow the calls) ----------------------
     def add_event(self, key: Key, topic: str, payload: bytes) -> None:
-        self._queue("messages", INSERT_MESSAGE, (topic, payload, False, None, True, *key), None)
+        self._queue("messages", INSERT_MESSAGE, (topic, payload, False, None, True, *key, contact_partition(key)), None)
 
     def record(self, key: Key, payload: bytes) -> None:
-        self._queue("messages", INSERT_MESSAGE, ("", payload, False, None, False, *key), None)
+        self._queue("messages", INSERT_MESSAGE, ("", payload, False, None, False, *key, 0), None)
 
     def events(self, key: Key) -> list[bytes]:
         self._flush("messages")
         rows = self._all("SELECT payload FROM messages WHERE campaign_id=%s AND contact_id=%s ORDER BY id", key)
         return [bytes(r[0]) for r in rows]
 
-    def add_outbox(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> None:
-        self._queue("messages", INSERT_MESSAGE, (topic, payload, retain, correlation, True, None, None), None)
+    def add_outbox(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        part_key: str | None = None,
+    ) -> None:
+        row = (topic, payload, retain, correlation, True, None, None, partition(part_key or topic))
+        self._queue("messages", INSERT_MESSAGE, row, None)
 
-    def outbox_fetch(self, after_id: int, limit: int) -> list[OutboxRow]:
+    def outbox_fetch(self, after_id: int, limit: int, parts: Collection[int] | None = None) -> list[OutboxRow]:
         self._flush("messages")
-        rows = self._all(
-            "SELECT id, topic, payload, retain, correlation, extract(epoch FROM created_at)::float8 FROM messages"
-            " WHERE pending AND id > %s ORDER BY id LIMIT %s",
-            (after_id, limit),
+        select = (
+            "SELECT id, topic, payload, retain, correlation, extract(epoch FROM created_at)::float8, part FROM messages"
         )
-        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], None if r[4] is None else bytes(r[4]), r[5]) for r in rows]
+        if parts is None:
+            rows = self._all(f"{select} WHERE pending AND id > %s ORDER BY id LIMIT %s", (after_id, limit))
+        else:
+            rows = self._all(
+                f"{select} WHERE pending AND part = ANY(%s) AND id > %s ORDER BY id LIMIT %s",
+                (sorted(parts), after_id, limit),
+            )
+        return [
+            OutboxRow(r[0], r[1], bytes(r[2]), r[3], None if r[4] is None else bytes(r[4]), r[5], r[6]) for r in rows
+        ]
 
     def outbox_delete(self, ids: list[int]) -> None:
         self._flush("messages")
@@ -429,13 +486,97 @@ class _PgTxn:
         row = self._one("SELECT MIN(due_at) FROM timers")
         return None if row is None else cast(datetime | None, row[0])
 
+    def in_flight_counts(self, channel: Channel) -> dict[str, int]:
+        self._flush("contacts")
+        rows = self._all(
+            "SELECT campaign_id, COUNT(*) FROM contacts WHERE in_flight AND channel=%s GROUP BY campaign_id",
+            (channel,),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    # -- several instances ------------------------------------------------------------------------
+    def lock_dispatch(self, channel: Channel) -> None:
+        self._one("SELECT pg_advisory_xact_lock(%s, %s)", (DISPATCH_LOCK, partition(str(channel))))
+
+    def lock_campaign(self, campaign_id: str) -> CampaignState | None:
+        self._campaigns.pop(campaign_id, None)
+        return self.get_campaign(campaign_id, lock=True)
+
+    def notify(self, payload: bytes) -> None:
+        self._queue("notify", "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload.decode()), None)
+
+    def lease_join(self, member: str, epoch: int, lease_s: float) -> int | None:
+        self._flush()
+        row = self._one("SELECT epoch, expires_at > now() FROM members WHERE gateway_id=%s FOR UPDATE", (member,))
+        if row is not None and row[1] and row[0] != epoch:
+            return int(row[0])
+        self.cur.execute(
+            "INSERT INTO members (gateway_id, epoch, expires_at) VALUES (%s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT (gateway_id) DO UPDATE SET epoch = excluded.epoch, expires_at = excluded.expires_at,"
+            " joined_at = now()",
+            (member, epoch, lease_s),
+        )
+        # a previous run of this id held partitions: free them (its rows are published by whoever takes them)
+        self.cur.execute("UPDATE partitions SET owner = NULL, expires_at = NULL WHERE owner = %s", (member,))
+        return None
+
+    def lease_renew(self, member: str, epoch: int, lease_s: float, release: Collection[int]) -> Lease:
+        self._flush()
+        renewed = self.cur.execute(
+            "UPDATE members SET expires_at = now() + make_interval(secs => %s) WHERE gateway_id=%s AND epoch=%s",
+            (lease_s, member, epoch),
+        ).rowcount
+        if renewed != 1:
+            return Lease(held=False)
+        if release:
+            self.cur.execute(
+                "UPDATE partitions SET owner = NULL, expires_at = NULL WHERE owner = %s AND part = ANY(%s)",
+                (member, sorted(release)),
+            )
+        mine = {
+            r[0]
+            for r in self._all(
+                "UPDATE partitions SET expires_at = now() + make_interval(secs => %s) WHERE owner = %s RETURNING part",
+                (lease_s, member),
+            )
+        }
+        rows = self._all("SELECT gateway_id, expires_at > now() FROM members ORDER BY gateway_id")
+        live = tuple(r[0] for r in rows if r[1])
+        dead = tuple(r[0] for r in rows if not r[1])
+        fair = math.ceil(PARTS / max(1, len(live)))
+        if len(mine) < fair:
+            mine |= {
+                r[0]
+                for r in self._all(
+                    "UPDATE partitions SET owner = %s, expires_at = now() + make_interval(secs => %s)"
+                    " WHERE part IN (SELECT part FROM partitions WHERE (owner IS NULL OR expires_at <= now())"
+                    " AND part <> ALL(%s) ORDER BY part LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING part",
+                    (member, lease_s, sorted(release), fair - len(mine)),
+                )
+            }
+        return Lease(held=True, members=live, parts=frozenset(mine), dead=dead)
+
+    def lease_bury(self, member: str) -> bool:
+        self._flush()
+        gone = self.cur.execute("DELETE FROM members WHERE gateway_id=%s AND expires_at <= now()", (member,)).rowcount
+        if gone:
+            self.cur.execute("UPDATE partitions SET owner = NULL, expires_at = NULL WHERE owner = %s", (member,))
+        return gone == 1
+
+    def lease_leave(self, member: str, epoch: int) -> None:
+        self._flush()
+        if self.cur.execute("DELETE FROM members WHERE gateway_id=%s AND epoch=%s", (member, epoch)).rowcount:
+            self.cur.execute("UPDATE partitions SET owner = NULL, expires_at = NULL WHERE owner = %s", (member,))
+
     # -- campaigns ------------------------------------------------------------------------------
-    def get_campaign(self, campaign_id: str) -> CampaignState | None:
+    def get_campaign(self, campaign_id: str, lock: bool = False) -> CampaignState | None:
         if campaign_id in self._campaigns:
             return self._campaigns[campaign_id]
         self._flush("campaigns")
         row = self._one(
-            "SELECT state::text, dialed_contacts, talk_seconds FROM campaigns WHERE campaign_id=%s", (campaign_id,)
+            "SELECT state::text, dialed_contacts, talk_seconds FROM campaigns WHERE campaign_id=%s"
+            + (" FOR UPDATE" if lock else ""),
+            (campaign_id,),
         )
         state = None
         if row is not None:
@@ -445,14 +586,14 @@ class _PgTxn:
         self._campaigns[campaign_id] = state
         return state
 
-    def put_campaign(self, state: CampaignState) -> None:
-        """Status and settings; the counters are only ever moved by `bump_campaign`."""
+    def put_campaign(self, state: CampaignState, created: bool = False) -> None:
+        """Status and settings; the counters are only ever moved by `bump_campaign`. A creation is an
+        INSERT that must insert (CAS: another instance's creation meanwhile is a Conflict)."""
         self._campaigns.pop(state.campaign_id, None)
         blob = state.model_dump_json(exclude={"dialed_contacts", "talk_seconds"})
         self._queue(
             "campaigns",
-            "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT (campaign_id)"
-            " DO UPDATE SET state=excluded.state, status=excluded.status",
+            INSERT_CAMPAIGN if created else UPSERT_CAMPAIGN,
             (state.campaign_id, blob, state.status),
             state.campaign_id,
         )
@@ -575,6 +716,30 @@ class PostgresStore:
     @property
     def migrated(self) -> list[int]:
         return list(self._migrated)
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def notifications(self) -> AsyncIterator[bytes]:
+        """LISTEN on a connection of its own (autocommit, in the event loop), reconnected with backoff;
+        a notification sent while it was away is lost, so what notifies must also be safe to miss
+        (docs/cluster.md: a cancel that misses its call is caught by the call's owner at its next look)."""
+        delay = 0.05
+        while not self._closed:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=self.connect_timeout_s, application_name="telgate-listen"
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    delay = 0.05
+                    async for note in conn.notifies():
+                        yield note.payload.encode()
+            except psycopg.OperationalError as exc:
+                log.warning("store notifications lost, listening again", extra={"detail": str(exc)})
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
 
     # -- in the store thread ----------------------------------------------------------------------
     def _connect(self, read_only: bool = False) -> psycopg.Connection[Any]:
@@ -704,7 +869,7 @@ class PostgresStore:
             except psycopg.OperationalError as exc:
                 raise _Lost(f"cannot connect: {exc}") from exc
         try:
-            txn = _PgTxn(conn)
+            txn = _PgTxn(conn, read_only=True)
             result = fn(txn)
             txn._flush()  # a write queued by mistake reaches the server and fails there, never dropped
             conn.commit()

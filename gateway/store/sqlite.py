@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +18,11 @@ from typing import TypeVar
 from ..domain.effects import TimerKind
 from ..domain.state import CampaignState, ContactState
 from ..domain.statuses import Channel
-from . import FINAL_STATUSES, Key, OutboxRow, StoreError, Timer, Txn
+from . import FINAL_STATUSES, PARTS, Key, Lease, OutboxRow, StoreError, Timer, Txn
 from .migrate import Migration, pending
 
 R = TypeVar("R")
+ALL_PARTS = frozenset(range(PARTS))
 
 MIGRATIONS = (
     Migration(
@@ -96,6 +97,7 @@ MIGRATIONS = (
     ),
     # the same version in both stores: a COMMIT on a local file has no answer to lose, so nothing here
     Migration(3, "commit marks (PostgreSQL only: the outcome of a COMMIT whose answer was lost)", ()),
+    Migration(4, "members, partitions and leases (PostgreSQL only: one instance has a SQLite file to itself)", ()),
 )
 
 
@@ -244,13 +246,21 @@ class _SqliteTxn:
         ).fetchall()
         return [bytes(r[0]) for r in rows]
 
-    def add_outbox(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> None:
+    def add_outbox(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool = False,
+        correlation: bytes | None = None,
+        part_key: str | None = None,
+    ) -> None:
         self.db.execute(
             "INSERT INTO messages (topic, payload, retain, correlation, created_at, pending) VALUES (?,?,?,?,?,1)",
             (topic, payload, int(retain), correlation, time.time()),
         )
 
-    def outbox_fetch(self, after_id: int, limit: int) -> list[OutboxRow]:
+    def outbox_fetch(self, after_id: int, limit: int, parts: Collection[int] | None = None) -> list[OutboxRow]:
+        # one instance holds every partition (SqliteStore.shared is False): `parts` is all of them
         rows = self.db.execute(
             "SELECT id, topic, payload, retain, correlation, created_at FROM messages"
             " WHERE pending = 1 AND id > ? ORDER BY id LIMIT ?",
@@ -264,6 +274,35 @@ class _SqliteTxn:
     def outbox_stats(self) -> tuple[int, float | None]:
         row = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM messages WHERE pending = 1").fetchone()
         return int(row[0]), row[1]
+
+    def in_flight_counts(self, channel: Channel) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT campaign_id, COUNT(*) FROM contacts WHERE in_flight=1 AND channel=? GROUP BY campaign_id",
+            (channel,),
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    # several instances: a SQLite file belongs to one instance, which holds every lease there is
+    def lock_dispatch(self, channel: Channel) -> None:
+        """BEGIN IMMEDIATE already keeps every other writer out."""
+
+    def lock_campaign(self, campaign_id: str) -> CampaignState | None:
+        return self.get_campaign(campaign_id)
+
+    def notify(self, payload: bytes) -> None:
+        """Nobody else to tell."""
+
+    def lease_join(self, member: str, epoch: int, lease_s: float) -> int | None:
+        return None
+
+    def lease_renew(self, member: str, epoch: int, lease_s: float, release: Collection[int]) -> Lease:
+        return Lease(held=True, members=(member,), parts=ALL_PARTS)
+
+    def lease_bury(self, member: str) -> bool:
+        return False
+
+    def lease_leave(self, member: str, epoch: int) -> None:
+        """Nothing was written."""
 
     # timers
     def add_timer(self, kind: TimerKind, campaign_id: str, contact_id: str | None, due_at: datetime) -> None:
@@ -307,7 +346,7 @@ class _SqliteTxn:
         state = CampaignState.model_validate_json(row[0])
         return state.model_copy(update={"dialed_contacts": row[1], "talk_seconds": row[2]})
 
-    def put_campaign(self, state: CampaignState) -> None:
+    def put_campaign(self, state: CampaignState, created: bool = False) -> None:
         """Status and settings; the counters are only ever moved by `bump_campaign`."""
         self._campaigns.pop(state.campaign_id, None)
         blob = state.model_dump_json(exclude={"dialed_contacts", "talk_seconds"})
@@ -414,6 +453,14 @@ class SqliteStore:
     @property
     def migrated(self) -> list[int]:
         return list(self._migrated)
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    async def notifications(self) -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()  # a file one instance has to itself: nobody else notifies
+        yield b""  # pragma: no cover - never reached
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -576,7 +576,7 @@ def test_retention_days_is_validated(tmp_path: Path) -> None:
 async def test_migrations_apply_once(url: str) -> None:
     first = open_store(url)
     await first.open()
-    assert first.migrated == [1, 2, 3]
+    assert first.migrated == [1, 2, 3, 4]
     await first.run(lambda t: t.put_contact(contact("k"), 0, None))
     await first.close()
     again = open_store(url)
@@ -588,7 +588,7 @@ async def test_migrations_apply_once(url: str) -> None:
 
 
 async def test_a_schema_newer_than_this_build_is_refused(url: str) -> None:
-    assert await migrate(url) == [1, 2, 3]
+    assert await migrate(url) == [1, 2, 3, 4]
     if url.startswith("sqlite"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             db.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
@@ -613,7 +613,7 @@ async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Pat
         db.execute("INSERT INTO wamids VALUES ('wamid.old', 'c', 'k')")
         db.execute("INSERT INTO commands VALUES ('cmd', x'7b7d', 0)")
     url = f"sqlite:///{path}"
-    assert await migrate(url) == [1, 2, 3]
+    assert await migrate(url) == [1, 2, 3, 4]
     assert await migrate(url) == []
     store = open_store(url)
     await store.open()
@@ -627,7 +627,7 @@ async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Pat
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
 
 
 # -- the engine on PostgreSQL, end to end ---------------------------------------------------------------------
@@ -656,7 +656,7 @@ async def test_engine_on_postgres_end_to_end(
     postgres_server: Postgres,  # noqa: F811
 ) -> None:
     pg_url = await asyncio.to_thread(postgres_server.create_database, "engine")
-    assert await migrate(pg_url) == [1, 2, 3]
+    assert await migrate(pg_url) == [1, 2, 3, 4]
     with psycopg.connect(pg_url, autocommit=True) as db:  # a command id from before the retention window
         db.execute("INSERT INTO commands VALUES ('ancient', '{}', now() - interval '31 days')")
     n = 24
@@ -741,7 +741,7 @@ async def test_telgate_migrate_applies_once_from_the_command_line(url: str, tmp_
         for _ in range(2)
     ]
     assert [r.returncode for r in runs] == [0, 0], runs
-    assert "migrations applied" in runs[0].stdout and "[1, 2, 3]" in runs[0].stdout
+    assert "migrations applied" in runs[0].stdout and "[1, 2, 3, 4]" in runs[0].stdout
     assert "up to date" in runs[1].stdout
 
 

@@ -1,0 +1,160 @@
+"""Membership of the instances that share a store (SPEC §11; docs/cluster.md says why it holds).
+
+Every instance holds a lease in the store (`members`: its id, the epoch of this run, when the lease
+expires) and renews it every `lease_s / 3`. With the lease come the outbox partitions it publishes
+(`partitions`): each is leased to one member at a time, and a member takes free or expired ones up to
+its fair share of the live members (`PARTS / members`, rounded up), and gives back what it holds beyond
+that once nothing of it is in flight on the bus. A member whose lease expired is buried by the first
+live member that sees it: in one transaction its row goes and SPEC §9's restart rule is applied to the
+contacts it left in flight; its partitions expire with it and are taken by the others; its timers and
+its queue were in the shared store all along.
+
+A member that cannot renew stops acting on its lease before the store lets anyone else take it: its
+lease is taken to end `lease_s` after the renewal was *sent* (the store counts from when it received
+it, later), less a tenth for the clocks' rates. Fenced, it publishes nothing and starts no attempt; when
+the store answers again it goes on if its row is still its own, and otherwise it stops with LeaseLost
+(its contacts were settled by another member; the supervisor starts it again as a new member).
+
+On a store one instance has to itself (SQLite), the store answers every renewal with every partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from metrics.recorder import Recorder
+
+from .engine import Engine, Unit
+from .store import PARTS, Lease, Store, StoreError, Txn
+
+log = logging.getLogger("telgate.cluster")
+
+
+class LeaseLost(Exception):
+    """Another member buried this one (its lease expired while the store could not be reached)."""
+
+
+class ClusterError(Exception):
+    """The instance cannot join (its gateway.id is held by another running instance)."""
+
+
+def _join(txn: Txn, member: str, epoch: int, lease_s: float) -> int | None:
+    return txn.lease_join(member, epoch, lease_s)
+
+
+def _renew(txn: Txn, member: str, epoch: int, lease_s: float, release: frozenset[int]) -> Lease:
+    return txn.lease_renew(member, epoch, lease_s, release)
+
+
+def _leave(txn: Txn, member: str, epoch: int) -> None:
+    txn.lease_leave(member, epoch)
+
+
+def _take_over(unit: Unit, member: str) -> int | None:
+    return unit.take_over(member)
+
+
+class Cluster:
+    MARGIN = 0.1  # of lease_s: a renewal is trusted for lease_s less this, from when it was sent
+
+    def __init__(self, engine: Engine, store: Store, gateway_id: str, epoch: int, lease_s: float, recorder: Recorder):
+        self.engine = engine
+        self.store = store
+        self.gateway_id = gateway_id
+        self.epoch = epoch
+        self.lease_s = lease_s
+        self.recorder = recorder
+        self.members: tuple[str, ...] = (gateway_id,)
+        self._parts: frozenset[int] = frozenset()
+        self._releasing: frozenset[int] = frozenset()  # held, withheld from publishing, given back when idle
+        self._valid_until = 0.0  # monotonic
+        self.busy_parts: Callable[[], set[int]] = set  # the bus: partitions with rows in flight
+        self.on_change: list[Callable[[], None]] = []
+
+    # -- what the other parts ask --------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """Live members, this one included: the cluster's limits are shared by this many."""
+        return max(1, len(self.members))
+
+    @property
+    def fenced(self) -> bool:
+        """The lease may have expired: publish nothing, start no attempt."""
+        return time.monotonic() >= self._valid_until
+
+    def parts(self) -> frozenset[int]:
+        """The outbox partitions to publish now."""
+        return frozenset() if self.fenced else self._parts - self._releasing
+
+    # -- the lease -----------------------------------------------------------------------------------
+    async def join(self) -> None:
+        """Register this run; while another run of the same id holds a live lease (a restart after a
+        crash: until it expires), wait; after 2 x lease_s of it, ClusterError."""
+        deadline = time.monotonic() + 2 * self.lease_s
+        while True:
+            other = await self.store.run(
+                functools.partial(_join, member=self.gateway_id, epoch=self.epoch, lease_s=self.lease_s)
+            )
+            if other is None:
+                break
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"gateway.id {self.gateway_id!r} is held by another running instance (epoch {other}):"
+                    " give each instance an id of its own"
+                )
+            log.info("waiting for the lease of this id's previous run to expire", extra={"epoch": other})
+            await asyncio.sleep(self.lease_s / 4)
+        await self.renew()
+
+    async def renew(self) -> None:
+        sent = time.monotonic()
+        fair = math.ceil(PARTS / self.size)
+        surplus = len(self._parts) - fair
+        if surplus > 0:  # withhold the highest first; give back those with nothing in flight
+            extra = sorted(self._parts - self._releasing, reverse=True)[:surplus]
+            self._releasing |= frozenset(extra)
+        release = self._releasing - self.busy_parts()
+        lease = await self.store.run(
+            functools.partial(_renew, member=self.gateway_id, epoch=self.epoch, lease_s=self.lease_s, release=release)
+        )
+        if not lease.held:
+            self._valid_until = 0.0
+            raise LeaseLost(f"{self.gateway_id} (epoch {self.epoch}) was buried by another member")
+        self._valid_until = sent + self.lease_s * (1 - self.MARGIN)
+        changed = lease.parts != self._parts or lease.members != self.members
+        self._releasing = (self._releasing - release) & lease.parts
+        self._parts, self.members = lease.parts, lease.members
+        self.recorder.cluster_members.set(len(lease.members))
+        self.recorder.cluster_partitions.set(len(lease.parts))
+        if changed:
+            log.info("lease renewed", extra={"members": list(lease.members), "partitions": len(lease.parts)})
+            for callback in self.on_change:
+                callback()
+        for member in lease.dead:
+            settled = await self.engine.execute(functools.partial(_take_over, member=member))
+            if settled is not None:
+                self.recorder.cluster_takeovers.inc()
+                log.warning("took over a member whose lease expired", extra={"member": member, "contacts": settled})
+
+    async def run(self) -> None:
+        """Renew every lease_s / 3 until cancelled; a store that does not answer fences this member by
+        itself (time passes), LeaseLost ends it."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.renew()
+            except StoreError as exc:
+                log.warning("lease renewal failed", extra={"detail": str(exc), "fenced": self.fenced})
+
+    async def leave(self) -> None:
+        """A stop: the row and the partitions go now, the others take them at their next renewal."""
+        self._valid_until = 0.0
+        try:
+            await self.store.run(functools.partial(_leave, member=self.gateway_id, epoch=self.epoch))
+        except StoreError as exc:
+            log.warning("could not leave the cluster (the lease will expire)", extra={"detail": str(exc)})
