@@ -83,6 +83,9 @@ class Bus:
         self._acked: list[int] = []
         self._acked_set: set[int] = set()
         self._row_part: dict[int, int] = {}  # rows published and not yet deleted -> their partition
+        # deleted rows, forgotten by the publisher only before its next fetch: a fetch whose snapshot is
+        # older than the delete still sees them pending, and must still know them for published
+        self._deleted: list[int] = []
         self._closing = False
         # the outbox partitions this instance publishes now (gateway/cluster.py); None: all of them
         self.parts: Callable[[], frozenset[int] | None] = lambda: None
@@ -92,7 +95,7 @@ class Bus:
         return set(self._row_part.values())
 
     def in_flight(self) -> int:
-        return len(self._row_part)
+        return len(self._row_part.keys() - set(self._deleted))
 
     # -- public ------------------------------------------------------------------------------
     def notify(self) -> None:
@@ -353,6 +356,7 @@ class Bus:
         try:
             while not disconnected.done():
                 self._wake.clear()
+                self._forget_deleted()
                 parts = self.parts()
                 if parts is not None and not parts:  # fenced, or holding no partition
                     await wait_event(self._wake, 0.5)
@@ -387,6 +391,13 @@ class Bus:
             for row_id in inflight.values():  # not acknowledged: published again on the next connection
                 busy.pop(row_id, None)
 
+    def _forget_deleted(self) -> None:
+        """Before a fetch: the rows whose delete committed are no longer pending for any later snapshot."""
+        ids, self._deleted = self._deleted, []
+        self._acked_set.difference_update(ids)
+        for row_id in ids:
+            self._row_part.pop(row_id, None)
+
     async def _deleter(self) -> None:
         while True:
             await asyncio.sleep(0.02)
@@ -406,8 +417,6 @@ class Bus:
             done = True
         finally:
             if done:
-                self._acked_set.difference_update(ids)
-                for row_id in ids:
-                    self._row_part.pop(row_id, None)
+                self._deleted += ids
             else:
                 self._acked[:0] = ids

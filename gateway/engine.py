@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ log = logging.getLogger("telgate.engine")
 R = TypeVar("R")
 Clock = Callable[[], datetime]
 MAX_BATCH = 512
+MAX_CONFLICTS = 50  # several instances on one queue: a busy contact is moved by another, now and then
 
 
 def utcnow() -> datetime:
@@ -106,9 +108,10 @@ class Unit:
                     self.campaign_action(key[0], Action.AUTO_PAUSE, reason=reason)
         return decision
 
-    def lock_dispatch(self, channel: Channel) -> None:
-        """No other instance's dispatch turn for `channel` until this transaction ends."""
-        self._txn.lock_dispatch(channel)
+    def lock_dispatch(self, channel: Channel) -> bool:
+        """No other instance's dispatch turn for `channel` until this transaction ends (False: another
+        instance's turn runs now)."""
+        return self._txn.lock_dispatch(channel)
 
     def dequeue(self, key: Key) -> None:
         """Take a contact that cannot start out of the dispatch queue (the dispatcher never spins on it)."""
@@ -280,9 +283,10 @@ class Engine:
             except Conflict as exc:  # another instance moved a contact: decide the batch again on fresh state
                 conflicts += 1
                 log.info("compare-and-set conflict, deciding again", extra={"detail": str(exc)})
-                if conflicts < 5:
+                if conflicts < MAX_CONFLICTS:
+                    await asyncio.sleep(random.uniform(0, 0.005 * min(conflicts, 10)))  # let the other commit
                     continue
-                self._fail(live, Conflict("gave up after 5 conflicts"))
+                self._fail(live, Conflict(f"gave up after {MAX_CONFLICTS} conflicts"))
                 return
             except _WorkFailed as failed:  # a bug in one piece of work: fail it alone, run the rest again
                 log.error("work failed", exc_info=failed.__cause__)

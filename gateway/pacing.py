@@ -28,7 +28,7 @@ from .domain.state import CampaignState
 from .domain.statuses import Channel
 from .engine import Engine, Unit
 from .ports import ChannelPort
-from .store import Key, Timer, Txn
+from .store import Conflict, Key, StoreError, Timer, Txn
 
 log = logging.getLogger("telgate.pacing")
 EPSILON = 1e-9
@@ -140,7 +140,12 @@ class Dispatcher:
                 await self._sleep(self.bucket.wait_s(mono))
                 continue
             room = min(free, self.bucket.whole(mono), self.MAX_TURN)
-            turn, next_at = await self.engine.execute(functools.partial(self._turn, room=room))
+            try:
+                turn, next_at = await self.engine.execute(functools.partial(self._turn, room=room))
+            except (Conflict, StoreError) as exc:  # nothing was started: the next turn tries again
+                log.warning("dispatch turn failed", extra={"detail": repr(exc)})
+                await self._sleep(0.5)
+                continue
             self.spend(turn)
             if turn.taken:
                 continue
@@ -183,7 +188,8 @@ class Dispatcher:
         dialed: dict[str, int] = {}
         flying: dict[str, int] = {}
         if self.shared and channel is Channel.VOICE:  # the cluster's calls, counted one turn at a time
-            unit.lock_dispatch(channel)
+            if not unit.lock_dispatch(channel):  # another instance's turn: look again in a moment
+                return turn, now + timedelta(seconds=0.02)
             flying = txn.in_flight_counts(channel)
             room = min(room, self.port.max_concurrent - sum(flying.values()))
             if room <= 0:  # the cluster's calls are at the limit: look again soon (ends elsewhere wake nobody here)

@@ -187,9 +187,10 @@ class Txn(Reads, Protocol):
     def map_wamid(self, wamid: str, key: Key) -> None: ...
 
     # -- several instances (docs/cluster.md); on SQLite one instance holds everything ------------------
-    def lock_dispatch(self, channel: Channel) -> None:
+    def lock_dispatch(self, channel: Channel) -> bool:
         """Until this transaction ends, no other instance's dispatch turn for `channel` runs (the
-        cluster's concurrency limits are counted from the store under it)."""
+        cluster's concurrency limits are counted from the store under it). Never waits: False when
+        another instance's turn holds it (then this turn starts nothing and looks again soon)."""
         ...
 
     def lock_campaign(self, campaign_id: str) -> CampaignState | None:

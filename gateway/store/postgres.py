@@ -152,6 +152,7 @@ MIGRATIONS = (
             # rows pending at the upgrade stay in partition 0 (docs/cluster.md)
             "ALTER TABLE messages ADD COLUMN part smallint NOT NULL DEFAULT 0",
             "CREATE INDEX messages_pending_part ON messages (part, id) WHERE pending",
+            "ALTER TABLE contacts ADD COLUMN version bigint NOT NULL DEFAULT 0",
             """CREATE TABLE members (
                 gateway_id text PRIMARY KEY,
                 epoch bigint NOT NULL,
@@ -171,9 +172,12 @@ INSERT_CONTACT = (
     " priority) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING"
 )
 UPDATE_CONTACT = (
-    "UPDATE contacts SET status=%s, sequence=%s, in_flight=%s, owner=COALESCE(%s, owner), state=%s"
-    " WHERE campaign_id=%s AND contact_id=%s AND sequence=%s"
+    "UPDATE contacts SET status=%s, sequence=%s, in_flight=%s, owner=COALESCE(%s, owner), state=%s,"
+    " version = version + 1 WHERE campaign_id=%s AND contact_id=%s AND sequence=%s"
 )
+# a write that keeps the sequence (a wamid noted, a flag set) changes the state all the same: the
+# compare-and-set is on the row's version too, or two instances' writes at one sequence would both pass
+UPDATE_CONTACT_VERSIONED = UPDATE_CONTACT + " AND version=%s"
 INSERT_MESSAGE = (
     "INSERT INTO messages (topic, payload, retain, correlation, pending, campaign_id, contact_id, part)"
     " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
@@ -183,7 +187,7 @@ UPSERT_CAMPAIGN = (
     "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT (campaign_id)"
     " DO UPDATE SET state=excluded.state, status=excluded.status"
 )
-CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT, INSERT_CAMPAIGN})  # each row must change exactly one row
+CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT, UPDATE_CONTACT_VERSIONED, INSERT_CAMPAIGN})  # each row must change exactly one row
 # written last, and only by a transaction that wrote something (one that only read needs no verdict);
 # an INSERT of no row assigns no transaction id, so a read-only transaction stays read-only
 MARK = (
@@ -219,6 +223,7 @@ class _PgTxn:
         self.cur = conn.cursor()
         self._queued: dict[str, list[_Group]] = {}  # table -> groups, sent in order
         self._known: dict[Key, ContactState | None] = {}  # contacts as this transaction read or wrote them
+        self._versions: dict[Key, int] = {}  # their row versions (compare-and-set)
         self._campaigns: dict[str, CampaignState | None] = {}  # read once per transaction (one per batch)
         self._commands: dict[str, bytes | None] = {}  # command ids read (prefetched) or written here
         self._blacklisted: dict[str, bool] = {}  # numbers looked up (prefetched) or changed here
@@ -233,13 +238,14 @@ class _PgTxn:
             for key in keys:
                 self._known[key] = None
             rows = self._all(
-                "SELECT state FROM contacts WHERE (campaign_id, contact_id) IN"
+                "SELECT state, version FROM contacts WHERE (campaign_id, contact_id) IN"
                 " (SELECT * FROM unnest(%s::text[], %s::text[]))",
                 ([k[0] for k in keys], [k[1] for k in keys]),
             )
-            for (blob,) in rows:
+            for blob, version in rows:
                 state = ContactState.model_validate_json(blob)
                 self._known[(state.campaign_id, state.contact_id)] = state
+                self._versions[(state.campaign_id, state.contact_id)] = version
         ids = [c for c in dict.fromkeys(commands) if c not in self._commands]
         if ids:
             self._flush("commands")
@@ -301,9 +307,11 @@ class _PgTxn:
     def get_contact(self, key: Key) -> ContactState | None:
         if key in self._known:
             return self._known[key]
-        row = self._one("SELECT state FROM contacts WHERE campaign_id=%s AND contact_id=%s", key)
+        row = self._one("SELECT state, version FROM contacts WHERE campaign_id=%s AND contact_id=%s", key)
         state = None if row is None else ContactState.model_validate_json(row[0])
         self._known[key] = state
+        if row is not None:
+            self._versions[key] = row[1]
         return state
 
     def put_contact(
@@ -330,11 +338,19 @@ class _PgTxn:
         if key in self._known:
             known = self._known[key]
             if (0 if known is None else known.sequence) == expected_sequence:
+                version = self._versions.get(key)
+                if sql is UPDATE_CONTACT and version is not None:  # the row as this transaction read it
+                    sql, row = UPDATE_CONTACT_VERSIONED, (*row, version)
                 self._queue("contacts", sql, row, key)  # its WHERE is checked when it is sent
                 self._known[key] = state
+                if sql is INSERT_CONTACT:
+                    self._versions[key] = 0
+                elif version is not None:
+                    self._versions[key] = version + 1
                 return True
         self._flush("contacts")
         self.cur.execute(sql, row)
+        self._versions.pop(key, None)
         if self.cur.rowcount != 1:
             self._known.pop(key, None)
             return False
@@ -495,8 +511,11 @@ class _PgTxn:
         return {r[0]: r[1] for r in rows}
 
     # -- several instances ------------------------------------------------------------------------
-    def lock_dispatch(self, channel: Channel) -> None:
-        self._one("SELECT pg_advisory_xact_lock(%s, %s)", (DISPATCH_LOCK, partition(str(channel))))
+    def lock_dispatch(self, channel: Channel) -> bool:
+        # a try-lock: a batch holds row locks already when its turn comes, and waiting here for another
+        # instance's turn that waits for one of those rows would be a deadlock
+        row = self._one("SELECT pg_try_advisory_xact_lock(%s, %s)", (DISPATCH_LOCK, partition(str(channel))))
+        return bool(row and row[0])
 
     def lock_campaign(self, campaign_id: str) -> CampaignState | None:
         self._campaigns.pop(campaign_id, None)
@@ -675,6 +694,19 @@ class _PgTxn:
         return counts
 
 
+def _race(exc: BaseException) -> psycopg.Error | None:
+    """A deadlock (several instances locking the same rows in another order) or a serialization failure
+    anywhere in the chain of `exc` (the engine wraps what a piece of work raised)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class _Backoff:
     """The wait between tries while the server is away: jittered, 50 ms doubling to 2 s; StoreError once
     it has been away for `outage_s`."""
@@ -822,6 +854,9 @@ class PostgresStore:
             except psycopg.OperationalError as lost:
                 self._drop(str(lost))
                 raise _Lost(str(lost)) from exc
+            race = _race(exc)
+            if race is not None:  # the server chose this transaction to end a deadlock: decide again
+                raise Conflict(f"{type(race).__name__}: {race}") from exc
             if isinstance(exc, psycopg.Error):
                 raise StoreError(f"{type(exc).__name__}: {exc}") from exc
             raise

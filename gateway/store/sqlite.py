@@ -283,8 +283,9 @@ class _SqliteTxn:
         return {r[0]: r[1] for r in rows}
 
     # several instances: a SQLite file belongs to one instance, which holds every lease there is
-    def lock_dispatch(self, channel: Channel) -> None:
+    def lock_dispatch(self, channel: Channel) -> bool:
         """BEGIN IMMEDIATE already keeps every other writer out."""
+        return True
 
     def lock_campaign(self, campaign_id: str) -> CampaignState | None:
         return self.get_campaign(campaign_id)

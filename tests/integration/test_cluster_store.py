@@ -1,0 +1,196 @@
+"""What several instances ask of the PostgreSQL store (SPEC §11, docs/cluster.md), on a real server:
+leases and the fair share of outbox partitions, burying a member whose lease expired, claiming ready
+contacts, a campaign created by two instances at once, notifications sent only by a commit."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.domain.state import CampaignState, ContactState
+from gateway.domain.statuses import Channel
+from gateway.store import PARTS, Conflict, Txn, contact_partition
+from gateway.store.postgres import PostgresStore
+from tests.support.postgres import Postgres
+
+pytestmark = pytest.mark.integration
+_names = itertools.count()
+LEASE_S = 1.0
+
+
+@pytest.fixture
+async def two(session_postgres: Postgres) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two instances' stores on one database."""
+    url = await asyncio.to_thread(session_postgres.create_database, f"cluster{next(_names)}")
+    a, b = PostgresStore(url), PostgresStore(url)
+    await a.open()
+    await b.open()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_leases_share_the_partitions_fairly_and_a_dead_member_is_buried_once(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    assert await a.run(lambda t: t.lease_join("a", 1, LEASE_S)) is None
+    alone = await a.run(lambda t: t.lease_renew("a", 1, LEASE_S, ()))
+    assert alone.held and alone.members == ("a",) and alone.parts == frozenset(range(PARTS))
+    # another run of the id "a" while the lease lives: refused with the holder's epoch, nothing written
+    assert await b.run(lambda t: t.lease_join("a", 2, LEASE_S)) == 1
+    assert await b.run(lambda t: t.lease_join("b", 7, LEASE_S)) is None
+    first = await b.run(lambda t: t.lease_renew("b", 7, LEASE_S, ()))
+    assert first.members == ("a", "b") and first.parts == frozenset(), "every partition is still a's"
+    half = frozenset(range(PARTS // 2, PARTS))
+    given = await a.run(lambda t: t.lease_renew("a", 1, LEASE_S, half))
+    assert given.parts == frozenset(range(PARTS // 2))
+    taken = await b.run(lambda t: t.lease_renew("b", 7, LEASE_S, ()))
+    assert taken.parts == half, "b takes what a gave back, up to its fair share"
+    assert not (await b.run(lambda t: t.lease_renew("b", 8, LEASE_S, ()))).held, "another epoch holds nothing"
+
+    await asyncio.sleep(LEASE_S + 0.2)  # b stops renewing: dead
+    seen = await a.run(lambda t: t.lease_renew("a", 1, LEASE_S, ()))
+    assert seen.dead == ("b",) and seen.members == ("a",)
+    assert await a.run(lambda t: t.lease_bury("b")) and not await b.run(lambda t: t.lease_bury("b"))
+    assert not (await b.run(lambda t: t.lease_renew("b", 7, LEASE_S, ()))).held, "b was buried: it must stop"
+    back = await a.run(lambda t: t.lease_renew("a", 1, LEASE_S, ()))
+    assert back.parts == frozenset(range(PARTS)), "b's expired partitions are a's again"
+    await a.run(lambda t: t.lease_leave("a", 1))
+    assert await b.run(lambda t: t.lease_join("a", 2, LEASE_S)) is None, "after leaving the id is free at once"
+
+
+def _contact(cid: str, ready: datetime) -> ContactState:
+    return ContactState(campaign_id="c", contact_id=cid, channel=Channel.VOICE, sequence=1)
+
+
+async def test_a_ready_contact_another_instances_turn_holds_is_skipped_not_waited_for(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    now = datetime.now(UTC)
+
+    def setup(t: Txn) -> None:
+        t.put_campaign(CampaignState(campaign_id="c"), created=True)
+        for i in range(6):
+            t.put_contact(_contact(f"k{i}", now), 0, None, (now - timedelta(seconds=10 - i), 1))
+
+    await a.run(setup)
+    holding, release = threading.Event(), threading.Event()
+    claimed: list[list[tuple[str, str]]] = []
+
+    def turn(t: Txn) -> None:
+        claimed.append(t.ready_contacts(Channel.VOICE, now, 3, frozenset()))
+        holding.set()
+        release.wait(10)
+
+    first = asyncio.create_task(a.run(turn))
+    await asyncio.to_thread(holding.wait, 10)
+    started = time.monotonic()
+    other = await b.run(lambda t: t.ready_contacts(Channel.VOICE, now, 3, frozenset()))
+    assert time.monotonic() - started < 2, "the second turn waited for the first"
+    release.set()
+    await first
+    assert claimed[0] == [("c", "k0"), ("c", "k1"), ("c", "k2")]
+    assert other == [("c", "k3"), ("c", "k4"), ("c", "k5")], "the contacts the first turn holds are skipped"
+    # a read-only look (no claim) sees the queue as it is
+    assert len(await b.read(lambda t: t.ready_contacts(Channel.VOICE, now, 10, frozenset()))) == 6
+
+
+async def test_a_campaign_two_instances_create_at_once_is_created_once(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    reading, release = threading.Event(), threading.Event()
+
+    def create(t: Txn) -> None:
+        assert t.get_campaign("c") is None
+        reading.set()
+        release.wait(10)
+        t.put_campaign(CampaignState(campaign_id="c"), created=True)
+
+    slow = asyncio.create_task(a.run(create))
+    await asyncio.to_thread(reading.wait, 10)
+    await b.run(lambda t: t.put_campaign(CampaignState(campaign_id="c", max_cps=3), created=True))
+    release.set()
+    with pytest.raises(Conflict):
+        await slow
+    got = await a.read(lambda t: t.get_campaign("c"))
+    assert got is not None and got.max_cps == 3, "the first creation stands, the second decides again"
+
+
+async def test_a_campaign_decision_waits_for_the_other_instances_and_reads_what_it_committed(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    await a.run(lambda t: t.put_campaign(CampaignState(campaign_id="c"), created=True))
+    holding, release = threading.Event(), threading.Event()
+
+    def pause(t: Txn) -> None:
+        camp = t.lock_campaign("c")
+        assert camp is not None
+        holding.set()
+        release.wait(10)
+        t.put_campaign(camp.model_copy(update={"max_cps": 1}))
+
+    first = asyncio.create_task(a.run(pause))
+    await asyncio.to_thread(holding.wait, 10)
+    second = asyncio.create_task(b.run(lambda t: t.lock_campaign("c")))
+    await asyncio.sleep(0.3)
+    assert not second.done(), "the lock waits for the first decision"
+    release.set()
+    await first
+    seen = await second
+    assert seen is not None and seen.max_cps == 1, "and then reads it"
+
+
+async def test_notifications_reach_the_other_instances_when_and_only_when_their_transaction_commits(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = two
+    got: list[bytes] = []
+
+    async def listen() -> None:
+        async for note in b.notifications():
+            got.append(note)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.5)  # LISTEN is in place
+
+    def rolled_back(t: Txn) -> None:
+        t.notify(b'{"n": 1}')
+        raise RuntimeError("the decision failed")
+
+    with pytest.raises(RuntimeError):
+        await a.run(rolled_back)
+    await a.run(lambda t: t.notify(b'{"n": 2}'))
+    for _ in range(50):
+        if got:
+            break
+        await asyncio.sleep(0.05)
+    listener.cancel()
+    assert got == [b'{"n": 2}']
+
+
+async def test_outbox_rows_carry_their_partition_and_a_fetch_takes_only_the_ones_asked_for(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, _ = two
+    keys = [("c", f"k{i}") for i in range(40)]
+
+    def write(t: Txn) -> None:
+        for key in keys:
+            t.add_event(key, f"evt/{key[1]}", key[1].encode())
+
+    await a.run(write)
+    wanted = frozenset(contact_partition(k) for k in keys[:5])
+    rows = await a.read(lambda t: t.outbox_fetch(0, 100, wanted))
+    expected = [k[1].encode() for k in keys if contact_partition(k) in wanted]
+    assert [r.payload for r in rows] == expected and {r.part for r in rows} <= wanted
+    assert len(await a.read(lambda t: t.outbox_fetch(0, 100))) == 40
