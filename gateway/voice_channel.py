@@ -113,6 +113,14 @@ def _addr(address: str, default_port: int = 5060) -> Addr:
     return host, int(port or default_port)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def sip_caller(caller: CallerId | None) -> Caller | None:
     """The domain's caller ID of an attempt → the SIP one (None: `sip.from_user`)."""
     if caller is None:
@@ -159,9 +167,10 @@ class VoiceChannel:
         self._by_addr = {p.addr: p for p in self.pbxs}
         self._turn = 0  # round-robin among PBXs of the same priority
         self.pbx_addr = self.pbxs[0].addr
-        self.allowed = [
-            ipaddress.ip_network(n, strict=False) for n in (sip.allowed_sources or [p.addr[0] for p in self.pbxs])
-        ]
+        # where SIP may come from: `allowed_sources`, else every PBX (one given by name: its addresses at start)
+        sources = sip.allowed_sources or [p.addr[0] for p in self.pbxs if _is_ip(p.addr[0])]
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in sources]
+        self._named = [] if sip.allowed_sources else [p for p in self.pbxs if not _is_ip(p.addr[0])]
         self.endpoint: UdpEndpoint | TcpEndpoint | TlsEndpoint | None = None
         self.media = MediaEndpoint()
         self.rtp_port = 0
@@ -396,6 +405,24 @@ class VoiceChannel:
                 pbx.answered_since_tick = False
                 self._emit(self.ua.ping(self._now(), None if len(self.pbxs) == 1 else pbx.peer))
 
+    async def _resolve_sources(self) -> None:
+        """A PBX given by name sends from the addresses its name has at start (a name that does not resolve
+        admits nothing: set `sip.allowed_sources`); later changes of its DNS are not followed."""
+        loop = asyncio.get_running_loop()
+        for pbx in self._named:
+            try:
+                found = await loop.getaddrinfo(pbx.addr[0], pbx.addr[1], proto=socket.IPPROTO_TCP)
+            except OSError as exc:
+                log.error(
+                    "pbx name does not resolve, nothing from it is admitted",
+                    extra={"pbx": pbx.address, "why": str(exc)},
+                )
+                continue
+            for *_, sockaddr in found:
+                network = ipaddress.ip_network(sockaddr[0])
+                if network not in self.allowed:
+                    self.allowed.append(network)
+
     async def _open(self) -> tuple[UdpEndpoint | TcpEndpoint, int, asyncio.BaseTransport | None]:
         loop = asyncio.get_running_loop()
         sip = self.sip
@@ -424,6 +451,7 @@ class VoiceChannel:
             lambda: self.media, local_addr=(media_host, self.sip.rtp_port)
         )
         self.rtp_port = media_transport.get_extra_info("sockname")[1]
+        await self._resolve_sources()
         endpoint, port, transport = await self._open()
         self.ua.cfg = self._uac_config(port)
         if self.sip.register_:

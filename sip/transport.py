@@ -1,7 +1,8 @@
 """The asyncio shells for UDP, TCP and TLS: bytes in become UA calls, the UA's outputs are sent, one timer
 re-armed.
 
-Packets (or connections) from addresses outside `allowed` are dropped and counted; a message over
+Packets (or connections) from addresses outside `allowed` are dropped and counted (an empty `allowed`
+admits nothing: "0.0.0.0/0" admits everything); a message over
 64 KiB is refused by the codec (UDP) or closes the connection (TCP, where it cannot be framed).
 
 TCP (RFC 3261 §18.3): one connection to each PBX, opened on the first message for it and re-opened by
@@ -77,7 +78,7 @@ class _Shell:
         return asyncio.get_running_loop().time()
 
     def admits(self, host: str) -> bool:
-        if not self.allowed or any(ipaddress.ip_address(host) in net for net in self.allowed):
+        if any(ipaddress.ip_address(host) in net for net in self.allowed):
             return True
         self.dropped += 1
         return False

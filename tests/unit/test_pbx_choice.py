@@ -146,3 +146,17 @@ def test_a_dropped_connection_is_reopened_at_once_by_an_options_to_that_pbx(tmp_
         assert [p.state for p in voice.pbxs] == ["up", "up"]  # dropped is not down: the OPTIONS tells
 
     asyncio.run(run())
+
+
+def test_a_pbx_given_by_name_is_admitted_from_the_addresses_its_name_has_at_start(tmp_path: Path) -> None:
+    import asyncio
+    import ipaddress
+
+    voice = _stream_channel(tmp_path, ["localhost:5061", "10.0.0.2:5061"], "tls")  # no crash on a name
+    assert [str(n) for n in voice.allowed] == ["10.0.0.2/32"]
+    assert [(p.addr, p.tls_server_name) for p in voice.pbxs] == [
+        (("localhost", 5061), None),
+        (("10.0.0.2", 5061), None),
+    ]
+    asyncio.run(voice._resolve_sources())
+    assert ipaddress.ip_network("127.0.0.1/32") in voice.allowed and len(voice.allowed) >= 2
