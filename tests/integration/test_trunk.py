@@ -333,6 +333,40 @@ def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -
         assert line.replace("…", "") in built, (line, built)
 
 
+def test_the_readme_tls_trunk_with_two_pbxs_loads_and_builds_the_invite_it_shows() -> None:
+    import tomllib
+
+    from gateway.config import load_settings
+    from gateway.phones import international
+    from sip.call import Call, UacConfig
+    from sip.identity import Caller
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    part = text[text.index("### TLS to the PBX") :]
+    toml = re.search(r"```toml\n(.*?)```", part, re.DOTALL)
+    invite = re.search(r"```\n(INVITE .*?)```", part, re.DOTALL)
+    assert toml is not None and invite is not None
+    sip_keys = tomllib.loads(toml[1])["sip"]
+    for key in ("password_file", "ca_file"):  # files on the deployment's machine (read at load)
+        sip_keys.pop(key)
+    sip = load_settings(None, sip=sip_keys).sip
+    assert sip.transport == "tls" and [p.address for p in sip.pbxs] == ["sbc1.carrier.example", "sbc2.carrier.example"]
+    host, _, port = (sip.public_address or "").partition(":")
+    cfg = UacConfig(
+        host,
+        int(port),
+        sip.pbxs[0].address,
+        transport=sip.transport.upper(),
+        dial_format=sip.dial_format,
+        assert_identity=sip.assert_identity,
+    )
+    caller = Caller(international("+442079460111"), "Acme Ltd")
+    built = Call(cfg, "+442079460958", "readme", 30.0, caller=caller)._invite_request().encode().decode()
+    for line in invite[1].strip().splitlines():
+        for piece in line.split("…"):
+            assert piece in built, (line, built)
+
+
 async def test_with_two_pbxs_telgate_registers_with_each(broker: Mosquitto, tmp_path: Path) -> None:
     with (
         Sipp("register_401.xml", tmp_path / "sipp1") as first,
