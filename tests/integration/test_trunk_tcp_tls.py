@@ -56,7 +56,7 @@ def _paused(b: Backend, campaign: str) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _two_pbxs(tmp_path: Path, transport: str) -> Iterator[tuple[Kamailio, Kamailio, str, str, Path | None]]:
-    """Two Kamailio PBXs, a baresip registered with NUMBER behind each (over TLS for TLS), and the addresses
+    """Two Kamailio PBXs, a baresip registered with NUMBER and `operator` behind each (over TLS for TLS), the addresses
     telgate is given; the CA to trust over TLS."""
     pki = Pki(tmp_path / "pki") if transport == "tls" else None
     with contextlib.ExitStack() as stack:
@@ -66,7 +66,8 @@ def _two_pbxs(tmp_path: Path, transport: str) -> Iterator[tuple[Kamailio, Kamail
             kam = stack.enter_context(Kamailio(tmp_path / f"kamailio{n}", tls=tls))
             proxy = kam.address if pki is None else kam.tls_address
             phone_tls = None if pki is None else (pki.issue(f"phone{n}"), pki.ca)
-            phone = stack.enter_context(Baresip(tmp_path / f"baresip{n}", proxy, (NUMBER,), tls=phone_tls))
+            users = (NUMBER, "operator")
+            phone = stack.enter_context(Baresip(tmp_path / f"baresip{n}", proxy, users, tls=phone_tls))
             # the test stops the PBXs: a baresip told to stop then waits seconds to unregister over UDP
             stack.callback(lambda p=phone: p.proc is not None and p.proc.kill())
             pbxs.append(kam)
@@ -81,14 +82,18 @@ def _two_pbxs(tmp_path: Path, transport: str) -> Iterator[tuple[Kamailio, Kamail
 async def test_two_pbxs_share_calls_keep_each_dialog_and_only_all_down_pauses(
     transport: str, broker: Mosquitto, tmp_path: Path
 ) -> None:
-    """Equal priorities: calls A and B go one to each PBX and are answered behind it; each call's ACK and BYE
-    reach the PBX of its INVITE, on that PBX's connection. PBX 1 is stopped: its connection drops, telgate
-    re-opens it at once, is refused, and takes PBX 1 out; C and D go to PBX 2 and the campaign runs on.
-    PBX 2 stopped too: the campaign pauses."""
+    """Equal priorities: calls A and B go one to each PBX, are answered behind it and transferred to an
+    operator there; each call's ACK, REFER and BYE reach the PBX of its INVITE on that PBX's connection, and
+    the PBX's NOTIFYs reach telgate and are answered (over TLS on our own connection, RFC 5923: no listener;
+    baresip 1.0 needs tls_scheme = "sip" for that, see test_voice_tls.py). PBX 1 is stopped: its connection
+    drops, telgate re-opens it at once, is refused, and takes PBX 1 out; C and D go to PBX 2 and the campaign
+    runs on. PBX 2 stopped too: the campaign pauses."""
     _prompt(tmp_path / "prompts", 1.0)
     with _two_pbxs(tmp_path, transport) as (kam1, kam2, addr1, addr2, ca):
         pbx = [{"address": addr1, "priority": 1}, {"address": addr2, "priority": 1}]
-        settings = _settings(broker, tmp_path, transport, pbx, **({"ca_file": str(ca)} if ca else {}))
+        tls = {"ca_file": str(ca), "tls_scheme": "sip"} if ca else {}
+        settings = _settings(broker, tmp_path, transport, pbx, **tls)
+        operator = "sip:operator@127.0.0.1" + (";transport=tls" if ca else "")
         async with backend(broker.url) as b, gateway(settings, channels=()) as app:
             assert app.voice is not None
 
@@ -102,11 +107,15 @@ async def test_two_pbxs_share_calls_keep_each_dialog_and_only_all_down_pauses(
             await b.send("campaign", {"command_id": "c1", "campaign_id": "two", "action": "create"})
             await b.send("campaign", {"command_id": "c2", "campaign_id": "two", "action": "start"})
             for contact in ("a", "b"):
-                await b.send("dial", dial(contact))
+                transferred = {k: v for k, v in dial(contact).items() if k != "prompt"}
+                await b.send("dial", {**transferred, "mode": "predictive", "connect_to": operator})
             await b.wait_for(lambda: b.final("two", "a") and b.final("two", "b"), timeout=20)
             for contact in ("a", "b"):
-                statuses = [e["status"] for e in b.unique("two", contact)]
-                assert statuses == ["initial", "calling", "call_in_progress", "success"], (contact, statuses)
+                events = b.unique("two", contact)
+                statuses = [e["status"] for e in events]
+                expected = ["initial", "calling", "awaiting_operator", "call_in_progress", "success"]
+                assert statuses == expected, (contact, statuses)
+                assert events[-1]["signal"]["transfer"] == "ok", events[-1]
             logs = (kam1.log, kam2.log)
             seen = await ledger.check(b, "voice", ledger.kamailio_invites(*logs))
             assert seen.attempts == 2 and seen.wire == 2
@@ -115,7 +124,8 @@ async def test_two_pbxs_share_calls_keep_each_dialog_and_only_all_down_pauses(
             assert sorted(where.values()) == [[0], [1]], where  # one call at each PBX, none at both
             for contact, (i,) in where.items():
                 methods = at[i][_call_id(b, "two", contact)]
-                assert methods.count("BYE") == 1 and "ACK" in methods and methods[0] == "INVITE", methods
+                assert methods[0] == "INVITE" and methods.count("BYE") == 1, methods
+                assert {"ACK", "REFER", "NOTIFY"} <= set(methods), methods  # NOTIFY: the PBX's, we answered
 
             await asyncio.to_thread(kam1.__exit__)  # PBX 1 stops (SIGTERM): its connection closes
             await b.wait_for(lambda: up(addr1) == 0, timeout=5)
@@ -136,7 +146,8 @@ async def test_two_pbxs_share_calls_keep_each_dialog_and_only_all_down_pauses(
             assert _paused(b, "two")[-1]["reason"].startswith("pbx_down: all 2 PBXs down"), _paused(b, "two")
             assert app.voice.state == "down" and up(addr2) == 0
         for kam in (kam1, kam2):  # every INVITE telgate sent there came over the configured transport
-            invites = [line for line in kam.log.read_text(errors="replace").splitlines() if "initial INVITE" in line]
+            lines = kam.log.read_text(errors="replace").splitlines()
+            invites = [line for line in lines if "initial INVITE" in line and " from telgate " in line]
             assert invites and all(f" over {transport} " in line for line in invites), invites
 
 
