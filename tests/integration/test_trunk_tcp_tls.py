@@ -92,7 +92,7 @@ async def test_two_pbxs_share_calls_keep_each_dialog_and_only_all_down_pauses(
     with _two_pbxs(tmp_path, transport) as (kam1, kam2, addr1, addr2, ca):
         pbx = [{"address": addr1, "priority": 1}, {"address": addr2, "priority": 1}]
         tls = {"ca_file": str(ca), "tls_scheme": "sip"} if ca else {}
-        settings = _settings(broker, tmp_path, transport, pbx, **tls)
+        settings = _settings(broker, tmp_path, transport, pbx, register=True, **tls)
         operator = "sip:operator@127.0.0.1" + (";transport=tls" if ca else "")
         async with backend(broker.url) as b, gateway(settings, channels=()) as app:
             assert app.voice is not None
@@ -104,6 +104,8 @@ async def test_two_pbxs_share_calls_keep_each_dialog_and_only_all_down_pauses(
                 cmd = {"command_id": f"d-{contact}", "campaign_id": "two", "contact_id": contact}
                 return {**cmd, "phone": f"+{NUMBER}", "policy": {"max_attempts": 1}, "prompt": "notice.wav"}
 
+            registered = "registered sip:telgate@127.0.0.1"  # register = true: with each PBX, on its connection
+            await b.wait_for(lambda: kam1.logged(registered) and kam2.logged(registered), timeout=10)
             await b.send("campaign", {"command_id": "c1", "campaign_id": "two", "action": "create"})
             await b.send("campaign", {"command_id": "c2", "campaign_id": "two", "action": "start"})
             for contact in ("a", "b"):
