@@ -176,6 +176,7 @@ class _Connection(asyncio.Protocol):
         # absence) only after the client's side of the handshake is done, by an alert that ends the
         # connection; those messages then fail with the TLS reason instead of waiting for Timer B
         self.unanswered: list[bytes] | None = []
+        self.closed_why: str | None = None  # why we closed it ourselves
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -194,6 +195,7 @@ class _Connection(asyncio.Protocol):
         except FramingError as exc:
             log.warning("closing a SIP connection", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "why": str(exc)})
             self.shell.ua.stats["framing_error"] += 1
+            self.closed_why = f"closed by us: {exc}"
             self.transport.close()
             return
         for message in messages:
@@ -205,13 +207,17 @@ class _Connection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         link = self.link
+        refused = False  # a handshake the PBX refused after our side of it: a LinkFailed, not a LinkLost
         if isinstance(exc, ssl.SSLError) and self.unanswered and link is not None:
+            refused = True
             self.shell.fail(link, self.unanswered, self.shell.failure(link, exc))
         self.unanswered = None
         if link is not None and link.connection is self:
             link.connection = None
-            if not self.shell.closed:  # the PBX (or the network) ended it, not our shutdown
-                why = "closed by the peer" if exc is None else (getattr(exc, "strerror", None) or str(exc))
+            if not self.shell.closed and not refused:  # the PBX (or the network) ended it, not our shutdown
+                why = self.closed_why or (
+                    "closed by the peer" if exc is None else (getattr(exc, "strerror", None) or str(exc))
+                )
                 self.shell.on_update(LinkLost(self.shell.transport_name, link.pbx, why))
 
     def write(self, data: bytes) -> None:
