@@ -108,11 +108,19 @@ _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 
 class PbxEntry(BaseModel):
-    """One PBX of several: where it is and its priority (lower goes first; equal ones share the calls)."""
+    """One PBX of several: where it is, its priority (lower goes first; equal ones share the calls) and, over
+    TLS, the name its certificate must carry (empty: `sip.tls_server_name`, else the host of `address`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     address: str
     priority: int = Field(1, ge=0, le=1000)
+    tls_server_name: str | None = None
+
+
+ENTRY_KEYS = ("address", "priority", "tls_server_name")
+# keys an admin may try per PBX that apply to every PBX of `sip` alike (for now): named in the error
+_NOT_PER_PBX = ("transport", "ca_file", "cert_file", "key_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 
 
 def _pbx_entries(value: Any) -> Any:
@@ -126,9 +134,17 @@ def _pbx_entries(value: Any) -> Any:
         entry: Any = {"address": item, "priority": index + 1} if isinstance(item, str) else item
         if not isinstance(entry, dict):
             raise ValueError(f'pbx[{index}]: a PBX is "host:port" or {{address = "host:port", priority = N}}')
-        unknown = sorted(set(entry) - {"address", "priority"})
+        unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        for key in unknown:
+            if key in _NOT_PER_PBX:
+                raise ValueError(
+                    f"pbx[{index}].{key}: not per PBX: sip.{key.removeprefix('tls_')} applies to every PBX "
+                    "(a PBX entry has address, priority and tls_server_name)"
+                )
         if unknown:
-            raise ValueError(f"pbx[{index}].{unknown[0]}: unknown key (a PBX entry has address and priority)")
+            raise ValueError(
+                f"pbx[{index}].{unknown[0]}: unknown key (a PBX entry has address, priority and tls_server_name)"
+            )
         address = entry.get("address")
         if not isinstance(address, str) or not _HOSTPORT.match(address):
             raise ValueError(f"pbx[{index}].address: {address!r} is not host:port")
@@ -138,7 +154,10 @@ def _pbx_entries(value: Any) -> Any:
         priority = entry.get("priority", 1)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 1000:
             raise ValueError(f"pbx[{index}].priority: {priority!r} is not a whole number from 0 to 1000")
-        out.append({"address": address, "priority": priority})
+        server_name = entry.get("tls_server_name")
+        if server_name is not None and (not isinstance(server_name, str) or not _SERVER_NAME.match(server_name)):
+            raise ValueError(f"pbx[{index}].tls_server_name: {server_name!r} is not a host name")
+        out.append({"address": address, "priority": priority, "tls_server_name": server_name or None})
     if len({e["address"] for e in out}) != len(out):
         raise ValueError("the same PBX address is listed twice")
     return out
@@ -148,8 +167,8 @@ class SipSection(_Section):
     enabled: bool | None = None
     # one `host:port`, or several: ["10.0.0.1:5060", "10.0.0.2:5060"] (priority by order) or
     # [{address = "10.0.0.1:5060", priority = 1}, ...] (lowest first, equal priorities round-robin)
+    transport: Literal["udp", "tcp", "tls"] = "udp"  # before `pbx`: a PBX entry's keys are checked against it
     pbx: str | list[PbxEntry] | None = None
-    transport: Literal["udp", "tcp", "tls"] = "udp"
     dial_format: Literal["e164", "+e164", "national"] = "e164"  # the Request-URI user (sip/numbers.py)
     dial_prefix: str = Field("", pattern=PREFIX_PATTERN)  # in front of the dialled number: digits, * and #
     user_phone: bool = False  # `;user=phone` on the Request-URI and To
@@ -186,11 +205,15 @@ class SipSection(_Section):
 
     _pbx = field_validator("pbx", mode="before")(_pbx_entries)
 
-    @model_validator(mode="after")
-    def _several_pbx_over_udp(self) -> SipSection:
-        if isinstance(self.pbx, list) and len(self.pbx) > 1 and self.transport != "udp":
-            raise ValueError('sip.pbx: several PBXs are supported over transport = "udp" only (for now)')
-        return self
+    @field_validator("pbx")
+    @classmethod
+    def _server_names_over_tls(cls, pbx: str | list[PbxEntry] | None, info: ValidationInfo) -> Any:
+        """A PBX's tls_server_name means nothing without TLS: refused rather than silently ignored."""
+        if info.data.get("transport", "tls") != "tls" and isinstance(pbx, list):
+            for index, entry in enumerate(pbx):
+                if entry.tls_server_name is not None:
+                    raise ValueError(f'pbx[{index}].tls_server_name: only with transport = "tls"')
+        return pbx
 
     @property
     def active(self) -> bool:

@@ -5,6 +5,9 @@
 Several PBXs (`sip.pbx` as a list): each gets its own OPTIONS keepalive and its own "5 failed dials in a
 row"; a new call goes to the best PBX that is up (lowest priority number; equal ones in turn), and every
 request of its dialog stays with that PBX. Voice campaigns pause (`pbx_down`) only when all are down.
+Over TCP and TLS each PBX has a connection of its own (its own certificate check over TLS): one that
+cannot be made marks that PBX down at once, and one that drops is re-opened at once by an OPTIONS to
+that PBX (which also tells whether it is still there).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from sip.identity import Caller
 from sip.media import MediaEndpoint
 from sip.register import Registration
 from sip.rtp import PromptError, encode, load_wav
-from sip.transport import TLS_PORT, LinkFailed, TcpEndpoint, TlsEndpoint, UdpEndpoint, client_context
+from sip.transport import TLS_PORT, LinkFailed, LinkLost, TcpEndpoint, TlsEndpoint, UdpEndpoint, client_context
 from sip.ua import Addr, CallUpdate, Output, PingAnswered, UserAgent
 
 from .commands import prompt_path
@@ -92,10 +95,13 @@ class Pbx:
     address: str  # host:port as configured: the Request-URI's host and the OPTIONS target
     addr: Addr
     priority: int
+    tls_server_name: str | None = None  # over TLS: the name its certificate must carry (None: its host)
     state: str = "up"  # up until 3 keepalive intervals pass unanswered (or 5 dials in a row fail)
     answered_since_tick: bool = True
     missed: int = 0
     failed_in_a_row: int = 0
+    why: str | None = None  # why it went down (kept while it is down)
+    reopened_at: float | None = None  # when a dropped connection to it was last re-opened (TCP, TLS)
 
     @property
     def peer(self) -> tuple[str, Addr]:
@@ -105,6 +111,14 @@ class Pbx:
 def _addr(address: str, default_port: int = 5060) -> Addr:
     host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
     return host, int(port or default_port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def sip_caller(caller: CallerId | None) -> Caller | None:
@@ -146,13 +160,17 @@ class VoiceChannel:
         host, _, port = sip.local.rpartition(":")
         self.bind = (host or "0.0.0.0", int(port))
         default_port = TLS_PORT if sip.transport == "tls" else 5060
-        self.pbxs = [Pbx(e.address, _addr(e.address, default_port), e.priority) for e in sip.pbxs]
+        self.pbxs = [
+            Pbx(e.address, _addr(e.address, default_port), e.priority, e.tls_server_name or sip.tls_server_name)
+            for e in sip.pbxs
+        ]
         self._by_addr = {p.addr: p for p in self.pbxs}
         self._turn = 0  # round-robin among PBXs of the same priority
         self.pbx_addr = self.pbxs[0].addr
-        self.allowed = [
-            ipaddress.ip_network(n, strict=False) for n in (sip.allowed_sources or [p.addr[0] for p in self.pbxs])
-        ]
+        # where SIP may come from: `allowed_sources`, else every PBX (one given by name: its addresses at start)
+        sources = sip.allowed_sources or [p.addr[0] for p in self.pbxs if _is_ip(p.addr[0])]
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in sources]
+        self._named = [] if sip.allowed_sources else [p for p in self.pbxs if not _is_ip(p.addr[0])]
         self.endpoint: UdpEndpoint | TcpEndpoint | TlsEndpoint | None = None
         self.media = MediaEndpoint()
         self.rtp_port = 0
@@ -282,17 +300,16 @@ class VoiceChannel:
             log.warning("transfer failed", extra={"call_id": call_id, "why": placed.transfer})
         self._emit(self.ua.hangup(call_id, self._now()))  # the transferor leaves either way (RFC 5589 §6)
 
-    def _on_update(self, update: CallUpdate | PingAnswered | LinkFailed) -> None:
-        if isinstance(update, LinkFailed):
-            if update.tls is not None:  # a certificate the PBX will keep showing: down, like OPTIONS unanswered
-                self._pbx_down(self.pbxs[0], f"tls: {update.tls}")  # TLS and TCP have one PBX (config)
+    def _on_update(self, update: CallUpdate | PingAnswered | LinkFailed | LinkLost) -> None:
+        if isinstance(update, LinkFailed | LinkLost):
+            self._on_link(update)
             return
         if isinstance(update, PingAnswered):
             pbx = self._by_addr.get(update.pbx or self.pbx_addr, self.pbxs[0])
             pbx.answered_since_tick = True
             self.recorder.pbx_options_rtt.labels(pbx.address).observe(update.rtt_s)
             if pbx.state == "down":
-                pbx.state = "up"
+                pbx.state, pbx.why = "up", None
                 self.recorder.pbx_up.labels(pbx.address).set(1)
                 log.info("pbx answers again; paused campaigns stay paused until resumed", extra={"pbx": pbx.address})
             return
@@ -338,10 +355,32 @@ class VoiceChannel:
         elif isinstance(update.event, Transferred):
             self._transferred(update.call_id, placed, update.event)
 
+    def _on_link(self, update: LinkFailed | LinkLost) -> None:
+        """A connection to a PBX (TCP, TLS) could not be made, or dropped.
+
+        Not made: a certificate the PBX will keep showing is down at once, with one PBX or several; with
+        several, so is a refused or unreachable one, so that new calls go to the next PBX instead of failing
+        there too (with one PBX that is left to the rule of 5 failed dials: a refused connection is each
+        attempt's `failed`). Dropped: an OPTIONS to that PBX re-opens it at once (at most once a second)
+        and tells whether the PBX is still there."""
+        pbx = self._by_addr.get(update.pbx or self.pbx_addr, self.pbxs[0])
+        if isinstance(update, LinkFailed):
+            if update.tls is not None:
+                self._pbx_down(pbx, f"tls: {update.tls}")
+            elif len(self.pbxs) > 1:
+                self._pbx_down(pbx, f"{update.transport} connection failed: {update.why}")
+            return
+        log.warning("sip connection to the pbx dropped", extra={"pbx": pbx.address, "why": update.why})
+        now = self._now()
+        if pbx.reopened_at is None or now - pbx.reopened_at >= REOPEN_AT_MOST_EVERY_S:
+            pbx.reopened_at = now
+            self._emit(self.ua.ping(now, None if len(self.pbxs) == 1 else pbx.peer))
+
     def _pbx_down(self, pbx: Pbx, why: str) -> None:
         if pbx.state == "down":
+            pbx.why = why  # the latest reason (a refused connection, then the certificate of the PBX restarted)
             return
-        pbx.state = "down"
+        pbx.state, pbx.why = "down", why
         self.recorder.pbx_up.labels(pbx.address).set(0)
         if self.state == "up":
             log.error("pbx down, new calls go to the next one", extra={"pbx": pbx.address, "why": why})
@@ -366,16 +405,37 @@ class VoiceChannel:
                 pbx.answered_since_tick = False
                 self._emit(self.ua.ping(self._now(), None if len(self.pbxs) == 1 else pbx.peer))
 
+    async def _resolve_sources(self) -> None:
+        """A PBX given by name sends from the addresses its name has at start (a name that does not resolve
+        admits nothing: set `sip.allowed_sources`); later changes of its DNS are not followed."""
+        loop = asyncio.get_running_loop()
+        for pbx in self._named:
+            try:
+                found = await loop.getaddrinfo(pbx.addr[0], pbx.addr[1], proto=socket.IPPROTO_TCP)
+            except OSError as exc:
+                log.error(
+                    "pbx name does not resolve, nothing from it is admitted",
+                    extra={"pbx": pbx.address, "why": str(exc)},
+                )
+                continue
+            for *_, sockaddr in found:
+                network = ipaddress.ip_network(sockaddr[0])
+                if network not in self.allowed:
+                    self.allowed.append(network)
+
     async def _open(self) -> tuple[UdpEndpoint | TcpEndpoint, int, asyncio.BaseTransport | None]:
         loop = asyncio.get_running_loop()
         sip = self.sip
+        more = [p.addr for p in self.pbxs[1:]]
         if sip.transport == "tls":  # no listener: the port in Via/Contact is `local`'s (5061 when it is 0)
             context = client_context(sip.ca_file, sip.cert_file, sip.key_file)
-            server_name = sip.tls_server_name or self.pbx_addr[0]
-            tls = TlsEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr, context, server_name)
+            names = {p.addr: p.tls_server_name for p in self.pbxs if p.tls_server_name}
+            tls = TlsEndpoint(
+                self.ua, self._on_update, self.allowed, self.pbx_addr, context, more=more, server_names=names
+            )
             return tls, self.bind[1] or TLS_PORT, None
         if sip.transport == "tcp":
-            tcp = TcpEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr)
+            tcp = TcpEndpoint(self.ua, self._on_update, self.allowed, self.pbx_addr, more)
             port = await tcp.listen(*self.bind)
             return tcp, port, None
         transport, udp = await loop.create_datagram_endpoint(
@@ -391,6 +451,7 @@ class VoiceChannel:
             lambda: self.media, local_addr=(media_host, self.sip.rtp_port)
         )
         self.rtp_port = media_transport.get_extra_info("sockname")[1]
+        await self._resolve_sources()
         endpoint, port, transport = await self._open()
         self.ua.cfg = self._uac_config(port)
         if self.sip.register_:
@@ -409,6 +470,11 @@ class VoiceChannel:
         self.endpoint = endpoint
         pending, self._pending = self._pending, []
         endpoint.emit(pending)
+        if isinstance(endpoint, TcpEndpoint) and len(self.pbxs) > 1:
+            # several PBXs over TCP/TLS: open each one's connection now with an OPTIONS, so that a PBX that
+            # refuses us (or shows a bad certificate) is down before the first call would be sent to it
+            for pbx in self.pbxs:
+                endpoint.emit(self.ua.ping(self._now(), pbx.peer))
         self.ready.set()
         log.info(
             "sip endpoint up",
@@ -435,6 +501,7 @@ class VoiceChannel:
 
 
 FAILED_DIALS_DOWN = 5
+REOPEN_AT_MOST_EVERY_S = 1.0  # a PBX that accepts and at once closes our connection is not hammered
 RECEIVE_BUFFER = 8 * 1024 * 1024
 
 

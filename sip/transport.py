@@ -1,19 +1,22 @@
 """The asyncio shells for UDP, TCP and TLS: bytes in become UA calls, the UA's outputs are sent, one timer
 re-armed.
 
-Packets (or connections) from addresses outside `allowed` are dropped and counted; a message over
+Packets (or connections) from addresses outside `allowed` are dropped and counted (an empty `allowed`
+admits nothing: "0.0.0.0/0" admits everything); a message over
 64 KiB is refused by the codec (UDP) or closes the connection (TCP, where it cannot be framed).
 
-TCP (RFC 3261 §18.3): one connection to the PBX, opened on the first message and re-opened when it
-drops, plus a listener on our port for requests the PBX sends on a connection of its own. Messages are
-framed by Content-Length; CRLF keepalives (RFC 5626 §3.5.1) between messages are skipped. A response
-goes back on the connection its request came in on.
+TCP (RFC 3261 §18.3): one connection to each PBX, opened on the first message for it and re-opened by
+the next one after it drops (the owner hears `LinkLost` and decides when), plus a listener on our port
+for requests a PBX sends on a connection of its own. Messages are framed by Content-Length; CRLF
+keepalives (RFC 5626 §3.5.1) between messages are skipped. A response goes back on the connection its
+request came in on; a request goes on the connection to the PBX it is addressed to (the UA addresses
+every request of a dialog to its INVITE's PBX).
 
-TLS (RFC 3261 §26.2, RFC 5630): the TCP shell with Python's `ssl` on the one connection to the PBX, TLS
-1.2 or newer, the PBX's certificate verified against `ca_file` (or the system's CAs) and its name
-against the server name, always. There is no TLS listener: the PBX sends its requests back on our
+TLS (RFC 3261 §26.2, RFC 5630): the TCP shell with Python's `ssl` on the connection to each PBX, TLS 1.2
+or newer, each PBX's certificate verified against `ca_file` (or the system's CAs) and its name against
+that PBX's server name, always. There is no TLS listener: a PBX sends its requests back on our
 connection (RFC 5923 connection reuse; our Via carries `alias`). A connection that cannot be made is a
-`LinkFailed` for the owner, and every INVITE that waited for it fails at once with the reason (for a
+`LinkFailed` naming the PBX, and every INVITE that waited for it fails at once with the reason (for a
 certificate, in the call's evidence as `tls`).
 """
 
@@ -25,7 +28,7 @@ import ipaddress
 import logging
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -45,9 +48,20 @@ class LinkFailed:
     transport: str  # "tcp" or "tls"
     why: str
     tls: str | None = None  # the TLS reason, e.g. "certificate verify failed: certificate has expired"
+    pbx: Addr | None = None  # the PBX the connection was for
 
 
-OnUpdate = Callable[[CallUpdate | PingAnswered | LinkFailed], None]
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    """Our open connection to a PBX ended (the PBX closed it, or the network broke it); the next message for
+    that PBX opens a new one."""
+
+    transport: str
+    pbx: Addr
+    why: str
+
+
+OnUpdate = Callable[[CallUpdate | PingAnswered | LinkFailed | LinkLost], None]
 
 
 class _Shell:
@@ -64,7 +78,7 @@ class _Shell:
         return asyncio.get_running_loop().time()
 
     def admits(self, host: str) -> bool:
-        if not self.allowed or any(ipaddress.ip_address(host) in net for net in self.allowed):
+        if any(ipaddress.ip_address(host) in net for net in self.allowed):
             return True
         self.dropped += 1
         return False
@@ -151,9 +165,10 @@ UNANSWERED_KEPT = 1000  # messages a new connection keeps until the peer's first
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, shell: TcpEndpoint, peer: Addr | None = None) -> None:
+    def __init__(self, shell: TcpEndpoint, link: _Link | None = None) -> None:
         self.shell = shell
-        self.peer = peer
+        self.link = link  # the PBX this connection was opened to (None: one the PBX opened to our listener)
+        self.peer: Addr | None = None
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.get_running_loop().create_future()
@@ -161,6 +176,7 @@ class _Connection(asyncio.Protocol):
         # absence) only after the client's side of the handshake is done, by an alert that ends the
         # connection; those messages then fail with the TLS reason instead of waiting for Timer B
         self.unanswered: list[bytes] | None = []
+        self.closed_why: str | None = None  # why we closed it ourselves
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -179,6 +195,7 @@ class _Connection(asyncio.Protocol):
         except FramingError as exc:
             log.warning("closing a SIP connection", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "why": str(exc)})
             self.shell.ua.stats["framing_error"] += 1
+            self.closed_why = f"closed by us: {exc}"
             self.transport.close()
             return
         for message in messages:
@@ -187,13 +204,21 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.shell.connections.get(self.peer) is self:
             del self.shell.connections[self.peer]
-        if self.shell.pbx_connection is self:
-            self.shell.pbx_connection = None
         if not self.lost.done():
             self.lost.set_result(None)
-        if isinstance(exc, ssl.SSLError) and self.unanswered:
-            self.shell.fail(self.unanswered, self.shell.failure(exc))
+        link = self.link
+        refused = False  # a handshake the PBX refused after our side of it: a LinkFailed, not a LinkLost
+        if isinstance(exc, ssl.SSLError) and self.unanswered and link is not None:
+            refused = True
+            self.shell.fail(link, self.unanswered, self.shell.failure(link, exc))
         self.unanswered = None
+        if link is not None and link.connection is self:
+            link.connection = None
+            if not self.shell.closed and not refused:  # the PBX (or the network) ended it, not our shutdown
+                why = self.closed_why or (
+                    "closed by the peer" if exc is None else (getattr(exc, "strerror", None) or str(exc))
+                )
+                self.shell.on_update(LinkLost(self.shell.transport_name, link.pbx, why))
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -204,15 +229,37 @@ class _Connection(asyncio.Protocol):
                     self.unanswered = None
 
 
+@dataclass(eq=False)
+class _Link:
+    """Our connection to one PBX: opened on the first message for it, again on the next one after it drops;
+    what is sent meanwhile waits for it."""
+
+    pbx: Addr
+    server_name: str | None = None  # TLS: the name its certificate must carry
+    connection: _Connection | None = None
+    queued: list[bytes] = dataclasses.field(default_factory=list)
+    connecting: bool = False
+
+
 class TcpEndpoint(_Shell):
-    def __init__(self, ua: UserAgent, on_update: OnUpdate, allowed: Networks, pbx: Addr) -> None:
+    """SIP over TCP: one connection per PBX (`pbx`, then `more` PBXs), plus a listener for the PBXs' own."""
+
+    transport_name = "tcp"
+
+    def __init__(
+        self, ua: UserAgent, on_update: OnUpdate, allowed: Networks, pbx: Addr, more: Sequence[Addr] = ()
+    ) -> None:
         super().__init__(ua, on_update, allowed)
         self.pbx = pbx
+        self.links: dict[Addr, _Link] = {a: _Link(a) for a in (pbx, *more)}
         self.connections: dict[Addr, _Connection] = {}
-        self.pbx_connection: _Connection | None = None
-        self._queued: list[bytes] = []  # what waits for the connection to the PBX
-        self._connecting = False
         self.server: asyncio.Server | None = None
+        self.closed = False
+
+    @property
+    def pbx_connection(self) -> _Connection | None:
+        """The connection to the first PBX, if it is open."""
+        return self.links[self.pbx].connection
 
     async def listen(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -220,32 +267,38 @@ class TcpEndpoint(_Shell):
         return cast(int, self.server.sockets[0].getsockname()[1])
 
     def send(self, data: bytes, addr: Addr) -> None:
+        """On the connection `addr` came in on (a response), else on our link to the PBX at `addr` (a
+        request; what is for no PBX we know goes to the first one)."""
+        if self.closed:
+            return
         conn = self.connections.get(addr)
         if conn is not None:
             conn.write(data)
-        elif self.pbx_connection is not None:
-            self.pbx_connection.write(data)  # requests (and what has no connection of its own) go to the PBX
-        else:
-            self._queued.append(data)
-            if not self._connecting:
-                self._connecting = True
-                asyncio.get_running_loop().create_task(self._connect(), name="sip-tcp-connect")
+            return
+        link = self.links.get(addr) or self.links[self.pbx]
+        if link.connection is not None:
+            link.connection.write(data)
+            return
+        link.queued.append(data)
+        if not link.connecting:
+            link.connecting = True
+            asyncio.get_running_loop().create_task(self._connect(link), name=f"sip-{self.transport_name}-connect")
 
-    async def _dial(self) -> _Connection:
+    async def _dial(self, link: _Link) -> _Connection:
         _, conn = await asyncio.get_running_loop().create_connection(
-            lambda: _Connection(self), self.pbx[0], self.pbx[1]
+            lambda: _Connection(self, link), link.pbx[0], link.pbx[1]
         )
         return conn
 
-    def failure(self, exc: OSError) -> LinkFailed:
-        return LinkFailed("tcp", exc.strerror or str(exc))
+    def failure(self, link: _Link, exc: OSError) -> LinkFailed:
+        return LinkFailed("tcp", exc.strerror or str(exc), pbx=link.pbx)
 
-    def fail(self, messages: list[bytes], failure: LinkFailed) -> None:
+    def fail(self, link: _Link, messages: list[bytes], failure: LinkFailed) -> None:
         """The link failed under `messages`: tell the owner, and every INVITE among them fails now
         (transport error, with the TLS reason in its evidence); other requests are left to Timer F."""
         log.warning(
             f"sip {failure.transport} connection failed",
-            extra={"pbx": f"{self.pbx[0]}:{self.pbx[1]}", "why": failure.why},
+            extra={"pbx": f"{link.pbx[0]}:{link.pbx[1]}", "why": failure.why},
         )
         self.ua.stats[f"{failure.transport}_connect_failed"] += 1
         self.on_update(failure)
@@ -254,21 +307,27 @@ class TcpEndpoint(_Shell):
             outputs = self.ua.transport_error(data, failure.why)
             self.emit([dataclasses.replace(o, evidence=evidence) if isinstance(o, CallUpdate) else o for o in outputs])
 
-    async def _connect(self) -> None:
+    async def _connect(self, link: _Link) -> None:
         try:
-            conn = await self._dial()
+            conn = await self._dial(link)
         except OSError as exc:
-            queued, self._queued = self._queued, []
-            self.fail(queued, self.failure(exc))
+            queued, link.queued = link.queued, []
+            if not self.closed:
+                self.fail(link, queued, self.failure(link, exc))
             return
         finally:
-            self._connecting = False
-        self.pbx_connection = conn
-        queued, self._queued = self._queued, []
+            link.connecting = False
+        if self.closed:
+            if conn.transport is not None:
+                conn.transport.close()
+            return
+        link.connection = conn
+        queued, link.queued = link.queued, []
         for data in queued:
             conn.write(data)
 
     def close(self) -> None:
+        self.closed = True
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections.values()):
@@ -301,7 +360,10 @@ def tls_reason(exc: OSError) -> str:
 
 
 class TlsEndpoint(TcpEndpoint):
-    """SIP over TLS to the PBX: the TCP shell's framing on a verified TLS connection, no listener."""
+    """SIP over TLS to each PBX: the TCP shell's framing on verified TLS connections, no listener. Each PBX's
+    certificate is checked against its own name: `server_names[addr]`, else `server_name`, else its host."""
+
+    transport_name = "tls"
 
     def __init__(
         self,
@@ -310,28 +372,36 @@ class TlsEndpoint(TcpEndpoint):
         allowed: Networks,
         pbx: Addr,
         context: ssl.SSLContext,
-        server_name: str,
+        server_name: str | None = None,
         handshake_timeout_s: float = 10.0,
+        more: Sequence[Addr] = (),
+        server_names: Mapping[Addr, str] | None = None,
     ) -> None:
-        super().__init__(ua, on_update, allowed, pbx)
+        super().__init__(ua, on_update, allowed, pbx, more)
         assert context.check_hostname and context.verify_mode is ssl.CERT_REQUIRED
         self.context = context
-        self.server_name = server_name
+        for addr, link in self.links.items():
+            link.server_name = (server_names or {}).get(addr) or server_name or addr[0]
         self.handshake_timeout_s = handshake_timeout_s
 
-    async def _dial(self) -> _Connection:
+    @property
+    def server_name(self) -> str | None:
+        """The name the first PBX's certificate must carry."""
+        return self.links[self.pbx].server_name
+
+    async def _dial(self, link: _Link) -> _Connection:
         _, conn = await asyncio.get_running_loop().create_connection(
-            lambda: _Connection(self),
-            self.pbx[0],
-            self.pbx[1],
+            lambda: _Connection(self, link),
+            link.pbx[0],
+            link.pbx[1],
             ssl=self.context,
-            server_hostname=self.server_name,
+            server_hostname=link.server_name,
             ssl_handshake_timeout=self.handshake_timeout_s,
         )
         return conn
 
-    def failure(self, exc: OSError) -> LinkFailed:
+    def failure(self, link: _Link, exc: OSError) -> LinkFailed:
         if isinstance(exc, ssl.SSLError | ConnectionAbortedError):
             reason = tls_reason(exc)
-            return LinkFailed("tls", f"tls: {reason}", reason)
-        return LinkFailed("tls", exc.strerror or str(exc))  # TCP itself failed: refused, unreachable
+            return LinkFailed("tls", f"tls: {reason}", reason, pbx=link.pbx)
+        return LinkFailed("tls", exc.strerror or str(exc), pbx=link.pbx)  # TCP itself failed: refused, unreachable

@@ -242,6 +242,11 @@ async def test_two_pbxs_new_calls_to_the_one_up_dialogs_stay_and_the_campaign_pa
         ('[sip]\npbx = "10.0.0.5:5060"\ndial_prefix = "9-"\n', "sip.dial_prefix"),
         ('[sip]\npbx = ["10.0.0.5:5060", {address = "10.0.0.6", weight = 2}]\n', "sip.pbx"),
         ('[sip]\npbx = [{address = "10.0.0.5:99999"}]\n', "sip.pbx"),
+        # what is not per PBX (yet) says so: one transport and one set of TLS files for every PBX
+        ('[sip]\ntransport = "tls"\npbx = ["10.0.0.5", {address = "10.0.0.6", transport = "udp"}]\n', "sip.pbx"),
+        ('[sip]\ntransport = "tls"\npbx = [{address = "10.0.0.5", ca_file = "/etc/ca.pem"}]\n', "sip.pbx"),
+        ('[sip]\npbx = [{address = "10.0.0.5", tls_server_name = "pbx.example"}]\n', "tls_server_name"),
+        ('[sip]\ntransport = "tls"\npbx = [{address = "10.0.0.5", tls_server_name = "a b"}]\n', "sip.pbx"),
     ],
 )
 def test_bad_trunk_configuration_exits_2_naming_the_key(toml: str, key: str, tmp_path: Path) -> None:
@@ -271,13 +276,32 @@ def test_check_config_prints_the_trunk(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     sip = json.loads(out.stdout)["sip"]
-    assert sip["pbx"] == [{"address": "10.0.0.5:5060", "priority": 1}, {"address": "10.0.0.6:5060", "priority": 2}]
+    assert sip["pbx"] == [
+        {"address": "10.0.0.5:5060", "priority": 1, "tls_server_name": None},
+        {"address": "10.0.0.6:5060", "priority": 2, "tls_server_name": None},
+    ]
     assert (sip["dial_format"], sip["dial_prefix"], sip["user_phone"], sip["assert_identity"]) == (
         "national",
         "9",
         True,
         True,
     )
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_several_pbxs_over_tcp_and_tls_load(transport: str, tmp_path: Path) -> None:
+    """Issue 14: `sip.pbx` as a list works over every transport; over TLS each PBX may name the host name its
+    certificate carries (else `sip.tls_server_name`, else its host)."""
+    from gateway.config import load_settings
+
+    second: dict[str, Any] = {"address": "10.0.0.6", "priority": 2}
+    if transport == "tls":
+        second["tls_server_name"] = "sbc2.carrier.example"
+    sip = load_settings(None, sip={"pbx": ["10.0.0.5", second], "transport": transport}).sip
+    assert [(e.address, e.priority, e.tls_server_name) for e in sip.pbxs] == [
+        ("10.0.0.5", 1, None),
+        ("10.0.0.6", 2, second.get("tls_server_name")),
+    ]
 
 
 def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -> None:
@@ -307,6 +331,40 @@ def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -
     built = Call(cfg, "+442079460958", "readme", 30.0, caller=caller)._invite_request().encode().decode()
     for line in invite[1].strip().splitlines():
         assert line.replace("…", "") in built, (line, built)
+
+
+def test_the_readme_tls_trunk_with_two_pbxs_loads_and_builds_the_invite_it_shows() -> None:
+    import tomllib
+
+    from gateway.config import load_settings
+    from gateway.phones import international
+    from sip.call import Call, UacConfig
+    from sip.identity import Caller
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    part = text[text.index("### TLS to the PBX") :]
+    toml = re.search(r"```toml\n(.*?)```", part, re.DOTALL)
+    invite = re.search(r"```\n(INVITE .*?)```", part, re.DOTALL)
+    assert toml is not None and invite is not None
+    sip_keys = tomllib.loads(toml[1])["sip"]
+    for key in ("password_file", "ca_file"):  # files on the deployment's machine (read at load)
+        sip_keys.pop(key)
+    sip = load_settings(None, sip=sip_keys).sip
+    assert sip.transport == "tls" and [p.address for p in sip.pbxs] == ["sbc1.carrier.example", "sbc2.carrier.example"]
+    host, _, port = (sip.public_address or "").partition(":")
+    cfg = UacConfig(
+        host,
+        int(port),
+        sip.pbxs[0].address,
+        transport=sip.transport.upper(),
+        dial_format=sip.dial_format,
+        assert_identity=sip.assert_identity,
+    )
+    caller = Caller(international("+442079460111"), "Acme Ltd")
+    built = Call(cfg, "+442079460958", "readme", 30.0, caller=caller)._invite_request().encode().decode()
+    for line in invite[1].strip().splitlines():
+        for piece in line.split("…"):
+            assert piece in built, (line, built)
 
 
 async def test_with_two_pbxs_telgate_registers_with_each(broker: Mosquitto, tmp_path: Path) -> None:

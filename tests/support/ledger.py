@@ -207,17 +207,35 @@ def sipp_invites(*peers: SippLike, key: Callable[[str], str] = digits) -> Callab
 _KAMAILIO_INVITE = re.compile(r"telgate-test: initial INVITE (?P<call_id>\S+) from (?P<from>\S+) to (?P<to>\S+)")
 
 
-def kamailio_invites(log: Path, from_user: str = "telgate") -> Callable[[], Counter[str]]:
-    """The initial INVITEs Kamailio received from telgate (tests/pbx/kamailio.cfg logs each one)."""
+def kamailio_invites(*logs: Path, from_user: str = "telgate") -> Callable[[], Counter[str]]:
+    """The initial INVITEs Kamailio received from telgate (tests/pbx/kamailio.cfg logs each one), across the
+    logs of every Kamailio given (several PBXs)."""
 
     def read() -> Counter[str]:
         seen: dict[str, str] = {}
-        for m in _KAMAILIO_INVITE.finditer(log.read_text(errors="replace")):
-            if m["from"] == from_user:
-                seen.setdefault(m["call_id"], digits(m["to"]))
+        for log in logs:
+            for m in _KAMAILIO_INVITE.finditer(log.read_text(errors="replace") if log.exists() else ""):
+                if m["from"] == from_user:
+                    seen.setdefault(m["call_id"], digits(m["to"]))
         return Counter(seen.values())
 
     return read
+
+
+_KAMAILIO_IN_DIALOG = re.compile(r"telgate-test: in-dialog (?P<method>\S+) (?P<call_id>\S+) over")
+
+
+def kamailio_requests(log: Path) -> dict[str, list[str]]:
+    """Per Call-ID, the methods one Kamailio received, in order: `INVITE` for an initial one (its digest
+    retry again), then the call's other requests (ACK, CANCEL, BYE, a re-INVITE, UPDATE, REFER)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if (m := _KAMAILIO_INVITE.search(line)) is not None:
+            out.setdefault(m["call_id"], []).append("INVITE")
+        elif (d := _KAMAILIO_IN_DIALOG.search(line)) is not None:
+            out.setdefault(d["call_id"], []).append(d["method"])
+    return out
 
 
 def sipp_redirects(*peers: SippLike) -> Callable[[], Counter[str]]:

@@ -61,7 +61,7 @@ class KamailioTls:
 
 
 class Kamailio:
-    """Kamailio on a free port (UDP and TCP); with `tls`, a TLS listener on the next port too."""
+    """Kamailio on a free port (UDP and TCP), or on `port`; with `tls`, a TLS listener on the next port too."""
 
     def __init__(
         self,
@@ -71,13 +71,14 @@ class Kamailio:
         config: Path = CONFIG / "kamailio.cfg",
         fill: dict[str, str] | None = None,  # more placeholders of `config` and their values
         memory_mb: int = 32,
+        port: int | None = None,  # the ports of a Kamailio stopped before (a PBX restarted in place)
     ) -> None:
         self.binary = binary("kamailio", "kamailio")
         if tls is not None and not _tls_module_installed():
             raise RuntimeError(
                 "Kamailio's tls module is not installed (apt-get install kamailio-tls-modules; bash .ci/run does)"
             )
-        self.port = free_port_pair()
+        self.port = port or free_port_pair()
         self.tls_port = self.port + 1  # free_port_pair checked it too
         self.tls = tls
         self.memory_mb = memory_mb

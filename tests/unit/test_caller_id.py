@@ -170,7 +170,8 @@ async def test_each_attempt_takes_the_campaign_caller_id_it_has_when_it_is_diall
         ({"pbx": [{"address": "10.0.0.1:5060", "weight": 1}]}, "sip.pbx"),
         ({"pbx": [{"address": "10.0.0.1:5060", "priority": -1}]}, "sip.pbx"),
         ({"pbx": [{"priority": 1}]}, "sip.pbx"),
-        ({"pbx": ["10.0.0.1:5060", "10.0.0.2:5060"], "transport": "tcp"}, "sip"),
+        ({"pbx": ["10.0.0.1:5060", {"address": "10.0.0.2:5060", "transport": "tcp"}], "transport": "tcp"}, "sip.pbx"),
+        ({"pbx": [{"address": "10.0.0.1:5060", "tls_server_name": "pbx.example"}], "transport": "tcp"}, "sip.pbx"),
     ],
 )
 def test_bad_trunk_settings_name_the_key(sip: dict[str, Any], key: str) -> None:

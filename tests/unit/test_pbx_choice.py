@@ -93,3 +93,70 @@ async def test_five_failed_dials_take_one_pbx_out_and_only_all_of_them_pause(tmp
     finally:
         task.cancel()
         await store.close()
+
+
+def _stream_channel(tmp_path: Path, pbx: object, transport: str) -> VoiceChannel:
+    sip = load_settings(None, sip={"pbx": pbx, "local": "127.0.0.1:0", "transport": transport}).sip
+    recorder = Recorder("test")
+    return VoiceChannel(Engine(SqliteStore(tmp_path / "t.db"), "gw", Topics("telgate"), recorder), recorder, sip)
+
+
+def test_a_connection_that_cannot_be_made_takes_that_pbx_out_when_there_are_others(tmp_path: Path) -> None:
+    from sip.transport import LinkFailed
+
+    two = _stream_channel(tmp_path, ["10.0.0.1:5060", "10.0.0.2:5060"], "tcp")
+    two._on_update(LinkFailed("tcp", "Connection refused", pbx=("10.0.0.2", 5060)))
+    assert [p.state for p in two.pbxs] == ["up", "down"] and two.pbxs[
+        1
+    ].why == "tcp connection failed: Connection refused"
+    assert two.state == "up" and {two.choose().address for _ in range(3)} == {"10.0.0.1:5060"}
+    # with one PBX a refused connection is each attempt's `failed` (down after 5 of them, not at once)
+    one = _stream_channel(tmp_path, "10.0.0.1:5060", "tcp")
+    one._on_update(LinkFailed("tcp", "Connection refused", pbx=("10.0.0.1", 5060)))
+    assert one.state == "up"
+    # a certificate is down at once, one PBX or several, and names which PBX
+    tls = _stream_channel(tmp_path, ["10.0.0.1", {"address": "10.0.0.2", "tls_server_name": "pbx2.example"}], "tls")
+    assert [(p.addr, p.tls_server_name) for p in tls.pbxs] == [
+        (("10.0.0.1", 5061), None),
+        (("10.0.0.2", 5061), "pbx2.example"),
+    ]
+    tls._on_update(
+        LinkFailed("tls", "tls: x", "certificate verify failed: certificate has expired", ("10.0.0.1", 5061))
+    )
+    assert [p.state for p in tls.pbxs] == ["down", "up"] and tls.pbxs[
+        0
+    ].why == "tls: certificate verify failed: certificate has expired"
+
+
+def test_a_dropped_connection_is_reopened_at_once_by_an_options_to_that_pbx(tmp_path: Path) -> None:
+    import asyncio
+
+    from sip.message import Request, parse
+    from sip.transport import LinkLost
+    from sip.ua import Datagram
+
+    async def run() -> None:
+        voice = _stream_channel(tmp_path, ["10.0.0.1:5060", "10.0.0.2:5070"], "tcp")  # no socket: sends wait
+        voice._on_update(LinkLost("tcp", ("10.0.0.2", 5070), "closed by the peer"))
+        voice._on_update(LinkLost("tcp", ("10.0.0.2", 5070), "closed by the peer"))  # again at once: not again
+        sent = [o for o in voice._pending if isinstance(o, Datagram)]
+        assert [o.addr for o in sent] == [("10.0.0.2", 5070)]
+        ping = parse(sent[0].data)
+        assert isinstance(ping, Request) and ping.method == "OPTIONS" and ping.uri == "sip:10.0.0.2:5070"
+        assert [p.state for p in voice.pbxs] == ["up", "up"]  # dropped is not down: the OPTIONS tells
+
+    asyncio.run(run())
+
+
+def test_a_pbx_given_by_name_is_admitted_from_the_addresses_its_name_has_at_start(tmp_path: Path) -> None:
+    import asyncio
+    import ipaddress
+
+    voice = _stream_channel(tmp_path, ["localhost:5061", "10.0.0.2:5061"], "tls")  # no crash on a name
+    assert [str(n) for n in voice.allowed] == ["10.0.0.2/32"]
+    assert [(p.addr, p.tls_server_name) for p in voice.pbxs] == [
+        (("localhost", 5061), None),
+        (("10.0.0.2", 5061), None),
+    ]
+    asyncio.run(voice._resolve_sources())
+    assert ipaddress.ip_network("127.0.0.1/32") in voice.allowed and len(voice.allowed) >= 2
