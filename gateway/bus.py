@@ -5,6 +5,9 @@
 - An outbox row is deleted only after the broker's PUBACK; a reconnect republishes from the oldest
   unacknowledged row in id order, so per-contact order holds and repeats carry the same event_id.
 - Presence is retained; the will sets `offline` when the process dies.
+- A stop keeps the persistent session and its place in the share group (commands published meanwhile wait
+  for the restart), unless the instance leaves the group (`leave_on_stop`, `leave_group`): then it
+  unsubscribes, takes and acknowledges what the broker had already routed to it, and ends the session.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +51,19 @@ def _fetch(txn: Txn, after: int) -> list[OutboxRow]:
 
 def _delete(txn: Txn, ids: list[int]) -> None:
     txn.outbox_delete(ids)
+
+
+@dataclass
+class _Intake:
+    """What one connection's receiver took off the bus: `arrived` counts messages handed to it, `unacked`
+    those of QoS 1 not yet acknowledged (a command whose commit failed stays so: the broker keeps it)."""
+
+    client: aiomqtt.Client
+    arrived: int = 0
+    unacked: int = 0
+
+    def settled(self) -> bool:
+        return self.unacked == 0 and self.client._queue.empty()
 
 
 class Bus:
@@ -83,6 +100,11 @@ class Bus:
         self._acked: list[int] = []
         self._acked_set: set[int] = set()
         self._closing = False
+        # Several instances: on a final stop leave the share group (App._drain calls `leave_group`) rather
+        # than keep a session the broker goes on routing a share of the commands to for an hour
+        self.leave_on_stop = False
+        self._intake: _Intake | None = None
+        self._end_session = False  # set by a complete `leave_group`: the DISCONNECT ends the session
 
     # -- public ------------------------------------------------------------------------------
     def notify(self) -> None:
@@ -92,7 +114,8 @@ class Bus:
     async def stop_accepting(self) -> None:
         """Take no more commands. The subscription stays with the persistent session, and a command that
         arrives now is left unacknowledged: the broker keeps both for the next start (a restart in the
-        middle of an upload loses nothing and asks nothing of the backend)."""
+        middle of an upload loses nothing and asks nothing of the backend). After `leave_group` nothing
+        arrives any more."""
         self.accepting = False
         self.state = "draining"
         client = self._client
@@ -104,8 +127,61 @@ class Bus:
         count, _ = await self.engine.store.read(lambda txn: txn.outbox_stats())
         return count
 
+    async def leave_group(self, timeout_s: float = 10.0) -> None:
+        """Leave the command share group for good, losing nothing (a final stop while other instances take
+        the commands). Mosquitto 2.0 round-robins a shared subscription over its members' sessions, online
+        or not, and never hands one member's messages to another: what it routed here is delivered here or
+        dropped with the session. So, in this order:
+
+        1. UNSUBSCRIBE: from the UNSUBACK on, new commands go to the other members;
+        2. take, commit and acknowledge what the session still holds (in flight, then its queue, which the
+           broker releases as the PUBACKs free Receive Maximum), until a round trip after the last PUBACK
+           brings nothing (Mosquitto writes what a PUBACK releases before its answer to the next packet);
+        3. only then end the session: the DISCONNECT at `close` carries Session Expiry Interval 0.
+
+        Bounded by `timeout_s`: if the queue is not empty by then (a long backlog, a failing store, no
+        connection) the session is kept, as on a restart, and what it holds waits for the next start."""
+        if not self.accepting:  # its receiver is gone: nothing could take what the session holds
+            log.warning("leave_group after stop_accepting: the session is kept for the next start")
+            return
+        filt = self._command_filter()
+        empty_rounds = 0
+        try:
+            async with asyncio.timeout(timeout_s):
+                while empty_rounds < 2:  # twice, a moment apart: a broker may release its queue lazily
+                    await self.connected.wait()
+                    intake, client = self._intake, self._client
+                    if intake is None or client is None or intake.client is not client:
+                        await asyncio.sleep(0.01)  # the receiver of a new connection is starting
+                        continue
+                    try:
+                        while not intake.settled():  # noqa: ASYNC110 (the acker's PUBACKs, polled)
+                            await asyncio.sleep(0.005)
+                        seen = intake.arrived
+                        # the first leaves the group; each later one (nothing left to unsubscribe) is only
+                        # the round trip, and leaves it again after a reconnect subscribed anew
+                        await client.unsubscribe(filt, timeout=10)
+                    except aiomqtt.MqttError:
+                        empty_rounds = 0  # the connection dropped: its redeliveries go to the next one
+                        continue
+                    if intake.arrived == seen and intake.settled():
+                        empty_rounds += 1
+                        if empty_rounds < 2:
+                            await asyncio.sleep(0.1)
+                    else:
+                        empty_rounds = 0
+        except TimeoutError:
+            intake = self._intake
+            log.warning(
+                "could not empty the session before leaving the share group: it is kept for the next start",
+                extra={"unacked": intake.unacked if intake else None, "timeout_s": timeout_s},
+            )
+            return
+        self._end_session = True
+        log.info("left the command share group", extra={"group": self.cfg.shared_group})
+
     async def close(self) -> None:
-        """Publish the offline presence and disconnect cleanly."""
+        """Publish the offline presence and disconnect cleanly (ending the session after `leave_group`)."""
         self._closing = True
         client = self._client
         if client is not None and self.connected.is_set():
@@ -163,7 +239,19 @@ class Bus:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         client.pending_calls_threshold = WINDOW * 4
-        client._client.manual_ack_set(True)  # PUBACK a command only after its result is committed
+        paho = client._client
+        paho.manual_ack_set(True)  # PUBACK a command only after its result is committed
+        if self.cfg.protocol == 5:
+            plain_disconnect = paho.disconnect
+
+            def disconnect(reasoncode: Any = None, properties: Properties | None = None) -> Any:
+                """aiomqtt's clean DISCONNECT, ending the session once `leave_group` emptied it."""
+                if properties is None and self._end_session:
+                    properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+                    properties.SessionExpiryInterval = 0
+                return plain_disconnect(reasoncode, properties)
+
+            paho.disconnect = disconnect  # type: ignore[method-assign]
         return client
 
     async def run(self) -> None:
@@ -214,6 +302,7 @@ class Bus:
     # -- commands in -----------------------------------------------------------------------------
     async def _receiver(self, client: aiomqtt.Client) -> None:
         acks: asyncio.Queue[tuple[asyncio.Future[Any], int, int]] = asyncio.Queue()
+        intake = self._intake = _Intake(client)
 
         async def acker() -> None:
             while True:
@@ -224,6 +313,7 @@ class Bus:
                     continue
                 if qos > 0:
                     client._client.ack(mid, qos)
+                    intake.unacked -= 1
 
         # Commands taken but not yet committed are parsed objects (a bulk of 1,000 contacts is ~1 MB of
         # models): at most PARSE_AHEAD_BYTES of payload are parsed ahead of the store; the rest wait as raw
@@ -244,6 +334,9 @@ class Bus:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(acker(), name="bus-acker")
             async for message in client.messages:
+                intake.arrived += 1
+                if message.qos > 0:
+                    intake.unacked += 1
                 size = len(message.payload) if isinstance(message.payload, bytes | bytearray) else 0
                 while parsed > 0 and parsed + size > PARSE_AHEAD_BYTES:
                     room.clear()
