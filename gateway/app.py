@@ -287,6 +287,9 @@ class App:
     async def _drain(self, background: list[asyncio.Task[Any]]) -> None:
         started = time.monotonic()
         deadline = started + self.settings.gateway.drain_timeout_s
+        if self.bus.leave_on_stop:  # a final stop with other instances alive: they take the commands from now
+            # at most half the drain: the results of what it commits must still be published below
+            await self.bus.leave_group(timeout_s=self.settings.gateway.drain_timeout_s / 2)
         await self.bus.stop_accepting()
         for task in background:  # nothing new is dialled, sent or fired while draining
             if task.get_name().startswith(("dispatch-", "scheduler")):
