@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import random
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -136,7 +137,9 @@ class Bus:
         1. UNSUBSCRIBE: from the UNSUBACK on, new commands go to the other members;
         2. take, commit and acknowledge what the session still holds (in flight, then its queue, which the
            broker releases as the PUBACKs free Receive Maximum), until a round trip after the last PUBACK
-           brings nothing (Mosquitto writes what a PUBACK releases before its answer to the next packet);
+           brings nothing (Mosquitto writes what a PUBACK releases before its answer to the next packet).
+           The round trip is a SUBSCRIBE and UNSUBSCRIBE of a topic of its own that no command is sent to:
+           every broker answers those (rumqttd does not answer the UNSUBSCRIBE of a filter not held);
         3. only then end the session: the DISCONNECT at `close` carries Session Expiry Interval 0.
 
         Bounded by `timeout_s`: if the queue is not empty by then (a long backlog, a failing store, no
@@ -145,7 +148,11 @@ class Bus:
             log.warning("leave_group after stop_accepting: the session is kept for the next start")
             return
         filt = self._command_filter()
+        # under the commands' topic, which the gateway may read (deploy/mosquitto/acl); two levels deep,
+        # so `cmd/+` never matches it and no command is ever published to it
+        fence = self.topics.commands.removesuffix("+") + "fence/" + re.sub(r"[+#/]", "_", self.client_id)
         empty_rounds = 0
+        left: aiomqtt.Client | None = None  # the connection the UNSUBSCRIBE was answered on
         try:
             async with asyncio.timeout(timeout_s):
                 while empty_rounds < 2:  # twice, a moment apart: a broker may release its queue lazily
@@ -155,12 +162,17 @@ class Bus:
                         await asyncio.sleep(0.01)  # the receiver of a new connection is starting
                         continue
                     try:
+                        # leave at once, however busy (every command routed here meanwhile is one more
+                        # to take before going), and again after a reconnect, which subscribed anew
+                        if left is not client:
+                            await client.unsubscribe(filt, timeout=10)
+                            left = client
+                            continue
                         while not intake.settled():  # noqa: ASYNC110 (the acker's PUBACKs, polled)
                             await asyncio.sleep(0.005)
                         seen = intake.arrived
-                        # the first leaves the group; each later one (nothing left to unsubscribe) is only
-                        # the round trip, and leaves it again after a reconnect subscribed anew
-                        await client.unsubscribe(filt, timeout=10)
+                        await client.subscribe(fence, qos=1, timeout=10)  # answered even when refused
+                        await client.unsubscribe(fence, timeout=10)
                     except aiomqtt.MqttError:
                         empty_rounds = 0  # the connection dropped: its redeliveries go to the next one
                         continue
