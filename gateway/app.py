@@ -109,7 +109,11 @@ class App:
         self.scheduler = Scheduler(self.engine)
         epoch = int(self.started_at.timestamp() * 1000)  # presence says the same epoch
         gw = settings.gateway
-        self.cluster = Cluster(self.engine, self.store, gw.id, epoch, gw.lease_s, self.recorder)
+        self.cluster = Cluster(
+            self.engine, self.store, gw.id, epoch, gw.lease_s, self.recorder, bus_client=settings.client_id
+        )
+        self.cluster.on_buried = self._adopt_session
+        self._adoptions: set[asyncio.Task[bool]] = set()
         self.cluster.busy_parts = self.bus.busy_parts
         if self.store.shared:  # several instances may share it: publish the partitions this one holds
             self.bus.parts = self.cluster.parts
@@ -201,6 +205,14 @@ class App:
         while True:
             await asyncio.sleep(self.settings.metrics.contacts_refresh_s)
             self.recorder.set_contacts(await self.store.read(lambda txn: txn.all_counts()))
+
+    def _adopt_session(self, member: str, bus_client: str) -> None:
+        """A member this one buried left an MQTT session in the share group: empty it and end it."""
+        if not bus_client or bus_client == self.settings.client_id or self.settings.bus.protocol != 5:
+            return
+        task = asyncio.create_task(self.bus.adopt(bus_client, timeout_s=4 * self.settings.gateway.lease_s))
+        self._adoptions.add(task)
+        task.add_done_callback(self._adoptions.discard)
 
     async def _notifications(self) -> None:
         """What other instances committed for this one: a cancel of a call it owns (SPEC §11)."""
@@ -324,6 +336,11 @@ class App:
     async def _drain(self, background: list[asyncio.Task[Any]]) -> None:
         started = time.monotonic()
         deadline = started + self.settings.gateway.drain_timeout_s
+        if self.store.shared and self.cluster.size > 1:
+            self.bus.leave_on_stop = True  # the others take the commands from now: no session left behind
+        if self.bus.leave_on_stop:  # a final stop with other instances alive: they take the commands from now
+            # at most half the drain: the results of what it commits must still be published below
+            await self.bus.leave_group(timeout_s=self.settings.gateway.drain_timeout_s / 2)
         await self.bus.stop_accepting()
         for task in background:  # nothing new is dialled, sent or fired while draining
             if task.get_name().startswith(("dispatch-", "scheduler")):

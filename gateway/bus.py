@@ -5,6 +5,9 @@
 - An outbox row is deleted only after the broker's PUBACK; a reconnect republishes from the oldest
   unacknowledged row in id order, so per-contact order holds and repeats carry the same event_id.
 - Presence is retained; the will sets `offline` when the process dies.
+- A stop keeps the persistent session and its place in the share group (commands published meanwhile wait
+  for the restart), unless the instance leaves the group (`leave_on_stop`, `leave_group`): then it
+  unsubscribes, takes and acknowledges what the broker had already routed to it, and ends the session.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import contextlib
 import functools
 import logging
 import random
+import re
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +52,19 @@ def _fetch(txn: Txn, after: int, limit: int, parts: frozenset[int] | None) -> li
 
 def _delete(txn: Txn, ids: list[int]) -> None:
     txn.outbox_delete(ids)
+
+
+@dataclass
+class _Intake:
+    """What one connection's receiver took off the bus: `arrived` counts messages handed to it, `unacked`
+    those of QoS 1 not yet acknowledged (a command whose commit failed stays so: the broker keeps it)."""
+
+    client: aiomqtt.Client
+    arrived: int = 0
+    unacked: int = 0
+
+    def settled(self) -> bool:
+        return self.unacked == 0 and self.client._queue.empty()
 
 
 class Bus:
@@ -87,6 +105,13 @@ class Bus:
         # older than the delete still sees them pending, and must still know them for published
         self._deleted: list[int] = []
         self._closing = False
+        # Several instances: on a final stop leave the share group (App._drain calls `leave_group`) rather
+        # than keep a session the broker goes on routing a share of the commands to for an hour
+        self.leave_on_stop = False
+        self._intake: _Intake | None = None
+        self._end_session = False  # set by a complete `leave_group`: the DISCONNECT ends the session
+        # an orphan's session adopted (`adopt`): no presence, no will, one connection only
+        self._orphan = False
         # the outbox partitions this instance publishes now (gateway/cluster.py); None: all of them
         self.parts: Callable[[], frozenset[int] | None] = lambda: None
 
@@ -105,7 +130,8 @@ class Bus:
     async def stop_accepting(self) -> None:
         """Take no more commands. The subscription stays with the persistent session, and a command that
         arrives now is left unacknowledged: the broker keeps both for the next start (a restart in the
-        middle of an upload loses nothing and asks nothing of the backend)."""
+        middle of an upload loses nothing and asks nothing of the backend). After `leave_group` nothing
+        arrives any more."""
         self.accepting = False
         self.state = "draining"
         client = self._client
@@ -117,8 +143,108 @@ class Bus:
         count, _ = await self.engine.store.read(lambda txn: txn.outbox_stats())
         return count
 
+    async def leave_group(self, timeout_s: float = 10.0) -> None:
+        """Leave the command share group for good, losing nothing (a final stop while other instances take
+        the commands). Mosquitto 2.0 round-robins a shared subscription over its members' sessions, online
+        or not, and never hands one member's messages to another: what it routed here is delivered here or
+        dropped with the session. So, in this order:
+
+        1. UNSUBSCRIBE: from the UNSUBACK on, new commands go to the other members;
+        2. take, commit and acknowledge what the session still holds (in flight, then its queue, which the
+           broker releases as the PUBACKs free Receive Maximum), until a round trip after the last PUBACK
+           brings nothing (Mosquitto writes what a PUBACK releases before its answer to the next packet).
+           The round trip is a SUBSCRIBE and UNSUBSCRIBE of a topic of its own that no command is sent to:
+           every broker answers those (rumqttd does not answer the UNSUBSCRIBE of a filter not held);
+        3. only then end the session: the DISCONNECT at `close` carries Session Expiry Interval 0.
+
+        Bounded by `timeout_s`: if the queue is not empty by then (a long backlog, a failing store, no
+        connection) the session is kept, as on a restart, and what it holds waits for the next start."""
+        if not self.accepting:  # its receiver is gone: nothing could take what the session holds
+            log.warning("leave_group after stop_accepting: the session is kept for the next start")
+            return
+        filt = self._command_filter()
+        # under the commands' topic, which the gateway may read (deploy/mosquitto/acl); two levels deep,
+        # so `cmd/+` never matches it and no command is ever published to it
+        fence = self.topics.commands.removesuffix("+") + "fence/" + re.sub(r"[+#/]", "_", self.client_id)
+        empty_rounds = 0
+        left: aiomqtt.Client | None = None  # the connection the UNSUBSCRIBE was answered on
+        try:
+            async with asyncio.timeout(timeout_s):
+                while empty_rounds < 2:  # twice, a moment apart: a broker may release its queue lazily
+                    await self.connected.wait()
+                    intake, client = self._intake, self._client
+                    if intake is None or client is None or intake.client is not client:
+                        await asyncio.sleep(0.01)  # the receiver of a new connection is starting
+                        continue
+                    try:
+                        # leave at once, however busy (every command routed here meanwhile is one more
+                        # to take before going), and again after a reconnect, which subscribed anew
+                        if left is not client:
+                            await client.unsubscribe(filt, timeout=10)
+                            left = client
+                            continue
+                        while not intake.settled():  # noqa: ASYNC110 (the acker's PUBACKs, polled)
+                            await asyncio.sleep(0.005)
+                        seen = intake.arrived
+                        await client.subscribe(fence, qos=1, timeout=10)  # answered even when refused
+                        await client.unsubscribe(fence, timeout=10)
+                    except aiomqtt.MqttError:
+                        empty_rounds = 0  # the connection dropped: its redeliveries go to the next one
+                        continue
+                    if intake.arrived == seen and intake.settled():
+                        empty_rounds += 1
+                        if empty_rounds < 2:
+                            await asyncio.sleep(0.1)
+                    else:
+                        empty_rounds = 0
+        except TimeoutError:
+            intake = self._intake
+            log.warning(
+                "could not empty the session before leaving the share group: it is kept for the next start",
+                extra={"unacked": intake.unacked if intake else None, "timeout_s": timeout_s},
+            )
+            return
+        self._end_session = True
+        log.info("left the command share group", extra={"group": self.cfg.shared_group})
+
+    async def adopt(self, client_id: str, timeout_s: float) -> bool:
+        """Empty the MQTT session a dead member left in the share group, then end it (SPEC §11: its
+        commands are taken over too). Mosquitto goes on routing the dead member's share of the commands
+        to its offline session and hands them to nobody else; connecting under its client id resumes
+        that session here: what it holds is taken, committed and acknowledged like any command, and
+        `leave_group` ends it. If the member comes back meanwhile, the broker gives the session back to
+        it and this stops. True when the session was emptied and ended."""
+        orphan = Bus(
+            self.cfg,
+            client_id,
+            self.gateway_id,
+            self.engine,
+            self.recorder,
+            self.ctx,
+            self.started_at,
+            self.channel_states,
+        )
+        orphan._orphan = True
+        orphan.parts = frozenset  # publishes nothing: the outbox belongs to the partitions' holders
+        task = asyncio.create_task(orphan.run(), name=f"bus-adopt-{client_id}")
+        try:
+            async with asyncio.timeout(timeout_s):
+                await orphan.connected.wait()
+            await orphan.leave_group(timeout_s)
+            ended = orphan._end_session
+            await orphan.close()
+        except TimeoutError:
+            ended = False
+        finally:  # cancelled, the connection's `async with` sends the DISCONNECT (ending the session)
+            orphan._closing = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.info("adopted a dead member's bus session", extra={"client_id": client_id, "ended": ended})
+        return ended
+
     async def close(self) -> None:
-        """Publish the offline presence and disconnect cleanly."""
+        """Publish the offline presence and disconnect cleanly (ending the session after `leave_group`)."""
         self._closing = True
         client = self._client
         if client is not None and self.connected.is_set():
@@ -170,13 +296,27 @@ class Bus:
             **session,
             tls_context=tls_context,
             max_inflight_messages=WINDOW,
-            will=aiomqtt.Will(self.topics.presence(self.gateway_id), self._presence_payload("offline"), 1, True),
+            will=None
+            if self._orphan
+            else aiomqtt.Will(self.topics.presence(self.gateway_id), self._presence_payload("offline"), 1, True),
             timeout=10,
             # paho leaves Nagle on: a status event would wait for the previous segment's delayed ACK (~40 ms)
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         client.pending_calls_threshold = WINDOW * 4
-        client._client.manual_ack_set(True)  # PUBACK a command only after its result is committed
+        paho = client._client
+        paho.manual_ack_set(True)  # PUBACK a command only after its result is committed
+        if self.cfg.protocol == 5:
+            plain_disconnect = paho.disconnect
+
+            def disconnect(reasoncode: Any = None, properties: Properties | None = None) -> Any:
+                """aiomqtt's clean DISCONNECT, ending the session once `leave_group` emptied it."""
+                if properties is None and self._end_session:
+                    properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+                    properties.SessionExpiryInterval = 0
+                return plain_disconnect(reasoncode, properties)
+
+            paho.disconnect = disconnect  # type: ignore[method-assign]
         return client
 
     async def run(self) -> None:
@@ -197,7 +337,8 @@ class Bus:
                     self._client = client
                     if self.accepting:
                         await client.subscribe(self._command_filter(), qos=1)
-                    await self._presence(client, self.state)  # `online` means commands are being taken
+                    if not self._orphan:
+                        await self._presence(client, self.state)  # `online` means commands are being taken
                     self.connected.set()
                     self.recorder.bus_connected.set(1)
                     backoff = 0.2
@@ -214,7 +355,7 @@ class Bus:
                 self._client = None
                 self.connected.clear()
                 self.recorder.bus_connected.set(0)
-            if self._closing:
+            if self._closing or self._orphan:  # an orphan's session taken back by its owner: let it have it
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 15.0)
@@ -227,6 +368,7 @@ class Bus:
     # -- commands in -----------------------------------------------------------------------------
     async def _receiver(self, client: aiomqtt.Client) -> None:
         acks: asyncio.Queue[tuple[asyncio.Future[Any], int, int]] = asyncio.Queue()
+        intake = self._intake = _Intake(client)
 
         async def acker() -> None:
             while True:
@@ -237,6 +379,7 @@ class Bus:
                     continue
                 if qos > 0:
                     client._client.ack(mid, qos)
+                    intake.unacked -= 1
 
         # Commands taken but not yet committed are parsed objects (a bulk of 1,000 contacts is ~1 MB of
         # models): at most PARSE_AHEAD_BYTES of payload are parsed ahead of the store; the rest wait as raw
@@ -257,6 +400,9 @@ class Bus:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(acker(), name="bus-acker")
             async for message in client.messages:
+                intake.arrived += 1
+                if message.qos > 0:
+                    intake.unacked += 1
                 size = len(message.payload) if isinstance(message.payload, bytes | bytearray) else 0
                 while parsed > 0 and parsed + size > PARSE_AHEAD_BYTES:
                     room.clear()

@@ -43,8 +43,8 @@ class ClusterError(Exception):
     """The instance cannot join (its gateway.id is held by another running instance)."""
 
 
-def _join(txn: Txn, member: str, epoch: int, lease_s: float) -> int | None:
-    return txn.lease_join(member, epoch, lease_s)
+def _join(txn: Txn, member: str, epoch: int, lease_s: float, bus_client: str) -> int | None:
+    return txn.lease_join(member, epoch, lease_s, bus_client)
 
 
 def _renew(txn: Txn, member: str, epoch: int, lease_s: float, release: frozenset[int]) -> Lease:
@@ -55,15 +55,25 @@ def _leave(txn: Txn, member: str, epoch: int) -> None:
     txn.lease_leave(member, epoch)
 
 
-def _take_over(unit: Unit, member: str) -> int | None:
+def _take_over(unit: Unit, member: str) -> tuple[int, str] | None:
     return unit.take_over(member)
 
 
 class Cluster:
     MARGIN = 0.1  # of lease_s: a renewal is trusted for lease_s less this, from when it was sent
 
-    def __init__(self, engine: Engine, store: Store, gateway_id: str, epoch: int, lease_s: float, recorder: Recorder):
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        gateway_id: str,
+        epoch: int,
+        lease_s: float,
+        recorder: Recorder,
+        bus_client: str = "",
+    ) -> None:
         self.engine = engine
+        self.bus_client = bus_client
         self.store = store
         self.gateway_id = gateway_id
         self.epoch = epoch
@@ -75,6 +85,8 @@ class Cluster:
         self._valid_until = 0.0  # monotonic
         self.busy_parts: Callable[[], set[int]] = set  # the bus: partitions with rows in flight
         self.on_change: list[Callable[[], None]] = []
+        # a member buried here: its MQTT client id (the app empties and ends the session it left)
+        self.on_buried: Callable[[str, str], None] = lambda member, bus_client: None
 
     # -- what the other parts ask --------------------------------------------------------------------
     @property
@@ -98,7 +110,9 @@ class Cluster:
         deadline = time.monotonic() + 2 * self.lease_s
         while True:
             other = await self.store.run(
-                functools.partial(_join, member=self.gateway_id, epoch=self.epoch, lease_s=self.lease_s)
+                functools.partial(
+                    _join, member=self.gateway_id, epoch=self.epoch, lease_s=self.lease_s, bus_client=self.bus_client
+                )
             )
             if other is None:
                 break
@@ -136,10 +150,12 @@ class Cluster:
             for callback in self.on_change:
                 callback()
         for member in lease.dead:
-            settled = await self.engine.execute(functools.partial(_take_over, member=member))
-            if settled is not None:
+            buried = await self.engine.execute(functools.partial(_take_over, member=member))
+            if buried is not None:
+                settled, bus_client = buried
                 self.recorder.cluster_takeovers.inc()
                 log.warning("took over a member whose lease expired", extra={"member": member, "contacts": settled})
+                self.on_buried(member, bus_client)
 
     async def run(self) -> None:
         """Renew every lease_s / 3 until cancelled; a store that does not answer fences this member by

@@ -167,15 +167,17 @@ class Unit:
         """A persisted timer fires once: False when another transaction already took it."""
         return self._txn.delete_timer(timer_id)
 
-    def take_over(self, member: str) -> int | None:
+    def take_over(self, member: str) -> tuple[int, str] | None:
         """A member whose lease expired: bury it and apply SPEC §9's restart rule to what it left in
-        flight, in this one transaction — or None when another instance buried it first."""
-        if not self._txn.lease_bury(member):
+        flight, in this one transaction — (the contacts settled, its MQTT client id), or None when
+        another instance buried it first."""
+        bus_client = self._txn.lease_bury(member)
+        if bus_client is None:
             return None
         keys = self._txn.in_flight_contacts(member)
         for key in keys:
             self.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
-        return len(keys)
+        return len(keys), bus_client
 
 
 class EngineStopped(Exception):

@@ -203,9 +203,9 @@ class Txn(Reads, Protocol):
         another instance decided)."""
         ...
 
-    def lease_join(self, member: str, epoch: int, lease_s: float) -> int | None:
-        """Register `member` under `epoch`; None, or the epoch of another run of the same id whose lease
-        has not expired (then nothing is written)."""
+    def lease_join(self, member: str, epoch: int, lease_s: float, bus_client: str = "") -> int | None:
+        """Register `member` under `epoch` (with the MQTT client id of its session); None, or the epoch of
+        another run of the same id whose lease has not expired (then nothing is written)."""
         ...
 
     def lease_renew(self, member: str, epoch: int, lease_s: float, release: Collection[int]) -> Lease:
@@ -213,9 +213,9 @@ class Txn(Reads, Protocol):
         partitions up to its fair share of the live members."""
         ...
 
-    def lease_bury(self, member: str) -> bool:
-        """Delete a member whose lease expired: True for the one transaction that did it (it applies
-        the restart rule to the member's contacts)."""
+    def lease_bury(self, member: str) -> str | None:
+        """Delete a member whose lease expired; for the one transaction that did it (it applies the
+        restart rule to the member's contacts) the MQTT client id the member registered, else None."""
         ...
 
     def lease_leave(self, member: str, epoch: int) -> None:

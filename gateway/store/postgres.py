@@ -156,6 +156,7 @@ MIGRATIONS = (
             """CREATE TABLE members (
                 gateway_id text PRIMARY KEY,
                 epoch bigint NOT NULL,
+                bus_client text NOT NULL DEFAULT '',
                 joined_at timestamptz NOT NULL DEFAULT now(),
                 expires_at timestamptz NOT NULL
             )""",
@@ -187,7 +188,8 @@ UPSERT_CAMPAIGN = (
     "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT (campaign_id)"
     " DO UPDATE SET state=excluded.state, status=excluded.status"
 )
-CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT, UPDATE_CONTACT_VERSIONED, INSERT_CAMPAIGN})  # each row must change exactly one row
+# each row must change exactly one row
+CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT, UPDATE_CONTACT_VERSIONED, INSERT_CAMPAIGN})
 # written last, and only by a transaction that wrote something (one that only read needs no verdict);
 # an INSERT of no row assigns no transaction id, so a read-only transaction stays read-only
 MARK = (
@@ -524,16 +526,17 @@ class _PgTxn:
     def notify(self, payload: bytes) -> None:
         self._queue("notify", "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload.decode()), None)
 
-    def lease_join(self, member: str, epoch: int, lease_s: float) -> int | None:
+    def lease_join(self, member: str, epoch: int, lease_s: float, bus_client: str = "") -> int | None:
         self._flush()
         row = self._one("SELECT epoch, expires_at > now() FROM members WHERE gateway_id=%s FOR UPDATE", (member,))
         if row is not None and row[1] and row[0] != epoch:
             return int(row[0])
         self.cur.execute(
-            "INSERT INTO members (gateway_id, epoch, expires_at) VALUES (%s, %s, now() + make_interval(secs => %s))"
-            " ON CONFLICT (gateway_id) DO UPDATE SET epoch = excluded.epoch, expires_at = excluded.expires_at,"
+            "INSERT INTO members (gateway_id, epoch, bus_client, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (gateway_id) DO UPDATE"
+            " SET epoch = excluded.epoch, bus_client = excluded.bus_client, expires_at = excluded.expires_at,"
             " joined_at = now()",
-            (member, epoch, lease_s),
+            (member, epoch, bus_client, lease_s),
         )
         # a previous run of this id held partitions: free them (its rows are published by whoever takes them)
         self.cur.execute("UPDATE partitions SET owner = NULL, expires_at = NULL WHERE owner = %s", (member,))
@@ -575,12 +578,15 @@ class _PgTxn:
             }
         return Lease(held=True, members=live, parts=frozenset(mine), dead=dead)
 
-    def lease_bury(self, member: str) -> bool:
+    def lease_bury(self, member: str) -> str | None:
         self._flush()
-        gone = self.cur.execute("DELETE FROM members WHERE gateway_id=%s AND expires_at <= now()", (member,)).rowcount
-        if gone:
-            self.cur.execute("UPDATE partitions SET owner = NULL, expires_at = NULL WHERE owner = %s", (member,))
-        return gone == 1
+        row = self._one(
+            "DELETE FROM members WHERE gateway_id=%s AND expires_at <= now() RETURNING bus_client", (member,)
+        )
+        if row is None:
+            return None
+        self.cur.execute("UPDATE partitions SET owner = NULL, expires_at = NULL WHERE owner = %s", (member,))
+        return str(row[0])
 
     def lease_leave(self, member: str, epoch: int) -> None:
         self._flush()

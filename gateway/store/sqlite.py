@@ -293,14 +293,14 @@ class _SqliteTxn:
     def notify(self, payload: bytes) -> None:
         """Nobody else to tell."""
 
-    def lease_join(self, member: str, epoch: int, lease_s: float) -> int | None:
+    def lease_join(self, member: str, epoch: int, lease_s: float, bus_client: str = "") -> int | None:
         return None
 
     def lease_renew(self, member: str, epoch: int, lease_s: float, release: Collection[int]) -> Lease:
         return Lease(held=True, members=(member,), parts=ALL_PARTS)
 
-    def lease_bury(self, member: str) -> bool:
-        return False
+    def lease_bury(self, member: str) -> str | None:
+        return None
 
     def lease_leave(self, member: str, epoch: int) -> None:
         """Nothing was written."""

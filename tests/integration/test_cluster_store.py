@@ -45,7 +45,7 @@ async def test_leases_share_the_partitions_fairly_and_a_dead_member_is_buried_on
     assert alone.held and alone.members == ("a",) and alone.parts == frozenset(range(PARTS))
     # another run of the id "a" while the lease lives: refused with the holder's epoch, nothing written
     assert await b.run(lambda t: t.lease_join("a", 2, LEASE_S)) == 1
-    assert await b.run(lambda t: t.lease_join("b", 7, LEASE_S)) is None
+    assert await b.run(lambda t: t.lease_join("b", 7, LEASE_S, "telgate-b")) is None
     first = await b.run(lambda t: t.lease_renew("b", 7, LEASE_S, ()))
     assert first.members == ("a", "b") and first.parts == frozenset(), "every partition is still a's"
     half = frozenset(range(PARTS // 2, PARTS))
@@ -58,7 +58,8 @@ async def test_leases_share_the_partitions_fairly_and_a_dead_member_is_buried_on
     await asyncio.sleep(LEASE_S + 0.2)  # b stops renewing: dead
     seen = await a.run(lambda t: t.lease_renew("a", 1, LEASE_S, ()))
     assert seen.dead == ("b",) and seen.members == ("a",)
-    assert await a.run(lambda t: t.lease_bury("b")) and not await b.run(lambda t: t.lease_bury("b"))
+    assert await a.run(lambda t: t.lease_bury("b")) == "telgate-b", "the buried member's MQTT session is named"
+    assert await b.run(lambda t: t.lease_bury("b")) is None, "buried once"
     assert not (await b.run(lambda t: t.lease_renew("b", 7, LEASE_S, ()))).held, "b was buried: it must stop"
     back = await a.run(lambda t: t.lease_renew("a", 1, LEASE_S, ()))
     assert back.parts == frozenset(range(PARTS)), "b's expired partitions are a's again"
