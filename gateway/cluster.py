@@ -14,6 +14,9 @@ lease is taken to end `lease_s` after the renewal was *sent* (the store counts f
 it, later), less a tenth for the clocks' rates. Fenced, it publishes nothing and starts no attempt; when
 the store answers again it goes on if its row is still its own, and otherwise it stops with LeaseLost
 (its contacts were settled by another member; the supervisor starts it again as a new member).
+A member buries others only once its own lease has been valid for a whole `lease_s` without a lapse:
+after the store itself was away every lease has expired, and the first member back must not take the
+others for dead before they had a lease's time to renew.
 
 On a store one instance has to itself (SQLite), the store answers every renewal with every partition.
 """
@@ -83,6 +86,7 @@ class Cluster:
         self._parts: frozenset[int] = frozenset()
         self._releasing: frozenset[int] = frozenset()  # held, withheld from publishing, given back when idle
         self._valid_until = 0.0  # monotonic
+        self._held_since = 0.0  # monotonic: since when the lease has been valid without a lapse
         self.busy_parts: Callable[[], set[int]] = set  # the bus: partitions with rows in flight
         self.on_change: list[Callable[[], None]] = []
         # a member buried here: its MQTT client id (the app empties and ends the session it left)
@@ -136,10 +140,13 @@ class Cluster:
         lease = await self.store.run(
             functools.partial(_renew, member=self.gateway_id, epoch=self.epoch, lease_s=self.lease_s, release=release)
         )
+        lapsed = self.fenced  # the store answered after the lease ran out (it was away meanwhile)
         if not lease.held:
             self._valid_until = 0.0
             raise LeaseLost(f"{self.gateway_id} (epoch {self.epoch}) was buried by another member")
         self._valid_until = sent + self.lease_s * (1 - self.MARGIN)
+        if lapsed:  # held again from now on: a whole lease before it takes anyone for dead
+            self._held_since = time.monotonic()
         changed = lease.parts != self._parts or lease.members != self.members
         self._releasing = (self._releasing - release) & lease.parts
         self._parts, self.members = lease.parts, lease.members
@@ -149,6 +156,10 @@ class Cluster:
             log.info("lease renewed", extra={"members": list(lease.members), "partitions": len(lease.parts)})
             for callback in self.on_change:
                 callback()
+        if time.monotonic() - self._held_since < self.lease_s:
+            # just back from a lapse of its own (the store was away: every lease expired meanwhile) or
+            # just started: the others get a whole lease to renew before anyone is taken for dead
+            return
         for member in lease.dead:
             buried = await self.engine.execute(functools.partial(_take_over, member=member))
             if buried is not None:

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -27,6 +27,8 @@ from tests.support import ledger
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, settings_for
 from tests.support.postgres import Postgres
+from tests.support.postgres import postgres_own_server as postgres_own_server  # a fixture
+from tests.support.rumqttd import Rumqttd
 from tests.support.sipp import Sipp
 from tests.support.wa import SECRET, TOKEN, VERIFY
 from whatsapp.standin import StandIn
@@ -64,7 +66,12 @@ async def new_database(server: Postgres) -> str:
     return await asyncio.to_thread(server.create_database, f"cl{next(_names)}")
 
 
-def instance(broker: Mosquitto, tmp_path: Path, n: int, url: str, pbx: Sipp | None, standin: StandIn | None) -> Any:
+class Broker(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+def instance(broker: Broker, tmp_path: Path, n: int, url: str, pbx: Sipp | None, standin: StandIn | None) -> Any:
     sections: dict[str, dict[str, Any]] = {
         "gateway": {"id": f"gw{n}", "lease_s": LEASE_S},
         "store": {"url": url},
@@ -88,7 +95,7 @@ def instance(broker: Mosquitto, tmp_path: Path, n: int, url: str, pbx: Sipp | No
 
 @contextlib.asynccontextmanager
 async def cluster(
-    broker: Mosquitto, tmp_path: Path, n: int, url: str, pbx: Sipp | None, standin: StandIn | None
+    broker: Broker, tmp_path: Path, n: int, url: str, pbx: Sipp | None, standin: StandIn | None
 ) -> AsyncIterator[list[App]]:
     async with contextlib.AsyncExitStack() as stack:
         apps = [
@@ -321,3 +328,63 @@ async def test_sigkill_of_one_of_three_instances_is_taken_over_within_two_leases
                     p.send_signal(signal.SIGTERM)
             for p, log in zip(procs[1:], logs[1:], strict=True):
                 assert p.wait(20) == 0, log.read_text()[-3000:]
+
+
+async def test_two_instances_on_a_second_independent_broker_rumqttd(session_postgres: Postgres, tmp_path: Path) -> None:
+    """The same guarantees on another MQTT 5 broker's shared subscriptions (rumqttd: round robin over the
+    connected members only, sessions in memory, Receive Maximum ignored; tests/support/rumqttd.py)."""
+    url = await new_database(session_postgres)
+    broker = Rumqttd(tmp_path / "rumqttd")
+    broker.start()
+    try:
+        with Sipp("mix.xml", tmp_path / "sipp", calls=100_000, extra=("-d", "200")) as pbx:
+            async with (
+                StandIn(access_token=TOKEN, app_secret=SECRET, webhook_url="http://127.0.0.1:9/unset") as standin,
+                backend(broker.url) as b,
+                cluster(broker, tmp_path, 2, url, pbx, standin) as apps,
+            ):
+                standin.webhook_url = f"http://127.0.0.1:{apps[0].http_port}/webhooks/whatsapp"
+                outcome = await run_campaign(b, 60, 60)
+                await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+                await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
+                check_stream(b)
+                assert {e["gateway_id"] for e in b.events if e["status"] in ("calling", "in_progress")} == {
+                    "gw1",
+                    "gw2",
+                }
+                assert all(
+                    statuses[-1] in ("success", "completed_without_answer", "read") for statuses in outcome.values()
+                )
+    finally:
+        broker.stop()
+
+
+async def test_the_broker_and_then_postgresql_restarted_under_three_instances_lose_nothing(
+    broker: Mosquitto,
+    postgres_own_server: Postgres,
+    tmp_path: Path,
+) -> None:
+    """Mid-campaign the broker restarts, then PostgreSQL is killed and started again (longer than a
+    lease): every instance comes back by itself, nobody buries anybody, nothing is lost or doubled."""
+    url = await new_database(postgres_own_server)
+    n = 150
+    with Sipp("mix.xml", tmp_path / "sipp", calls=100_000, extra=("-d", "300")) as pbx:
+        async with backend(broker.url) as b, cluster(broker, tmp_path, 3, url, pbx, None) as apps:
+            for i in range(n):
+                await b.send("dial", {**dial(i), "policy": {"max_attempts": 2}})
+            await b.wait_for(lambda: sum(1 for k in b.by_contact if b.final(*k)) >= n // 5, timeout=30)
+            broker.stop()
+            await asyncio.sleep(1.0)
+            broker.start()
+            await b.wait_for(lambda: sum(1 for k in b.by_contact if b.final(*k)) >= n // 2, timeout=30)
+            postgres_own_server.kill()
+            await asyncio.sleep(LEASE_S * 1.5)  # every lease expires meanwhile
+            assert all(a.cluster.fenced for a in apps), "without the store no member acts on its lease"
+            postgres_own_server.start()
+            await b.wait_for(lambda: all(b.final("mix", f"v{i}") for i in range(n)), timeout=60)
+            check_stream(b)
+            seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
+            assert seen.compared == n
+            assert not [e for e in b.events if e.get("signal", {}).get("kind") == "gateway_restart"], "nobody buried"
+            assert all(a.cluster.size == 3 and not a.cluster.fenced for a in apps)
+            assert sum(a.recorder.cluster_takeovers._value.get() for a in apps) == 0
