@@ -1,9 +1,9 @@
 """PostgreSQL store (psycopg 3): the SQLite store's contract on a server that several instances can reach.
 
 Like the SQLite store, one connection is owned by one thread and every `run` is one transaction on it:
-this instance's transactions commit one after another, in the order they ran, so outbox ids commit in
-id order and the publisher's cursor never passes a row that commits later (docs/store.md says what
-several instances must change).
+this instance's transactions commit one after another, in the order they ran. Several instances'
+transactions overlap, so outbox ids need not commit in id order (`shared`: the publisher keeps no
+cursor; docs/cluster.md says how the partitions, leases and claims work and why order still holds).
 
 Round trips, not rows, are the cost (bench/store.py). A write whose answer the caller does not need
 (events, outbox rows, queue places, timers, commands, wamids, blacklist) is queued and sent with the
