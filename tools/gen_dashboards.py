@@ -256,7 +256,10 @@ PROMETHEUS: dict[str, list[Entry]] = {
     ],
 }
 
+# telgate_calls and telgate_whatsapp are what each instance counted (tag `gateway`): grouped by it too, or
+# last() would pick whichever instance wrote last; telgate_contacts comes from the store, alike on all
 _T = "$timeFilter GROUP BY time($__interval)"
+_G = _T + ', "campaign", "gateway"'
 INFLUXDB: dict[str, list[Entry]] = {
     "Campaigns": [
         (
@@ -272,12 +275,22 @@ INFLUXDB: dict[str, list[Entry]] = {
         (
             "Call attempts per campaign",
             "none",
-            [(f'SELECT last("attempts") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("attempts") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "WhatsApp messages sent per campaign",
             "none",
-            [(f'SELECT last("sent") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("sent") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
     ],
     "Voice": [
@@ -286,42 +299,62 @@ INFLUXDB: dict[str, list[Entry]] = {
             "ops",
             [
                 (
-                    f'SELECT non_negative_derivative(last("attempts"), 1s) FROM "telgate_calls" WHERE {_T}, "campaign"',
-                    "$tag_campaign",
+                    f'SELECT non_negative_derivative(last("attempts"), 1s) FROM "telgate_calls" WHERE {_G}',
+                    "$tag_campaign $tag_gateway",
                 )
             ],
         ),
         (
             "Concurrent calls",
             "none",
-            [(f'SELECT last("active") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("active") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "ASR",
             "percentunit",
-            [(f'SELECT last("asr") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("asr") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "NER",
             "percentunit",
-            [(f'SELECT last("ner") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("ner") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "ACD",
             "s",
-            [(f'SELECT last("acd_s") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("acd_s") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "Post-dial delay",
             "ms",
             [
                 (
-                    f'SELECT last("pdd_ms_p50") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
-                    "p50 $tag_campaign",
+                    f'SELECT last("pdd_ms_p50") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "p50 $tag_campaign $tag_gateway",
                 ),
                 (
-                    f'SELECT last("pdd_ms_p95") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
-                    "p95 $tag_campaign",
+                    f'SELECT last("pdd_ms_p95") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "p95 $tag_campaign $tag_gateway",
                 ),
             ],
         ),
@@ -332,8 +365,8 @@ INFLUXDB: dict[str, list[Entry]] = {
                 (
                     'SELECT last("answered") AS "answered", last("rejected") AS "rejected", '
                     'last("unreachable") AS "unreachable", last("failed") AS "failed" '
-                    f'FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign $col",
+                    f'FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway $col",
                 )
             ],
         ),
@@ -350,8 +383,8 @@ INFLUXDB: dict[str, list[Entry]] = {
             [
                 (
                     'SELECT last("sent") AS "sent", last("delivered") AS "delivered", last("read") AS "read", '
-                    f'last("failed") AS "failed" FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign $col",
+                    f'last("failed") AS "failed" FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway $col",
                 )
             ],
         ),
@@ -360,8 +393,8 @@ INFLUXDB: dict[str, list[Entry]] = {
             "percentunit",
             [
                 (
-                    f'SELECT last("delivery_rate") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign",
+                    f'SELECT last("delivery_rate") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
                 )
             ],
         ),
@@ -370,8 +403,8 @@ INFLUXDB: dict[str, list[Entry]] = {
             "percentunit",
             [
                 (
-                    f'SELECT last("read_rate") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign",
+                    f'SELECT last("read_rate") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
                 )
             ],
         ),

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import aiomqtt
 import pytest
 import yaml
 
+from metrics.influx import Point, encode
 from tests.support.broker import Mosquitto, free_port, shipped_broker
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.postgres import Postgres
-from tests.support.tsdb import Prometheus
-from tools.gen_dashboards import PROMETHEUS
+from tests.support.tsdb import InfluxDB, Prometheus
+from tools.gen_dashboards import PROMETHEUS, queries
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -284,7 +286,7 @@ async def test_cluster_alerts_and_panels_against_three_members(
                 # gw3 stops: it leaves, its partitions go to the two scraped members
                 procs[2].send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(procs[2].wait, 30) == 0
-                held = 'sum(telgate_cluster_partitions) == 64 and max(telgate_cluster_members) == 2'
+                held = "sum(telgate_cluster_partitions) == 64 and max(telgate_cluster_members) == 2"
                 assert await _until(prom, held, 10 * lease_s), "gw3's partitions were not taken"
                 assert not await asyncio.to_thread(prom.query, cluster_rules["TelgateClusterPartitionsUnheld"])
                 # a second process with gw1's id: it waits 2 x lease_s for the lease to free, then exits 2
@@ -323,3 +325,52 @@ async def test_cluster_alerts_and_panels_against_three_members(
                 p.wait(15)
             if p.poll() is None:
                 p.kill()
+
+
+def test_influxdb_dashboards_keep_the_instances_apart(tmp_path: Path) -> None:
+    """Two instances write their own telgate_calls and telgate_whatsapp (tag `gateway`) to one InfluxDB, as
+    the compose stack does: every InfluxDB panel has data, and a per-instance counter is one line per
+    instance, not whichever instance wrote last."""
+    calls = {"attempts": 0, "answered": 0, "rejected": 0, "unreachable": 0, "invalid_number": 0, "failed": 0}
+    rates = {"active": 0, "asr": 0.5, "ner": 0.9, "acd_s": 30.0, "pdd_ms_p50": 800.0, "pdd_ms_p95": 1900.0}
+    wa = {"sent": 0, "delivered": 0, "read": 0, "failed": 0, "delivery_rate": 0.9, "read_rate": 0.5}
+    now = int(time.time() * 1000)
+    lines = []
+    for gw, attempts in (("gw-1", 10), ("gw-2", 4)):
+        for i in range(3):  # a few points 1 s apart, the later instance writing last
+            t = now - 3000 + i * 1000 + (300 if gw == "gw-2" else 0)
+            points = [
+                Point(
+                    "telgate_contacts",
+                    {"gateway": gw, "campaign": "spring", "channel": "voice", "status": "initial"},
+                    {"count": 7},
+                    t,
+                ),
+                Point(
+                    "telgate_calls",
+                    {"gateway": gw, "campaign": "spring"},
+                    {**calls, "attempts": attempts + i, "answered": i, **rates},
+                    t,
+                ),
+                Point("telgate_whatsapp", {"gateway": gw, "campaign": "spring"}, {**wa, "sent": attempts + i}, t),
+                Point("telgate_gateway", {"gateway": gw}, {"bus_connected": 1, "outbox_pending": 0, "pbx_up": 1}, t),
+            ]
+            lines += [line for p in points if (line := encode(p)) is not None]
+    with InfluxDB(tmp_path / "influx") as influx:
+        req = urllib.request.Request(
+            f"{influx.url}/write?db=telgate&precision=ms", data="\n".join(lines).encode(), method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 204
+
+        def run(q: str) -> list[dict[str, Any]]:
+            return influx.series(q.replace("$timeFilter", "time > now() - 15m").replace("$__interval", "1s"))
+
+        empty = [f"{board} / {panel}" for board, panel, q in queries("influxdb") if not run(q)]
+        assert not empty, empty
+        for board, panel, q in queries("influxdb"):
+            if "telgate_calls" in q or "telgate_whatsapp" in q:
+                assert {s["tags"]["gateway"] for s in run(q)} == {"gw-1", "gw-2"}, (board, panel)
+        (attempts_q,) = [q for _, panel, q in queries("influxdb") if panel == "Call attempts per campaign"]
+        last = {s["tags"]["gateway"]: [v[1] for v in s["values"] if v[1] is not None][-1] for s in run(attempts_q)}
+        assert last == {"gw-1": 12, "gw-2": 6}
