@@ -18,10 +18,36 @@ OUT = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
 PROM = {"type": "prometheus", "uid": "telgate-prometheus"}
 INFLUX = {"type": "influxdb", "uid": "telgate-influxdb"}
 
-# (title, unit, [(query, legend)])
+# (title, unit, [(query, legend)]); a plain string starts a row of that title (the panels after it)
 Panel = tuple[str, str, list[tuple[str, str]]]
+Entry = Panel | str
 
-PROMETHEUS: dict[str, list[Panel]] = {
+# the store's gauges: every instance of a cluster reports the same value (SPEC §11), so a panel takes max
+_FROM_STORE = (
+    "From the store, not from this instance: every instance of a cluster reports the same totals, so the"
+    " query takes max (a sum would count them once per instance)."
+)
+# a Prometheus panel's description, by (dashboard, title)
+DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("Campaigns", "Contacts per status"): _FROM_STORE,
+    ("Gateway", "Outbox pending"): _FROM_STORE,
+    ("Gateway", "Oldest unacknowledged event"): _FROM_STORE,
+    ("Gateway", "Cluster members"): (
+        "Instances holding a live lease in the store, as each instance counts them: the lines agree but for"
+        " a few seconds around a join, a stop or a takeover. The cluster's limits (sip.max_cps,"
+        " max_concurrent_calls, whatsapp.max_mps, campaigns' max_cps) are shared by this many."
+    ),
+    ("Gateway", "Outbox partitions per instance"): (
+        "Each instance publishes the events of the partitions it holds, a fair share of 64. The sum is 64"
+        " when every partition is held and every member is scraped (alert TelgateClusterPartitionsUnheld)."
+    ),
+    ("Gateway", "Takeovers"): (
+        "Members whose lease expired (crashed, hung, cut off from the store) and that this instance buried:"
+        " it settled their calls and sends by the restart rule and took their events, timers and queue."
+    ),
+}
+
+PROMETHEUS: dict[str, list[Entry]] = {
     "Campaigns": [
         (
             "Contacts per status",
@@ -177,8 +203,8 @@ PROMETHEUS: dict[str, list[Panel]] = {
         ),
     ],
     "Gateway": [
-        ("Outbox pending", "none", [("telgate_outbox_pending", "{{instance}}")]),
-        ("Oldest unacknowledged event", "s", [("telgate_outbox_oldest_age_seconds", "{{instance}}")]),
+        ("Outbox pending", "none", [("max(telgate_outbox_pending)", "pending")]),
+        ("Oldest unacknowledged event", "s", [("max(telgate_outbox_oldest_age_seconds)", "oldest")]),
         ("Bus connected", "none", [("telgate_bus_connected", "{{instance}}")]),
         ("Events published / s", "ops", [("rate(telgate_events_published_total[5m])", "{{instance}}")]),
         (
@@ -199,11 +225,42 @@ PROMETHEUS: dict[str, list[Panel]] = {
         ("Resident memory", "bytes", [("process_resident_memory_bytes", "{{instance}}")]),
         ("CPU", "percentunit", [("rate(process_cpu_seconds_total[5m])", "{{instance}}")]),
         ("Build", "none", [("telgate_build_info", "{{version}}")]),
+        # several instances on one store (SPEC §11): what each one holds and does, by `instance`
+        "Cluster",
+        ("Cluster members", "none", [("telgate_cluster_members", "{{instance}}")]),
+        (
+            "Outbox partitions per instance",
+            "none",
+            [
+                ("telgate_cluster_partitions", "{{instance}}"),
+                ("sum(telgate_cluster_partitions)", "held (of 64)"),
+            ],
+        ),
+        ("Takeovers", "none", [("sum by (instance) (increase(telgate_cluster_takeovers_total[15m]))", "{{instance}}")]),
+        (
+            "Events published / s per instance",
+            "ops",
+            [("sum by (instance) (rate(telgate_events_published_total[5m]))", "{{instance}}")],
+        ),
+        (
+            "Commands / s per instance",
+            "ops",
+            [("sum by (instance) (rate(telgate_commands_total[5m]))", "{{instance}}")],
+        ),
+        ("Concurrent calls per instance", "none", [("sum by (instance) (telgate_calls_active)", "{{instance}}")]),
+        (
+            "WhatsApp sends / s per instance",
+            "ops",
+            [("sum by (instance) (rate(telgate_whatsapp_requests_total[5m]))", "{{instance}}")],
+        ),
     ],
 }
 
+# telgate_calls and telgate_whatsapp are what each instance counted (tag `gateway`): grouped by it too, or
+# last() would pick whichever instance wrote last; telgate_contacts comes from the store, alike on all
 _T = "$timeFilter GROUP BY time($__interval)"
-INFLUXDB: dict[str, list[Panel]] = {
+_G = _T + ', "campaign", "gateway"'
+INFLUXDB: dict[str, list[Entry]] = {
     "Campaigns": [
         (
             "Contacts per status",
@@ -218,12 +275,22 @@ INFLUXDB: dict[str, list[Panel]] = {
         (
             "Call attempts per campaign",
             "none",
-            [(f'SELECT last("attempts") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("attempts") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "WhatsApp messages sent per campaign",
             "none",
-            [(f'SELECT last("sent") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("sent") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
     ],
     "Voice": [
@@ -232,42 +299,62 @@ INFLUXDB: dict[str, list[Panel]] = {
             "ops",
             [
                 (
-                    f'SELECT non_negative_derivative(last("attempts"), 1s) FROM "telgate_calls" WHERE {_T}, "campaign"',
-                    "$tag_campaign",
+                    f'SELECT non_negative_derivative(last("attempts"), 1s) FROM "telgate_calls" WHERE {_G}',
+                    "$tag_campaign $tag_gateway",
                 )
             ],
         ),
         (
             "Concurrent calls",
             "none",
-            [(f'SELECT last("active") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("active") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "ASR",
             "percentunit",
-            [(f'SELECT last("asr") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("asr") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "NER",
             "percentunit",
-            [(f'SELECT last("ner") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("ner") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "ACD",
             "s",
-            [(f'SELECT last("acd_s") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)', "$tag_campaign")],
+            [
+                (
+                    f'SELECT last("acd_s") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
+                )
+            ],
         ),
         (
             "Post-dial delay",
             "ms",
             [
                 (
-                    f'SELECT last("pdd_ms_p50") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
-                    "p50 $tag_campaign",
+                    f'SELECT last("pdd_ms_p50") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "p50 $tag_campaign $tag_gateway",
                 ),
                 (
-                    f'SELECT last("pdd_ms_p95") FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
-                    "p95 $tag_campaign",
+                    f'SELECT last("pdd_ms_p95") FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "p95 $tag_campaign $tag_gateway",
                 ),
             ],
         ),
@@ -278,8 +365,8 @@ INFLUXDB: dict[str, list[Panel]] = {
                 (
                     'SELECT last("answered") AS "answered", last("rejected") AS "rejected", '
                     'last("unreachable") AS "unreachable", last("failed") AS "failed" '
-                    f'FROM "telgate_calls" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign $col",
+                    f'FROM "telgate_calls" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway $col",
                 )
             ],
         ),
@@ -296,8 +383,8 @@ INFLUXDB: dict[str, list[Panel]] = {
             [
                 (
                     'SELECT last("sent") AS "sent", last("delivered") AS "delivered", last("read") AS "read", '
-                    f'last("failed") AS "failed" FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign $col",
+                    f'last("failed") AS "failed" FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway $col",
                 )
             ],
         ),
@@ -306,8 +393,8 @@ INFLUXDB: dict[str, list[Panel]] = {
             "percentunit",
             [
                 (
-                    f'SELECT last("delivery_rate") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign",
+                    f'SELECT last("delivery_rate") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
                 )
             ],
         ),
@@ -316,8 +403,8 @@ INFLUXDB: dict[str, list[Panel]] = {
             "percentunit",
             [
                 (
-                    f'SELECT last("read_rate") FROM "telgate_whatsapp" WHERE {_T}, "campaign" fill(previous)',
-                    "$tag_campaign",
+                    f'SELECT last("read_rate") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway",
                 )
             ],
         ),
@@ -347,10 +434,26 @@ INFLUXDB: dict[str, list[Panel]] = {
 }
 
 
-def dashboard(name: str, source: str, panels: list[Panel]) -> dict[str, Any]:
+def dashboard(name: str, source: str, panels: list[Entry]) -> dict[str, Any]:
     ds = PROM if source == "prometheus" else INFLUX
     out: list[dict[str, Any]] = []
-    for i, (title, unit, queries) in enumerate(panels):
+    y, column = 0, 0  # where the next panel goes: two panels a row, a row header across the width
+    for entry in panels:
+        if isinstance(entry, str):
+            y += 8 if column else 0
+            out.append(
+                {
+                    "id": len(out) + 1,
+                    "type": "row",
+                    "title": entry,
+                    "collapsed": False,
+                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                    "panels": [],
+                }
+            )
+            y, column = y + 1, 0
+            continue
+        title, unit, queries = entry
         targets: list[dict[str, Any]] = []
         for j, (query, legend) in enumerate(queries):
             ref = chr(ord("A") + j)
@@ -367,18 +470,20 @@ def dashboard(name: str, source: str, panels: list[Panel]) -> dict[str, Any]:
                         "alias": legend,
                     }
                 )
-        out.append(
-            {
-                "id": i + 1,
-                "type": "timeseries",
-                "title": title,
-                "datasource": ds,
-                "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-                "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
-                "targets": targets,
-            }
-        )
+        panel: dict[str, Any] = {
+            "id": len(out) + 1,
+            "type": "timeseries",
+            "title": title,
+            "datasource": ds,
+            "gridPos": {"h": 8, "w": 12, "x": 12 * column, "y": y},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+            "targets": targets,
+        }
+        if source == "prometheus" and (name, title) in DESCRIPTIONS:
+            panel["description"] = DESCRIPTIONS[(name, title)]
+        out.append(panel)
+        y, column = (y + 8, 0) if column else (y, 1)
     return {
         "uid": f"telgate-{name.lower()}-{source}",
         "title": f"telgate · {name} ({'Prometheus' if source == 'prometheus' else 'InfluxDB'})",
@@ -405,7 +510,12 @@ def render() -> dict[Path, str]:
 def queries(source: str) -> list[tuple[str, str, str]]:
     """(dashboard, panel, query) for every panel query of one data source, as the tests evaluate them."""
     boards = PROMETHEUS if source == "prometheus" else INFLUXDB
-    return [(name, title, q) for name, panels in boards.items() for title, _, qs in panels for q, _ in qs]
+    return [
+        (name, title, q)
+        for name, panels in boards.items()
+        for title, _, qs in (p for p in panels if not isinstance(p, str))
+        for q, _ in qs
+    ]
 
 
 def main() -> int:

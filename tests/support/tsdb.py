@@ -31,15 +31,18 @@ def _wait_http(url: str, log: Path, what: str, timeout: float = 20.0) -> None:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, target: str, rule_files: list[Path], scrape_interval: str = "1s") -> None:
+    def __init__(
+        self, workdir: Path, target: str | list[str], rule_files: list[Path], scrape_interval: str = "1s"
+    ) -> None:
         self.binary = binary("prometheus", "prometheus")
         self.port = free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
+        targets = [target] if isinstance(target, str) else target
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
             "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": "telgate", "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": [{"job_name": "telgate", "static_configs": [{"targets": targets}]}],
         }
         self.config = workdir / "prometheus.yml"
         self.config.write_text(json.dumps(config))  # JSON is YAML
