@@ -67,6 +67,16 @@ class _Intake:
         return self.unacked == 0 and self.client._queue.empty()
 
 
+def _check_cancelled() -> None:
+    """aiomqtt 2.5 awaits connect, subscribe and publish through `asyncio.wait_for`, which on Python 3.11
+    can swallow a cancellation that arrives as it completes (sip/waiting.py has the same note): the bus
+    task then went on reconnecting, and an App stopping on LeaseLost waited for it forever. The task
+    still counts the cancellation it was asked for (`cancelling()`): honour it here."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Bus:
     def __init__(
         self,
@@ -334,11 +344,13 @@ class Bus:
             try:
                 client = self._make_client()
                 async with client:
+                    _check_cancelled()
                     self._client = client
                     if self.accepting:
                         await client.subscribe(self._command_filter(), qos=1)
                     if not self._orphan:
                         await self._presence(client, self.state)  # `online` means commands are being taken
+                    _check_cancelled()
                     self.connected.set()
                     self.recorder.bus_connected.set(1)
                     backoff = 0.2
@@ -355,6 +367,7 @@ class Bus:
                 self._client = None
                 self.connected.clear()
                 self.recorder.bus_connected.set(0)
+            _check_cancelled()
             if self._closing or self._orphan:  # an orphan's session taken back by its owner: let it have it
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))
