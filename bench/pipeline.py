@@ -167,11 +167,16 @@ async def queue_in_draft(c: aiomqtt.Client, campaign: str, kind: str, commands: 
     await c.publish("telgate/v1/cmd/campaign", json.dumps(start).encode(), qos=1)
 
 
-def start_gateway(cfg: Path, log: Path, rate: str = "100000") -> subprocess.Popen[bytes]:
-    """A gateway process from `cfg`; channels it has no configuration for are scripted (answer at once)."""
+def start_gateway(
+    cfg: Path, log: Path, rate: str = "100000", record: Path | None = None, scripted: bool = True
+) -> subprocess.Popen[bytes]:
+    """A gateway process from `cfg`; channels it has no configuration for are scripted (answer at once),
+    each dial/send they carry out appended to `record` when given. `scripted=False`: the service itself
+    (`python -m gateway run`), every channel as configured."""
     prefix = os.environ.get("BENCH_WRAP", "").split()
+    args = ["-m", "tests.support.run_scripted", str(cfg), "0", rate, *([str(record)] if record else [])]
     return subprocess.Popen(
-        [*prefix, sys.executable, "-m", "tests.support.run_scripted", str(cfg), "0", rate],
+        [*prefix, sys.executable, *(args if scripted else ["-m", "gateway", "run", "--config", str(cfg)])],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
