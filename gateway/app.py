@@ -113,6 +113,7 @@ class App:
             self.engine, self.store, gw.id, epoch, gw.lease_s, self.recorder, bus_client=settings.client_id
         )
         self.cluster.on_buried = self._adopt_session
+        self.cluster.on_lost = self.bus.abort
         self._adoptions: set[asyncio.Task[bool]] = set()
         self.cluster.busy_parts = self.bus.busy_parts
         if self.store.shared:  # several instances may share it: publish the partitions this one holds
@@ -219,6 +220,14 @@ class App:
         async for payload in self.store.notifications():
             try:
                 note = json.loads(payload)
+                wake = note.get("wake")
+                if wake == "outbox":  # another instance committed events: some may be in partitions held here
+                    self.bus.notify()
+                    continue
+                if wake == "ready":  # another instance queued contacts or started a campaign
+                    for dispatcher in self.dispatchers:
+                        dispatcher.wake()
+                    continue
                 if note.get("origin") == self.settings.gateway.id or note.get("effect") != "cancel_call":
                     continue
                 port = self.ports.get(Channel(note["channel"]))
@@ -280,7 +289,11 @@ class App:
                     },
                 )
                 self.ready.set()
-                await stop.wait()
+                try:
+                    await stop.wait()
+                except BaseException:  # a task failed (LeaseLost, a store error): no drain, no reconnecting
+                    self.bus.abort()
+                    raise
                 await self._drain(background)
                 lease.cancel()
                 await self.cluster.leave()

@@ -67,16 +67,6 @@ class _Intake:
         return self.unacked == 0 and self.client._queue.empty()
 
 
-def _check_cancelled() -> None:
-    """aiomqtt 2.5 awaits connect, subscribe and publish through `asyncio.wait_for`, which on Python 3.11
-    can swallow a cancellation that arrives as it completes (sip/waiting.py has the same note): the bus
-    task then went on reconnecting, and an App stopping on LeaseLost waited for it forever. The task
-    still counts the cancellation it was asked for (`cancelling()`): honour it here."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class Bus:
     def __init__(
         self,
@@ -253,6 +243,15 @@ class Bus:
         log.info("adopted a dead member's bus session", extra={"client_id": client_id, "ended": ended})
         return ended
 
+    def abort(self) -> None:
+        """The app is going down without a drain (LeaseLost, a failed task): stop reconnecting. The task's
+        cancellation is not enough on its own: aiomqtt 2.5 awaits connect, subscribe and publish through
+        `asyncio.wait_for`, which on Python 3.11 can swallow a cancellation that arrives as it completes
+        (sip/waiting.py has the same note), and the loop then went on reconnecting while the App waited
+        for it forever. (Not `Task.cancelling()`: Python 3.11's TaskGroup leaves it raised after a child's
+        error, so every disconnect would read as a cancellation.)"""
+        self._closing = True
+
     async def close(self) -> None:
         """Publish the offline presence and disconnect cleanly (ending the session after `leave_group`)."""
         self._closing = True
@@ -344,13 +343,15 @@ class Bus:
             try:
                 client = self._make_client()
                 async with client:
-                    _check_cancelled()
+                    if self._closing:  # see `abort`
+                        return
                     self._client = client
                     if self.accepting:
                         await client.subscribe(self._command_filter(), qos=1)
                     if not self._orphan:
                         await self._presence(client, self.state)  # `online` means commands are being taken
-                    _check_cancelled()
+                    if self._closing:
+                        return
                     self.connected.set()
                     self.recorder.bus_connected.set(1)
                     backoff = 0.2
@@ -367,7 +368,6 @@ class Bus:
                 self._client = None
                 self.connected.clear()
                 self.recorder.bus_connected.set(0)
-            _check_cancelled()
             if self._closing or self._orphan:  # an orphan's session taken back by its owner: let it have it
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))

@@ -91,6 +91,7 @@ class Cluster:
         self.on_change: list[Callable[[], None]] = []
         # a member buried here: its MQTT client id (the app empties and ends the session it left)
         self.on_buried: Callable[[str, str], None] = lambda member, bus_client: None
+        self.on_lost: Callable[[], None] = lambda: None  # before LeaseLost is raised (the app stops its bus)
 
     # -- what the other parts ask --------------------------------------------------------------------
     @property
@@ -143,6 +144,7 @@ class Cluster:
         lapsed = self.fenced  # the store answered after the lease ran out (it was away meanwhile)
         if not lease.held:
             self._valid_until = 0.0
+            self.on_lost()
             raise LeaseLost(f"{self.gateway_id} (epoch {self.epoch}) was buried by another member")
         self._valid_until = sent + self.lease_s * (1 - self.MARGIN)
         if lapsed:  # held again from now on: a whole lease before it takes anyone for dead
@@ -172,11 +174,13 @@ class Cluster:
         """Renew every lease_s / 3 until cancelled; a store that does not answer fences this member by
         itself (time passes), LeaseLost ends it."""
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            if not self.fenced:  # a renewal that came back late (the store was away) leaves it fenced: again now
+                await asyncio.sleep(self.lease_s / 3)
             try:
                 await self.renew()
             except StoreError as exc:
                 log.warning("lease renewal failed", extra={"detail": str(exc), "fenced": self.fenced})
+                await asyncio.sleep(self.lease_s / 10)
 
     async def leave(self) -> None:
         """A stop: the row and the partitions go now, the others take them at their next renewal."""

@@ -33,6 +33,7 @@ After `outage_s` without the server, `run` raises StoreError.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -226,6 +227,8 @@ class _PgTxn:
         self._queued: dict[str, list[_Group]] = {}  # table -> groups, sent in order
         self._known: dict[Key, ContactState | None] = {}  # contacts as this transaction read or wrote them
         self._versions: dict[Key, int] = {}  # their row versions (compare-and-set)
+        # what the other instances are woken for once this commits: rows to publish, contacts ready
+        self._wakes: set[str] = set()
         self._campaigns: dict[str, CampaignState | None] = {}  # read once per transaction (one per batch)
         self._commands: dict[str, bytes | None] = {}  # command ids read (prefetched) or written here
         self._blacklisted: dict[str, bool] = {}  # numbers looked up (prefetched) or changed here
@@ -295,6 +298,8 @@ class _PgTxn:
     def finish(self, owner: str) -> int | None:
         """Before COMMIT: send the rest, and when the transaction wrote anything, its commit mark (the
         token it returns)."""
+        for wake in sorted(self._wakes):  # delivered at COMMIT, and only if it commits
+            self.cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, json.dumps({"wake": wake})))
         self._flush()
         token = secrets.randbits(63)
         return token if self.cur.execute(MARK, (owner, token)).rowcount == 1 else None
@@ -334,6 +339,8 @@ class _PgTxn:
                 None if ready is None else ready[0],
                 1 if ready is None else ready[1],
             )
+            if ready is not None:
+                self._wakes.add("ready")
         else:
             sql = UPDATE_CONTACT
             row = (state.status, state.sequence, state.in_flight, owner, blob, *key, expected_sequence)
@@ -360,6 +367,8 @@ class _PgTxn:
         return True
 
     def set_ready(self, key: Key, ready_at: datetime | None, priority: int = 1) -> None:
+        if ready_at is not None:
+            self._wakes.add("ready")
         self._queue(
             "contacts",
             "UPDATE contacts SET ready_at=%s, priority=%s WHERE campaign_id=%s AND contact_id=%s",
@@ -427,6 +436,7 @@ class _PgTxn:
 
     # -- events and outbox: one table, one statement (ids follow the calls) ----------------------
     def add_event(self, key: Key, topic: str, payload: bytes) -> None:
+        self._wakes.add("outbox")
         self._queue("messages", INSERT_MESSAGE, (topic, payload, False, None, True, *key, contact_partition(key)), None)
 
     def record(self, key: Key, payload: bytes) -> None:
@@ -446,6 +456,7 @@ class _PgTxn:
         part_key: str | None = None,
     ) -> None:
         row = (topic, payload, retain, correlation, True, None, None, partition(part_key or topic))
+        self._wakes.add("outbox")
         self._queue("messages", INSERT_MESSAGE, row, None)
 
     def outbox_fetch(self, after_id: int, limit: int, parts: Collection[int] | None = None) -> list[OutboxRow]:
@@ -615,6 +626,7 @@ class _PgTxn:
         """Status and settings; the counters are only ever moved by `bump_campaign`. A creation is an
         INSERT that must insert (CAS: another instance's creation meanwhile is a Conflict)."""
         self._campaigns.pop(state.campaign_id, None)
+        self._wakes.add("ready")  # a campaign started or resumed: its queue is ready for every instance
         blob = state.model_dump_json(exclude={"dialed_contacts", "talk_seconds"})
         self._queue(
             "campaigns",
