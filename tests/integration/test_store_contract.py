@@ -763,13 +763,14 @@ async def test_contact_gauges_report_the_stores_totals_whoever_made_the_transiti
             engine = Engine(other, "gw-other", Topics("telgate"), Recorder("other"))
             task = asyncio.create_task(engine.run())
             try:
+                # a draft campaign: its contacts wait in `initial` (this gateway's dispatcher, which the
+                # other instance's commit wakes, would otherwise dial them from the shared queue)
+                await engine.execute(lambda u: u.create_campaign("theirs"))
                 for i in range(3):
                     state = ContactState(campaign_id="theirs", contact_id=f"t{i}", channel=Channel.VOICE)
                     key = ("theirs", f"t{i}")
                     sig = Signal(Kind.CREATE, phone=f"+42060200000{i}")
-                    await engine.execute(
-                        lambda u, k=key, s=state, g=sig: (u.campaign("theirs"), u.apply(k, g, create=s))
-                    )
+                    await engine.execute(lambda u, k=key, s=state, g=sig: u.apply(k, g, create=s))
             finally:
                 task.cancel()
         finally:
