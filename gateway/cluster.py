@@ -14,7 +14,7 @@ lease is taken to end `lease_s` after the renewal was *sent* (the store counts f
 it, later), less a tenth for the clocks' rates. Fenced, it publishes nothing and starts no attempt; when
 the store answers again it goes on if its row is still its own, and otherwise it stops with LeaseLost
 (its contacts were settled by another member; the supervisor starts it again as a new member).
-A member buries others only once its own lease has been valid for a whole `lease_s` without a lapse:
+A member buries others only once its own lease has been valid for 2 x `lease_s` without a lapse:
 after the store itself was away every lease has expired, and the first member back must not take the
 others for dead before they had a lease's time to renew.
 
@@ -158,9 +158,10 @@ class Cluster:
             log.info("lease renewed", extra={"members": list(lease.members), "partitions": len(lease.parts)})
             for callback in self.on_change:
                 callback()
-        if time.monotonic() - self._held_since < self.lease_s:
+        if time.monotonic() - self._held_since < 2 * self.lease_s:
             # just back from a lapse of its own (the store was away: every lease expired meanwhile) or
-            # just started: the others get a whole lease to renew before anyone is taken for dead
+            # just started: the others get two leases to renew (their reconnect backoff, up to 2 s, and
+            # a loaded machine) before anyone is taken for dead
             return
         for member in lease.dead:
             buried = await self.engine.execute(functools.partial(_take_over, member=member))

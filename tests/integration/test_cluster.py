@@ -133,7 +133,7 @@ async def run_campaign(b: Backend, n_voice: int, n_wa: int) -> dict[tuple[str, s
             await b.send("send", send(i))
     keys = [("mix", f"v{i}") for i in range(n_voice)] + [("wa", f"w{i}") for i in range(n_wa)]
     try:
-        await b.wait_for(lambda: all(b.final(*k) for k in keys), timeout=60)
+        await b.wait_for(lambda: all(b.final(*k) for k in keys), timeout=180)
     except AssertionError:
         missing = [k for k in keys if not b.final(*k)]
         ids = [f"d{k[1][1:]}" if k[0] == "mix" else f"s{k[1][1:]}" for k in missing]
@@ -146,11 +146,14 @@ async def test_a_mixed_campaign_over_three_instances_gives_every_contact_what_on
     broker: Mosquitto, session_postgres: Postgres, tmp_path: Path
 ) -> None:
     """One instance takes 100 + 100 contacts (every outcome of mix.xml ten times), three instances take
-    1,000 + 1,000: each of those ends with the statuses one instance gave its like (same last digit)."""
+    600 + 600: each of those ends with the statuses one instance gave its like (same last digit). (The three
+    instances share this test's process and event loop with the backend: at 1,000 + 1,000 beside the
+    suite's other worker the backend's PUBACKs waited past aiomqtt's 10 s.)"""
     outcomes: list[dict[tuple[str, str], list[str]]] = []
-    for members, n_voice, n_wa in ((1, 100, 100), (3, 1000, 1000)):
+    for members, n_voice, n_wa in ((1, 100, 100), (3, 600, 600)):
         url = await new_database(session_postgres)
-        with Sipp("mix.xml", tmp_path / f"sipp{members}", calls=100_000, extra=("-d", "200")) as pbx:
+        # on a loaded machine (the suite's other worker) the 2,000 contacts took over SIPp's default minute
+        with Sipp("mix.xml", tmp_path / f"sipp{members}", calls=100_000, extra=("-d", "200"), timeout_s=300) as pbx:
             async with (
                 # Meta, like the stand-in, POSTs each batch of statuses on its own: two POSTs a few ms apart
                 # may be taken in either order (a `read` first makes the later `delivered` stale, by design).
@@ -290,7 +293,7 @@ async def test_sigkill_of_one_of_three_instances_is_taken_over_within_two_leases
         try:
             async with backend(broker.url) as b:
                 await b.wait_for(lambda: all(b.presence.get(f"gw{i}") == "online" for i in (1, 2, 3)), timeout=30)
-                await asyncio.sleep(LEASE_S)  # each has renewed once with the others in sight
+                await asyncio.sleep(2 * LEASE_S)  # each has held its lease long enough to bury a dead member
                 for i in range(n):
                     await b.send("dial", dial(i))
 
@@ -377,7 +380,7 @@ async def test_the_broker_and_then_postgresql_restarted_under_three_instances_lo
     lease): every instance comes back by itself, nobody buries anybody, nothing is lost or doubled."""
     url = await new_database(postgres_own_server)
     n = 150
-    with Sipp("mix.xml", tmp_path / "sipp", calls=100_000, extra=("-d", "300")) as pbx:
+    with Sipp("mix.xml", tmp_path / "sipp", calls=100_000, extra=("-d", "300"), timeout_s=300) as pbx:
         async with backend(broker.url) as b, cluster(broker, tmp_path, 3, url, pbx, None) as apps:
             for i in range(n):
                 await b.send("dial", {**dial(i), "policy": {"max_attempts": 2}})

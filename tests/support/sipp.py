@@ -20,7 +20,9 @@ def free_udp_port() -> int:
 
 
 class Sipp:
-    def __init__(self, scenario: str, workdir: Path, calls: int = 1, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, scenario: str, workdir: Path, calls: int = 1, extra: tuple[str, ...] = (), timeout_s: int = 60
+    ) -> None:
         binary = shutil.which("sipp")
         if binary is None:
             raise RuntimeError("sipp is not installed (apt-get install sip-tester; bash .ci/run does)")
@@ -38,8 +40,8 @@ class Sipp:
             "-nostdin",
             "-m",
             str(calls),
-            "-timeout",
-            "60",
+            "-timeout",  # SIPp quits after this long: a test must finish with its PBX
+            str(timeout_s),
             "-trace_err",
             "-trace_msg",  # the wire ledger reads what SIPp received (tests/support/ledger.py)
             "-bind_local",
