@@ -28,7 +28,6 @@ from .commit import Topics
 from .config import Settings
 from .domain import effects as fx
 from .domain.policy import Policy
-from .domain.signals import Kind, Signal
 from .domain.state import ContactState
 from .domain.statuses import Channel
 from .engine import Engine, Unit, utcnow
@@ -45,10 +44,7 @@ log = logging.getLogger("telgate.app")
 
 def restart_rule(unit: Unit, gateway_id: str) -> int:
     """SPEC §9: what this gateway left in flight when it died is settled before anything else runs."""
-    keys = unit.read.in_flight_contacts(gateway_id)
-    for key in keys:
-        unit.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
-    return len(keys)
+    return unit.restart_rule(gateway_id)
 
 
 def prune_history(txn: Txn, older_than: datetime) -> dict[str, int]:

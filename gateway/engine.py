@@ -174,10 +174,15 @@ class Unit:
         bus_client = self._txn.lease_bury(member)
         if bus_client is None:
             return None
-        keys = self._txn.in_flight_contacts(member)
+        return self.restart_rule(member), bus_client
+
+    def restart_rule(self, gateway_id: str) -> int:
+        """SPEC §9: what `gateway_id` left in flight when it died (calls, ambiguous sends) is settled;
+        the contacts settled."""
+        keys = self._txn.in_flight_contacts(gateway_id)
         for key in keys:
             self.apply(key, Signal(Kind.GATEWAY_RESTART, {"source": "gateway", "kind": "gateway_restart"}))
-        return len(keys), bus_client
+        return len(keys)
 
 
 class EngineStopped(Exception):

@@ -116,13 +116,9 @@ class Dispatcher:
     async def _sleep(self, seconds: float) -> None:
         await wait_event(self._wake, max(0.001, seconds))
 
-    def _share(self) -> int:
+    def _share(self) -> None:
         """Split the rates between the live members (a change takes effect at once)."""
-        n = self.members()
-        rate = self.port.max_rate / n
-        if self.bucket.rate != rate:
-            self.bucket.rate = rate
-        return n
+        self.bucket.rate = self.port.max_rate / self.members()
 
     async def run(self) -> None:
         while True:

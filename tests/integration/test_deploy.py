@@ -151,15 +151,21 @@ def test_systemd_template_unit_verifies(tmp_path: Path) -> None:
         assert out.returncode == 0 and "telgate@" not in out.stderr, out.stderr
 
 
-def test_template_instances_get_their_own_id_and_ports(tmp_path: Path) -> None:
-    """The shared example configuration with each instance's environment file on top, as systemd gives it:
-    distinct ids, HTTP and SIP ports; the store a PostgreSQL URL without a password."""
+def _example_config(tmp_path: Path) -> Path:
+    """deploy/telgate.example.toml with its secret files in `tmp_path` (each holds s3cr3t-value)."""
     text = (DEPLOY / "telgate.example.toml").read_text()
     for name in ("bus-password", "sip-password"):
         (tmp_path / name).write_text("s3cr3t-value\n")
         text = text.replace(f"/etc/telgate/{name}", str(tmp_path / name))
     config = tmp_path / "telgate.toml"
     config.write_text(text)
+    return config
+
+
+def test_template_instances_get_their_own_id_and_ports(tmp_path: Path) -> None:
+    """The shared example configuration with each instance's environment file on top, as systemd gives it:
+    distinct ids, HTTP and SIP ports; the store a PostgreSQL URL without a password."""
+    config = _example_config(tmp_path)
     example = (DEPLOY / "telgate@.example.env").read_text()
     telgate = Path(sys.executable).with_name("telgate")
     seen = []
@@ -186,12 +192,7 @@ def test_template_instances_get_their_own_id_and_ports(tmp_path: Path) -> None:
 
 
 def test_example_configuration_loads(tmp_path: Path) -> None:
-    text = (DEPLOY / "telgate.example.toml").read_text()
-    for name in ("bus-password", "sip-password"):
-        (tmp_path / name).write_text("s3cr3t-value\n")
-        text = text.replace(f"/etc/telgate/{name}", str(tmp_path / name))
-    config = tmp_path / "telgate.toml"
-    config.write_text(text)
+    config = _example_config(tmp_path)
     telgate = Path(sys.executable).with_name("telgate")
     out = subprocess.run([str(telgate), "check-config", "--config", str(config)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -234,15 +235,6 @@ def _member(cfg: Path, n: int, http_port: int, log: Path, gateway_id: str | None
     )
 
 
-async def _until(prom: Prometheus, expr: str, timeout: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await asyncio.to_thread(prom.query, expr)
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.5)
-
-
 async def test_cluster_alerts_and_panels_against_three_members(
     broker: Mosquitto, session_postgres: Postgres, tmp_path: Path
 ) -> None:
@@ -272,22 +264,22 @@ async def test_cluster_alerts_and_panels_against_three_members(
         with Prometheus(tmp_path / "prometheus", targets, [RULES]) as prom:
             async with backend(broker.url) as b:
                 await b.wait_for(lambda: all(b.presence.get(f"gw{n}") == "online" for n in (1, 2, 3)), timeout=60)
-                assert await _until(prom, 'min(telgate_cluster_members{job="telgate"}) == 3', 30), "never scraped"
+                assert await prom.until('min(telgate_cluster_members{job="telgate"}) == 3', 30), "never scraped"
                 # commands, which the share group spreads over the members
                 for i in range(30):
                     await b.send("campaign", {"command_id": f"k{i}", "campaign_id": f"c{i}", "action": "create"})
                 await b.wait_for(lambda: all(b.result(f"k{i}") for i in range(30)), timeout=30)
                 assert {b.result(f"k{i}")["gateway_id"] for i in range(30)} >= {"gw1", "gw2"}  # type: ignore[index]
                 # every panel of the Cluster row, and gw3's share missing from what Prometheus sees
-                empty = [f"{title}: {q}" for title, q in panels if not await _until(prom, q, 10)]
+                empty = [f"{title}: {q}" for title, q in panels if not await prom.until(q, 10)]
                 assert not empty, "panels without data:\n" + "\n".join(empty)
                 for alert in ("TelgateClusterPartitionsUnheld", "TelgateClusterMemberNotScraped"):
-                    assert await _until(prom, cluster_rules[alert], 10), alert
+                    assert await prom.until(cluster_rules[alert], 10), alert
                 # gw3 stops: it leaves, its partitions go to the two scraped members
                 procs[2].send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(procs[2].wait, 30) == 0
                 held = "sum(telgate_cluster_partitions) == 64 and max(telgate_cluster_members) == 2"
-                assert await _until(prom, held, 10 * lease_s), "gw3's partitions were not taken"
+                assert await prom.until(held, 10 * lease_s), "gw3's partitions were not taken"
                 assert not await asyncio.to_thread(prom.query, cluster_rules["TelgateClusterPartitionsUnheld"])
                 # a second process with gw1's id: it waits 2 x lease_s for the lease to free, then exits 2
                 twin = _member(cfg, 4, ports[3], logs[3], gateway_id="gw1")
@@ -297,7 +289,7 @@ async def test_cluster_alerts_and_panels_against_three_members(
                 # gw2 freezes past its lease: gw1 buries it (a takeover), Prometheus cannot scrape it
                 procs[1].send_signal(signal.SIGSTOP)
                 for alert in ("TelgateClusterMemberLost", "TelgateInstanceDown", "TelgateClusterShrunk"):
-                    assert await _until(prom, cluster_rules[alert], 10 * lease_s), alert
+                    assert await prom.until(cluster_rules[alert], 10 * lease_s), alert
                 assert procs[0].poll() is None
                 # woken up, it finds its row gone: it stops on its own with EX_TEMPFAIL, for systemd to start again
                 procs[1].send_signal(signal.SIGCONT)

@@ -44,15 +44,6 @@ def _influxql(query: str) -> str:
     return query.replace("$timeFilter", "time > now() - 15m").replace("$__interval", "1s")
 
 
-async def _scraped(prom: Prometheus, expr: str, timeout: float = 20.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await asyncio.to_thread(prom.query, expr)
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.5)
-
-
 async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mosquitto, tmp_path: Path) -> None:
     scenarios = {
         **{f"42060200000{i}": Scenario() for i in range(4)},  # sent, delivered, read
@@ -77,7 +68,7 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
             with Prometheus(tmp_path / "prometheus", target, [RULES]) as prom:
                 # Prometheus' first scrape comes seconds after it is ready (target discovery is throttled):
                 # the counters must be seen at 0 before the traffic, or increase() has nothing to compare
-                assert await _scraped(prom, "telgate_build_info", timeout=30), "prometheus never scraped"
+                assert await prom.until("telgate_build_info", timeout=30), "prometheus never scraped"
                 # traffic: calls with every outcome of the mix, WhatsApp sends, a rejected and an illegal command
                 for i in range(12):
                     await b.send(
@@ -142,13 +133,13 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
 
                 empty: list[str] = []
                 for board, panel, expr in queries("prometheus"):
-                    if not await _scraped(prom, expr, timeout=5):
+                    if not await prom.until(expr, timeout=5):
                         empty.append(f"{board} / {panel}: {expr}")
                 for group in yaml.safe_load(RULES.read_text())["groups"]:
                     if group["name"] == "telgate-cluster":  # one instance loses no member: test_deploy's cluster
                         continue
                     for rule in group["rules"]:
-                        if not await _scraped(prom, rule["expr"], timeout=5):
+                        if not await prom.until(rule["expr"], timeout=5):
                             empty.append(f"alert {rule['alert']}: {rule['expr']}")
                 broker.start()
                 assert not empty, "queries without data:\n" + "\n".join(empty)

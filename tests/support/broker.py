@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from .procs import kill as kill_process
 from .procs import stop as stop_process
 from .procs import wait_tcp
 
@@ -64,10 +65,8 @@ class Mosquitto:
         wait_tcp(self.port, "mosquitto")
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        kill_process(self.proc)
+        self.proc = None
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -38,3 +38,10 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def kill(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL, and reap it."""
+    if proc is not None:
+        proc.kill()
+        proc.wait()

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from .broker import free_port
+from .procs import kill as kill_process
 from .procs import stop as stop_process
 from .procs import wait_tcp
 
@@ -75,10 +76,8 @@ class Rumqttd:
         wait_tcp(self.port, "rumqttd")
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        kill_process(self.proc)
+        self.proc = None
 
     def stop(self) -> None:
         stop_process(self.proc)

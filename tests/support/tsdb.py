@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -71,6 +72,15 @@ class Prometheus:
         if data.get("status") != "success":
             raise AssertionError(f"{expr}: {data}")
         return list(data["data"]["result"])
+
+    async def until(self, expr: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """`query` every 0.5 s until it has a result or `timeout` passes (then the empty result)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = await asyncio.to_thread(self.query, expr)
+            if result or time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(0.5)
 
     def targets_up(self) -> bool:
         data = _get(f"{self.url}/api/v1/targets")
