@@ -25,7 +25,7 @@ from typing import Any
 
 import aiomqtt
 
-from bench.pipeline import bare_baseline, client, publish_all, rss_kib, start_gateway, wait_online
+from bench.pipeline import bare_baseline, client, cpu_s, publish_all, rss_kib, start_gateway, wait_online
 from tests.support.broker import Mosquitto, free_port
 
 BULK = 1000
@@ -114,9 +114,22 @@ async def run_rates(port: int, contacts: int, workdir: Path) -> dict[str, float]
             for campaign in ("warm", "single", "bulk"):
                 await create_draft(c, campaign)
             await upload(c, "warm", single_commands("warm", 0, 2000), 2000)
+            cpu0 = cpu_s(proc.pid)
             single = await upload(c, "single", single_commands("single", 0, contacts), contacts)
+            cpu1 = cpu_s(proc.pid)
             bulk = await upload(c, "bulk", bulk_commands("bulk", 0, contacts), contacts)
-            return {"single": single, "bulk": bulk, "rss_kib": rss_kib(proc.pid)}
+            cpu2 = cpu_s(proc.pid)
+            per_1000 = 1000 / contacts
+            return {
+                "single": single,
+                "bulk": bulk,
+                "rss_kib": rss_kib(proc.pid),
+                # the gateway's CPU seconds per 1,000 contacts, and its share of one core while it took them
+                "single_cpu_s_per_1000": (cpu1 - cpu0) * per_1000,
+                "single_core_share": (cpu1 - cpu0) * single / contacts,
+                "bulk_cpu_s_per_1000": (cpu2 - cpu1) * per_1000,
+                "bulk_core_share": (cpu2 - cpu1) * bulk / contacts,
+            }
     finally:  # under BENCH_WRAP (py-spy record … --) the profiler gets SIGINT and writes its profile
         proc.send_signal(signal.SIGINT if os.environ.get("BENCH_WRAP") else signal.SIGTERM)
         proc.wait(120)
@@ -170,6 +183,7 @@ async def main() -> None:
         "bulk_contacts_per_s": round(rates["bulk"]),
         "bulk_ratio_to_bare": round(rates["bulk"] / bare, 3),
         "gateway_rss_kib_after": rates["rss_kib"],
+        **{k: round(v, 3) for k, v in rates.items() if k.endswith(("_cpu_s_per_1000", "_core_share"))},
         **queued,
     }
     small, large = queued.get("rss_kib_with_10000_queued"), queued.get(f"rss_kib_with_{args.queued}_queued")

@@ -38,6 +38,7 @@ from .commands import CommandContext, command_hint, execute, publish_result
 from .commit import Topics
 from .config import BusSection
 from .engine import Engine
+from .mqtt_io import install as batched_io
 from .store import OutboxRow, Txn
 from .wire import CommandResult, Presence, Rejection, parse_command
 
@@ -315,6 +316,7 @@ class Bus:
         client.pending_calls_threshold = WINDOW * 4
         paho = client._client
         paho.manual_ack_set(True)  # PUBACK a command only after its result is committed
+        batched_io(client)  # one recv for many packets, one send per loop turn (gateway/mqtt_io.py)
         if self.cfg.protocol == 5:
             plain_disconnect = paho.disconnect
 

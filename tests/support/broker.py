@@ -33,7 +33,8 @@ def shipped_limits() -> str:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls` = (CA, certificate, key): a second listener, MQTT over TLS on `tls_port`."""
         self.binary = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
@@ -51,6 +52,11 @@ class Mosquitto:
             # persistence (sessions kept across a restart) would be lost silently
             f"user {getpass.getuser()}\n"
         )
+        self.tls_port = free_port() if tls else None
+        if tls:
+            ca, cert, key = tls
+            with self.conf.open("a") as conf:
+                conf.write(f"listener {self.tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
 
     @property
     def url(self) -> str:
@@ -63,6 +69,8 @@ class Mosquitto:
             [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_tcp(self.port, "mosquitto")
+        if self.tls_port:
+            wait_tcp(self.tls_port, "mosquitto (TLS)")
 
     def kill(self) -> None:
         kill_process(self.proc)
