@@ -1,0 +1,87 @@
+"""gateway/mqtt_io.py: paho's properties with shared tables encode and decode exactly as paho's own, and
+the batched socket hands paho the bytes it would have read, in whatever pieces it asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.mqtt_io import BatchedSocket, lighten_properties
+
+
+def stock_class() -> type[Any]:
+    assert lighten_properties()
+    init, clear, is_empty = Properties._telgate_stock  # type: ignore[attr-defined]
+    return type("Stock", (Properties,), {"__init__": init, "clear": clear, "isEmpty": is_empty})
+
+
+def filled(cls: type[Any], packet: int) -> Any:
+    p = cls(packet)
+    if packet == PacketTypes.PUBLISH:
+        p.ResponseTopic = "telgate/v1/replies/backend-1"
+        p.CorrelationData = b"\x00\x01corr"
+        p.UserProperty = ("k", "v")
+        p.UserProperty = ("k2", "v2")
+        p.MessageExpiryInterval = 30
+    elif packet == PacketTypes.PUBACK:
+        p.ReasonString = "quota exceeded"
+    elif packet == PacketTypes.CONNECT:
+        p.SessionExpiryInterval = 3600
+        p.ReceiveMaximum = 256
+    return p
+
+
+def test_shared_tables_pack_and_unpack_as_paho_does() -> None:
+    stock = stock_class()
+    for packet in (PacketTypes.PUBLISH, PacketTypes.PUBACK, PacketTypes.CONNECT, PacketTypes.DISCONNECT):
+        light, plain = filled(Properties, packet), filled(stock, packet)
+        assert light.pack() == plain.pack()
+        assert light.json() == plain.json() and str(light) == str(plain)
+        assert light.isEmpty() == plain.isEmpty()
+        back_light, back_plain = Properties(packet), stock(packet)
+        if packet == PacketTypes.PUBLISH:
+            back_light.CorrelationData = b"stale"  # cleared by unpack
+        assert back_light.unpack(plain.pack())[1] == back_plain.unpack(plain.pack())[1]
+        assert back_light.json() == back_plain.json() == plain.json()
+        back_light.clear()
+        back_plain.clear()
+        assert back_light.isEmpty() and back_plain.isEmpty() and back_light.json() == {}
+    # the shared tables are not changed by use
+    assert Properties(PacketTypes.PUBLISH).names == stock(PacketTypes.PUBLISH).names
+
+
+async def test_batched_socket_serves_paho_its_pieces_and_coalesces_writes() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    s = BatchedSocket(a, loop, __import__("threading").get_ident())
+    stream = bytes(range(256)) * 40  # 10,240 bytes arriving at once
+    b.send(stream)
+    await asyncio.sleep(0.01)
+    got = bytearray()
+    sizes = [1, 1, 3000, 1, 7000, 500]
+    for n in sizes:
+        chunk = s.recv(n)
+        assert 0 < len(chunk) <= n
+        got += chunk
+    assert s.pending() == len(stream) - len(got)
+    while s.pending():
+        got += s.recv(4096)
+    assert bytes(got) == stream
+    try:
+        s.recv(1)
+        raise AssertionError("an empty non-blocking socket must say so")
+    except BlockingIOError:
+        pass
+    for part in (b"one", b"two", b"three"):
+        assert s.send(part) == len(part)
+    s.flush()
+    await asyncio.sleep(0.01)
+    assert b.recv(100) == b"onetwothree"
+    b.close()
+    s.close()
