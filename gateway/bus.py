@@ -20,7 +20,7 @@ import random
 import re
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,6 +53,19 @@ def _fetch(txn: Txn, after: int, limit: int, parts: frozenset[int] | None) -> li
 
 def _delete(txn: Txn, ids: list[int]) -> None:
     txn.outbox_delete(ids)
+
+
+async def _messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
+    """`client.messages`, taking what is already queued without a wait: aiomqtt's iterator makes a task and
+    an `asyncio.wait` for every message, a tenth of the event loop thread with single commands (py-spy).
+    A disconnect still ends it: the queue empties, and the wait raises."""
+    queue, waiting = client._queue, client.messages
+    while True:
+        try:
+            message = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            message = await anext(waiting)
+        yield message
 
 
 @dataclass
@@ -414,7 +427,7 @@ class Bus:
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(acker(), name="bus-acker")
-            async for message in client.messages:
+            async for message in _messages(client):
                 intake.arrived += 1
                 if message.qos > 0:
                     intake.unacked += 1

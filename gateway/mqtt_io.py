@@ -129,6 +129,7 @@ def install(client: aiomqtt.Client) -> None:
     """Put a `BatchedSocket` under `client`'s paho before `async with client` connects it (and share
     paho's property tables, `lighten_properties`)."""
     lighten_properties()
+    lighten_message_info()
     paho = client._client
     loop = client._loop
     loop_thread = threading.get_ident()  # called on the event loop's thread
@@ -220,4 +221,69 @@ def lighten_properties() -> bool:
     Properties.clear = clear  # type: ignore[method-assign]
     Properties.isEmpty = isEmpty  # type: ignore[method-assign]
     Properties._telgate_light = True  # type: ignore[attr-defined]
+    return True
+
+
+def lighten_message_info() -> bool:
+    """paho gives every message it sends or receives an `MQTTMessageInfo` with its own
+    `threading.Condition` (an RLock, a deque and six bound methods), only for `wait_for_publish` from
+    another thread, which neither aiomqtt nor telgate calls: an eighth of the event loop thread with
+    single commands (py-spy). The condition is made when somebody first waits instead; a message
+    published before anyone waited is marked so under a lock that the first waiter takes too, so a
+    waiter either finds the mark or is notified. False (and left alone) on another paho."""
+    from paho.mqtt.client import MQTTMessageInfo
+    from paho.mqtt.enums import MQTTErrorCode
+
+    if getattr(MQTTMessageInfo, "_telgate_light", False):
+        return True
+    slot: Any = MQTTMessageInfo.__dict__.get("_condition")
+    if type(slot).__name__ != "member_descriptor" or set(MQTTMessageInfo.__slots__) != {
+        "_condition",
+        "_iterpos",
+        "_published",
+        "mid",
+        "rc",
+    }:
+        return False
+    made = threading.Lock()
+    success = MQTTErrorCode.MQTT_ERR_SUCCESS
+    stock_init = MQTTMessageInfo.__init__
+
+    def __init__(self: Any, mid: int) -> None:
+        self.mid = mid
+        self._published = False
+        self.rc = success
+        self._iterpos = 0
+
+    def condition(self: Any) -> threading.Condition:
+        try:
+            return slot.__get__(self)  # type: ignore[no-any-return, unused-ignore]
+        except AttributeError:
+            with made:
+                try:
+                    return slot.__get__(self)  # type: ignore[no-any-return, unused-ignore]
+                except AttributeError:
+                    cond = threading.Condition()
+                    slot.__set__(self, cond)
+                    return cond
+
+    def _set_as_published(self: Any) -> None:
+        try:
+            cond = slot.__get__(self)
+        except AttributeError:
+            with made:
+                try:
+                    cond = slot.__get__(self)
+                except AttributeError:  # nobody waits: the mark is enough
+                    self._published = True
+                    return
+        with cond:
+            self._published = True
+            cond.notify()
+
+    MQTTMessageInfo._telgate_stock = stock_init  # type: ignore[attr-defined]
+    MQTTMessageInfo.__init__ = __init__  # type: ignore[method-assign]
+    MQTTMessageInfo._condition = property(condition, slot.__set__)  # type: ignore[assignment, misc]
+    MQTTMessageInfo._set_as_published = _set_as_published  # type: ignore[method-assign]
+    MQTTMessageInfo._telgate_light = True  # type: ignore[attr-defined]
     return True

@@ -85,3 +85,45 @@ async def test_batched_socket_serves_paho_its_pieces_and_coalesces_writes() -> N
     assert b.recv(100) == b"onetwothree"
     b.close()
     s.close()
+
+
+def test_message_info_without_a_condition_until_somebody_waits() -> None:
+    import threading
+    import time
+
+    from paho.mqtt.client import MQTTMessageInfo
+
+    from gateway.mqtt_io import lighten_message_info
+
+    assert lighten_message_info()
+    info = MQTTMessageInfo(7)
+    assert (info.mid, info.rc, info.is_published()) == (7, 0, False)
+    assert list(info) == [0, 7] and info[1] == 7
+    info._set_as_published()  # nobody waited: no condition needed
+    assert info.is_published()
+    info.wait_for_publish(0.1)  # returns at once
+    # a waiter on another thread, published afterwards: woken
+    later = MQTTMessageInfo(8)
+    woke: list[float] = []
+
+    def waiter() -> None:
+        later.wait_for_publish(5)
+        woke.append(time.monotonic())
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.05)
+    published_at = time.monotonic()
+    later._set_as_published()
+    t.join(5)
+    assert woke and woke[0] - published_at < 1.0 and later.is_published()
+    # many publishes racing many first waits: nobody is left waiting
+    infos = [MQTTMessageInfo(i) for i in range(200)]
+    threads = [threading.Thread(target=i.wait_for_publish, args=(5,)) for i in infos]
+    for th in threads:
+        th.start()
+    for i in infos:
+        i._set_as_published()
+    for th in threads:
+        th.join(6)
+    assert not any(th.is_alive() for th in threads) and all(i.is_published() for i in infos)
