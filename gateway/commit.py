@@ -128,7 +128,7 @@ class Writer:
             case fx.MapWamid(wamid):
                 txn.map_wamid(wamid, key)
             case fx.CountDialed():
-                txn.bump_campaign(key[0], dialed=1)
+                txn.count_dialed(key[0])
             case fx.AddTalkTime() | fx.PauseCampaign():
                 pass  # campaign decisions: the engine decides them (Unit.apply) after this write
             case fx.CancelCall():

@@ -184,6 +184,7 @@ INSERT_MESSAGE = (
     "INSERT INTO messages (topic, payload, retain, correlation, pending, campaign_id, contact_id, part)"
     " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
 )
+BUMP_DIALED = "UPDATE campaigns SET dialed_contacts = dialed_contacts + %s WHERE campaign_id = %s"
 INSERT_CAMPAIGN = "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT DO NOTHING"
 UPSERT_CAMPAIGN = (
     "INSERT INTO campaigns (campaign_id, state, status) VALUES (%s, %s::jsonb, %s) ON CONFLICT (campaign_id)"
@@ -634,6 +635,12 @@ class _PgTxn:
             (state.campaign_id, blob, state.status),
             state.campaign_id,
         )
+
+    def count_dialed(self, campaign_id: str, n: int = 1) -> None:
+        """Queued with the batch's writes (one round trip for all of them) instead of an UPDATE … RETURNING
+        each: in bench/pipeline a dialled contact's round trip was a sixth of the store thread's time."""
+        self._campaigns.pop(campaign_id, None)
+        self._queue("campaigns", BUMP_DIALED, (n, campaign_id), campaign_id)
 
     def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
         """One UPDATE … RETURNING: the counters move atomically, whoever else bumps them."""

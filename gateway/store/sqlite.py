@@ -413,6 +413,9 @@ class _SqliteTxn:
             (state.campaign_id, blob, state.status),
         )
 
+    def count_dialed(self, campaign_id: str, n: int = 1) -> None:
+        self.bump_campaign(campaign_id, dialed=n)
+
     def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
         self._campaigns.pop(campaign_id, None)
         row = self.db.execute(

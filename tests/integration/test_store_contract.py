@@ -508,6 +508,27 @@ async def test_campaign_read_after_write_in_one_transaction(store: Store) -> Non
     assert after is not None and (after.dialed_contacts, after.talk_seconds) == (2, 30.0)
 
 
+async def test_dialled_counts_queued_with_the_writes_are_seen_and_kept(store: Store) -> None:
+    """`count_dialed` may travel with the batch's other writes: the same transaction reads it back, a
+    bump with talk time after it includes it, and a new campaign's INSERT goes first."""
+
+    def create_count_read(t: Txn) -> tuple[int | None, tuple[float, float | None], int | None]:
+        t.put_campaign(CampaignState(campaign_id="d", budget=Budget(max_talk_minutes=1)), created=True)
+        for _ in range(3):
+            t.count_dialed("d")
+        seen = t.get_campaign("d")
+        t.count_dialed("d", 2)
+        bumped = t.bump_campaign("d", talk_s=6)
+        t.count_dialed("d")
+        again = t.get_campaign("d")
+        return seen and seen.dialed_contacts, bumped, again and again.dialed_contacts
+
+    assert await store.run(create_count_read) == (3, (6.0, 1.0), 6)
+    await store.run(lambda t: [t.count_dialed("d") for _ in range(4)])
+    camp = await store.read(lambda t: t.get_campaign("d"))
+    assert camp is not None and (camp.dialed_contacts, camp.talk_seconds) == (10, 6.0)
+
+
 # -- blacklist, command ids, wamids ---------------------------------------------------------------------------
 
 
