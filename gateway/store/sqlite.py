@@ -7,7 +7,6 @@ commit amortises the fsync over a batch of decisions.
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
@@ -114,15 +113,39 @@ _MESSAGE_COLUMNS = "topic, payload, retain, correlation, created_at, pending, ca
 _ROWS_PER_INSERT = 100  # 800 bound values: under the 999 of SQLite before 3.32
 
 
-@functools.cache
-def _insert_messages(rows: int) -> str:
-    return f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
+_CONTACT_COLUMNS = "campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at, priority"
+_MESSAGE_COLUMNS = "topic, payload, retain, correlation, created_at, pending, campaign_id, contact_id"
+# Queued rows go out as INSERTs of a fixed number of rows, the rest one row per step of an executemany:
+# two statements per table in the connection's statement cache, not one per size (a cache of prepared
+# multi-row statements of every size grew the gateway's RSS with the queue, bench/ingest)
+_ROWS_PER_INSERT = 80  # 800 bound values for contacts: under the 999 of SQLite before 3.32
+_INSERT_CONTACT = f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_INSERT_CONTACT_OR_IGNORE = _INSERT_CONTACT.replace("INSERT", "INSERT OR IGNORE", 1)
+_INSERT_CONTACTS = f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES " + ",".join(
+    ["(?,?,?,?,?,?,?,?,?,?)"] * _ROWS_PER_INSERT
+)
+_INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
+_INSERT_MESSAGES = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES " + ",".join(
+    ["(?,?,?,?,?,?,?,?)"] * _ROWS_PER_INSERT
+)
 
 
-def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
-    """At most `size` bound values per IN list (SQLite before 3.32 allows 999 variables in all)."""
+def _insert(db: sqlite3.Connection, many: str, one: str, rows: list[tuple[object, ...]]) -> None:
+    """In order: whole groups of _ROWS_PER_INSERT rows with `many`, the rest with `one`."""
+    whole = len(rows) - len(rows) % _ROWS_PER_INSERT
+    for start in range(0, whole, _ROWS_PER_INSERT):
+        db.execute(many, [v for row in rows[start : start + _ROWS_PER_INSERT] for v in row])
+    if whole < len(rows):
+        db.executemany(one, rows[whole:])
+
+
+def _chunks(items: list[str], size: int = 512) -> Iterator[list[str]]:
+    """IN lists of at most `size` values (SQLite before 3.32 allows 999 variables in all), each padded
+    with its last value to a power of two: a handful of statement shapes for the statement cache."""
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        chunk = items[start : start + size]
+        width = 1 << (len(chunk) - 1).bit_length()
+        yield chunk + [chunk[-1]] * (width - len(chunk))
 
 
 class _SqliteTxn:
@@ -134,6 +157,7 @@ class _SqliteTxn:
         self._known: dict[Key, ContactState | None] = {}
         self._commands: dict[str, bytes | None] = {}
         self._messages: list[tuple[object, ...]] = []  # queued rows of `messages`, in id order
+        self._contact_rows: list[tuple[object, ...]] = []  # queued INSERTs of contacts known to be new
 
     def prefetch(
         self, contacts: Collection[Key] = (), commands: Collection[str] = (), phones: Collection[str] = ()
@@ -176,24 +200,30 @@ class _SqliteTxn:
         self, state: ContactState, expected_sequence: int, owner: str | None, ready: tuple[datetime, int] | None = None
     ) -> bool:
         blob = state.model_dump_json(exclude_defaults=True)
+        key = (state.campaign_id, state.contact_id)
         if expected_sequence == 0:
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO contacts (campaign_id, contact_id, channel, status, sequence, in_flight,"
-                " owner, state, ready_at, priority) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    state.campaign_id,
-                    state.contact_id,
-                    state.channel,
-                    state.status,
-                    state.sequence,
-                    int(state.in_flight),
-                    owner,
-                    blob,
-                    None if ready is None else _ts(ready[0]),
-                    1 if ready is None else ready[1],
-                ),
+            row = (
+                state.campaign_id,
+                state.contact_id,
+                state.channel,
+                state.status,
+                state.sequence,
+                int(state.in_flight),
+                owner,
+                blob,
+                None if ready is None else _ts(ready[0]),
+                1 if ready is None else ready[1],
             )
+            if key in self._known and self._known[key] is None:
+                # read as absent in this transaction, which holds the file's write lock: the INSERT cannot
+                # conflict, so it is queued and sent with the others (a multi-row INSERT, `flush`)
+                self._contact_rows.append(row)
+                self._known[key] = state
+                return True
+            self._flush_contacts()
+            cur = self.db.execute(_INSERT_CONTACT_OR_IGNORE, row)
         else:
+            self._flush_contacts()  # the UPDATE may be of a contact whose INSERT is queued
             cur = self.db.execute(
                 "UPDATE contacts SET status=?, sequence=?, in_flight=?, owner=COALESCE(?, owner), state=?"
                 " WHERE campaign_id=? AND contact_id=? AND sequence=?",
@@ -208,14 +238,20 @@ class _SqliteTxn:
                     expected_sequence,
                 ),
             )
-        key = (state.campaign_id, state.contact_id)
         if cur.rowcount != 1:  # a conflict: the transaction is rolled back and decided again
             self._known.pop(key, None)
             return False
         self._known[key] = state
         return True
 
+    def _flush_contacts(self) -> None:
+        """Send the queued contact INSERTs: before any other statement that reads or changes contacts."""
+        rows, self._contact_rows = self._contact_rows, []
+        if rows:
+            _insert(self.db, _INSERT_CONTACTS, _INSERT_CONTACT, rows)
+
     def set_ready(self, key: Key, ready_at: datetime | None, priority: int = 1) -> None:
+        self._flush_contacts()
         self.db.execute(
             "UPDATE contacts SET ready_at=?, priority=? WHERE campaign_id=? AND contact_id=?",
             (None if ready_at is None else _ts(ready_at), priority, *key),
@@ -227,6 +263,7 @@ class _SqliteTxn:
         return f" AND c.campaign_id NOT IN ({','.join('?' * len(skip))})", sorted(skip)
 
     def ready_contacts(self, channel: Channel, now: datetime, limit: int, skip: frozenset[str]) -> list[Key]:
+        self._flush_contacts()
         clause, args = self._skip_clause(skip)
         rows = self.db.execute(
             "SELECT c.campaign_id, c.contact_id FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
@@ -237,6 +274,7 @@ class _SqliteTxn:
         return [(r[0], r[1]) for r in rows]
 
     def next_ready_at(self, channel: Channel, skip: frozenset[str]) -> datetime | None:
+        self._flush_contacts()
         clause, args = self._skip_clause(skip)
         row = self.db.execute(
             "SELECT MIN(c.ready_at) FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
@@ -246,6 +284,7 @@ class _SqliteTxn:
         return None if row[0] is None else _dt(row[0])
 
     def in_flight_contacts(self, owner: str) -> list[Key]:
+        self._flush_contacts()
         rows = self.db.execute(
             "SELECT campaign_id, contact_id FROM contacts WHERE in_flight=1 AND (owner=? OR owner IS NULL)",
             (owner,),
@@ -253,6 +292,7 @@ class _SqliteTxn:
         return [(r[0], r[1]) for r in rows]
 
     def unfinished_contacts(self, campaign_id: str) -> list[Key]:
+        self._flush_contacts()
         rows = self.db.execute(
             "SELECT campaign_id, contact_id FROM contacts WHERE campaign_id=?"
             f" AND status NOT IN ({','.join('?' * len(FINAL_STATUSES))})",
@@ -261,6 +301,7 @@ class _SqliteTxn:
         return [(r[0], r[1]) for r in rows]
 
     def campaigns_with_channel(self, channel: Channel, status: str) -> list[str]:
+        self._flush_contacts()
         rows = self.db.execute(
             "SELECT g.campaign_id FROM campaigns g WHERE g.status = ? AND EXISTS"
             " (SELECT 1 FROM contacts c WHERE c.campaign_id = g.campaign_id AND c.channel = ?)",
@@ -269,12 +310,14 @@ class _SqliteTxn:
         return [r[0] for r in rows]
 
     def counts(self, campaign_id: str) -> dict[str, int]:
+        self._flush_contacts()
         rows = self.db.execute(
             "SELECT status, COUNT(*) FROM contacts WHERE campaign_id=? GROUP BY status", (campaign_id,)
         ).fetchall()
         return {r[0]: r[1] for r in rows}
 
     def all_counts(self) -> list[tuple[str, str, str, int]]:
+        self._flush_contacts()
         rows = self.db.execute(
             "SELECT campaign_id, channel, status, COUNT(*) FROM contacts GROUP BY campaign_id, channel, status"
         ).fetchall()
@@ -290,10 +333,11 @@ class _SqliteTxn:
         self._messages.append(("", payload, 0, None, time.time(), 0, key[0], key[1]))
 
     def flush(self) -> None:
+        """Send every queued row (before COMMIT, and before a statement that reads what they change)."""
+        self._flush_contacts()
         rows, self._messages = self._messages, []
-        for start in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[start : start + _ROWS_PER_INSERT]
-            self.db.execute(_insert_messages(len(chunk)), [v for row in chunk for v in row])
+        if rows:
+            _insert(self.db, _INSERT_MESSAGES, _INSERT_MESSAGE, rows)
 
     def events(self, key: Key) -> list[bytes]:
         self.flush()
@@ -332,6 +376,7 @@ class _SqliteTxn:
         return int(row[0]), row[1]
 
     def in_flight_counts(self, channel: Channel) -> dict[str, int]:
+        self._flush_contacts()
         rows = self.db.execute(
             "SELECT campaign_id, COUNT(*) FROM contacts WHERE in_flight=1 AND channel=? GROUP BY campaign_id",
             (channel,),
