@@ -194,6 +194,7 @@ class _SqliteTxn:
     def get_contact(self, key: Key) -> ContactState | None:
         if key in self._known:
             return self._known[key]
+        self._flush_contacts()  # it may be one of the queued INSERTs
         row = self.db.execute("SELECT state FROM contacts WHERE campaign_id=? AND contact_id=?", key).fetchone()
         state = None if row is None else ContactState.model_validate_json(row[0])
         self._known[key] = state
@@ -221,7 +222,9 @@ class _SqliteTxn:
                 # read as absent in this transaction, which holds the file's write lock: the INSERT cannot
                 # conflict, so it is queued and sent with the others (a multi-row INSERT, `flush`)
                 self._contact_rows.append(row)
-                self._known[key] = state
+                # not kept: a batch of bulk commands writes ~9,000 new contacts, whose states held until
+                # COMMIT raised the RSS with every batch; a later read in this transaction asks the file
+                del self._known[key]
                 if len(self._contact_rows) >= _MAX_QUEUED:
                     self._flush_contacts()
                 return True
@@ -243,11 +246,8 @@ class _SqliteTxn:
                     expected_sequence,
                 ),
             )
-        if cur.rowcount != 1:  # a conflict: the transaction is rolled back and decided again
-            self._known.pop(key, None)
-            return False
-        self._known[key] = state
-        return True
+        self._known.pop(key, None)  # read again from the file if asked (see above)
+        return cur.rowcount == 1  # else a conflict: the transaction is rolled back and decided again
 
     def _flush_contacts(self) -> None:
         """Send the queued contact INSERTs: before any other statement that reads or changes contacts."""
