@@ -73,9 +73,6 @@ class BatchedSocket:
     def fileno(self) -> int:
         return self._sock.fileno()  # type: ignore[no-any-return]
 
-    def setblocking(self, flag: bool) -> None:
-        self._sock.setblocking(flag)
-
     def close(self) -> None:
         """paho closes right after queueing a DISCONNECT (whose properties may end the session): write
         what is buffered first, waiting a moment for the kernel to take it."""
@@ -134,12 +131,9 @@ def install(client: aiomqtt.Client) -> None:
     loop = client._loop
     loop_thread = threading.get_ident()  # called on the event loop's thread
     aiomqtt_open = paho.on_socket_open
-    scheduled = False
     current: BatchedSocket | None = None
 
     def pump() -> None:
-        nonlocal scheduled
-        scheduled = False
         sock = current
         if sock is None:
             return
@@ -162,10 +156,7 @@ def install(client: aiomqtt.Client) -> None:
             aiomqtt_open(c, userdata, current)  # aiomqtt's reader callback loops while `pending()`
 
     def on_register_write(c: Any, userdata: Any, sock: Any) -> None:
-        nonlocal scheduled
-        if scheduled:
-            return
-        scheduled = True
+        """paho calls this once until its queue is written out (`_registered_write`): one pump at a time."""
         if threading.get_ident() == loop_thread:
             loop.call_soon(pump)
         else:  # the CONNECT, queued in aiomqtt's connect thread

@@ -109,10 +109,6 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-_MESSAGE_COLUMNS = "topic, payload, retain, correlation, created_at, pending, campaign_id, contact_id"
-_ROWS_PER_INSERT = 100  # 800 bound values: under the 999 of SQLite before 3.32
-
-
 _CONTACT_COLUMNS = "campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at, priority"
 _MESSAGE_COLUMNS = "topic, payload, retain, correlation, created_at, pending, campaign_id, contact_id"
 # Queued rows go out as INSERTs of a fixed number of rows, the rest one row per step of an executemany:
