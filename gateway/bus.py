@@ -363,12 +363,15 @@ class Bus:
                     self._client = client
                     if self.accepting:
                         await client.subscribe(self._command_filter(), qos=1)
+                    # connected before `online` is announced: a backend that reads the presence and asks
+                    # /readyz at once must find the bus up (the broker forwards the presence before its
+                    # PUBACK reaches this side)
+                    self.connected.set()
+                    self.recorder.bus_connected.set(1)
                     if not self._orphan:
                         await self._presence(client, self.state)  # `online` means commands are being taken
                     if self._closing:
                         return
-                    self.connected.set()
-                    self.recorder.bus_connected.set(1)
                     backoff = 0.2
                     log.info("bus connected", extra={"broker": f"{self.host}:{self.port}"})
                     async with asyncio.TaskGroup() as tg:
