@@ -47,12 +47,8 @@ WINDOW = 64
 PARSE_AHEAD_BYTES = 512 * 1024  # ~4 bulk commands (4,000 contacts) per batch, or every single one in flight
 
 
-def _fetch(txn: Txn, after: int, limit: int, parts: frozenset[int] | None) -> list[OutboxRow]:
-    return txn.outbox_fetch(after, limit, parts)
-
-
-def _delete(txn: Txn, ids: list[int]) -> None:
-    txn.outbox_delete(ids)
+def _fetch(txn: Txn, after: int, limit: int, parts: frozenset[int] | None, skip: list[int]) -> list[OutboxRow]:
+    return txn.outbox_fetch(after, limit, parts, skip)
 
 
 async def _messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
@@ -539,8 +535,9 @@ class Bus:
                     await wait_event(self._wake, 0.5)
                     continue
                 busy = self._row_part
+                skip = [*busy.keys(), *self._acked_set.difference(busy)] if shared else []
                 fetch = functools.partial(
-                    _fetch, after=0 if shared else cursor, limit=WINDOW * 4 + (len(busy) if shared else 0), parts=parts
+                    _fetch, after=0 if shared else cursor, limit=WINDOW * 4, parts=parts, skip=skip
                 )
                 rows = [r for r in await store.read(fetch) if r.id not in busy and r.id not in self._acked_set]
                 if not rows:
@@ -590,7 +587,7 @@ class Bus:
             return
         done = False
         try:
-            await self.engine.store.run(functools.partial(_delete, ids=ids))
+            await self.engine.store.published(ids)
             done = True
         finally:
             if done:

@@ -101,6 +101,10 @@ class Unit:
         for effect in decision.effects:
             match effect:
                 case fx.AddTalkTime(seconds):
+                    camp = self._txn.get_campaign(key[0])
+                    if camp is not None and camp.budget.max_talk_minutes is None:
+                        self._txn.count_talk(key[0], seconds)  # no budget to check it against: sent with the batch
+                        continue
                     talk, limit_minutes = self._txn.bump_campaign(key[0], talk_s=seconds)
                     if talk_budget_spent(talk, limit_minutes):
                         self.campaign_action(key[0], Action.AUTO_PAUSE, reason="budget_spent")

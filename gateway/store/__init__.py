@@ -106,8 +106,11 @@ class Reads(Protocol):
 
     def events(self, key: Key) -> list[bytes]: ...
 
-    def outbox_fetch(self, after_id: int, limit: int, parts: Collection[int] | None = None) -> list[OutboxRow]:
-        """Pending rows after `after_id` in id order, of `parts` only when given."""
+    def outbox_fetch(
+        self, after_id: int, limit: int, parts: Collection[int] | None = None, skip: Collection[int] = ()
+    ) -> list[OutboxRow]:
+        """Up to `limit` pending rows after `after_id` in id order, of `parts` only when given, none of
+        `skip` (rows the publisher has on the wire already)."""
         ...
 
     def in_flight_counts(self, channel: Channel) -> dict[str, int]:
@@ -184,6 +187,10 @@ class Txn(Reads, Protocol):
         """`bump_campaign(dialed=n)` whose answer nobody reads: a store may send it with its other writes."""
         ...
 
+    def count_talk(self, campaign_id: str, seconds: float) -> None:
+        """`bump_campaign(talk_s=seconds)` whose answer nobody reads (the campaign has no talk budget)."""
+        ...
+
     def blacklist(self, phone: str, add: bool) -> None: ...
 
     def put_command(self, command_id: str, result: bytes) -> None: ...
@@ -244,6 +251,11 @@ class Store(Protocol):
         """Run `fn(txn)` as a read-only transaction on a connection of its own (one consistent snapshot),
         beside the writer instead of behind it. A write inside it raises StoreError. For what decides
         nothing: gauges, the HTTP read API, the outbox publisher's fetch, the scheduler's look-ups."""
+        ...
+
+    async def published(self, ids: list[int]) -> None:
+        """Take outbox rows the broker acknowledged out of the outbox (`Txn.outbox_delete` in a transaction
+        of its own). Idempotent, so a store may run it beside the writer, on a connection of its own."""
         ...
 
     @property

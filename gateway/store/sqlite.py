@@ -365,15 +365,19 @@ class _SqliteTxn:
     ) -> None:
         self._message((topic, payload, int(retain), correlation, time.time(), 1, None, None))
 
-    def outbox_fetch(self, after_id: int, limit: int, parts: Collection[int] | None = None) -> list[OutboxRow]:
+    def outbox_fetch(
+        self, after_id: int, limit: int, parts: Collection[int] | None = None, skip: Collection[int] = ()
+    ) -> list[OutboxRow]:
         self.flush()
-        # one instance holds every partition (SqliteStore.shared is False): `parts` is all of them
+        # one instance holds every partition (SqliteStore.shared is False): `parts` is all of them; its
+        # publisher follows a cursor, so `skip` is rarely more than a few rows, left out here
         rows = self.db.execute(
             "SELECT id, topic, payload, retain, correlation, created_at FROM messages"
             " WHERE pending = 1 AND id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
+            (after_id, limit + len(skip)),
         ).fetchall()
-        return [OutboxRow(r[0], r[1], bytes(r[2]), bool(r[3]), r[4], r[5]) for r in rows]
+        out = [OutboxRow(r[0], r[1], bytes(r[2]), bool(r[3]), r[4], r[5]) for r in rows if r[0] not in skip]
+        return out[:limit]
 
     def outbox_delete(self, ids: list[int]) -> None:
         self.flush()
@@ -469,6 +473,9 @@ class _SqliteTxn:
 
     def count_dialed(self, campaign_id: str, n: int = 1) -> None:
         self.bump_campaign(campaign_id, dialed=n)
+
+    def count_talk(self, campaign_id: str, seconds: float) -> None:
+        self.bump_campaign(campaign_id, talk_s=seconds)
 
     def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
         self._campaigns.pop(campaign_id, None)
@@ -654,6 +661,11 @@ class SqliteStore:
             return result
         finally:
             db.execute("COMMIT")
+
+    async def published(self, ids: list[int]) -> None:
+        # one writer per file: the delete waits for the write lock either way, so it queues behind the
+        # writer's transactions instead of contending for the lock from a connection of its own
+        await self.run(lambda t: t.outbox_delete(ids))
 
     async def read(self, fn: Callable[[Txn], R]) -> R:
         try:

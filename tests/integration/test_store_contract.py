@@ -400,6 +400,8 @@ async def test_outbox_in_id_order_and_delete(store: Store) -> None:
     assert rows[1].retain and rows[1].correlation is None and rows[6].correlation == b"x" and not rows[6].retain
     assert rows[0].topic == "evt/0" and abs(rows[0].created_at - datetime.now(UTC).timestamp()) < 60
     assert await store.run(lambda t: t.outbox_fetch(rows[2].id, 3)) == rows[3:6]
+    # rows on the wire already are skipped, and `limit` counts the others
+    assert await store.run(lambda t: t.outbox_fetch(0, 3, skip=[rows[0].id, rows[2].id])) == [rows[1], *rows[3:5]]
     count, oldest = await store.run(lambda t: t.outbox_stats())
     assert count == 14 and oldest is not None and oldest <= rows[-1].created_at
 
@@ -409,6 +411,12 @@ async def test_outbox_in_id_order_and_delete(store: Store) -> None:
     assert (await store.run(lambda t: t.outbox_stats()))[0] == 9
     # deleting from the outbox keeps the event history
     assert await store.run(lambda t: t.events(("c", "k0"))) == [b"e0", b"e3", b"e6", b"e9"]
+    # the publisher's way (`published`, beside the writer on PostgreSQL): twice is once, and a reader's
+    # next snapshot sees it
+    await store.published([rows[5].id, rows[6].id])
+    await store.published([rows[5].id, rows[6].id, rows[7].id])
+    assert await store.read(lambda t: t.outbox_fetch(0, 100)) == rows[8:]
+    assert await store.run(lambda t: t.events(("c", "k2"))) == [b"e2", b"e5", b"e8"]
 
 
 async def test_events_per_contact_include_recorded_ones_in_order(store: Store) -> None:
@@ -527,6 +535,30 @@ async def test_dialled_counts_queued_with_the_writes_are_seen_and_kept(store: St
     await store.run(lambda t: [t.count_dialed("d") for _ in range(4)])
     camp = await store.read(lambda t: t.get_campaign("d"))
     assert camp is not None and (camp.dialed_contacts, camp.talk_seconds) == (10, 6.0)
+
+
+async def test_talk_time_counted_without_an_answer_is_seen_and_kept(store: Store) -> None:
+    """`count_talk` (a campaign without a talk budget) may travel with the batch's writes too: a campaign
+    this transaction already read shows it at once, with its own dialled counts, and a bump after it
+    returns the total with it."""
+    await store.run(lambda t: t.put_campaign(CampaignState(campaign_id="t"), created=True))
+
+    def count_and_read(t: Txn) -> tuple[float | None, int | None, tuple[float, float | None], float | None]:
+        before = t.get_campaign("t")
+        assert before is not None and before.talk_seconds == 0.0
+        t.count_talk("t", 12.5)
+        t.count_dialed("t")
+        t.count_talk("t", 7.5)
+        seen = t.get_campaign("t")
+        bumped = t.bump_campaign("t", talk_s=1.0)
+        t.count_talk("t", 4.0)
+        again = t.get_campaign("t")
+        return seen and seen.talk_seconds, seen and seen.dialed_contacts, bumped, again and again.talk_seconds
+
+    assert await store.run(count_and_read) == (20.0, 1, (21.0, None), 25.0)
+    await store.run(lambda t: [t.count_talk("t", 1.0) for _ in range(3)])
+    camp = await store.read(lambda t: t.get_campaign("t"))
+    assert camp is not None and (camp.dialed_contacts, camp.talk_seconds) == (1, 28.0)
 
 
 # -- blacklist, command ids, wamids ---------------------------------------------------------------------------
