@@ -419,6 +419,36 @@ async def test_outbox_in_id_order_and_delete(store: Store) -> None:
     assert await store.run(lambda t: t.events(("c", "k2"))) == [b"e2", b"e5", b"e8"]
 
 
+async def test_a_big_batch_of_events_and_outbox_rows_keeps_every_field_and_its_order(store: Store) -> None:
+    """Hundreds of rows in one transaction (PostgreSQL sends them as one COPY), recorded ones among them,
+    read back in the middle of the transaction and after it."""
+    key = ("big", "k")
+
+    def write(t: Txn) -> list[bytes]:
+        for i in range(300):
+            if i % 7 == 0:
+                t.record(key, f"late{i}".encode())
+            elif i % 5 == 0:
+                t.add_outbox(f"evt/command/{i}", f"r{i}".encode(), retain=i % 2 == 0, correlation=bytes([i % 256]))
+            else:
+                t.add_event(key, f"evt/{i}", f"e{i}".encode())
+        seen = t.events(key)
+        t.add_event(key, "evt/last", b"last")
+        return seen
+
+    seen = await store.run(write)
+    history = [f"late{i}" if i % 7 == 0 else f"e{i}" for i in range(300) if i % 7 == 0 or i % 5]
+    assert seen == [h.encode() for h in history]
+    assert await store.run(lambda t: t.events(key)) == [*seen, b"last"]
+    rows = await store.read(lambda t: t.outbox_fetch(0, 1000))
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+    expected = [(f"evt/{i}", f"e{i}".encode(), False, None) if i % 5 else
+                (f"evt/command/{i}", f"r{i}".encode(), i % 2 == 0, bytes([i % 256]))
+                for i in range(300) if i % 7]  # fmt: skip
+    expected.append(("evt/last", b"last", False, None))
+    assert [(r.topic, r.payload, r.retain, r.correlation) for r in rows] == expected
+
+
 async def test_events_per_contact_include_recorded_ones_in_order(store: Store) -> None:
     def write(t: Txn) -> None:
         t.add_event(("c", "a"), "t", b'{"n":1}')
