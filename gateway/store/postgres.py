@@ -173,10 +173,17 @@ INSERT_CONTACT = (
     "INSERT INTO contacts (campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at,"
     " priority) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING"
 )
+# the queue place rides along when the same decision moves it (`set_ready` right after `put_contact`): one
+# row version and one statement instead of two (READY_KEPT: it stays as it is)
 UPDATE_CONTACT = (
     "UPDATE contacts SET status=%s, sequence=%s, in_flight=%s, owner=COALESCE(%s, owner), state=%s,"
-    " version = version + 1 WHERE campaign_id=%s AND contact_id=%s AND sequence=%s"
+    " version = version + 1, ready_at = CASE WHEN %s THEN %s::timestamptz ELSE ready_at END,"
+    " priority = CASE WHEN %s THEN %s::integer ELSE priority END"
+    " WHERE campaign_id=%s AND contact_id=%s AND sequence=%s"
 )
+READY_KEPT = (False, None, False, None)
+IN_FLIGHT_COUNTS = "SELECT campaign_id, COUNT(*) FROM contacts WHERE in_flight AND channel=%s GROUP BY campaign_id"
+READY_AT = 5  # where the four queue-place values start in an UPDATE_CONTACT row
 # a write that keeps the sequence (a wamid noted, a flag set) changes the state all the same: the
 # compare-and-set is on the row's version too, or two instances' writes at one sequence would both pass
 UPDATE_CONTACT_VERSIONED = UPDATE_CONTACT + " AND version=%s"
@@ -228,6 +235,9 @@ class _PgTxn:
         self.cur = conn.cursor()
         self._queued: dict[str, list[_Group]] = {}  # table -> groups, sent in order
         self._known: dict[Key, ContactState | None] = {}  # contacts as this transaction read or wrote them
+        # contacts whose latest write is a queued UPDATE_CONTACT: its group and row (set_ready rides along)
+        self._updates: dict[Key, tuple[_Group, int]] = {}
+        self._counted_in_flight: tuple[Channel, dict[str, int]] | None = None  # by lock_dispatch, for the turn
         self._versions: dict[Key, int] = {}  # their row versions (compare-and-set)
         # what the other instances are woken for once this commits: rows to publish, contacts ready
         self._wakes: set[str] = set()
@@ -298,6 +308,9 @@ class _PgTxn:
     def _queue(self, table: str, sql: str, row: tuple[Any, ...], key: Hashable) -> None:
         """Queue a row. It joins the latest group of the same statement unless a later group touches
         the same key (then order matters, and it starts a group of its own at the end)."""
+        if table == "contacts":
+            self._updates.pop(cast(Key, key), None)  # a later write to the contact: nothing rides along
+            self._counted_in_flight = None
         groups = self._queued.setdefault(table, [])
         target: _Group | None = None
         for group in reversed(groups):
@@ -390,7 +403,7 @@ class _PgTxn:
                 self._wakes.add("ready")
         else:
             sql = UPDATE_CONTACT
-            row = (state.status, state.sequence, state.in_flight, owner, blob, *key, expected_sequence)
+            row = (state.status, state.sequence, state.in_flight, owner, blob, *READY_KEPT, *key, expected_sequence)
         if key in self._known:
             known = self._known[key]
             if (0 if known is None else known.sequence) == expected_sequence:
@@ -398,6 +411,9 @@ class _PgTxn:
                 if sql is UPDATE_CONTACT and version is not None:  # the row as this transaction read it
                     sql, row = UPDATE_CONTACT_VERSIONED, (*row, version)
                 self._queue("contacts", sql, row, key)  # its WHERE is checked when it is sent
+                if sql is not INSERT_CONTACT:
+                    group = self._queued["contacts"][-1]
+                    self._updates[key] = (group, len(group.rows) - 1)
                 self._known[key] = state
                 if sql is INSERT_CONTACT:
                     self._versions[key] = 0
@@ -405,6 +421,7 @@ class _PgTxn:
                     self._versions[key] = version + 1
                 return True
         self._flush("contacts")
+        self._counted_in_flight = None
         self.cur.execute(sql, row)
         self._versions.pop(key, None)
         if self.cur.rowcount != 1:
@@ -416,6 +433,12 @@ class _PgTxn:
     def set_ready(self, key: Key, ready_at: datetime | None, priority: int = 1) -> None:
         if ready_at is not None:
             self._wakes.add("ready")
+        update = self._updates.pop(key, None)
+        if update is not None and any(g is update[0] for g in self._queued.get("contacts", ())):
+            group, index = update  # this contact's UPDATE is still queued, and is its latest write: ride along
+            row = group.rows[index]
+            group.rows[index] = (*row[:READY_AT], True, ready_at, True, priority, *row[READY_AT + 4 :])
+            return
         self._queue(
             "contacts",
             "UPDATE contacts SET ready_at=%s, priority=%s WHERE campaign_id=%s AND contact_id=%s",
@@ -570,18 +593,26 @@ class _PgTxn:
         return None if row is None else cast(datetime | None, row[0])
 
     def in_flight_counts(self, channel: Channel) -> dict[str, int]:
+        counted, self._counted_in_flight = self._counted_in_flight, None
+        if counted is not None and counted[0] == channel:
+            return counted[1]  # counted with the dispatch lock, and no contact written since
         self._flush("contacts")
-        rows = self._all(
-            "SELECT campaign_id, COUNT(*) FROM contacts WHERE in_flight AND channel=%s GROUP BY campaign_id",
-            (channel,),
-        )
-        return {r[0]: r[1] for r in rows}
+        return {r[0]: r[1] for r in self._all(IN_FLIGHT_COUNTS, (channel,))}
 
     # -- several instances ------------------------------------------------------------------------
     def lock_dispatch(self, channel: Channel) -> bool:
         # a try-lock: a batch holds row locks already when its turn comes, and waiting here for another
-        # instance's turn that waits for one of those rows would be a deadlock
-        row = self._one("SELECT pg_try_advisory_xact_lock(%s, %s)", (DISPATCH_LOCK, partition(str(channel))))
+        # instance's turn that waits for one of those rows would be a deadlock. The turn asks for the
+        # cluster's calls in flight next: they are counted in the same round trip, after the lock
+        groups = self._queued.pop("contacts", [])
+        lock, counts = self.conn.cursor(), self.conn.cursor()
+        with self.conn.pipeline():
+            checks = self._execute(groups)
+            lock.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (DISPATCH_LOCK, partition(str(channel))))
+            counts.execute(IN_FLIGHT_COUNTS, (channel,))
+        _check(checks)
+        row = lock.fetchone()
+        self._counted_in_flight = (channel, {r[0]: r[1] for r in counts.fetchall()})
         return bool(row and row[0])
 
     def lock_campaign(self, campaign_id: str) -> CampaignState | None:

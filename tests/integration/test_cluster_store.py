@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -102,6 +103,50 @@ async def test_a_ready_contact_another_instances_turn_holds_is_skipped_not_waite
     assert other == [("c", "k3"), ("c", "k4"), ("c", "k5")], "the contacts the first turn holds are skipped"
     # a read-only look (no claim) sees the queue as it is
     assert len(await b.read(lambda t: t.ready_contacts(Channel.VOICE, now, 10, frozenset()))) == 6
+
+
+async def test_one_dispatch_turn_at_a_time_counts_the_clusters_calls_as_committed_and_as_written(
+    two: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """The dispatch lock is a try-lock: a second instance's turn is told at once that it cannot run. The
+    calls in flight counted with the lock (one round trip) are the cluster's as committed, plus what the
+    turn's own transaction wrote before it; a write after the lock is counted when asked again."""
+    a, b = two
+    now = datetime.now(UTC)
+
+    def setup(t: Txn) -> None:
+        t.put_campaign(CampaignState(campaign_id="c"), created=True)
+        t.put_campaign(CampaignState(campaign_id="d"), created=True)
+        for i in range(3):
+            t.put_contact(_contact(f"k{i}", now).model_copy(update={"in_flight": True}), 0, "gw-b")
+        t.put_contact(_contact("idle", now), 0, None)
+
+    await b.run(setup)
+    holding, release = threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def turn(t: Txn) -> None:
+        idle = t.get_contact(("c", "idle"))
+        assert idle is not None
+        moved = idle.model_copy(update={"in_flight": True, "sequence": idle.sequence + 1})
+        assert t.put_contact(moved, idle.sequence, "gw-a")  # queued: counted with the lock
+        seen.append((t.lock_dispatch(Channel.VOICE), t.in_flight_counts(Channel.VOICE)))
+        other = ContactState(campaign_id="d", contact_id="x", channel=Channel.VOICE, sequence=1, in_flight=True)
+        assert t.put_contact(other, 0, "gw-a")
+        seen.append(t.in_flight_counts(Channel.VOICE))
+        holding.set()
+        release.wait(10)
+
+    first = asyncio.create_task(a.run(turn))
+    await asyncio.to_thread(holding.wait, 10)
+    started = time.monotonic()
+    assert not await b.run(lambda t: t.lock_dispatch(Channel.VOICE)), "another instance's turn holds the lock"
+    assert time.monotonic() - started < 2, "the try-lock waited"
+    assert await b.run(lambda t: t.in_flight_counts(Channel.VOICE)) == {"c": 3}, "only what is committed"
+    release.set()
+    await first
+    assert seen == [(True, {"c": 4}), {"c": 4, "d": 1}]
+    assert await b.run(lambda t: (t.lock_dispatch(Channel.VOICE), t.in_flight_counts(Channel.WHATSAPP))) == (True, {})
 
 
 async def test_a_campaign_two_instances_create_at_once_is_created_once(

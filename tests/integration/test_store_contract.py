@@ -342,6 +342,51 @@ async def test_ready_queue_order_priority_then_time_then_key(store: Store) -> No
     assert await store.run(dequeue_and_requeue) == [("a", "idle"), ("a", "k1"), ("a", "k2")]
 
 
+async def test_a_queue_place_moved_with_the_write_that_moved_it(store: Store) -> None:
+    """`set_ready` right after `put_contact` of the same contact (a retry scheduled, a dial started): the
+    place is taken with the write (PostgreSQL sends them as one UPDATE) and another write between them,
+    or a read that sent the UPDATE already, keeps their order."""
+    now = T0 + timedelta(seconds=10)
+
+    def setup(t: Txn) -> None:
+        t.put_campaign(CampaignState(campaign_id="q", status=CampaignStatus.IN_PROGRESS))
+        for key in ("dial", "retry", "twice", "read", "other"):
+            assert t.put_contact(contact(key, campaign="q"), 0, None, (T0, 1))
+
+    await store.run(setup)
+    keys = {k: ("q", k) for k in ("dial", "retry", "twice", "read", "other")}
+
+    def move(t: Txn) -> list[tuple[str, str]]:
+        state = {k: t.get_contact(key) for k, key in keys.items()}
+        assert all(s is not None for s in state.values())
+
+        def put(k: str, seq: int, **kw: Any) -> None:
+            assert t.put_contact(contact(k, seq, campaign="q", **kw), seq - 1, None)
+
+        put("dial", 2, status=Status.CALLING, in_flight=True)
+        t.set_ready(keys["dial"], None)  # the dial leaves the queue
+        put("retry", 2, status=Status.RETRY_SCHEDULED)
+        t.set_ready(keys["retry"], T0 + timedelta(seconds=5), 0)  # back in, as a due retry (first)
+        put("twice", 2, status=Status.RETRY_SCHEDULED)
+        t.set_ready(keys["twice"], None)
+        put("twice", 3)
+        t.set_ready(keys["twice"], T0 + timedelta(seconds=1), 1)  # the latest place wins
+        put("read", 2, status=Status.RETRY_SCHEDULED)
+        assert t.events(keys["read"]) == []  # a read of messages; the UPDATE of contacts stays queued
+        t.set_ready(keys["read"], T0 + timedelta(seconds=2), 1)
+        put("other", 2)
+        assert t.ready_contacts(Channel.VOICE, now, 10, frozenset())  # sends the queued contacts
+        t.set_ready(keys["other"], T0 + timedelta(hours=1), 1)  # out of reach for now
+        return t.ready_contacts(Channel.VOICE, now, 10, frozenset())
+
+    expected = [("q", "retry"), ("q", "twice"), ("q", "read")]
+    assert await store.run(move) == expected
+    assert await store.run(lambda t: t.ready_contacts(Channel.VOICE, now, 10, frozenset())) == expected
+    dialled = await store.run(lambda t: t.get_contact(keys["dial"]))
+    assert dialled is not None and dialled.status == Status.CALLING and dialled.in_flight
+    assert await store.run(lambda t: t.next_ready_at(Channel.VOICE, frozenset())) == T0 + timedelta(seconds=1)
+
+
 async def test_contact_queries_in_flight_unfinished_counts(store: Store) -> None:
     def setup(t: Txn) -> None:
         t.put_campaign(CampaignState(campaign_id="c"))
