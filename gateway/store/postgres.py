@@ -305,7 +305,7 @@ class _PgTxn:
             self._versions[(state.campaign_id, state.contact_id)] = version
 
     # -- the write queue ------------------------------------------------------------------------
-    def _queue(self, table: str, sql: str, row: tuple[Any, ...], key: Hashable) -> None:
+    def _queue(self, table: str, sql: str, row: tuple[Any, ...], key: Hashable) -> _Group:
         """Queue a row. It joins the latest group of the same statement unless a later group touches
         the same key (then order matters, and it starts a group of its own at the end)."""
         if table == "contacts":
@@ -324,6 +324,7 @@ class _PgTxn:
             groups.append(target)
         target.rows.append(row)
         target.keys.add(key)
+        return target
 
     def _flush(self, *tables: str) -> None:
         """Send what is queued for `tables` (every table when none is named)."""
@@ -410,9 +411,8 @@ class _PgTxn:
                 version = self._versions.get(key)
                 if sql is UPDATE_CONTACT and version is not None:  # the row as this transaction read it
                     sql, row = UPDATE_CONTACT_VERSIONED, (*row, version)
-                self._queue("contacts", sql, row, key)  # its WHERE is checked when it is sent
-                if sql is not INSERT_CONTACT:
-                    group = self._queued["contacts"][-1]
+                group = self._queue("contacts", sql, row, key)  # its WHERE is checked when it is sent
+                if sql is not INSERT_CONTACT:  # (the group it joined need not be the last one)
                     self._updates[key] = (group, len(group.rows) - 1)
                 self._known[key] = state
                 if sql is INSERT_CONTACT:
@@ -867,6 +867,7 @@ class PostgresStore:
         # one again is harmless): a transaction of their own every 20 ms was a tenth of the writer's thread
         self._ack_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telgate-store-ack")
         self._acker: psycopg.Connection[Any] | None = None
+        self._writer_pid = 0  # the writer connection's server process: its NOTIFYs are this instance's own
         self._migrated: list[int] = []
         self._closed = False
         self._lost_at: float | None = None
@@ -899,6 +900,10 @@ class PostgresStore:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     delay = 0.05
                     async for note in conn.notifies():
+                        if note.pid == self._writer_pid:
+                            # this instance's own commit: its engine woke its publisher and dispatcher
+                            # already; taken again, each cost a fetch or a dispatch turn for nothing
+                            continue
                         yield note.payload.encode()
             except psycopg.OperationalError as exc:
                 log.warning("store notifications lost, listening again", extra={"detail": str(exc)})
@@ -925,6 +930,7 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             raise _Lost(f"cannot connect: {exc}") from exc
         self._conn = conn
+        self._writer_pid = conn.info.backend_pid
         if self._lost_at is not None:
             log.warning("store reconnected", extra={"down_s": round(time.monotonic() - self._lost_at, 3)})
             self._lost_at = None
@@ -946,6 +952,7 @@ class PostgresStore:
             conn.close()
             raise
         self._conn = conn
+        self._writer_pid = conn.info.backend_pid
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
         """Each missing step in a transaction of its own, under an advisory lock (instances starting

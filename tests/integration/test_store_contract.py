@@ -350,11 +350,11 @@ async def test_a_queue_place_moved_with_the_write_that_moved_it(store: Store) ->
 
     def setup(t: Txn) -> None:
         t.put_campaign(CampaignState(campaign_id="q", status=CampaignStatus.IN_PROGRESS))
-        for key in ("dial", "retry", "twice", "read", "other"):
+        for key in ("dial", "retry", "twice", "read", "other", "alone", "joins"):
             assert t.put_contact(contact(key, campaign="q"), 0, None, (T0, 1))
 
     await store.run(setup)
-    keys = {k: ("q", k) for k in ("dial", "retry", "twice", "read", "other")}
+    keys = {k: ("q", k) for k in ("dial", "retry", "twice", "read", "other", "alone", "joins")}
 
     def move(t: Txn) -> list[tuple[str, str]]:
         state = {k: t.get_contact(key) for k, key in keys.items()}
@@ -365,6 +365,9 @@ async def test_a_queue_place_moved_with_the_write_that_moved_it(store: Store) ->
 
         put("dial", 2, status=Status.CALLING, in_flight=True)
         t.set_ready(keys["dial"], None)  # the dial leaves the queue
+        t.set_ready(keys["alone"], None)  # no write of its own to ride along with: a statement of its own
+        put("joins", 2, status=Status.RETRY_SCHEDULED)  # joins the first UPDATEs, before that statement
+        t.set_ready(keys["joins"], T0 + timedelta(seconds=3), 1)
         put("retry", 2, status=Status.RETRY_SCHEDULED)
         t.set_ready(keys["retry"], T0 + timedelta(seconds=5), 0)  # back in, as a due retry (first)
         put("twice", 2, status=Status.RETRY_SCHEDULED)
@@ -379,7 +382,7 @@ async def test_a_queue_place_moved_with_the_write_that_moved_it(store: Store) ->
         t.set_ready(keys["other"], T0 + timedelta(hours=1), 1)  # out of reach for now
         return t.ready_contacts(Channel.VOICE, now, 10, frozenset())
 
-    expected = [("q", "retry"), ("q", "twice"), ("q", "read")]
+    expected = [("q", "retry"), ("q", "twice"), ("q", "read"), ("q", "joins")]
     assert await store.run(move) == expected
     assert await store.run(lambda t: t.ready_contacts(Channel.VOICE, now, 10, frozenset())) == expected
     dialled = await store.run(lambda t: t.get_contact(keys["dial"]))
