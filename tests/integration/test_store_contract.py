@@ -642,6 +642,22 @@ async def test_talk_time_counted_without_an_answer_is_seen_and_kept(store: Store
 # -- blacklist, command ids, wamids ---------------------------------------------------------------------------
 
 
+async def test_a_batch_of_command_results_is_kept_in_order_and_read_back(store: Store) -> None:
+    """Hundreds of results in one transaction (SQLite queues them as multi-row INSERTs): a repeated id
+    keeps its last result, and a look-up of an id this transaction did not write sees the stored one."""
+    await store.run(lambda t: t.put_command("old", b"stored"))
+
+    def write(t: Txn) -> tuple[bytes | None, bytes | None]:
+        for i in range(170):
+            t.put_command(f"cmd-{i}", f"r{i}".encode())
+        t.put_command("cmd-5", b"again")
+        return t.get_command("old"), t.get_command("cmd-169")
+
+    assert await store.run(write) == (b"stored", b"r169")
+    got = await store.read(lambda t: [t.get_command(f"cmd-{i}") for i in range(170)])
+    assert got == [b"again" if i == 5 else f"r{i}".encode() for i in range(170)]
+
+
 async def test_blacklist_commands_wamids(store: Store) -> None:
     def first(t: Txn) -> tuple[bool, bool, bytes | None, Any]:
         t.blacklist("+420601123456", True)
