@@ -141,8 +141,9 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                     for rule in group["rules"]:
                         if not await prom.until(rule["expr"], timeout=5):
                             empty.append(f"alert {rule['alert']}: {rule['expr']}")
+                samples = prom.query("telgate_outbox_pending[5m]")
                 broker.start()
-                assert not empty, "queries without data:\n" + "\n".join(empty)
+                assert not empty, "queries without data:\n" + "\n".join(empty) + f"\noutbox samples: {samples}"
                 # and after the faults: the webhooks of the outage started no send, nothing was dialled again
                 sends_after = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
                 assert sends_after.attempts == 8 and sends_after.wire == 8
