@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 
 def binary(name: str, package: str) -> str:
@@ -16,14 +17,17 @@ def binary(name: str, package: str) -> str:
     return found
 
 
-def wait_tcp(port: int, what: str, timeout: float = 10.0) -> None:
-    """Until something accepts TCP connections on 127.0.0.1:`port`."""
+def wait_tcp(port: int, what: str, timeout: float = 10.0, alive: Callable[[], bool] | None = None) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:`port`; at once when `alive` says the process
+    that should listen is gone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
+            if alive is not None and not alive():
+                break
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on TCP {port}")
 

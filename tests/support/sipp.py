@@ -14,9 +14,18 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "sipp"
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for UDP and for TCP at once (SIPp over TCP listens on its UDP port number; TCP and UDP
+    ports are separate spaces, and a port free for one was once another socket's on the other)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
 
 
 class Sipp:
@@ -65,8 +74,20 @@ class Sipp:
             self.proc.wait()
 
     def wait_listening(self, timeout: float = 10.0) -> None:
-        """For TCP: SIPp accepts connections (it opens its listener a moment after it starts)."""
-        wait_tcp(self.port, "SIPp", timeout)
+        """For TCP: SIPp accepts connections (it opens its listener a moment after it starts). Before
+        anything was given its address: a SIPp that could not bind its port (taken between the choice and
+        SIPp's bind) is started again on another one."""
+        for _ in range(3):
+            try:
+                wait_tcp(self.port, "SIPp", timeout, alive=lambda: self.proc is None or self.proc.poll() is None)
+                return
+            except RuntimeError:
+                if self.proc is None or self.proc.poll() is None:
+                    raise
+            self.port = free_udp_port()
+            self.cmd[self.cmd.index("-p") + 1] = str(self.port)
+            self.__enter__()
+        raise RuntimeError(f"SIPp exited three times before it listened: {self.errors()}")
 
     def messages(self) -> list[str]:
         """The SIP messages SIPp logged (`-trace_msg`), each as text, in order."""
