@@ -56,6 +56,15 @@ class Lease:
     dead: tuple[str, ...] = ()  # members whose lease expired, not buried yet
 
 
+def count_in_cache(campaigns: dict[str, CampaignState | None], campaign_id: str, counter: str, n: float) -> None:
+    """A counter moved without an answer (`Txn.count_dialed`, `count_talk`): a campaign the transaction
+    read keeps its place in the transaction's cache with the counter moved (dropped, the engine's look at
+    it once per ended call would read and parse it again each time)."""
+    camp = campaigns.get(campaign_id)
+    if camp is not None:
+        campaigns[campaign_id] = camp.model_copy(update={counter: getattr(camp, counter) + n})
+
+
 class StoreError(Exception):
     """The store failed (disk, lock, corruption): a local fault, not the caller's input."""
 

@@ -39,7 +39,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Hashable
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +61,7 @@ from . import (
     Timer,
     Txn,
     contact_partition,
+    count_in_cache,
     partition,
 )
 from .migrate import Migration, pending
@@ -182,8 +183,8 @@ UPDATE_CONTACT = (
     " WHERE campaign_id=%s AND contact_id=%s AND sequence=%s"
 )
 READY_KEPT = (False, None, False, None)
-IN_FLIGHT_COUNTS = "SELECT campaign_id, COUNT(*) FROM contacts WHERE in_flight AND channel=%s GROUP BY campaign_id"
 READY_AT = 5  # where the four queue-place values start in an UPDATE_CONTACT row
+IN_FLIGHT_COUNTS = "SELECT campaign_id, COUNT(*) FROM contacts WHERE in_flight AND channel=%s GROUP BY campaign_id"
 # a write that keeps the sequence (a wamid noted, a flag set) changes the state all the same: the
 # compare-and-set is on the row's version too, or two instances' writes at one sequence would both pass
 UPDATE_CONTACT_VERSIONED = UPDATE_CONTACT + " AND version=%s"
@@ -299,16 +300,8 @@ class _PgTxn:
                     lambda rows: self._blacklisted.update((r[0], True) for r in rows),
                 )
             )
-        groups = [g for q in queries for g in self._queued.pop(q[0], ())]
-        if len(queries) == 1 and not groups:
-            queries[0][3](self._all(queries[0][1], queries[0][2]))
-        elif queries:
-            cursors = [self.conn.cursor() for _ in queries]
-            with self.conn.pipeline():
-                checks = self._execute(groups)
-                for cur, (_, sql, args, _) in zip(cursors, queries, strict=True):
-                    cur.execute(sql, args)
-            _check(checks)
+        if queries:
+            cursors = self._send([q[0] for q in queries], [(q[1], q[2]) for q in queries])
             for cur, (*_, handle) in zip(cursors, queries, strict=True):
                 handle(cur.fetchall())
 
@@ -357,13 +350,26 @@ class _PgTxn:
 
     def _flush(self, *tables: str) -> None:
         """Send what is queued for `tables` (every table when none is named)."""
-        groups = self._take(tables or tuple(self._queued))
-        if len(groups) == 1:
-            _check(self._execute(groups, self.cur))
-        elif groups:
-            with self.conn.pipeline():  # every group in one round trip; the row counts are read at its end
+        self._send(tables or tuple(self._queued))
+
+    def _send(
+        self, tables: Collection[str], statements: Sequence[tuple[str, tuple[Any, ...]]] = ()
+    ) -> list[psycopg.Cursor[Any]]:
+        """The writes queued for `tables`, then `statements`, in one round trip (a pipeline, each on a
+        cursor of its own), the compare-and-set groups' row counts checked after it; the statements'
+        cursors, their results read."""
+        groups = self._take(tables)
+        if len(groups) + len(statements) <= 1:  # one statement: no pipeline to set up
+            checks = self._execute(groups, self.cur)
+            cursors = [self.cur.execute(sql, args) for sql, args in statements]
+        else:
+            cursors = [self.conn.cursor() for _ in statements]
+            with self.conn.pipeline():
                 checks = self._execute(groups)
-            _check(checks)
+                for cur, (sql, args) in zip(cursors, statements, strict=True):
+                    cur.execute(sql, args)
+        _check(checks)
+        return cursors
 
     def _execute(self, groups: list[_Group], cur: psycopg.Cursor[Any] | None = None) -> list[tuple[Any, int]]:
         """Execute `groups` in order, on `cur` or (in a pipeline) each on a cursor of its own, which keeps
@@ -384,14 +390,9 @@ class _PgTxn:
         token it returns). One round trip: the wake-ups, the queued groups and the mark in one pipeline;
         the compare-and-set counts are checked before the caller's COMMIT."""
         token = secrets.randbits(63)
-        mark = self.conn.cursor()
-        groups = self._take(tuple(self._queued))
-        with self.conn.pipeline():
-            for wake in sorted(self._wakes):  # delivered at COMMIT, and only if it commits
-                self.cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, json.dumps({"wake": wake})))
-            checks = self._execute(groups)
-            mark.execute(MARK, (owner, token))
-        _check(checks)
+        # the wake-ups are delivered at COMMIT, and only if it commits
+        wakes = [("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, json.dumps({"wake": w}))) for w in sorted(self._wakes)]
+        mark = self._send(tuple(self._queued), [*wakes, (MARK, (owner, token))])[-1]
         return token if mark.rowcount == 1 else None
 
     def _one(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
@@ -633,13 +634,13 @@ class _PgTxn:
         # a try-lock: a batch holds row locks already when its turn comes, and waiting here for another
         # instance's turn that waits for one of those rows would be a deadlock. The turn asks for the
         # cluster's calls in flight next: they are counted in the same round trip, after the lock
-        groups = self._queued.pop("contacts", [])
-        lock, counts = self.conn.cursor(), self.conn.cursor()
-        with self.conn.pipeline():
-            checks = self._execute(groups)
-            lock.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (DISPATCH_LOCK, partition(str(channel))))
-            counts.execute(IN_FLIGHT_COUNTS, (channel,))
-        _check(checks)
+        lock, counts = self._send(
+            ("contacts",),
+            [
+                ("SELECT pg_try_advisory_xact_lock(%s, %s)", (DISPATCH_LOCK, partition(str(channel)))),
+                (IN_FLIGHT_COUNTS, (channel,)),
+            ],
+        )
         row = lock.fetchone()
         self._counted_in_flight = (channel, {r[0]: r[1] for r in counts.fetchall()})
         return bool(row and row[0])
@@ -752,12 +753,12 @@ class _PgTxn:
     def count_dialed(self, campaign_id: str, n: int = 1) -> None:
         """Queued with the batch's writes (one round trip for all of them) instead of an UPDATE … RETURNING
         each: in bench/pipeline a dialled contact's round trip was a sixth of the store thread's time."""
-        self._counted(campaign_id, "dialed_contacts", n)
+        count_in_cache(self._campaigns, campaign_id, "dialed_contacts", n)
         self._bump(campaign_id, n, 0.0)
 
     def count_talk(self, campaign_id: str, seconds: float) -> None:
         """Queued like `count_dialed`: an ended call's UPDATE … RETURNING was an eighth of the store thread."""
-        self._counted(campaign_id, "talk_seconds", seconds)
+        count_in_cache(self._campaigns, campaign_id, "talk_seconds", seconds)
         self._bump(campaign_id, 0, seconds)
 
     def _bump(self, campaign_id: str, dialed: int, talk_s: float) -> None:
@@ -769,13 +770,6 @@ class _PgTxn:
                     rows[index] = (rows[index][0] + dialed, rows[index][1] + talk_s, campaign_id)
                     return
         self._queue("campaigns", BUMP, (dialed, talk_s, campaign_id), campaign_id)
-
-    def _counted(self, campaign_id: str, counter: str, n: float) -> None:
-        """A campaign read in this transaction keeps its place in the cache, its counter moved by this
-        transaction's own bump (read again, it would cost a round trip per contact)."""
-        camp = self._campaigns.get(campaign_id)
-        if camp is not None:
-            self._campaigns[campaign_id] = camp.model_copy(update={counter: getattr(camp, counter) + n})
 
     def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
         """One UPDATE … RETURNING: the counters move atomically, whoever else bumps them."""

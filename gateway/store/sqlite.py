@@ -18,7 +18,7 @@ from typing import TypeVar
 from ..domain.effects import TimerKind
 from ..domain.state import CampaignState, ContactState
 from ..domain.statuses import Channel
-from . import FINAL_STATUSES, PARTS, Key, Lease, OutboxRow, StoreError, Timer, Txn
+from . import FINAL_STATUSES, PARTS, Key, Lease, OutboxRow, StoreError, Timer, Txn, count_in_cache
 from .migrate import Migration, pending
 
 R = TypeVar("R")
@@ -478,13 +478,8 @@ class _SqliteTxn:
         self._count(campaign_id, "talk_seconds", seconds)
 
     def _count(self, campaign_id: str, counter: str, n: float) -> None:
-        """A counter moved without an answer: a campaign read in this transaction keeps its place in the
-        cache with the counter moved (the engine reads it once per ended call to see whether it has a
-        talk budget; read again, it would be a SELECT and a parse each time)."""
         self.db.execute(f"UPDATE campaigns SET {counter} = {counter} + ? WHERE campaign_id = ?", (n, campaign_id))
-        camp = self._campaigns.get(campaign_id)
-        if camp is not None:
-            self._campaigns[campaign_id] = camp.model_copy(update={counter: getattr(camp, counter) + n})
+        count_in_cache(self._campaigns, campaign_id, counter, n)
 
     def bump_campaign(self, campaign_id: str, dialed: int = 0, talk_s: float = 0.0) -> tuple[float, float | None]:
         self._campaigns.pop(campaign_id, None)

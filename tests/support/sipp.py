@@ -63,10 +63,13 @@ class Sipp:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> Sipp:
+        self._start()
+        return self
+
+    def _start(self) -> None:
         self.proc = subprocess.Popen(
             self.cmd, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
         )
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -86,7 +89,7 @@ class Sipp:
                     raise
             self.port = free_udp_port()
             self.cmd[self.cmd.index("-p") + 1] = str(self.port)
-            self.__enter__()
+            self._start()
         raise RuntimeError(f"SIPp exited three times before it listened: {self.errors()}")
 
     def messages(self) -> list[str]:
