@@ -46,6 +46,7 @@ from .app import App
 from .config import Settings, load_settings
 from .domain.statuses import STATUSES, Channel, is_final
 from .logs import JsonFormatter
+from .mqtt_io import Receiver
 from .submit import BusTarget, CommandWindow
 from .watch import Tally
 from .whatsapp_channel import parse_callback
@@ -249,6 +250,7 @@ class Summary:
     seconds: float = 0.0
     wire: dict[str, Any] = field(default_factory=dict)  # the wire ledger: peers' records against the events
     commands: dict[str, int] = field(default_factory=dict)  # what the backend side submitted, by kind
+    stalled: list[str] = field(default_factory=list)  # contacts still unsettled when the run went quiet
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -268,6 +270,7 @@ class Summary:
             "seconds": round(self.seconds, 1),
             "wire": self.wire,
             "commands": self.commands,
+            "stalled": self.stalled,
         }
 
 
@@ -281,10 +284,12 @@ class _Progress:
         self.whatsapp = WhatsAppKpi()
         self.seen: set[str] = set()
         self.contacts: dict[Key, Contacted] = {}  # for the wire ledger
+        self.latest: dict[Key, str] = {}
 
-    def add(self, event: dict[str, Any]) -> None:
+    def add(self, event: dict[str, Any]) -> bool:
+        """Take one contact event; False if it was seen before (a QoS 1 redelivery)."""
         if event.get("event_id") in self.seen:
-            return
+            return False
         self.seen.add(str(event.get("event_id")))
         key = (str(event["campaign_id"]), str(event["contact_id"]))
         status = str(event["status"])
@@ -302,6 +307,19 @@ class _Progress:
         self.tally.add(event)
         # settled: final, or delivered (not final: the user may read it later, or never)
         self.settled[key] = bool(event["final"]) or status == "delivered"
+        self.latest[key] = status
+        return True
+
+    def unsettled(self, contacts: dict[str, int]) -> list[str]:
+        """`campaign/contact: last status` of each of the demo's contacts (client-0000 … per campaign)
+        that has not settled."""
+        out = []
+        for campaign, n in contacts.items():
+            for i in range(n):
+                key = (campaign, f"client-{i:04d}")
+                if not self.settled.get(key, False):
+                    out.append(f"{campaign}/{key[1]}: {self.latest.get(key, 'no event')}")
+        return out
 
     def done(self, campaign: str) -> int:
         return sum(1 for (c, _), f in self.settled.items() if c == campaign and f)
@@ -437,25 +455,34 @@ async def _drive(
             f"[bold]telgate demo[/]: {n} calls through a PBX simulator, {n} WhatsApp messages through the Cloud API "
             f"stand-in; the gateway's metrics: {summary.metrics_url}  readiness: {summary.readyz_url}"
         )
+        # a healthy run is never quiet for longer than its longest wait (a 60 s retry delay at speed 1):
+        # past that the demo stops and names the contacts it is still waiting for
+        stall_s = max(30.0, 200.0 / speed)
+        last_change = time.monotonic()
+        receiver = Receiver(client)
         with Live(_render(progress, tasks, state), console=console, refresh_per_second=4, transient=False) as live:
-            messages = aiter(client.messages)
-            while True:
-                try:  # not wait_for: in Python 3.11 it drops a Ctrl-C that lands as a message arrives
-                    async with asyncio.timeout(0.25):
-                        message = await anext(messages)
-                except TimeoutError:
-                    message = None
-                if message is not None and str(message.topic).startswith("telgate/v1/evt/contact/"):
-                    with contextlib.suppress(TypeError, ValueError):
-                        state.add(json.loads(message.payload))
-                live.update(_render(progress, tasks, state))
-                if state.done(VOICE) + state.done(WHATSAPP) >= 2 * n and webhooks_quiet():
-                    # every contact settled and Meta (the stand-in) has nothing more to say: one last look
-                    settle_until = settle_until or time.monotonic() + 0.5
-                    if time.monotonic() >= settle_until:
-                        break
-                else:
-                    settle_until = None
+            try:
+                while True:
+                    message = await receiver.get(0.25)
+                    if message is not None and str(message.topic).startswith("telgate/v1/evt/contact/"):
+                        with contextlib.suppress(TypeError, ValueError, KeyError):
+                            if state.add(json.loads(message.payload)):
+                                last_change = time.monotonic()
+                    live.update(_render(progress, tasks, state))
+                    if state.done(VOICE) + state.done(WHATSAPP) >= 2 * n and webhooks_quiet():
+                        # every contact settled and Meta (the stand-in) has nothing more to say: one last look
+                        settle_until = settle_until or time.monotonic() + 0.5
+                        if time.monotonic() >= settle_until:
+                            break
+                    else:
+                        settle_until = None
+                        if time.monotonic() - last_change > stall_s:
+                            summary.stalled = state.unsettled({VOICE: n, WHATSAPP: n}) or [
+                                "the Cloud API stand-in: status webhooks still to send"
+                            ]
+                            break
+            finally:
+                receiver.close()
     summary.counts = {
         campaign: dict(sorted(by_status.items())) for (campaign, _), by_status in sorted(state.tally.counts().items())
     }
@@ -530,6 +557,8 @@ def print_summary(summary: Summary, console: Console) -> None:
     console.print(f"voice: {calls.attempts} call attempts, {calls.answered} answered — ASR {calls.asr:.0%}")
     console.print(f"whatsapp: {wa.sent} sent — delivery rate {wa.delivery_rate:.0%}, read rate {wa.read_rate:.0%}")
     console.print(ledger_line(summary.wire), markup=False, highlight=False)
+    if summary.stalled:
+        console.print(stalled_line(summary), markup=False, highlight=False)
     sent = summary.commands
     console.print(
         f"submitted as a backend does (gateway/submit.py): {sent.get('campaign', 0)} campaign commands, "
@@ -555,9 +584,18 @@ def main(contacts: int, speed: float, as_json: bool, broker: str = "auto") -> in
     if as_json:
         console.print()
         console.print(ledger_line(summary.wire), markup=False, highlight=False)  # stderr, beside the live view
+        if summary.stalled:
+            console.print(stalled_line(summary), markup=False, highlight=False)
         print(json.dumps(summary.as_dict()))
     else:
         print_summary(summary, console)
     # the demo shows SPEC §9's guarantee: if what the simulators received disagrees with the events, the
-    # run has failed, whatever the counts look like
-    return 0 if summary.wire.get("ok", False) else 1
+    # run has failed, whatever the counts look like; so has a run that went quiet before it settled
+    return 0 if summary.wire.get("ok", False) and not summary.stalled else 1
+
+
+def stalled_line(summary: Summary) -> str:
+    shown = "; ".join(summary.stalled[:10]) + (
+        f"; … {len(summary.stalled) - 10} more" if len(summary.stalled) > 10 else ""
+    )
+    return f"STALLED: nothing changed for too long, {len(summary.stalled)} still waited for: {shown}"

@@ -278,3 +278,36 @@ def lighten_message_info() -> bool:
     MQTTMessageInfo._set_as_published = _set_as_published  # type: ignore[method-assign]
     MQTTMessageInfo._telgate_light = True  # type: ignore[attr-defined]
     return True
+
+
+# -- reading with a timeout ---------------------------------------------------------------------------
+class Receiver:
+    """`client.messages` read with a timeout that loses nothing.
+
+    aiomqtt's `__anext__` takes each message off its queue in a task of its own and, when it is
+    cancelled, cancels that task; if the task has already taken the message, the cancel does nothing and
+    the message is dropped. So a timeout around `anext(client.messages)` that expires in the loop turn a
+    message arrives loses that message (one `telgate demo` run in six waited for an event it had lost).
+    Here the wait for the next message outlives a timeout: `get` waits on it without cancelling it, and
+    the next `get` goes on waiting for the same message."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._messages = aiter(client.messages)
+        self._next: asyncio.Future[aiomqtt.Message] | None = None
+
+    async def get(self, within: float | None) -> aiomqtt.Message | None:
+        """The next message, or None when `within` seconds went by first; raises what the iterator
+        raises (aiomqtt.MqttError on a disconnect)."""
+        if self._next is None:
+            self._next = asyncio.ensure_future(anext(self._messages))
+        done, _ = await asyncio.wait((self._next,), timeout=within)
+        if not done:
+            return None
+        ready, self._next = self._next, None
+        return ready.result()
+
+    def close(self) -> None:
+        """Stop waiting (the connection is being closed: what is not read by now is not wanted)."""
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import defaultdict
@@ -13,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from .config import Settings
+from .mqtt_io import Receiver
 
 
 class Tally:
@@ -66,17 +66,19 @@ async def watch(settings: Settings, campaign: str | None, seconds: float | None)
         protocol=aiomqtt.ProtocolVersion.V5 if settings.bus.protocol == 5 else aiomqtt.ProtocolVersion.V311,
     ) as client:
         await client.subscribe(topic, qos=1)
-        with Live(tally.table(), refresh_per_second=4) as live:
-            while deadline is None or time.monotonic() < deadline:
-                try:
+        receiver = Receiver(client)  # a timeout around anext(client.messages) can drop a message
+        try:
+            with Live(tally.table(), refresh_per_second=4) as live:
+                while deadline is None or time.monotonic() < deadline:
                     remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
-                    async with asyncio.timeout(remaining):  # not wait_for: it can drop a Ctrl-C (Python 3.11)
-                        message = await anext(aiter(client.messages))
-                except TimeoutError:
-                    break
-                try:
-                    event = json.loads(message.payload)  # type: ignore[arg-type,unused-ignore]
-                except (TypeError, ValueError):
-                    continue
-                if isinstance(event, dict) and tally.add(event):
-                    live.update(tally.table())
+                    message = await receiver.get(remaining)
+                    if message is None:
+                        break
+                    try:
+                        event = json.loads(message.payload)  # type: ignore[arg-type,unused-ignore]
+                    except (TypeError, ValueError):
+                        continue
+                    if isinstance(event, dict) and tally.add(event):
+                        live.update(tally.table())
+        finally:
+            receiver.close()

@@ -43,7 +43,7 @@ def test_demo_runs_both_campaigns_to_the_end(broker: str) -> None:
     assert sum(counts["demo-calls"].values()) == 12 and sum(counts["demo-notices"].values()) == 12
     assert set(counts["demo-calls"]) <= VOICE_FINAL, counts
     assert set(counts["demo-notices"]) <= WHATSAPP_SETTLED, counts
-    assert summary["settled"] == summary["contacts"] == 24
+    assert summary["settled"] == summary["contacts"] == 24 and summary["stalled"] == []
     assert summary["final"] == 24 - counts["demo-notices"].get("delivered", 0)
     assert summary["call_attempts"] >= 12 and 0 < summary["answered"] <= summary["call_attempts"]
     assert 0 <= summary["asr"] <= 1 and summary["whatsapp_sent"] >= 1
