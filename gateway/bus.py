@@ -314,7 +314,9 @@ class Bus:
             keepalive=self.cfg.keepalive_s,
             **session,
             tls_context=tls_context,
-            max_inflight_messages=WINDOW,
+            # the outbox keeps its own window of WINDOW rows awaiting their PUBACK (`_publisher`); a limit in
+            # paho as well made it walk every message it holds on each PUBACK, looking for a queued one
+            max_inflight_messages=0,
             will=None
             if self._orphan
             else aiomqtt.Will(self.topics.presence(self.gateway_id), self._presence_payload("offline"), 1, True),

@@ -151,9 +151,9 @@ def command_hint(cmd: Command) -> Hint:
     """What applying `cmd` reads first: its command id, and the contacts it names."""
     campaign_id, contact_id = getattr(cmd, "campaign_id", None), getattr(cmd, "contact_id", None)
     keys: tuple[tuple[str, str], ...] = ()
-    if isinstance(cmd, DialCommand | SendCommand):
-        keys = tuple((cmd.campaign_id, e.contact_id) for e in cmd.entries())
-    elif isinstance(campaign_id, str) and isinstance(contact_id, str):
+    if isinstance(cmd, DialCommand | SendCommand) and cmd.contacts is not None:
+        keys = tuple((cmd.campaign_id, e.contact_id) for e in cmd.contacts)
+    elif isinstance(campaign_id, str) and isinstance(contact_id, str):  # a single dial or send among them
         keys = ((campaign_id, contact_id),)
     return Hint(contacts=keys, commands=(cmd.command_id,))
 

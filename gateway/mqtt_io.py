@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import threading
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.client import MQTT_LOG_DEBUG
 
 READ_CHUNK = 256 * 1024
 
@@ -128,6 +130,7 @@ def install(client: aiomqtt.Client) -> None:
     lighten_properties()
     lighten_message_info()
     paho = client._client
+    quick_puback(paho)
     loop = client._loop
     loop_thread = threading.get_ident()  # called on the event loop's thread
     aiomqtt_open = paho.on_socket_open
@@ -277,6 +280,46 @@ def lighten_message_info() -> bool:
     MQTTMessageInfo._condition = property(condition, slot.__set__)  # type: ignore[assignment, misc]
     MQTTMessageInfo._set_as_published = _set_as_published  # type: ignore[method-assign]
     MQTTMessageInfo._telgate_light = True  # type: ignore[attr-defined]
+    return True
+
+
+# -- PUBACKs of success without decoding them ---------------------------------------------------------
+def quick_puback(paho: Any) -> bool:
+    """Every event the gateway publishes comes back as a PUBACK, and paho decodes each into a new
+    `ReasonCode` (which copies its table of 50 names and looks the name up by a walk of it) and a new
+    `Properties`: a tenth of the event loop thread with single commands (py-spy `--gil`). A PUBACK of two
+    bytes is, by MQTT 5 §3.4.2.1 (and always in 3.1.1), the packet id alone: reason Success, no
+    properties. Those are handed to paho's own `_do_on_publish` with one shared Success reason code and
+    one empty `Properties`, which nobody changes; every other PUBACK (a refusal, properties, a PUBCOMP)
+    goes through paho's own handler. False (and left alone) on a paho without the attributes used."""
+    from paho.mqtt.enums import MQTTErrorCode
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    needed = ("_in_packet", "_out_messages", "_out_message_mutex", "_do_on_publish", "_handle_pubackcomp")
+    if not all(hasattr(paho, name) for name in needed):
+        return False
+    stock = paho._handle_pubackcomp
+    success = ReasonCode(PacketTypes.PUBACK)
+    empty = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+    ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+    debug = logging.DEBUG
+
+    def handle(cmd: str) -> Any:
+        packet = paho._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return stock(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        logger = paho._logger
+        if paho.on_log is not None or (logger is not None and logger.isEnabledFor(debug)):
+            paho._easy_log(MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
+        with paho._out_message_mutex:
+            if mid in paho._out_messages:
+                return paho._do_on_publish(mid, success, empty)
+        return ok
+
+    paho._handle_pubackcomp = handle
     return True
 
 

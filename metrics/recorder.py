@@ -11,6 +11,7 @@ from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
@@ -22,6 +23,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 PDD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 STATUS_TIME_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
+M = TypeVar("M", Counter, Gauge)
 OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
 WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3}
 WA_FAILED = ("delivery_failed", "sending_failed", "error")
@@ -139,6 +141,8 @@ class Recorder:
         self.contacts = Gauge(
             "telgate_contacts", "Contacts by current status", ["channel", "status", "campaign"], registry=r
         )
+        self._transition_children: dict[tuple[str, str, str], Counter] = {}
+        self._contact_children: dict[tuple[str, str, str], Gauge] = {}
         self.commands = Counter("telgate_commands", "Commands by kind and result", ["kind", "result"], registry=r)
         self.events_published = Counter(
             "telgate_events_published", "Bus messages acknowledged by the broker", registry=r
@@ -244,14 +248,24 @@ class Recorder:
 
     def transition(self, channel: str, status: str, previous: str | None, campaign: str) -> None:
         c = self._campaign(campaign)
-        self.transitions.labels(channel, status, c).inc()
-        self.contacts.labels(channel, status, c).inc()
+        key = (channel, status, c)
+        self._child(self._transition_children, self.transitions, key).inc()
+        self._child(self._contact_children, self.contacts, key).inc()
         self.counts[(campaign, channel, status)] += 1
         if previous is not None:
-            self.contacts.labels(channel, previous, c).dec()
+            self._child(self._contact_children, self.contacts, (channel, previous, c)).dec()
             self.counts[(campaign, channel, previous)] -= 1
         if channel == "whatsapp":
             self.whatsapp.setdefault(campaign, WhatsAppKpi()).transition(status, previous)
+
+    @staticmethod
+    def _child(children: dict[tuple[str, str, str], M], metric: M, key: tuple[str, str, str]) -> M:
+        """`metric.labels(*key)`, kept: every status change moves two or three series, and `labels` builds
+        and checks its key under a lock each time (the children are never removed)."""
+        child = children.get(key)
+        if child is None:
+            child = children[key] = metric.labels(*key)
+        return child
 
     def campaign_auto_paused(self, reason: str) -> None:
         cause = reason.split(":", 1)[0].strip()

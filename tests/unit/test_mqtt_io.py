@@ -127,3 +127,34 @@ def test_message_info_without_a_condition_until_somebody_waits() -> None:
     for th in threads:
         th.join(6)
     assert not any(th.is_alive() for th in threads) and all(i.is_published() for i in infos)
+
+
+def _pubacked(quick: bool, packet: bytes) -> list[tuple[int, int, bool]]:
+    """(mid, reason value, properties empty) as paho's on_publish saw a PUBACK of `packet`."""
+    import paho.mqtt.client as mqtt
+
+    from gateway.mqtt_io import quick_puback
+
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if quick:
+        assert quick_puback(paho)
+    seen: list[tuple[int, int, bool]] = []
+    paho.on_publish = lambda c, u, mid, reason, props: seen.append((mid, reason.value, props.isEmpty()))
+    info = paho.publish("t", b"x", qos=1)  # not connected: kept in paho's out messages all the same
+    assert info.mid in paho._out_messages
+    paho._in_packet = {"command": 0x40, "packet": info.mid.to_bytes(2, "big") + packet}
+    paho._packet_handle()
+    assert info.mid not in paho._out_messages, "the message is released as paho releases it"
+    assert [s[0] for s in seen] == [info.mid]
+    return seen
+
+
+def test_quick_puback_hands_paho_what_paho_decodes() -> None:
+    # two bytes: Success, no properties; a refusal (0x87 not authorised) and one with a reason string take
+    # paho's own decoding
+    refusal = b"\x87"
+    with_reason = b"\x87" + bytes([7, 0x1F, 0, 4]) + b"deny"
+    for tail in (b"", refusal, with_reason):
+        assert _pubacked(True, tail) == _pubacked(False, tail), tail
+    assert _pubacked(True, b"")[0][1:] == (0, True)
+    assert _pubacked(True, refusal)[0][1] == 0x87
