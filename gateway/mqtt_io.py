@@ -289,9 +289,11 @@ def quick_puback(paho: Any) -> bool:
     `ReasonCode` (which copies its table of 50 names and looks the name up by a walk of it) and a new
     `Properties`: a tenth of the event loop thread with single commands (py-spy `--gil`). A PUBACK of two
     bytes is, by MQTT 5 §3.4.2.1 (and always in 3.1.1), the packet id alone: reason Success, no
-    properties. Those are handed to paho's own `_do_on_publish` with one shared Success reason code and
-    one empty `Properties`, which nobody changes; every other PUBACK (a refusal, properties, a PUBCOMP)
-    goes through paho's own handler. False (and left alone) on a paho without the attributes used."""
+    properties; one of three bytes adds a reason code and no properties, and Mosquitto sends 0x10 (No
+    matching subscribers) so for every event nobody subscribed to. Those of a success code (below 0x80)
+    are handed to paho's own `_do_on_publish` with one shared `ReasonCode` per code and one empty
+    `Properties`, which nobody changes; every other PUBACK (a refusal, properties, a PUBCOMP) goes
+    through paho's own handler. False (and left alone) on a paho without the attributes used."""
     from paho.mqtt.enums import MQTTErrorCode
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -301,22 +303,30 @@ def quick_puback(paho: Any) -> bool:
     if not all(hasattr(paho, name) for name in needed):
         return False
     stock = paho._handle_pubackcomp
-    success = ReasonCode(PacketTypes.PUBACK)
+    codes: dict[int, ReasonCode] = {}
     empty = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
     ok = MQTTErrorCode.MQTT_ERR_SUCCESS
     debug = logging.DEBUG
 
     def handle(cmd: str) -> Any:
         packet = paho._in_packet["packet"]
-        if cmd != "PUBACK" or len(packet) != 2:
+        size = len(packet)
+        code = 0 if size == 2 else packet[2] if size == 3 else 0x80
+        if cmd != "PUBACK" or code >= 0x80:
             return stock(cmd)
+        reason = codes.get(code)
+        if reason is None:
+            try:
+                reason = codes[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+            except (KeyError, ValueError):  # not a PUBACK reason code: paho's handler says so
+                return stock(cmd)
         mid = (packet[0] << 8) | packet[1]
         logger = paho._logger
         if paho.on_log is not None or (logger is not None and logger.isEnabledFor(debug)):
             paho._easy_log(MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
         with paho._out_message_mutex:
             if mid in paho._out_messages:
-                return paho._do_on_publish(mid, success, empty)
+                return paho._do_on_publish(mid, reason, empty)
         return ok
 
     paho._handle_pubackcomp = handle

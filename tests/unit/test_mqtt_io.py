@@ -154,7 +154,9 @@ def test_quick_puback_hands_paho_what_paho_decodes() -> None:
     # paho's own decoding
     refusal = b"\x87"
     with_reason = b"\x87" + bytes([7, 0x1F, 0, 4]) + b"deny"
-    for tail in (b"", refusal, with_reason):
+    nobody = b"\x10"  # No matching subscribers: what Mosquitto answers for an event nobody subscribed to
+    for tail in (b"", nobody, b"\x00", refusal, with_reason, nobody + b"\x00"):
         assert _pubacked(True, tail) == _pubacked(False, tail), tail
     assert _pubacked(True, b"")[0][1:] == (0, True)
+    assert _pubacked(True, nobody)[0][1:] == (0x10, True)
     assert _pubacked(True, refusal)[0][1] == 0x87
