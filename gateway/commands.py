@@ -7,7 +7,7 @@ answered again with the stored result (flagged `duplicate`) and changes nothing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +109,11 @@ def execute(
     gateway_id: str,
     response_topic: str | None,
     correlation: bytes | None,
+    numbers: Mapping[str, str | None] | None = None,
 ) -> CommandResult:
-    """Apply one validated command; publish and store its result. Runs inside the transaction."""
+    """Apply one validated command; publish and store its result. Runs inside the transaction.
+    `numbers`: the E.164 form (or None) of each phone the command gives, when normalised beforehand
+    (`phones.normalise_all`); a phone missing from it is normalised here."""
     stored = unit.read.get_command(cmd.command_id)
     if stored is not None:
         result = CommandResult.model_validate_json(stored).model_copy(
@@ -122,7 +125,7 @@ def execute(
     error: CommandError | None = None
     intake: Intake | None = None
     try:
-        intake = _apply(unit, cmd, ctx)
+        intake = _apply(unit, cmd, ctx, numbers)
     except _No as no:
         error = no.error
     counts: dict[str, Any] = {}
@@ -176,10 +179,12 @@ def _refused(code: str | None, what: str) -> None:
         )
 
 
-def _apply(unit: Unit, cmd: Command, ctx: CommandContext) -> Intake | None:
+def _apply(
+    unit: Unit, cmd: Command, ctx: CommandContext, numbers: Mapping[str, str | None] | None = None
+) -> Intake | None:
     match cmd:
         case DialCommand() | SendCommand():
-            return _create(unit, cmd, ctx)
+            return _create(unit, cmd, ctx, numbers)
         case CancelCommand(campaign_id=campaign_id, contact_id=contact_id):
             if contact_id is not None:
                 d = unit.apply((campaign_id, contact_id), Signal(Kind.CANCEL, {"source": "admin", "kind": "cancel"}))
@@ -221,7 +226,9 @@ class Intake:
     refused: list[RefusedContact] = field(default_factory=list)
 
 
-def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> Intake:
+def _create(
+    unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext, numbers: Mapping[str, str | None] | None = None
+) -> Intake:
     """Create the command's contacts in this transaction; what is wrong with one contact refuses that one."""
     channel = Channel.VOICE if isinstance(cmd, DialCommand) else Channel.WHATSAPP
     if channel not in ctx.enabled:
@@ -243,7 +250,7 @@ def _create(unit: Unit, cmd: DialCommand | SendCommand, ctx: CommandContext) -> 
     for index, entry in enumerate(entries):
         where = f"contacts[{index}]." if bulk else ""
         try:
-            invalid = _create_one(unit, cmd, entry, shared, ctx, where)
+            invalid = _create_one(unit, cmd, entry, shared, ctx, where, numbers)
         except _No as no:
             if not bulk:
                 raise
@@ -265,6 +272,7 @@ def _create_one(
     shared: dict[str, Any],
     ctx: CommandContext,
     where: str,
+    numbers: Mapping[str, str | None] | None = None,
 ) -> bool:
     """One contact: `initial` (or `invalid_record` for a bad number); True when its number is invalid."""
     fields = dict(shared)
@@ -284,7 +292,11 @@ def _create_one(
             "caller": None if caller.empty else caller,
         }
     key = (cmd.campaign_id, entry.contact_id)
-    phone = normalise(entry.phone, ctx.default_region)
+    phone = (
+        numbers[entry.phone]
+        if numbers is not None and entry.phone in numbers
+        else normalise(entry.phone, ctx.default_region)
+    )
     meta = entry.meta if entry.meta is not None else cmd.meta
     state = ContactState(campaign_id=key[0], contact_id=key[1], phone_raw=entry.phone, meta=meta, **fields)
     d = unit.apply(key, Signal(Kind.CREATE, phone=phone), create=state)
