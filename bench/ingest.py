@@ -8,7 +8,7 @@ intake is measured, not the dialling); Mosquitto runs with the shipped limits (d
 Then the memory of the queue: the gateway's RSS with 10,000 and with `--queued` contacts waiting (the
 queue lives in the store, so RSS must stay flat).
 
-    python -m bench.ingest [--contacts 20000] [--rounds 3] [--queued 1000000]
+    python -m bench.ingest [--contacts 20000] [--rounds 3] [--queued 1000000] [--only single|bulk]
 
 Rates and CPU are medians over the rounds (a fresh gateway each); the limit is the median of the bare
 runs, one before the first round and one after each.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import statistics
@@ -108,7 +109,11 @@ async def forget_session(port: int, client_id: str) -> None:
         pass
 
 
-async def run_rates(port: int, contacts: int, workdir: Path, name: str = "gw-ingest") -> dict[str, float]:
+async def run_rates(
+    port: int, contacts: int, workdir: Path, name: str = "gw-ingest", only: str | None = None
+) -> dict[str, float]:
+    """One round on a fresh gateway: single commands, then bulk (`only`: one of them, for an A/B of a
+    change that concerns one)."""
     proc = start_gateway(config(workdir, port, name), workdir / f"{name}.log")
     try:
         async with client(port, "bench-ingest") as c:
@@ -119,9 +124,12 @@ async def run_rates(port: int, contacts: int, workdir: Path, name: str = "gw-ing
                 await create_draft(c, campaign)
             await upload(c, "warm", single_commands("warm", 0, 2000), 2000)
             cpu0 = cpu_s(proc.pid)
-            single = await upload(c, "single", single_commands("single", 0, contacts), contacts)
+            single = bulk = float("nan")
+            if only != "bulk":
+                single = await upload(c, "single", single_commands("single", 0, contacts), contacts)
             cpu1 = cpu_s(proc.pid)
-            bulk = await upload(c, "bulk", bulk_commands("bulk", 0, contacts), contacts)
+            if only != "single":
+                bulk = await upload(c, "bulk", bulk_commands("bulk", 0, contacts), contacts)
             cpu2 = cpu_s(proc.pid)
             per_1000 = 1000 / contacts
             return {
@@ -168,6 +176,7 @@ async def main() -> None:
     parser.add_argument("--contacts", type=int, default=20_000)
     parser.add_argument("--queued", type=int, default=1_000_000, help="0 to skip the memory phase")
     parser.add_argument("--rounds", type=int, default=3, help="rate rounds, each between two bare runs")
+    parser.add_argument("--only", choices=("single", "bulk"), help="measure one of the two uploads")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -179,7 +188,7 @@ async def main() -> None:
             bares = [await bare_baseline(broker.port, args.contacts)]
             rounds: list[dict[str, float]] = []
             for r in range(args.rounds):
-                rounds.append(await run_rates(broker.port, args.contacts, work, name=f"gw-ingest{r}"))
+                rounds.append(await run_rates(broker.port, args.contacts, work, name=f"gw-ingest{r}", only=args.only))
                 await forget_session(broker.port, f"telgate-gw-ingest{r}")
                 bares.append(await bare_baseline(broker.port, args.contacts))
             bare = statistics.median(bares)
@@ -192,16 +201,17 @@ async def main() -> None:
         "rounds": args.rounds,
         "bare_qos1_publishes_per_s": round(bare),
         "bare_each_run": [round(b) for b in bares],
-        "single_each_round": [round(rnd["single"]) for rnd in rounds],
-        "bulk_each_round": [round(rnd["bulk"]) for rnd in rounds],
-        "single_contacts_per_s": round(rates["single"]),
-        "single_ratio_to_bare": round(rates["single"] / bare, 3),
-        "bulk_contacts_per_s": round(rates["bulk"]),
-        "bulk_ratio_to_bare": round(rates["bulk"] / bare, 3),
-        "gateway_rss_kib_after": rates["rss_kib"],
-        **{k: round(v, 3) for k, v in rates.items() if k.endswith(("_cpu_s_per_1000", "_core_share"))},
-        **queued,
     }
+    for kind in ("single", "bulk"):
+        if math.isnan(rates[kind]):  # not measured (--only)
+            continue
+        report[f"{kind}_each_round"] = [round(rnd[kind]) for rnd in rounds]
+        report[f"{kind}_contacts_per_s"] = round(rates[kind])
+        report[f"{kind}_ratio_to_bare"] = round(rates[kind] / bare, 3)
+        report[f"{kind}_cpu_s_per_1000"] = round(rates[f"{kind}_cpu_s_per_1000"], 3)
+        report[f"{kind}_core_share"] = round(rates[f"{kind}_core_share"], 3)
+    report["gateway_rss_kib_after"] = rates["rss_kib"]
+    report.update(queued)
     small, large = queued.get("rss_kib_with_10000_queued"), queued.get(f"rss_kib_with_{args.queued}_queued")
     if small and large:  # (it was never printed: the report also holds the stop time)
         report["rss_growth_queued"] = round(large / small - 1, 3)
