@@ -34,7 +34,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .submit import BusTarget, CommandWindow, NoResult, encode
-from .wire import MAX_BULK_CONTACTS, MAX_BULK_PAYLOAD_BYTES, CommandResult, DialEntry, SendEntry, field_path
+from .wire import (
+    MAX_BULK_CONTACTS,
+    MAX_BULK_PAYLOAD_BYTES,
+    CommandResult,
+    DialEntry,
+    SendEntry,
+    field_path,
+    strict_json,
+)
 
 MAX_ASKS = 20  # a bulk refused as a whole in an earlier run is asked again under a new id, this many times
 
@@ -163,9 +171,11 @@ def _read_jsonl(path: Path, text: str) -> list[Row]:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            data = strict_json(line)
         except json.JSONDecodeError as exc:
             raise FileProblem(path, number, None, f"not JSON: {exc.msg} (column {exc.colno})") from exc
+        except ValueError as exc:  # NaN or Infinity: the gateway would refuse the whole bulk for it
+            raise FileProblem(path, number, None, f"not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise FileProblem(path, number, None, "a line must be one JSON object")
         entry: dict[str, Any] = {}

@@ -414,8 +414,8 @@ def parse_command(kind: str, payload: bytes) -> Command:
             _command_id_of(payload) if len(payload) <= 4 * MAX_BULK_PAYLOAD_BYTES else None,
         )
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = strict_json(payload)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError among them
         raise Rejection("invalid_json", None, f"payload is not UTF-8 JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise Rejection("invalid_json", None, "payload must be a JSON object")
@@ -447,11 +447,22 @@ def parse_command(kind: str, payload: bytes) -> Command:
     return cmd
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (RFC 8259)")
+
+
+def strict_json(data: bytes | str) -> Any:
+    """`json.loads` without the NaN, Infinity and -Infinity that Python's json reads and no JSON has: a NaN
+    in a contact's `meta` made every event of that contact unencodable, so its command failed on every
+    redelivery instead of being refused."""
+    return json.loads(data, parse_constant=_not_json)
+
+
 def _command_id_of(payload: bytes) -> str | None:
     """The command_id of a payload refused for its size, so the backend can tell which command it was."""
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        raw = strict_json(payload)
+    except ValueError:
         return None
     cid = raw.get("command_id") if isinstance(raw, dict) else None
     return cid if isinstance(cid, str) and len(cid) <= 128 else None

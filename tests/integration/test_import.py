@@ -139,6 +139,11 @@ async def test_a_malformed_file_is_refused_whole_with_its_line(broker: Mosquitto
     bad_id.write_text('{"contact_id": "c-1", "phone": "+420601000001"}\n\n{"contact_id": "c/2", "phone": "1"}\n')
     number_phone = tmp_path / "number.jsonl"
     number_phone.write_text('{"contact_id": "c-1", "phone": 420601000001}\n')
+    not_a_number = tmp_path / "nan.jsonl"  # Python's json reads NaN; the gateway refuses it (not JSON)
+    not_a_number.write_text(
+        '{"contact_id": "c-1", "phone": "+420601000001"}\n'
+        '{"contact_id": "c-2", "phone": "+420601000002", "score": NaN}\n'
+    )
     async with gateway(settings_for(broker.url, tmp_path)) as app:
         await draft(broker.url, "autumn")
         cases = [
@@ -146,6 +151,7 @@ async def test_a_malformed_file_is_refused_whole_with_its_line(broker: Mosquitto
             (short_line, "short.csv: line 902: 2 fields, the header has 3"),
             (bad_id, "bad_id.jsonl: line 3, field contact_id: String should match pattern"),
             (number_phone, "number.jsonl: line 1, field phone: must be a string"),
+            (not_a_number, "nan.jsonl: line 2: not JSON: NaN is not a JSON value"),
         ]
         for path, message in cases:
             code, out, err = await telgate("import", str(path), "--campaign", "autumn", "--broker", broker.url)
