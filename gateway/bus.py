@@ -323,7 +323,7 @@ class Bus:
             tls_context=tls_context,
             # the outbox keeps its own window of WINDOW rows awaiting their PUBACK (`_publisher`). paho's limit
             # makes it walk every message it holds on each PUBACK, but with no limit (0) the cluster tests
-            # failed in 3 of 4 runs beside another worker, against 0 of 4 with it (docs/decisions.md)
+            # failed in 3 of 4 runs beside another worker, against 0 of 5 with it (docs/decisions.md)
             max_inflight_messages=WINDOW,
             will=None
             if self._orphan
