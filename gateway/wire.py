@@ -455,7 +455,12 @@ def strict_json(data: bytes | str) -> Any:
     """`json.loads` without the NaN, Infinity and -Infinity that Python's json reads and no JSON has: a NaN
     in a contact's `meta` made every event of that contact unencodable, so its command failed on every
     redelivery instead of being refused."""
-    return json.loads(data, parse_constant=_not_json)
+    if isinstance(data, bytes | bytearray):  # as json.loads decodes bytes
+        data = bytes(data).decode(json.detect_encoding(data), "surrogatepass")
+    return _strict_decoder.decode(data)
+
+
+_strict_decoder = json.JSONDecoder(parse_constant=_not_json)  # one for every command, not one per call
 
 
 def _command_id_of(payload: bytes) -> str | None:
