@@ -60,6 +60,15 @@ class CommandContext:
     ambiguous_timeout_s: float = 600.0
     prompts_dir: Path | None = None
 
+    @functools.cached_property
+    def voice_policy(self) -> Policy:
+        """The policy of a dial that gives none: the default with the SIP ring timeout when it has none.
+        Made once (a frozen model, shared): a copy per single dial showed in the store thread's profile."""
+        policy = self.default_policy
+        if policy.ring_timeout_s is not None:
+            return policy
+        return policy.model_copy(update={"ring_timeout_s": self.ring_timeout_s})
+
 
 def prompt_path(prompts_dir: Path | None, name: str) -> Path | None:
     """The file a prompt name stands for: a plain file name inside `prompts_dir`, nothing else."""
@@ -236,9 +245,12 @@ def _create(
     camp = unit.campaign(cmd.campaign_id)
     if camp.status is CampaignStatus.FINISHED:
         raise _No("campaign_finished", "campaign_id", "the campaign is finished")
-    policy = merge_policy(ctx.default_policy, cmd.policy)
-    if policy.ring_timeout_s is None and channel is Channel.VOICE:
-        policy = policy.model_copy(update={"ring_timeout_s": ctx.ring_timeout_s})
+    if cmd.policy is None and channel is Channel.VOICE:
+        policy = ctx.voice_policy
+    else:
+        policy = merge_policy(ctx.default_policy, cmd.policy)
+        if policy.ring_timeout_s is None and channel is Channel.VOICE:
+            policy = policy.model_copy(update={"ring_timeout_s": ctx.ring_timeout_s})
     shared: dict[str, Any] = {"channel": channel, "policy": policy, "profile": cmd.profile}
     if isinstance(cmd, DialCommand):
         shared |= {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s}
@@ -265,6 +277,9 @@ def _create(
     return intake
 
 
+_NO_CALLER = (None, None, None)
+
+
 def _create_one(
     unit: Unit,
     cmd: DialCommand | SendCommand,
@@ -283,14 +298,15 @@ def _create_one(
             problem = prompt_problem(ctx.prompts_dir, prompt)
             if problem is not None:
                 raise _No("invalid_prompt", f"{where}prompt", problem)
-        caller = CallerId(number=entry.caller_id, name=entry.caller_name, withheld=entry.caller_id_withheld).over(
-            CallerId(number=cmd.caller_id, name=cmd.caller_name, withheld=cmd.caller_id_withheld)
-        )
-        fields |= {
-            "connect_to": entry.connect_to or cmd.connect_to,
-            "prompt": prompt,
-            "caller": None if caller.empty else caller,
-        }
+        given = (entry.caller_id, entry.caller_name, entry.caller_id_withheld)
+        base = (cmd.caller_id, cmd.caller_name, cmd.caller_id_withheld)
+        caller: CallerId | None = None
+        if given != _NO_CALLER or base != _NO_CALLER:  # most dials name none: no models built for it
+            merged = CallerId(number=given[0], name=given[1], withheld=given[2]).over(
+                CallerId(number=base[0], name=base[1], withheld=base[2])
+            )
+            caller = None if merged.empty else merged
+        fields |= {"connect_to": entry.connect_to or cmd.connect_to, "prompt": prompt, "caller": caller}
     key = (cmd.campaign_id, entry.contact_id)
     phone = (
         numbers[entry.phone]
