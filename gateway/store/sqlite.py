@@ -127,10 +127,6 @@ _INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,
 _INSERT_MESSAGES = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES " + ",".join(
     ["(?,?,?,?,?,?,?,?)"] * _ROWS_PER_INSERT
 )
-_PUT_COMMAND = "INSERT OR REPLACE INTO commands (command_id, result, created_at) VALUES (?,?,?)"
-_PUT_COMMANDS = "INSERT OR REPLACE INTO commands (command_id, result, created_at) VALUES " + ",".join(
-    ["(?,?,?)"] * _ROWS_PER_INSERT
-)
 
 
 def _insert(db: sqlite3.Connection, many: str, one: str, rows: list[tuple[object, ...]]) -> None:
@@ -161,8 +157,6 @@ class _SqliteTxn:
         self._commands: dict[str, bytes | None] = {}
         self._messages: list[tuple[object, ...]] = []  # queued rows of `messages`, in id order
         self._contact_rows: list[tuple[object, ...]] = []  # queued INSERTs of contacts known to be new
-        # queued results: every read of one asks `_commands` first, which holds them (`put_command`)
-        self._command_rows: list[tuple[object, ...]] = []
 
     def prefetch(
         self, contacts: Collection[Key] = (), commands: Collection[str] = (), phones: Collection[str] = ()
@@ -353,7 +347,6 @@ class _SqliteTxn:
         """Send every queued row (before COMMIT, and before a statement that reads what they change)."""
         self._flush_contacts()
         self._flush_messages()
-        self._flush_commands()
 
     def events(self, key: Key) -> list[bytes]:
         self.flush()
@@ -516,18 +509,11 @@ class _SqliteTxn:
         return result
 
     def put_command(self, command_id: str, result: bytes) -> None:
-        """Queued like the messages (a statement per single command was a twentieth of the store thread's
-        time, py-spy); `get_command` answers from `_commands`, so nothing reads the queue's rows before
-        `flush`. In order: a later result for the same id replaces an earlier one, as one at a time."""
-        self._command_rows.append((command_id, result, time.time()))
+        self.db.execute(
+            "INSERT OR REPLACE INTO commands (command_id, result, created_at) VALUES (?,?,?)",
+            (command_id, result, datetime.now(UTC).timestamp()),
+        )
         self._commands[command_id] = result
-        if len(self._command_rows) >= _MAX_QUEUED:
-            self._flush_commands()
-
-    def _flush_commands(self) -> None:
-        rows, self._command_rows = self._command_rows, []
-        if rows:
-            _insert(self.db, _PUT_COMMANDS, _PUT_COMMAND, rows)
 
     def map_wamid(self, wamid: str, key: Key) -> None:
         self.db.execute(
