@@ -196,3 +196,30 @@ def test_pbx_from_the_environment_as_a_string_or_a_json_list(monkeypatch: pytest
     assert [p.address for p in load_settings().sip.pbxs] == ["10.0.0.1:5060"]
     monkeypatch.setenv("TELGATE_SIP__PBX", '["10.0.0.1:5060", {"address": "10.0.0.2:5060", "priority": 1}]')
     assert [(p.address, p.priority) for p in load_settings().sip.pbxs] == [("10.0.0.1:5060", 1), ("10.0.0.2:5060", 1)]
+
+
+async def test_a_dial_that_names_no_caller_id_or_policy_gets_none_and_the_default_with_the_ring_timeout(
+    engine: Engine,
+) -> None:
+    """The paths that build no models (sixth session): no caller ID anywhere leaves the contact's own
+    caller None; a caller name alone still makes one; a dial without a policy gets the default with the
+    SIP ring timeout (made once per context), one with a policy gets its own with the ring timeout too."""
+    ctx = CommandContext("CZ", Policy(max_attempts=3), frozenset({Channel.VOICE}), ring_timeout_s=25)
+    base = {"campaign_id": "n", "phone": "+420601234561"}
+    dials: list[dict[str, Any]] = [
+        {"command_id": "a", "contact_id": "none", **base},
+        {"command_id": "b", "contact_id": "named", "caller_name": "Acme", **base},
+        {"command_id": "c", "contact_id": "own-policy", "policy": {"max_attempts": 1}, **base},
+    ]
+    for payload in dials:
+        cmd = parse("dial", payload)
+        result = await engine.execute(lambda unit, cmd=cmd: execute(unit, cmd, ctx, "gw", None, None))
+        assert result.accepted, result
+    found = await engine.store.run(lambda t: {k: t.get_contact(("n", k)) for k in ("none", "named", "own-policy")})
+    none, named, own = found["none"], found["named"], found["own-policy"]
+    assert none is not None and named is not None and own is not None
+    assert none.caller is None
+    assert named.caller == CallerId(name="Acme")
+    assert none.policy == Policy(max_attempts=3, ring_timeout_s=25) == ctx.voice_policy
+    assert ctx.voice_policy is ctx.voice_policy
+    assert own.policy == Policy(max_attempts=1, ring_timeout_s=25)
