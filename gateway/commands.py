@@ -62,8 +62,8 @@ class CommandContext:
 
     @functools.cached_property
     def voice_policy(self) -> Policy:
-        """The policy of a dial that gives none: the default with the SIP ring timeout when it has none.
-        Made once (a frozen model, shared): a copy per single dial showed in the store thread's profile."""
+        """The default policy of a dial: with the SIP ring timeout when it has none. Made once (a frozen
+        model, shared): a copy per single dial showed in the store thread's profile."""
         policy = self.default_policy
         if policy.ring_timeout_s is not None:
             return policy
@@ -245,12 +245,9 @@ def _create(
     camp = unit.campaign(cmd.campaign_id)
     if camp.status is CampaignStatus.FINISHED:
         raise _No("campaign_finished", "campaign_id", "the campaign is finished")
-    if cmd.policy is None and channel is Channel.VOICE:
-        policy = ctx.voice_policy
-    else:
-        policy = merge_policy(ctx.default_policy, cmd.policy)
-        if policy.ring_timeout_s is None and channel is Channel.VOICE:
-            policy = policy.model_copy(update={"ring_timeout_s": ctx.ring_timeout_s})
+    # a dial's own policy over the voice default, which already has the ring timeout (a dial that gives
+    # none shares that one model)
+    policy = merge_policy(ctx.voice_policy if channel is Channel.VOICE else ctx.default_policy, cmd.policy)
     shared: dict[str, Any] = {"channel": channel, "policy": policy, "profile": cmd.profile}
     if isinstance(cmd, DialCommand):
         shared |= {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s}
