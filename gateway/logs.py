@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STD and not key.startswith("_"):
                 out[key] = mask(value) if key == "phone" and isinstance(value, str) else value
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = _PHONE.sub(lambda m: mask(m.group(0)), self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
