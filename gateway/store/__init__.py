@@ -85,6 +85,22 @@ class OutboxRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An outbox row that can never be published (the client refused it, or the broker answered its
+    PUBACK with a failure reason), moved aside with why (`Txn.outbox_dead_letter`)."""
+
+    id: int  # the outbox row's id
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation: bytes | None
+    part: int
+    reason: str
+    created_at: float  # when the row was written (epoch seconds)
+    dead_at: float  # when it was moved
+
+
+@dataclass(frozen=True, slots=True)
 class Timer:
     id: int
     kind: TimerKind
@@ -120,6 +136,10 @@ class Reads(Protocol):
     ) -> list[OutboxRow]:
         """Up to `limit` pending rows after `after_id` in id order, of `parts` only when given, none of
         `skip` (rows the publisher has on the wire already)."""
+        ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest `limit` dead letters, newest first (moved last, then highest id)."""
         ...
 
     def in_flight_counts(self, channel: Channel) -> dict[str, int]:
@@ -178,6 +198,13 @@ class Txn(Reads, Protocol):
         ...
 
     def outbox_delete(self, ids: list[int]) -> None: ...
+
+    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> int:
+        """Move pending outbox rows (id, reason) to the dead letters, in this transaction: out of the
+        outbox (a contact's event stays in its history, like a published one) and into `dead_letters`
+        with the reason and the time. A row no longer pending (published, or moved already) is left as
+        it is. The number of rows moved."""
+        ...
 
     def add_timer(self, kind: TimerKind, campaign_id: str, contact_id: str | None, due_at: datetime) -> None: ...
 
@@ -244,7 +271,8 @@ class Txn(Reads, Protocol):
 
     def prune(self, older_than: datetime) -> dict[str, int]:
         """Delete event history (messages no longer pending), command ids and wamids written before
-        `older_than` (SPEC §11: `store.retention_days`); the rows deleted per table."""
+        `older_than`, and dead letters moved before it (SPEC §11: `store.retention_days`); the rows
+        deleted per table."""
         ...
 
 

@@ -54,6 +54,7 @@ from . import (
     FINAL_STATUSES,
     PARTS,
     Conflict,
+    DeadLetter,
     Key,
     Lease,
     OutboxRow,
@@ -168,6 +169,35 @@ MIGRATIONS = (
             "ALTER TABLE messages ALTER COLUMN id SET CACHE 1",
         ),
     ),
+    Migration(
+        5,
+        "dead letters: outbox rows that can never be published, moved aside with the reason",
+        (
+            # `id` is the outbox row's (an identity: never handed out twice)
+            """CREATE TABLE dead_letters (
+                id bigint PRIMARY KEY,
+                topic text NOT NULL,
+                payload bytea NOT NULL,
+                retain boolean NOT NULL DEFAULT false,
+                correlation bytea,
+                part smallint NOT NULL DEFAULT 0,
+                reason text NOT NULL,
+                created_at timestamptz NOT NULL,
+                dead_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX dead_letters_at ON dead_letters (dead_at)",
+        ),
+    ),
+)
+# out of the outbox and into the dead letters in one statement: a row no longer pending (published, or
+# moved by a statement that committed first) is neither moved nor counted
+DEAD_LETTER = (
+    "WITH moving AS (SELECT * FROM unnest(%s::bigint[], %s::text[]) AS m (id, reason)),"
+    " moved AS (UPDATE messages SET pending = false FROM moving WHERE messages.id = moving.id AND messages.pending"
+    " RETURNING messages.id, topic, payload, retain, correlation, part, created_at, moving.reason)"
+    " INSERT INTO dead_letters (id, topic, payload, retain, correlation, part, reason, created_at)"
+    " SELECT id, topic, payload, retain, correlation, part, reason, created_at FROM moved"
+    " ON CONFLICT (id) DO NOTHING"
 )
 
 INSERT_CONTACT = (
@@ -586,6 +616,24 @@ class _PgTxn:
         self._flush("messages")
         self.cur.execute("UPDATE messages SET pending = false WHERE id = ANY(%s) AND pending", (ids,))
 
+    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> int:
+        self._flush("messages")
+        by_id = dict(moves)
+        if not by_id:
+            return 0
+        return self.cur.execute(DEAD_LETTER, (list(by_id), list(by_id.values()))).rowcount
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = self._all(
+            "SELECT id, topic, payload, retain, correlation, part, reason, extract(epoch FROM created_at)::float8,"
+            " extract(epoch FROM dead_at)::float8 FROM dead_letters ORDER BY dead_at DESC, id DESC LIMIT %s",
+            (limit,),
+        )
+        return [
+            DeadLetter(r[0], r[1], bytes(r[2]), r[3], None if r[4] is None else bytes(r[4]), r[5], r[6], r[7], r[8])
+            for r in rows
+        ]
+
     def outbox_stats(self) -> tuple[int, float | None]:
         self._flush("messages")
         row = self._one("SELECT COUNT(*), extract(epoch FROM MIN(created_at))::float8 FROM messages WHERE pending")
@@ -838,10 +886,13 @@ class _PgTxn:
     def prune(self, older_than: datetime) -> dict[str, int]:
         self._flush()
         counts = {}
-        for table, where in (("messages", "NOT pending AND "), ("commands", ""), ("wamids", "")):
-            counts[table] = self.cur.execute(
-                f"DELETE FROM {table} WHERE {where}created_at < %s", (older_than,)
-            ).rowcount
+        for table, where in (
+            ("messages", "NOT pending AND created_at"),
+            ("commands", "created_at"),
+            ("wamids", "created_at"),
+            ("dead_letters", "dead_at"),
+        ):
+            counts[table] = self.cur.execute(f"DELETE FROM {table} WHERE {where} < %s", (older_than,)).rowcount
         # the marks of store connections long gone (each process start is a new owner); not a count of
         # the contract: SQLite has none
         self.cur.execute("DELETE FROM commit_marks WHERE at < %s", (older_than,))

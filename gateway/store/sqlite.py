@@ -18,7 +18,7 @@ from typing import TypeVar
 from ..domain.effects import TimerKind
 from ..domain.state import CampaignState, ContactState
 from ..domain.statuses import Channel
-from . import FINAL_STATUSES, PARTS, Key, Lease, OutboxRow, StoreError, Timer, Txn, count_in_cache
+from . import FINAL_STATUSES, PARTS, DeadLetter, Key, Lease, OutboxRow, StoreError, Timer, Txn, count_in_cache
 from .migrate import Migration, pending
 
 R = TypeVar("R")
@@ -98,6 +98,25 @@ MIGRATIONS = (
     # the same version in both stores: a COMMIT on a local file has no answer to lose, so nothing here
     Migration(3, "commit marks (PostgreSQL only: the outcome of a COMMIT whose answer was lost)", ()),
     Migration(4, "members, partitions and leases (PostgreSQL only: one instance has a SQLite file to itself)", ()),
+    Migration(
+        5,
+        "dead letters: outbox rows that can never be published, moved aside with the reason",
+        (
+            # `id` is the outbox row's (AUTOINCREMENT: never handed out twice); `part` is always 0 here
+            """CREATE TABLE dead_letters (
+                id INTEGER PRIMARY KEY,
+                topic TEXT NOT NULL,
+                payload BLOB NOT NULL,
+                retain INTEGER NOT NULL DEFAULT 0,
+                correlation BLOB,
+                part INTEGER NOT NULL DEFAULT 0,
+                reason TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                dead_at REAL NOT NULL
+            )""",
+            "CREATE INDEX dead_letters_at ON dead_letters (dead_at)",
+        ),
+    ),
 )
 
 
@@ -107,6 +126,11 @@ def _ts(dt: datetime) -> float:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def _text(raw: bytes | str) -> str:
+    """A TEXT column read as its bytes: invalid UTF-8 kept as lone surrogates, which no topic may hold."""
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
 
 
 _CONTACT_COLUMNS = "campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at, priority"
@@ -371,17 +395,42 @@ class _SqliteTxn:
         self.flush()
         # one instance holds every partition (SqliteStore.shared is False): `parts` is all of them; its
         # publisher follows a cursor, so `skip` is rarely more than a few rows, left out here
+        # the topic as its bytes: a row whose topic is not UTF-8 (a bug, a raw INSERT) must reach the
+        # publisher, which moves it to the dead letters, instead of failing every fetch in sqlite3's decode
         rows = self.db.execute(
-            "SELECT id, topic, payload, retain, correlation, created_at FROM messages"
+            "SELECT id, CAST(topic AS BLOB), payload, retain, correlation, created_at FROM messages"
             " WHERE pending = 1 AND id > ? ORDER BY id LIMIT ?",
             (after_id, limit + len(skip)),
         ).fetchall()
-        out = [OutboxRow(r[0], r[1], bytes(r[2]), bool(r[3]), r[4], r[5]) for r in rows if r[0] not in skip]
+        out = [OutboxRow(r[0], _text(r[1]), bytes(r[2]), bool(r[3]), r[4], r[5]) for r in rows if r[0] not in skip]
         return out[:limit]
 
     def outbox_delete(self, ids: list[int]) -> None:
         self.flush()
         self.db.executemany("UPDATE messages SET pending = 0 WHERE id=?", [(i,) for i in ids])
+
+    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> int:
+        self.flush()
+        now = time.time()
+        moved = 0
+        for row_id, reason in dict(moves).items():
+            moved += self.db.execute(
+                "INSERT OR IGNORE INTO dead_letters"
+                " (id, topic, payload, retain, correlation, part, reason, created_at, dead_at)"
+                " SELECT id, topic, payload, retain, correlation, 0, ?, created_at, ? FROM messages"
+                " WHERE id = ? AND pending = 1",
+                (reason, now, row_id),
+            ).rowcount
+            self.db.execute("UPDATE messages SET pending = 0 WHERE id = ? AND pending = 1", (row_id,))
+        return moved
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = self.db.execute(
+            "SELECT id, CAST(topic AS BLOB), payload, retain, correlation, part, reason, created_at, dead_at"
+            " FROM dead_letters ORDER BY dead_at DESC, id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [DeadLetter(r[0], _text(r[1]), bytes(r[2]), bool(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
 
     def outbox_stats(self) -> tuple[int, float | None]:
         self.flush()
@@ -536,6 +585,7 @@ class _SqliteTxn:
             ).rowcount,
             "commands": self.db.execute("DELETE FROM commands WHERE created_at < ?", (cutoff,)).rowcount,
             "wamids": self.db.execute("DELETE FROM wamids WHERE created_at < ?", (cutoff,)).rowcount,
+            "dead_letters": self.db.execute("DELETE FROM dead_letters WHERE dead_at < ?", (cutoff,)).rowcount,
         }
 
 

@@ -40,6 +40,7 @@ from tests.support.postgres import Postgres, postgres_own_server, postgres_serve
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+VERSIONS = list(range(1, len(SQLITE_MIGRATIONS) + 1))  # every migration, the same numbers in both stores
 _names = itertools.count()
 
 
@@ -467,6 +468,89 @@ async def test_outbox_in_id_order_and_delete(store: Store) -> None:
     assert await store.run(lambda t: t.events(("c", "k2"))) == [b"e2", b"e5", b"e8"]
 
 
+async def test_dead_letters_leave_the_outbox_in_one_transaction_and_list_newest_first(store: Store) -> None:
+    """`outbox_dead_letter` moves pending rows aside with their reason (every field kept), once: a row
+    published or moved already is left; the event stays in its contact's history; `dead_letters` lists
+    the newest first, up to `limit`; a failed transaction moves nothing."""
+
+    def write(t: Txn) -> None:
+        t.add_event(("c", "k"), "evt/contact/k", b"e0")
+        t.add_outbox("bad/#", b"r1", retain=True, correlation=b"corr", part_key="cmd-1")
+        t.add_event(("c", "k"), "evt/contact/k", b"e2")
+        t.add_outbox("crm/replies", b"r3")
+        t.add_event(("c", "k"), "evt/contact/k", b"e4")
+
+    await store.run(write)
+    rows = await store.read(lambda t: t.outbox_fetch(0, 100))
+    assert [r.payload for r in rows] == [b"e0", b"r1", b"e2", b"r3", b"e4"]
+    before = datetime.now(UTC).timestamp()
+
+    def fails(t: Txn) -> None:
+        t.outbox_dead_letter([(rows[1].id, "invalid_topic")])
+        raise Conflict("decide again")
+
+    with pytest.raises(Conflict):
+        await store.run(fails)
+    assert await store.read(lambda t: (t.dead_letters(), len(t.outbox_fetch(0, 100)))) == ([], 5)
+
+    await store.published([rows[0].id])
+    moved = await store.run(lambda t: t.outbox_dead_letter([(rows[1].id, "invalid_topic"), (rows[0].id, "late")]))
+    assert moved == 1, "a published row is not a dead letter"
+    assert await store.run(lambda t: t.outbox_dead_letter([(rows[1].id, "again")])) == 0, "moved once"
+    assert await store.run(lambda t: t.outbox_dead_letter([(rows[3].id, "broker_refused: 0x87")])) == 1
+    assert await store.run(lambda t: t.outbox_dead_letter([])) == 0
+    # out of the outbox, its gauges and the publisher's fetch; the contact's history keeps its events
+    assert [r.payload for r in await store.read(lambda t: t.outbox_fetch(0, 100))] == [b"e2", b"e4"]
+    assert (await store.read(lambda t: t.outbox_stats()))[0] == 2
+    assert await store.read(lambda t: t.events(("c", "k"))) == [b"e0", b"e2", b"e4"]
+
+    dead = await store.read(lambda t: t.dead_letters())
+    assert [(d.id, d.topic, d.payload, d.reason) for d in dead] == [
+        (rows[3].id, "crm/replies", b"r3", "broker_refused: 0x87"),
+        (rows[1].id, "bad/#", b"r1", "invalid_topic"),
+    ]
+    first = dead[1]
+    assert first.retain and first.correlation == b"corr" and first.part == rows[1].part
+    assert dead[0].correlation is None and not dead[0].retain
+    assert abs(first.created_at - rows[1].created_at) < 1
+    assert before - 1 <= first.dead_at <= dead[0].dead_at <= datetime.now(UTC).timestamp() + 1
+    assert await store.read(lambda t: t.dead_letters(limit=1)) == dead[:1]
+    with pytest.raises(StoreError):
+        await store.read(lambda t: t.outbox_dead_letter([(rows[2].id, "from a read")]))
+
+
+async def test_a_row_whose_topic_is_not_utf8_reaches_the_publisher_and_its_dead_letter(url: str) -> None:
+    """A raw row with bytes that are not UTF-8 in its topic (SQLite stores them; PostgreSQL refuses them at
+    the INSERT): the fetch hands it over with the bad bytes as lone surrogates, never failing on it, so the
+    publisher can move it; the dead letter lists the same way."""
+    if not url.startswith("sqlite"):  # no such row can exist: PostgreSQL's text refuses it at the INSERT
+        await migrate(url)
+        with psycopg.connect(url, autocommit=True) as db, pytest.raises(psycopg.errors.CharacterNotInRepertoire):
+            db.execute(
+                "INSERT INTO messages (topic, payload, pending)"
+                " VALUES (convert_from('\\x6576742fff', 'UTF8'), '', true)"
+            )
+        return
+    s = open_store(url)
+    await s.open()
+    try:
+        await s.run(lambda t: t.add_outbox("evt/ok", b"before"))
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute(
+                "INSERT INTO messages (topic, payload, retain, created_at, pending)"
+                " VALUES (CAST(x'6576742fff' AS TEXT), x'7b7d', 0, 0, 1)"
+            )
+        await s.run(lambda t: t.add_outbox("evt/ok", b"after"))
+        rows = await s.read(lambda t: t.outbox_fetch(0, 10))
+        assert [r.topic for r in rows] == ["evt/ok", "evt/\udcff", "evt/ok"]
+        assert await s.run(lambda t: t.outbox_dead_letter([(rows[1].id, "invalid_topic")])) == 1
+        assert [r.payload for r in await s.read(lambda t: t.outbox_fetch(0, 10))] == [b"before", b"after"]
+        (dead,) = await s.read(lambda t: t.dead_letters())
+        assert (dead.topic, dead.payload, dead.reason) == ("evt/\udcff", b"{}", "invalid_topic")
+    finally:
+        await s.close()
+
+
 async def test_a_big_batch_of_events_and_outbox_rows_keeps_every_field_and_its_order(store: Store) -> None:
     """Hundreds of rows in one transaction (PostgreSQL sends them as one COPY), recorded ones among them,
     read back in the middle of the transaction and after it."""
@@ -698,13 +782,24 @@ async def test_prune_deletes_history_commands_and_wamids_keeps_the_outbox(store:
     await store.run(write)
     rows = await store.run(lambda t: t.outbox_fetch(0, 10))
     await store.run(lambda t: t.outbox_delete([rows[0].id]))
+    pending = await store.run(lambda t: t.outbox_fetch(0, 10))
+    await store.run(lambda t: t.add_outbox("bad/#", b"dead"))
+    dead = [r for r in await store.run(lambda t: t.outbox_fetch(0, 10)) if r not in pending]
+    assert await store.run(lambda t: t.outbox_dead_letter([(dead[0].id, "invalid_topic")])) == 1
     now = datetime.now(UTC)
-    assert await store.run(lambda t: t.prune(now - timedelta(days=1))) == {"messages": 0, "commands": 0, "wamids": 0}
+    assert await store.run(lambda t: t.prune(now - timedelta(days=1))) == {
+        "messages": 0,
+        "commands": 0,
+        "wamids": 0,
+        "dead_letters": 0,
+    }
     assert await store.run(lambda t: t.prune(now + timedelta(seconds=5))) == {
-        "messages": 2,
+        "messages": 3,  # the dead letter's row left the outbox: it is history like a published one
         "commands": 1,
         "wamids": 1,
+        "dead_letters": 1,
     }
+    assert await store.run(lambda t: t.dead_letters()) == []
     assert await store.run(lambda t: t.events(("c", "k"))) == [b"pending"], "the outbox is never pruned"
     assert [r.payload for r in await store.run(lambda t: t.outbox_fetch(0, 10))] == [b"pending"]
     assert await store.run(lambda t: (t.get_command("cmd"), t.lookup_wamid("wamid.A"))) == (None, None)
@@ -723,7 +818,7 @@ def test_retention_days_is_validated(tmp_path: Path) -> None:
 async def test_migrations_apply_once(url: str) -> None:
     first = open_store(url)
     await first.open()
-    assert first.migrated == [1, 2, 3, 4]
+    assert first.migrated == VERSIONS
     await first.run(lambda t: t.put_contact(contact("k"), 0, None))
     await first.close()
     again = open_store(url)
@@ -735,7 +830,7 @@ async def test_migrations_apply_once(url: str) -> None:
 
 
 async def test_a_schema_newer_than_this_build_is_refused(url: str) -> None:
-    assert await migrate(url) == [1, 2, 3, 4]
+    assert await migrate(url) == VERSIONS
     if url.startswith("sqlite"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             db.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
@@ -760,7 +855,7 @@ async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Pat
         db.execute("INSERT INTO wamids VALUES ('wamid.old', 'c', 'k')")
         db.execute("INSERT INTO commands VALUES ('cmd', x'7b7d', 0)")
     url = f"sqlite:///{path}"
-    assert await migrate(url) == [1, 2, 3, 4]
+    assert await migrate(url) == VERSIONS
     assert await migrate(url) == []
     store = open_store(url)
     await store.open()
@@ -774,7 +869,7 @@ async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Pat
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3, 4]
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == VERSIONS
 
 
 # -- the engine on PostgreSQL, end to end ---------------------------------------------------------------------
@@ -803,7 +898,7 @@ async def test_engine_on_postgres_end_to_end(
     postgres_server: Postgres,  # noqa: F811
 ) -> None:
     pg_url = await asyncio.to_thread(postgres_server.create_database, "engine")
-    assert await migrate(pg_url) == [1, 2, 3, 4]
+    assert await migrate(pg_url) == VERSIONS
     with psycopg.connect(pg_url, autocommit=True) as db:  # a command id from before the retention window
         db.execute("INSERT INTO commands VALUES ('ancient', '{}', now() - interval '31 days')")
     n = 24
@@ -888,7 +983,7 @@ async def test_telgate_migrate_applies_once_from_the_command_line(url: str, tmp_
         for _ in range(2)
     ]
     assert [r.returncode for r in runs] == [0, 0], runs
-    assert "migrations applied" in runs[0].stdout and "[1, 2, 3, 4]" in runs[0].stdout
+    assert "migrations applied" in runs[0].stdout and str(VERSIONS) in runs[0].stdout
     assert "up to date" in runs[1].stdout
 
 
