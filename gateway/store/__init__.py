@@ -199,11 +199,11 @@ class Txn(Reads, Protocol):
 
     def outbox_delete(self, ids: list[int]) -> None: ...
 
-    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> int:
+    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> list[int]:
         """Move pending outbox rows (id, reason) to the dead letters, in this transaction: out of the
         outbox (a contact's event stays in its history, like a published one) and into `dead_letters`
-        with the reason and the time. A row no longer pending (published, or moved already) is left as
-        it is. The number of rows moved."""
+        with the reason and the time. A row no longer pending (published, or moved already: by another
+        member that held its partition, say) is left as it is. The ids moved, in id order."""
         ...
 
     def add_timer(self, kind: TimerKind, campaign_id: str, contact_id: str | None, due_at: datetime) -> None: ...

@@ -197,7 +197,7 @@ DEAD_LETTER = (
     " RETURNING messages.id, topic, payload, retain, correlation, part, created_at, moving.reason)"
     " INSERT INTO dead_letters (id, topic, payload, retain, correlation, part, reason, created_at)"
     " SELECT id, topic, payload, retain, correlation, part, reason, created_at FROM moved"
-    " ON CONFLICT (id) DO NOTHING"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 
 INSERT_CONTACT = (
@@ -616,12 +616,12 @@ class _PgTxn:
         self._flush("messages")
         self.cur.execute("UPDATE messages SET pending = false WHERE id = ANY(%s) AND pending", (ids,))
 
-    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> int:
+    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> list[int]:
         self._flush("messages")
         by_id = dict(moves)
         if not by_id:
-            return 0
-        return self.cur.execute(DEAD_LETTER, (list(by_id), list(by_id.values()))).rowcount
+            return []
+        return sorted(r[0] for r in self._all(DEAD_LETTER, (list(by_id), list(by_id.values()))))
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = self._all(

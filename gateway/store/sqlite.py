@@ -409,19 +409,21 @@ class _SqliteTxn:
         self.flush()
         self.db.executemany("UPDATE messages SET pending = 0 WHERE id=?", [(i,) for i in ids])
 
-    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> int:
+    def outbox_dead_letter(self, moves: Collection[tuple[int, str]]) -> list[int]:
         self.flush()
         now = time.time()
-        moved = 0
-        for row_id, reason in dict(moves).items():
-            moved += self.db.execute(
+        moved = []
+        for row_id, reason in sorted(dict(moves).items()):
+            inserted = self.db.execute(
                 "INSERT OR IGNORE INTO dead_letters"
                 " (id, topic, payload, retain, correlation, part, reason, created_at, dead_at)"
                 " SELECT id, topic, payload, retain, correlation, 0, ?, created_at, ? FROM messages"
                 " WHERE id = ? AND pending = 1",
                 (reason, now, row_id),
             ).rowcount
-            self.db.execute("UPDATE messages SET pending = 0 WHERE id = ? AND pending = 1", (row_id,))
+            if inserted:
+                self.db.execute("UPDATE messages SET pending = 0 WHERE id = ?", (row_id,))
+                moved.append(row_id)
         return moved
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

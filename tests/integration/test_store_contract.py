@@ -495,10 +495,10 @@ async def test_dead_letters_leave_the_outbox_in_one_transaction_and_list_newest_
 
     await store.published([rows[0].id])
     moved = await store.run(lambda t: t.outbox_dead_letter([(rows[1].id, "invalid_topic"), (rows[0].id, "late")]))
-    assert moved == 1, "a published row is not a dead letter"
-    assert await store.run(lambda t: t.outbox_dead_letter([(rows[1].id, "again")])) == 0, "moved once"
-    assert await store.run(lambda t: t.outbox_dead_letter([(rows[3].id, "broker_refused: 0x87")])) == 1
-    assert await store.run(lambda t: t.outbox_dead_letter([])) == 0
+    assert moved == [rows[1].id], "a published row is not a dead letter"
+    assert await store.run(lambda t: t.outbox_dead_letter([(rows[1].id, "again")])) == [], "moved once"
+    assert await store.run(lambda t: t.outbox_dead_letter([(rows[3].id, "broker_refused: 0x87")])) == [rows[3].id]
+    assert await store.run(lambda t: t.outbox_dead_letter([])) == []
     # out of the outbox, its gauges and the publisher's fetch; the contact's history keeps its events
     assert [r.payload for r in await store.read(lambda t: t.outbox_fetch(0, 100))] == [b"e2", b"e4"]
     assert (await store.read(lambda t: t.outbox_stats()))[0] == 2
@@ -543,7 +543,7 @@ async def test_a_row_whose_topic_is_not_utf8_reaches_the_publisher_and_its_dead_
         await s.run(lambda t: t.add_outbox("evt/ok", b"after"))
         rows = await s.read(lambda t: t.outbox_fetch(0, 10))
         assert [r.topic for r in rows] == ["evt/ok", "evt/\udcff", "evt/ok"]
-        assert await s.run(lambda t: t.outbox_dead_letter([(rows[1].id, "invalid_topic")])) == 1
+        assert await s.run(lambda t: t.outbox_dead_letter([(rows[1].id, "invalid_topic")])) == [rows[1].id]
         assert [r.payload for r in await s.read(lambda t: t.outbox_fetch(0, 10))] == [b"before", b"after"]
         (dead,) = await s.read(lambda t: t.dead_letters())
         assert (dead.topic, dead.payload, dead.reason) == ("evt/\udcff", b"{}", "invalid_topic")
@@ -785,7 +785,7 @@ async def test_prune_deletes_history_commands_and_wamids_keeps_the_outbox(store:
     pending = await store.run(lambda t: t.outbox_fetch(0, 10))
     await store.run(lambda t: t.add_outbox("bad/#", b"dead"))
     dead = [r for r in await store.run(lambda t: t.outbox_fetch(0, 10)) if r not in pending]
-    assert await store.run(lambda t: t.outbox_dead_letter([(dead[0].id, "invalid_topic")])) == 1
+    assert await store.run(lambda t: t.outbox_dead_letter([(dead[0].id, "invalid_topic")])) == [dead[0].id]
     now = datetime.now(UTC)
     assert await store.run(lambda t: t.prune(now - timedelta(days=1))) == {
         "messages": 0,
