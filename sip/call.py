@@ -48,7 +48,20 @@ from enum import StrEnum
 
 from . import auth
 from .identity import Caller, asserted, from_addr, request_user
-from .message import Headers, Request, Response, cseq, params, reason_q850, tag, uri_of
+from .message import (
+    Headers,
+    HeaderValueError,
+    Request,
+    Response,
+    checked,
+    cseq,
+    digits,
+    params,
+    reason_q850,
+    tag,
+    uri_of,
+)
+from .numbers import dial_string, uri_user
 from .outcome import Outcome, final_outcome
 from .sdp import Media, parse_answer
 from .transaction import (
@@ -58,6 +71,7 @@ from .transaction import (
     TimedOut,
     Transmit,
 )
+from .uri import require_target, require_text, require_user
 
 USER_AGENT = "telgate"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY, REFER, UPDATE"
@@ -81,6 +95,16 @@ class UacConfig:
     assert_identity: bool = False  # P-Asserted-Identity (RFC 3325) on every INVITE
     tls_scheme: str = "sips"  # over TLS: sips: URIs (RFC 5630), or "sip" (sip:...;transport=tls) for PBXs without sips:
     session_expires_s: int = 1800  # RFC 4028: the Session-Expires we ask for (§4 recommends 1800)
+
+    def __post_init__(self) -> None:
+        """What goes into every message is writable: `HeaderValueError` names the first value that is not."""
+        require_user("sip.from_user", self.from_user)
+        if self.from_display is not None:
+            require_text("sip.from_display", self.from_display)
+        for what, value in (("local host", self.local_host), ("sip.pbx", self.pbx), ("sip.transport", self.transport)):
+            checked(what, value)
+            if not value or " " in value or "\t" in value:
+                raise HeaderValueError(what, f"empty or holds a space: {value[:40]!r}")
 
     @property
     def reliable(self) -> bool:
@@ -471,7 +495,7 @@ def session_expires(value: str | None) -> tuple[int, str | None] | None:
     if not value:
         return None
     head = value.split(";", 1)[0].strip()
-    if not head.isdigit():
+    if not digits(head) or len(head) > 10:
         return None
     refresher = params(value).get("refresher")
     return int(head), (refresher.lower() if refresher else None)
@@ -541,6 +565,19 @@ class Call:
     _acks: dict[int, Request] = field(default_factory=dict)  # CSeq -> the ACK of its 2xx
     _end: Ended | None = None
     _out: list[CallEvent] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Refuse (`HeaderValueError`) a number or caller ID that cannot be written into the INVITE, before
+        anything is sent or kept."""
+        cfg = self.cfg
+        user = request_user(self.number, cfg.dial_format, cfg.dial_prefix)
+        if user:  # none: the PBX itself is the target (`cfg.uri` writes no user part)
+            require_user("number", user)
+        if self.caller is not None:
+            if self.caller.name is not None:
+                require_text("caller name", self.caller.name)
+            if self.caller.number:
+                require_user("caller number", uri_user(dial_string(self.caller.number, cfg.dial_format)))
 
     @property
     def invite_uri(self) -> str:
@@ -639,7 +676,9 @@ class Call:
 
     def transfer(self, target: str, now: float) -> list[CallEvent]:
         """Blind transfer (RFC 3515, RFC 5589 §6): REFER the answered party to `target`, then follow the
-        NOTIFY sipfrag to its final line. The owner hangs up once the transfer is decided."""
+        NOTIFY sipfrag to its final line. The owner hangs up once the transfer is decided. A target that is
+        not a SIP or tel URI (`sip.uri.check_target`) raises `HeaderValueError`, the call unchanged."""
+        require_target(target)
         event = Ev.TRANSFER if self.transfer_state is None else Ev.TRANSFER_AGAIN
         return self._run(event, Input(now, target=target))
 
@@ -1106,14 +1145,14 @@ def _challenge(resp: Response) -> auth.Challenge:
 def _min_se(resp: Response, current: int) -> int:
     """The Min-SE a 422 asks for (RFC 4028 §6); one without a readable value doubles what we asked."""
     value = (resp.headers.get("min-se") or "").split(";", 1)[0].strip()
-    return int(value) if value.isdigit() else max(DEFAULT_MIN_SE, 2 * current)
+    return int(value) if digits(value) and len(value) <= 10 else max(DEFAULT_MIN_SE, 2 * current)
 
 
 def sipfrag_status(body: bytes) -> tuple[int, str] | None:
     """The status line of a message/sipfrag body (RFC 3420), e.g. `SIP/2.0 200 OK` → (200, "OK")."""
     first = body.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
     parts = first.split(" ", 2)
-    if len(parts) < 2 or parts[0].upper() != "SIP/2.0" or not parts[1].isdigit() or len(parts[1]) != 3:
+    if len(parts) < 2 or parts[0].upper() != "SIP/2.0" or not digits(parts[1]) or len(parts[1]) != 3:
         return None
     return int(parts[1]), parts[2] if len(parts) > 2 else ""
 

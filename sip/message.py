@@ -5,7 +5,19 @@ the colon, several values in one header line, extra octets after Content-Length 
 Strict about what is really malformed — each raises `ParseError` with the status a UAS answers
 (400, or 505 for an unknown SIP version): bad start lines, a Request-URI with spaces or in <>,
 CSeq/Max-Forwards/Content-Length out of range or repeated, a CSeq method that is not the request's,
-unbalanced quotes in name-addr headers, empty Via values, missing mandatory headers.
+unbalanced quotes in name-addr headers, empty Via values, missing mandatory headers, a control character
+(anything below 0x20 but HTAB, DEL, a bare CR or LF) in the start line or a header field.
+
+`parse` is total: every byte string gives a `Request`, a `Response` or a `ParseError`, nothing else.
+
+Building is as strict: `Headers.with_` and `encode` refuse (`HeaderValueError`) a name that is not a token
+or a value holding a control character — a CR or LF there would end the header and start another (header
+injection). Non-UTF-8 octets read from the wire come back as surrogate escapes and are written out as
+they came; any other surrogate is refused (it cannot be written as UTF-8). `sip.uri` checks what a caller
+gives before it gets this far, with the grammar of each value.
+
+The errors (`SipError`): `ParseError` is the remote side's fault (what came in), `HeaderValueError` ours
+(what we were asked to send).
 """
 
 from __future__ import annotations
@@ -79,13 +91,49 @@ _VIA = re.compile(
 MAX_SEQ = 2**31 - 1
 
 
-class ParseError(ValueError):
-    """A malformed message; `status` is what a UAS answers to such a request (responses are dropped)."""
+class SipError(Exception):
+    """The root of sip's own errors."""
+
+
+class ParseError(SipError, ValueError):
+    """A malformed message (a remote fault); `status` is what a UAS answers to such a request (responses are
+    dropped)."""
 
     def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class HeaderValueError(SipError, ValueError):
+    """A value we were asked to put into a message that its grammar does not allow (a local fault): a control
+    character (CR, LF, NUL, ...), a surrogate, or a malformed URI. Nothing was sent."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+        self.what = what
+        self.why = why
+
+
+# what may never be written into a start line or a header field: CR and LF anywhere; other C0 controls and
+# DEL unless escaped by a backslash (RFC 3261 §25.1 quoted-pair, which RFC 4475's intmeth uses); surrogates
+# other than the escapes of non-UTF-8 octets read from the wire (U+DC80-U+DCFF)
+_UNSAFE = re.compile(r"[\r\n]|(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udc7f\udd00-\udfff]")
+# what a received start line or header field may not hold: the same controls
+_CONTROL = re.compile(r"[\r\n]|(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def unsafe(value: str) -> str | None:
+    """The first character of `value` that may not be written into a header field, described; else None."""
+    found = _UNSAFE.search(value)
+    return None if found is None else f"control character U+{ord(found.group()):04X} at offset {found.start()}"
+
+
+def checked(what: str, value: str) -> str:
+    """`value` when it may be written into a header field (or a start line), else `HeaderValueError`."""
+    if (why := unsafe(value)) is not None:
+        raise HeaderValueError(what, why)
+    return value
 
 
 def canonical(name: str) -> str:
@@ -116,7 +164,11 @@ class Headers:
         return out
 
     def with_(self, name: str, value: str) -> Headers:
-        return Headers((*self.items, (canonical(name), value)))
+        """These headers and `name: value` after them; `HeaderValueError` for a name that is not a token or a
+        value with a control character in it (RFC 3261 §25.1: no CR, LF or other CTL in a header field)."""
+        if not TOKEN.match(name):
+            raise HeaderValueError("header name", f"not a token: {name[:40]!r}")
+        return Headers((*self.items, (canonical(name), checked(name, value))))
 
     def without(self, name: str) -> Headers:
         key = COMPACT.get(name.lower(), name.lower())
@@ -152,7 +204,7 @@ Message = Request | Response
 
 
 def _encode(start: str, headers: Headers, body: bytes) -> bytes:
-    lines = [start]
+    lines = [checked("start line", start)]
     lines += [f"{n}: {v}" for n, v in headers.items if n.lower() != "content-length"]
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
@@ -195,9 +247,14 @@ def _balanced_quotes(value: str) -> bool:
     return not quoted
 
 
+def digits(text: str) -> bool:
+    """ASCII digits only (`str.isdigit` also takes `²` and other digits `int` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _int(value: str, what: str, limit: int) -> int:
     text = value.strip()
-    if not text.isdigit() or len(text) > 10 or int(text) > limit:
+    if not digits(text) or len(text) > 10 or int(text) > limit:
         raise ParseError(f"{what} is not an integer in range: {text[:40]!r}")
     return int(text)
 
@@ -214,8 +271,13 @@ def parse(data: bytes) -> Message:
     if end < 0:
         raise ParseError("no empty line after the header fields")
     head = data[:end].decode("utf-8", "surrogateescape")
+    if sep == 2 and head.endswith("\r"):  # "...\r\n\n": the last line's CR before the bare-LF empty line
+        head = head[:-1]
     rest = data[end + sep :]
     raw_lines = head.replace("\r\n", "\n").split("\n")
+    for number, line in enumerate(raw_lines):
+        if (bad := _CONTROL.search(line)) is not None:  # a bare CR, a NUL, ... (RFC 3261 §25.1)
+            raise ParseError(f"control character U+{ord(bad.group()):04X} in line {number + 1}")
     lines: list[str] = []
     for line in raw_lines:
         if line[:1] in (" ", "\t") and lines:  # folded continuation (LWS)
@@ -245,7 +307,7 @@ def _start_line(start: str, headers: Headers) -> Message:
         code, sp2, reason = rest.partition(" ")
         if version.upper() != SIP_VERSION:
             raise ParseError(f"unknown SIP version {version!r}", 505)
-        if not sp1 or len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if not sp1 or len(code) != 3 or not digits(code) or not 100 <= int(code) <= 699:
             raise ParseError(f"malformed status line: {start[:60]!r}")
         return Response(int(code), reason if sp2 else "", headers)
     parts = start.split(" ")
@@ -341,6 +403,6 @@ def reason_q850(message: Message) -> int | None:
         for part in split_values(value):
             if part.strip().upper().startswith("Q.850"):
                 cause = params(part).get("cause")
-                if cause and cause.isdigit():
+                if cause and digits(cause) and len(cause) <= 10:
                     return int(cause)
     return None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import auth
 from .call import UacConfig
-from .message import Headers, Request, Response, params
+from .message import Headers, Request, Response, digits, params
 from .transaction import NonInviteClientTransaction, ResponseReceived, TimedOut, Transmit
 
 
@@ -111,10 +111,10 @@ class Registration:
     def _granted(self, resp: Response) -> int:
         for contact in resp.headers.get_all("contact"):
             value = params(contact).get("expires")
-            if value and value.isdigit():
+            if value and digits(value) and len(value) <= 10:
                 return int(value)
         header = resp.headers.get("expires")
-        return int(header) if header and header.strip().isdigit() else self.expires_s
+        return int(header.strip()) if header and digits(header.strip()) else self.expires_s
 
     def _failed(self, code: int | None, now: float) -> None:
         self.registered = False

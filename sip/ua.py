@@ -1,27 +1,35 @@
 """The user agent (sans-IO): routes datagrams to calls by Call-ID, answers what no call owns.
 
 Out of a dialog: OPTIONS gets 200 (PBX keepalives), a BYE/CANCEL for an unknown dialog 481, an INVITE
-603 (telgate places calls, it does not take them), anything else 501. A malformed request gets 400
-when its Via, From, To, Call-ID and CSeq can still be read; a malformed response is dropped. Both are
-counted in `stats`.
+603 (telgate places calls, it does not take them), anything else 501. A malformed request gets 400 (505
+for an unknown SIP version, 513 for one over 64 KiB) when its Via, From, To, Call-ID and CSeq can still be
+read, free of control characters; else it is dropped. A malformed response is dropped. Each is counted in
+`stats` (`malformed_request`, `malformed_response`) and logged at debug level, one line per message.
+
+What the owner gives is checked before anything is sent or kept: a number or caller ID that cannot be
+written into an INVITE ends the call at once (`Ended(FAILED)`, "refused: ..."), a transfer target that is
+not a SIP or tel URI (`sip.uri.check_target`) ends the transfer (`Transferred(ok=False)`); both counted
+(`place_refused`, `transfer_refused`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import logging
 import re
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .call import Call, CallEvent, Send, UacConfig, respond
+from .call import Call, CallEvent, Ended, EndKind, Send, Transferred, UacConfig, respond
 from .identity import Caller
-from .message import Headers, ParseError, Request, Response, parse
+from .message import Headers, HeaderValueError, ParseError, Request, Response, parse, unsafe
 from .register import Registration
 from .transaction import NonInviteClientTransaction, ResponseReceived, Terminated, Transmit
 
 Addr = tuple[str, int]
+log = logging.getLogger("telgate.sip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +68,27 @@ def _transaction_key(req: Request) -> tuple[str, str, str]:
     return branch, req.headers.get("call-id") or "", req.headers.get("cseq") or ""
 
 
+PHRASES = {505: "Version Not Supported", 513: "Message Too Large"}
+
+
 def bad_request(data: bytes, reason: str, status: int) -> Response | None:
-    """A best-effort 400/505 to a request we could not parse, if we can tell where to send it."""
+    """A best-effort 400/505/513 to a request we could not parse, if we can tell where to send it: None for a
+    response, or when the Via, From, To, Call-ID and CSeq to copy are not all there, each non-empty and
+    free of control characters (we never copy what we could not write)."""
     if data[:4].upper() == b"SIP/":
         return None
     found: dict[str, str] = {}
     for name, value in _HDR.findall(data[:8192]):
         key = {"v": "via", "f": "from", "t": "to", "i": "call-id"}.get(name.decode().lower(), name.decode().lower())
         found.setdefault(key, value.decode("utf-8", "replace").strip())
-    if not all(k in found for k in ("via", "from", "to", "call-id", "cseq")):
+    wanted = ("via", "from", "to", "call-id", "cseq")
+    if not all(found.get(k) and unsafe(found[k]) is None for k in wanted):
         return None
     h = Headers()
-    for k in ("via", "from", "to", "call-id", "cseq"):
+    for k in wanted:
         h = h.with_(k, found[k])
-    phrase = "Version Not Supported" if status == 505 else f"Bad Request ({reason[:60]})"
-    return Response(status, phrase, h)
+    phrase = PHRASES.get(status) or f"Bad Request ({reason[:60]})"
+    return Response(status, phrase if unsafe(phrase) is None else "Bad Request", h)
 
 
 @dataclass
@@ -139,8 +153,12 @@ class UserAgent:
         """A new call to `number`; with `pbx` (`host:port`, address) to that PBX instead of the default one,
         and every request of its dialog with it."""
         call_id = f"{self.token()}{self.token()}@{self.cfg.local_host}"
-        cfg = self.cfg if pbx is None else dataclasses.replace(self.cfg, pbx=pbx[0])
-        call = Call(cfg, number, call_id, ring_timeout_s, sdp, token=self.token, caller=caller)
+        try:
+            cfg = self.cfg if pbx is None else dataclasses.replace(self.cfg, pbx=pbx[0])
+            call = Call(cfg, number, call_id, ring_timeout_s, sdp, token=self.token, caller=caller)
+        except HeaderValueError as exc:  # nothing sent, nothing kept: the attempt fails now
+            self.stats["place_refused"] += 1
+            return call_id, [CallUpdate(call_id, Ended(EndKind.FAILED, None, f"refused: {exc}"))]
         if pbx is not None:
             self._routes[call_id] = pbx[1]
         self.calls[call_id] = call
@@ -172,8 +190,17 @@ class UserAgent:
         return self._outputs(call, call.transport_error(why))
 
     def transfer(self, call_id: str, target: str, now: float) -> list[Output]:
+        """REFER the call to `target`; a target `sip.uri.check_target` refuses is a failed transfer (nothing
+        sent), which the owner handles as any other."""
         call = self.calls.get(call_id)
-        return [] if call is None else self._outputs(call, call.transfer(target, now))
+        if call is None:
+            return []
+        try:
+            events = call.transfer(target, now)
+        except HeaderValueError as exc:
+            self.stats["transfer_refused"] += 1
+            return [CallUpdate(call_id, Transferred(False, None, f"refused: {exc}"))]
+        return self._outputs(call, events)
 
     def _outputs(self, call: Call, events: list[CallEvent]) -> list[Output]:
         out: list[Output] = []
@@ -256,9 +283,12 @@ class UserAgent:
             message = parse(data)
         except ParseError as exc:
             reply = bad_request(data, exc.reason, exc.status)
-            self.stats[
-                "malformed_request" if reply is not None or data[:4].upper() != b"SIP/" else "malformed_response"
-            ] += 1
+            kind = "malformed_request" if reply is not None or data[:4].upper() != b"SIP/" else "malformed_response"
+            self.stats[kind] += 1
+            log.debug(
+                f"sip {kind.replace('_', ' ')} {'answered' if reply is not None else 'dropped'}",
+                extra={"peer": f"{addr[0]}:{addr[1]}", "why": exc.reason[:200], "status": exc.status},
+            )
             return [] if reply is None else [Datagram(reply.encode(), addr)]
         if isinstance(message, Response):
             method = (message.headers.get("cseq") or "").rpartition(" ")[2].upper()
