@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from .message import MAX_MESSAGE
+from .message import MAX_MESSAGE, SipError
 from .ua import Addr, CallUpdate, Datagram, Output, PingAnswered, UserAgent
 from .waiting import wait_event
 
@@ -73,6 +73,7 @@ class _Shell:
         self.allowed = allowed
         self._wake = asyncio.Event()
         self.dropped = 0
+        self._failures_logged: set[tuple[str, str]] = set()
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -84,17 +85,40 @@ class _Shell:
         return False
 
     def deliver(self, data: bytes, addr: Addr) -> None:
-        self.emit(self.ua.receive(data, addr, self._now()))
+        """What came in from `addr` to the UA, its outputs out. The codec refuses what is malformed (a 400, or
+        dropped and counted); an exception past it is a fault of ours, contained here: counted in the UA's
+        `stats["receive_failed"]`, logged with its traceback the first time, and the next datagram goes on."""
+        try:
+            outputs = self.ua.receive(data, addr, self._now())
+        except Exception as exc:
+            self._failed("receive_failed", exc, addr)
+            return
+        self.emit(outputs)
+
+    def _failed(self, what: str, exc: Exception, addr: Addr | None = None) -> None:
+        self.ua.stats[what] += 1
+        key = (what, type(exc).__name__)
+        extra = {"why": f"{type(exc).__name__}: {exc}"[:200], **({"peer": f"{addr[0]}:{addr[1]}"} if addr else {})}
+        if key in self._failures_logged:
+            log.debug(f"sip {what.replace('_', ' ')} again", extra=extra)
+            return
+        self._failures_logged.add(key)
+        log.error(f"sip {what.replace('_', ' ')} (logged once per kind, then counted)", exc_info=exc, extra=extra)
 
     def send(self, data: bytes, addr: Addr) -> None:
         raise NotImplementedError
 
     def emit(self, outputs: list[Output]) -> None:
+        """Send the datagrams, hand the updates to the owner; an owner that raises on one is counted
+        (`update_failed`) and the outputs after it still go out."""
         for out in outputs:
             if isinstance(out, Datagram):
                 self.send(out.data, out.addr)
-            else:
+                continue
+            try:
                 self.on_update(out)
+            except Exception as exc:
+                self._failed("update_failed", exc)
         self._wake.set()  # the next timer may have moved
 
     async def run_timers(self) -> None:
@@ -104,7 +128,13 @@ class _Shell:
             delay = 3600.0 if at is None else max(0.0, at - self._now())
             if await wait_event(self._wake, delay):
                 continue
-            self.emit(self.ua.handle_timer(self._now()))
+            try:
+                outputs = self.ua.handle_timer(self._now())
+            except Exception as exc:  # a fault of ours: the timers of every other call go on
+                self._failed("timer_failed", exc)
+                await wait_event(self._wake, 0.5)  # a timer that keeps failing is not a busy loop
+                continue
+            self.emit(outputs)
 
 
 class UdpEndpoint(_Shell, asyncio.DatagramProtocol):
@@ -125,38 +155,72 @@ class UdpEndpoint(_Shell, asyncio.DatagramProtocol):
 
 
 _LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+_LENGTH_ANY = re.compile(rb"^(?:content-length|l)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# a start line: a status line, or a method token, something, and a SIP version (RFC 3261 §7.1, §7.2); what
+# is wrong in it beyond that is the codec's to answer with a 400
+_START = re.compile(rb"^(?:SIP/|[A-Za-z0-9\-.!%*_+`'~]+ +[^\r\n]*SIP/)", re.IGNORECASE)
+MAX_START_LINE = 8 * 1024
 
 
-class FramingError(ValueError):
-    pass
+class FramingError(SipError, ValueError):
+    """A byte stream that cannot be split into SIP messages (a remote fault): the connection is closed."""
 
 
 class StreamFramer:
-    """Splits a SIP byte stream into messages by Content-Length (RFC 3261 §18.3). Sans-IO."""
+    """Splits a SIP byte stream into messages by Content-Length (RFC 3261 §18.3). Sans-IO, total.
+
+    `feed` returns the messages complete so far. A stream that cannot be framed — a first line that is not
+    a SIP start line, headers over 64 KiB or a start line over 8 KiB, no Content-Length or more than one, a
+    Content-Length that is not a number or takes the message over 64 KiB — sets `error` (the messages
+    before it are still returned) and takes no more bytes: its connection is to be closed (RFC 4475 §3.1.2.3,
+    §3.3.9)."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self.error: FramingError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self.error is not None:
+            return []
         self._buffer += data
         out: list[bytes] = []
+        try:
+            self._frame(out)
+        except FramingError as exc:
+            self.error = exc
+            self._buffer.clear()
+        return out
+
+    def _frame(self, out: list[bytes]) -> None:
         while True:
             while self._buffer[:2] == b"\r\n" or self._buffer[:1] == b"\n":  # keepalives between messages
                 del self._buffer[: 2 if self._buffer[:2] == b"\r\n" else 1]
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
+            first = self._buffer.find(b"\n", 0, MAX_START_LINE + 1)
+            if first < 0:
+                if len(self._buffer) > MAX_START_LINE:
+                    raise FramingError("no start line in the first 8 KiB")
+                return
+            if not _START.match(self._buffer[:first]):
+                raise FramingError(f"not a SIP start line: {bytes(self._buffer[: min(first, 40)])!r}")
+            crlf, lf = self._buffer.find(b"\r\n\r\n"), self._buffer.find(b"\n\n")
+            ends = [(at, size) for at, size in ((crlf, 4), (lf, 2)) if at >= 0]
+            if not ends:
                 if len(self._buffer) > MAX_MESSAGE:
                     raise FramingError("headers over 64 KiB")
-                return out
-            head = bytes(self._buffer[: end + 4])
+                return
+            end, size = min(ends)
+            head = bytes(self._buffer[: end + size])
+            found = _LENGTH_ANY.findall(head)
+            if len(found) != 1:
+                raise FramingError("no Content-Length on a stream transport" if not found else "Content-Length twice")
             match = _LENGTH.search(head)
-            if match is None:
-                raise FramingError("no Content-Length on a stream transport")
-            total = end + 4 + int(match.group(1))
+            if match is None or len(match.group(1)) > 10:
+                raise FramingError("a Content-Length that is not a number in range")
+            total = end + size + int(match.group(1))
             if total > MAX_MESSAGE:
                 raise FramingError("message over 64 KiB")
             if len(self._buffer) < total:
-                return out
+                return
             out.append(bytes(self._buffer[:total]))
             del self._buffer[:total]
 
@@ -190,16 +254,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None and self.peer is not None
         self.unanswered = None
-        try:
-            messages = self.framer.feed(data)
-        except FramingError as exc:
+        for message in self.framer.feed(data):
+            self.shell.deliver(message, self.peer)
+        if (exc := self.framer.error) is not None and not self.transport.is_closing():
             log.warning("closing a SIP connection", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "why": str(exc)})
             self.shell.ua.stats["framing_error"] += 1
             self.closed_why = f"closed by us: {exc}"
             self.transport.close()
-            return
-        for message in messages:
-            self.shell.deliver(message, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.shell.connections.get(self.peer) is self:
