@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from metrics.influx import InfluxTarget, InfluxWriter
 from metrics.recorder import Recorder, influx_points
@@ -25,13 +26,14 @@ from .bus import Bus
 from .cluster import Cluster
 from .commands import CommandContext
 from .commit import Topics
-from .config import Settings
+from .config import ConfigError, Settings
 from .domain import effects as fx
 from .domain.policy import Policy
 from .domain.state import ContactState
 from .domain.statuses import Channel
 from .engine import Engine, Unit, utcnow
 from .http import build_app
+from .http import runner as http_runner
 from .memory import trim_allocator
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
@@ -70,6 +72,14 @@ def influx_writer(settings: Settings, recorder: Recorder) -> InfluxWriter | None
     return InfluxWriter(
         target, lambda now_ms: influx_points(recorder, gateway_id, now_ms, voice), interval_s=cfg.interval_s
     )
+
+
+def _required(value: str | SecretStr | None, key: str) -> str:
+    """A setting the enabled channel cannot do without, as text: absent or empty is a configuration error."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if not text:
+        raise ConfigError(key, "required (and not empty) when its channel is enabled")
+    return text
 
 
 class App:
@@ -135,19 +145,22 @@ class App:
 
     def _whatsapp(self, settings: Settings) -> None:
         wa = settings.whatsapp
-        assert wa.phone_number_id and wa.access_token and wa.app_secret and wa.verify_token
-        client = CloudApiClient(
-            wa.api_base, wa.api_version, wa.phone_number_id, wa.access_token.get_secret_value(), wa.request_timeout_s
-        )
+        # validation refuses a missing or empty one already (config.py): this is not an assert all the same
+        number = _required(wa.phone_number_id, "whatsapp.phone_number_id")
+        access_token = _required(wa.access_token, "whatsapp.access_token")
+        app_secret = _required(wa.app_secret, "whatsapp.app_secret")
+        verify_token = _required(wa.verify_token, "whatsapp.verify_token")
+        client = CloudApiClient(wa.api_base, wa.api_version, number, access_token, wa.request_timeout_s)
         self.whatsapp = WhatsAppChannel(self.engine, client, self.recorder, wa.max_mps, wa.ambiguous_timeout_s)
         self.add_port(self.whatsapp)
         self.http_routes += webhook.routes(
             "/webhooks/whatsapp",
-            wa.app_secret.get_secret_value().encode(),
-            wa.verify_token.get_secret_value(),
+            app_secret.encode(),
+            verify_token,
             settings.http.max_body_bytes,
             self.whatsapp.on_notification,
             lambda result: self.recorder.wa_webhooks.labels(result).inc(),
+            settings.http.read_timeout_s,
         )
 
     def add_port(self, port: ChannelPort) -> None:
@@ -322,8 +335,10 @@ class App:
                 public=public,
                 admin=admin,
                 api_token=token,
+                max_concurrent=cfg.max_concurrent_requests,
+                read_timeout_s=cfg.read_timeout_s,
             )
-            runner = web.AppRunner(app, access_log=None)
+            runner = http_runner(app, cfg.idle_timeout_s)
             await runner.setup()
             runners.append(runner)
             host, port = listen.rsplit(":", 1)

@@ -39,6 +39,15 @@ class ConfigError(Exception):
         self.key = key
 
 
+class KeyError_(ValueError):
+    """A refusal of one key, raised where pydantic knows only the section (a model validator): the error
+    `load_settings` reports names `section.key`, not the section."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -52,12 +61,28 @@ class _Section(BaseModel):
         for key in list(out):
             if key.endswith("_file") and key[:-5] in cls.model_fields and _is_secret(key[:-5]):
                 path = out.pop(key)
-                if path:
-                    try:
-                        out[key[:-5]] = Path(path).read_text().rstrip("\n")
-                    except OSError as exc:
-                        raise ValueError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+                if not path:  # a template left unfilled: not the same as leaving the key out
+                    raise KeyError_(key, "names no file (leave the key out when there is no secret)")
+                try:
+                    text = Path(path).read_text().rstrip("\n")
+                except (OSError, UnicodeDecodeError) as exc:
+                    why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise KeyError_(key, f"cannot read {path}: {why}") from exc
+                if not text.strip():
+                    raise KeyError_(key, f"{path} is empty: a secret cannot be empty")
+                out[key[:-5]] = text
         return out
+
+    @model_validator(mode="after")
+    def _no_empty_secret(self) -> Any:
+        """A secret is left out or given; given empty (or blank) it is refused, required or not: an empty
+        password or token is never what was meant — a secret that did not reach the file or the
+        environment — and the gateway would otherwise run without it or fail at first use."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if _is_secret(name) and isinstance(value, SecretStr) and not value.get_secret_value().strip():
+                raise KeyError_(name, "empty: a secret cannot be empty (leave the key out when there is none)")
+        return self
 
 
 def _is_secret(name: str) -> bool:
@@ -102,6 +127,14 @@ class HttpSection(_Section):
     # a bearer token the admin endpoints require (`Authorization: Bearer …`), wherever they listen
     api_token: SecretStr | None = None
     max_body_bytes: int = Field(3 * 1024 * 1024, ge=1024)
+    # hostile clients (docs/decisions.md "HTTP hostile input"): a connection that has not sent a whole
+    # request head this long after it opened or after its previous response is closed (slow headers and
+    # idle keep-alive alike; above the 60 s idle timeout of the usual load balancers, so that they close
+    # first); a body that has not arrived this long after its head gets 408; beyond this many requests
+    # in progress a listener answers 503 with Retry-After (/healthz excepted)
+    idle_timeout_s: float = Field(75.0, gt=0, le=86400)
+    read_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_concurrent_requests: int = Field(256, ge=1, le=100_000)
 
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
@@ -300,7 +333,7 @@ class WhatsappSection(_Section):
         if self.active:
             for key in ("access_token", "app_secret", "verify_token"):
                 if getattr(self, key) is None:
-                    raise ValueError(f"whatsapp.{key} (or {key}_file) is required when phone_number_id is set")
+                    raise KeyError_(key, f"required (or {key}_file) when phone_number_id is set")
         return self
 
 
@@ -369,13 +402,40 @@ class Settings(BaseSettings):
         return self.bus.client_id.replace("{id}", self.gateway.id)
 
     def masked(self) -> dict[str, Any]:
-        """The effective configuration with every secret shown as ********."""
+        """The effective configuration with every secret shown as ********, and the credentials inside
+        URLs (`postgresql://telgate:S3cret@db/telgate`, `?password=…`) as ***."""
         data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
         for section in data.values():
             for key, value in section.items():
                 if _is_secret(key) and value is not None:
                     section[key] = "********"
+                elif isinstance(value, str):
+                    section[key] = mask_url(value)
         return data
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:[^=&;#]*(?:password|passwd|pwd|token|secret|key)[^=&;#]*|p)=)[^&;#]*")
+
+
+def _first(text: str, chars: str) -> int:
+    return min((i for i in (text.find(c) for c in chars) if i >= 0), default=len(text))
+
+
+def mask_url(text: str) -> str:
+    """A URL with its password (user:***@host) and any secret-looking query parameter (`password=***`)
+    masked; any other text as it is. The user name stays: it says which account is configured."""
+    if not _URL.match(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    end = _first(rest, "/?#")
+    if "@" not in rest[:end] and "@" in rest[: _first(rest, "?#")]:
+        end = _first(rest, "?#")  # a password with a "/" in it, not percent-encoded: masked all the same
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hostport = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    return f"{scheme}://{authority}{_QUERY_SECRET.sub(lambda m: m.group(1) + '***', tail)}"
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -402,7 +462,10 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
-        raise ConfigError(key, err["msg"]) from exc
+        loc, msg = [str(p) for p in err["loc"]], err["msg"]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, KeyError_):
+            loc, msg = [*loc, cause.key], str(cause)
+        raise ConfigError(".".join(loc) or "(root)", msg) from exc
     finally:
         _toml_path.reset(token)
