@@ -28,6 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import error_string as mqtt_error_string
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -35,16 +37,36 @@ from metrics.recorder import Recorder
 from sip.waiting import wait_event
 
 from . import __version__
-from .commands import CommandContext, command_hint, execute, publish_result
+from .commands import (
+    INTERNAL_ERROR,
+    CommandContext,
+    command_hint,
+    execute,
+    fail_command,
+    internal_error,
+    publish_result,
+)
 from .commit import Topics
 from .config import BusSection
 from .engine import Engine
 from .mqtt_io import install as batched_io
 from .phones import normalise_all
 from .store import OutboxRow, Txn
-from .wire import Command, CommandResult, DialCommand, Presence, Rejection, SendCommand, parse_command
+from .wire import (
+    COMMANDS,
+    Command,
+    CommandError,
+    CommandResult,
+    DialCommand,
+    Presence,
+    Rejection,
+    SendCommand,
+    check_response_topic,
+    parse_command,
+)
 
 log = logging.getLogger("telgate.bus")
+COMMAND_KINDS = frozenset(COMMANDS)  # a metric label: anything else on cmd/+ is counted as "unknown"
 WINDOW = 64
 # ~2 bulk commands of 1,000 plain contacts (51 KB each) per batch, or every single one in flight (one
 # command is always taken, however big); 512 KiB (~9 bulks) gave bigger batches, 10-20 % fewer bulk
@@ -54,6 +76,69 @@ PARSE_AHEAD_BYTES = 128 * 1024
 
 def _fetch(txn: Txn, after: int, limit: int, parts: frozenset[int] | None, skip: list[int]) -> list[OutboxRow]:
     return txn.outbox_fetch(after, limit, parts, skip)
+
+
+def _dead_letter(txn: Txn, moves: list[tuple[int, str]]) -> list[int]:
+    return txn.outbox_dead_letter(moves)
+
+
+# What a publish from the outbox may never be (the dead letters' reasons, metrics/recorder.py), decided
+# before paho sees the row so that the decision does not rest on its exception texts. A topic: not empty,
+# no wildcard, UTF-8 (a lone surrogate is a byte that was not), none of the code points MQTT says a
+# string should not hold (controls, non-characters), which Mosquitto answers by closing the connection
+# — the row would then end every connection, never answered; at most 65,535 bytes. A payload: at most
+# the largest SPEC §3 allows on the bus (1 MiB: well under the shipped broker's max_packet_size, 2 MiB,
+# past which Mosquitto closes the connection too). Correlation Data: MQTT binary data, 65,535 bytes.
+MAX_PAYLOAD = 1024 * 1024
+MAX_TOPIC = 65535
+_NONCHARACTERS = "".join(chr(plane << 16 | low) for plane in range(17) for low in (0xFFFE, 0xFFFF))
+_NOT_IN_A_TOPIC = re.compile(f"[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef{_NONCHARACTERS}]")
+# paho's return codes that are about the connection, not the row: it goes on the next connection
+_CONNECTION_RCS = frozenset(
+    {
+        MQTTErrorCode.MQTT_ERR_AGAIN,
+        MQTTErrorCode.MQTT_ERR_NOMEM,
+        MQTTErrorCode.MQTT_ERR_NO_CONN,
+        MQTTErrorCode.MQTT_ERR_CONN_REFUSED,
+        MQTTErrorCode.MQTT_ERR_CONN_LOST,
+        MQTTErrorCode.MQTT_ERR_TLS,
+        MQTTErrorCode.MQTT_ERR_ERRNO,
+        MQTTErrorCode.MQTT_ERR_QUEUE_SIZE,
+        MQTTErrorCode.MQTT_ERR_KEEPALIVE,
+    }
+)
+
+
+def _unpublishable(row: OutboxRow) -> tuple[str, str] | None:
+    """(reason, detail) when no MQTT client may publish `row`; None when it may try."""
+    try:
+        topic = row.topic.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid_topic", "the topic is not UTF-8"
+    if not topic:
+        return "invalid_topic", "the topic is empty"
+    if b"#" in topic or b"+" in topic:
+        return "invalid_topic", "a wildcard (# or +) in the topic"
+    if _NOT_IN_A_TOPIC.search(row.topic):
+        return "invalid_topic", "a control character, NUL or non-character in the topic"
+    if len(topic) > MAX_TOPIC:
+        return "invalid_topic", f"the topic is {len(topic)} bytes, more than {MAX_TOPIC}"
+    if len(row.payload) > MAX_PAYLOAD:
+        return "too_large", f"the payload is {len(row.payload)} bytes, more than {MAX_PAYLOAD}"
+    if row.correlation is not None and len(row.correlation) > MAX_TOPIC:
+        return "too_large", f"the correlation data is {len(row.correlation)} bytes, more than {MAX_TOPIC}"
+    return None
+
+
+def _publish_failure(rc: int) -> tuple[str, str] | None:
+    """paho's return code of a publish: None when it is on its way, (reason, detail) when the row can
+    never go; raises for a connection that is down or full (the row goes on the next connection)."""
+    if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        return None
+    if rc in _CONNECTION_RCS:
+        raise aiomqtt.MqttCodeError(rc, "could not publish from the outbox")
+    detail = f"paho rc {rc}: {mqtt_error_string(rc)}"
+    return ("too_large" if rc == MQTTErrorCode.MQTT_ERR_PAYLOAD_SIZE else "client_refused"), detail
 
 
 async def _messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
@@ -452,34 +537,36 @@ class Bus:
                 acks.put_nowait((fut, message.mid, message.qos))
 
     def _handle(self, message: aiomqtt.Message) -> asyncio.Future[Any] | None:
-        topic = str(message.topic)
-        kind = topic.rsplit("/", 1)[-1]
-        props = message.properties
-        response_topic: str | None = getattr(props, "ResponseTopic", None) if props else None
-        correlation: bytes | None = getattr(props, "CorrelationData", None) if props else None
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
+        """One message on `cmd/+` → the future of its committed answer (None while draining). Total
+        (DESIGN habit 15): whatever the message holds, exactly one CommandResult is committed for it — a
+        refusal naming the field, the command's own result, or `internal_error` when the gateway fails."""
         self.received += 1
         if not self.accepting:
             return None
+        kind = str(message.topic).rsplit("/", 1)[-1]
+        label = kind if kind in COMMAND_KINDS else "unknown"
+        props = message.properties
+        response_topic: str | None = getattr(props, "ResponseTopic", None) if props else None
+        correlation: bytes | None = getattr(props, "CorrelationData", None) if props else None
+        topic_problem = check_response_topic(response_topic, self.topics.prefix)
+        if topic_problem is not None:
+            response_topic = correlation = None  # never published to: the refusal goes on evt/command only
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
         try:
             cmd = parse_command(kind, bytes(payload))
+            if topic_problem is not None:
+                raise Rejection("invalid_field", "response_topic", topic_problem, cmd.command_id)
         except Rejection as rej:
-            self.recorder.command(
-                kind
-                if kind in ("dial", "send", "cancel", "remove", "blacklist", "campaign", "operator")
-                else "unknown",
-                "rejected",
-            )
-            result = CommandResult(
-                command_id=rej.command_id,
-                kind=kind,
-                accepted=False,
-                error=rej.error,
-                gateway_id=self.gateway_id,
-                occurred_at=self.engine.clock(),
-            )
-            log.info("command rejected", extra={"kind": kind, "code": rej.error.code, "field": rej.error.field})
+            self.recorder.command(label, "rejected")
+            result = self._refusal(rej.command_id, kind, rej.error)
+            log.info("command rejected", extra={"kind": label, "code": rej.error.code, "field": rej.error.field})
             return self.engine.submit(lambda unit: publish_result(unit, result, response_topic, correlation))
+        except Exception as exc:  # a bug in the parsing: contained, answered, counted
+            log.error("command failed inside the gateway", exc_info=exc, extra={"kind": label})
+            self.recorder.command(label, "error")
+            self.recorder.command_failed(label, INTERNAL_ERROR)
+            failed = internal_error(None, kind[:64], self.gateway_id, self.engine.clock())
+            return self.engine.submit(lambda unit: publish_result(unit, failed, response_topic, correlation))
 
         numbers = self._numbers_of(cmd)
 
@@ -487,9 +574,22 @@ class Bus:
             given = None if numbers is None else numbers.result()  # ready by now, as a rule
             return execute(unit, cmd, self.ctx, self.gateway_id, response_topic, correlation, given)
 
-        fut = self.engine.submit(work, command_hint(cmd))
+        fallback = functools.partial(
+            fail_command, cmd=cmd, gateway_id=self.gateway_id, response_topic=response_topic, correlation=correlation
+        )
+        fut = self.engine.submit(work, command_hint(cmd), fallback)
         fut.add_done_callback(lambda f: self._count(cmd.kind, f))
         return fut
+
+    def _refusal(self, command_id: str | None, kind: str, error: CommandError) -> CommandResult:
+        return CommandResult(
+            command_id=command_id,
+            kind=kind[:64],
+            accepted=False,
+            error=error,
+            gateway_id=self.gateway_id,
+            occurred_at=self.engine.clock(),
+        )
 
     def _numbers_of(self, cmd: Command) -> concurrent.futures.Future[dict[str, str | None]] | None:
         """A bulk command's numbers, normalised on a thread of their own from the moment it is parsed:
@@ -509,6 +609,10 @@ class Bus:
             self.recorder.command(kind, "error")
             return
         result: CommandResult = fut.result()
+        if result.error is not None and result.error.code == INTERNAL_ERROR and not result.duplicate:
+            self.recorder.command(kind, "error")
+            self.recorder.command_failed(kind, INTERNAL_ERROR)
+            return
         self.recorder.command(kind, "duplicate" if result.duplicate else "accepted" if result.accepted else "rejected")
 
     # -- events out ------------------------------------------------------------------------------
@@ -523,44 +627,55 @@ class Bus:
         aiomqtt's `publish()` costs an Event, a timeout and a task per message, more than the rest of the
         pipeline; the outbox instead calls paho's publish on aiomqtt's connection and keeps its own
         registry of paho message ids (DESIGN habit 8), released by the PUBACK callback.
+
+        A row that can never go (DESIGN habit 15) moves to the dead letters with its reason, and the rows
+        behind it go on: one the client refuses (`_unpublishable`, paho's ValueError, a return code that
+        is about the row, `_publish_failure`) and one whose PUBACK carries a failure reason (>= 0x80: the
+        broker will refuse it again). Neither stops the publisher, so no restart and no member that takes
+        the partition over meets it again. A return code about the connection (no connection, paho's
+        queue full) ends the connection as before; the row goes on the next one.
         """
         paho = client._client
         window = asyncio.Semaphore(WINDOW)
-        inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        inflight: dict[int, OutboxRow] = {}  # paho mid -> outbox row
+        # rows that can never go, to move to the dead letters before the next fetch: (row, reason, detail);
+        # they stay in `_row_part` (not fetched again, their partition kept) until the move commits
+        dead: list[tuple[OutboxRow, str, str]] = []
         original: Any = paho.on_publish
 
         def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
             if original is not None:
                 original(c, userdata, mid, reason, properties)
-            row_id = inflight.pop(mid, None)
-            if row_id is None:
+            row = inflight.pop(mid, None)
+            if row is None:
                 return
             window.release()
             if getattr(reason, "is_failure", False):
-                # MQTT 5 PUBACK >= 0x80: the broker refused it (ACL, quota, topic) and will refuse it again:
-                # counted and logged, then out of the outbox like a delivered one — retried forever it would
-                # hold the backlog gauge, its alert and every drain (the event stays in the history)
+                # MQTT 5 PUBACK >= 0x80: the broker refused it (ACL, quota, topic) and will refuse it again
                 self.recorder.publish_refused.inc()
-                log.error("broker refused a publish", extra={"detail": str(reason), "row": row_id})
-            else:
-                self.recorder.events_published.inc()
-            self._acked.append(row_id)
-            self._acked_set.add(row_id)
+                dead.append((row, "broker_refused", f"PUBACK {getattr(reason, 'value', 0):#04x} {reason}"))
+                self._wake.set()
+                return
+            self.recorder.events_published.inc()
+            self._acked.append(row.id)
+            self._acked_set.add(row.id)
 
         paho.on_publish = on_publish
         cursor = 0
         store = self.engine.store
         shared = store.shared
         disconnected = client._disconnected
+        busy = self._row_part
         try:
             while not disconnected.done():
                 self._wake.clear()
+                if dead:
+                    await self._bury(dead)
                 self._forget_deleted()
                 parts = self.parts()
                 if parts is not None and not parts:  # fenced, or holding no partition
                     await wait_event(self._wake, 0.5)
                     continue
-                busy = self._row_part
                 skip = [*busy.keys(), *self._acked_set.difference(busy)] if shared else []
                 fetch = functools.partial(
                     _fetch, after=0 if shared else cursor, limit=WINDOW * 4, parts=parts, skip=skip
@@ -576,20 +691,47 @@ class Bus:
                         window.release()
                         break
                     cursor = row.id
-                    props = None
-                    if row.correlation is not None and self.cfg.protocol == 5:
-                        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                        props.CorrelationData = row.correlation
-                    info = paho.publish(row.topic, row.payload, qos=1, retain=row.retain, properties=props)
-                    if info.rc != 0:
-                        raise aiomqtt.MqttCodeError(info.rc, "could not publish from the outbox")
-                    inflight[info.mid] = row.id
+                    refusal = _unpublishable(row)
+                    if refusal is None:
+                        props = None
+                        if row.correlation is not None and self.cfg.protocol == 5:
+                            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                            props.CorrelationData = row.correlation
+                        try:
+                            info = paho.publish(row.topic, row.payload, qos=1, retain=row.retain, properties=props)
+                        except (ValueError, TypeError) as exc:  # about the row, whatever paho's words
+                            refusal = "client_refused", f"{type(exc).__name__}: {exc}"
+                        else:
+                            refusal = _publish_failure(info.rc)
+                            if refusal is None:
+                                inflight[info.mid] = row
+                    if refusal is not None:
+                        window.release()
+                        dead.append((row, *refusal))
                     busy[row.id] = row.part
             raise aiomqtt.MqttError("disconnected")
         finally:
             paho.on_publish = original
-            for row_id in inflight.values():  # not acknowledged: published again on the next connection
-                busy.pop(row_id, None)
+            # not acknowledged, or refused and not moved yet: published again on the next connection
+            for row in [*inflight.values(), *(d[0] for d in dead)]:
+                busy.pop(row.id, None)
+
+    async def _bury(self, dead: list[tuple[OutboxRow, str, str]]) -> None:
+        """Move the rows that can never go to the dead letters (one transaction), count and log each once.
+        A row another member moved first (it held the partition meanwhile) is its to count."""
+        taken = len(dead)  # a PUBACK may add to `dead` during the move: those wait for the next one
+        rows = {row.id: (row, reason, detail) for row, reason, detail in dead[:taken]}
+        moves = [(row_id, f"{reason}: {detail}") for row_id, (_, reason, detail) in rows.items()]
+        moved = await self.engine.store.run(functools.partial(_dead_letter, moves=moves))
+        del dead[:taken]
+        for row_id in moved:
+            row, reason, detail = rows[row_id]
+            self.recorder.dead_letters.labels(reason).inc()
+            log.error(
+                "outbox row moved to the dead letters",
+                extra={"row": row_id, "reason": reason, "detail": detail[:300], "topic": ascii(row.topic)[:300]},
+            )
+        self._deleted += list(rows)  # out of the outbox either way: forgotten before the next fetch
 
     def _forget_deleted(self) -> None:
         """Before a fetch: the rows whose delete committed are no longer pending for any later snapshot."""

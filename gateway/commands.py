@@ -7,8 +7,10 @@ answered again with the stored result (flagged `duplicate`) and changes nothing.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,9 @@ from .wire import (
     SendCommand,
     SendEntry,
 )
+
+log = logging.getLogger("telgate.commands")
+INTERNAL_ERROR = "internal_error"
 
 OPERATOR_SIGNALS = {
     "assigned": Kind.ASSIGNED,
@@ -168,6 +173,47 @@ def command_hint(cmd: Command) -> Hint:
     elif isinstance(campaign_id, str) and isinstance(contact_id, str):  # a single dial or send among them
         keys = ((campaign_id, contact_id),)
     return Hint(contacts=keys, commands=(cmd.command_id,))
+
+
+def internal_error(
+    command_id: str | None, kind: str | None, gateway_id: str, now: datetime, cmd: Command | None = None
+) -> CommandResult:
+    """The answer to a command whose handling failed inside the gateway (a bug, not the command's fault):
+    it is still answered once, acknowledged and counted, and the commands after it go on (SPEC §3)."""
+    return CommandResult(
+        command_id=command_id,
+        kind=kind,
+        campaign_id=getattr(cmd, "campaign_id", None),
+        contact_id=getattr(cmd, "contact_id", None),
+        accepted=False,
+        error=CommandError(
+            code=INTERNAL_ERROR,
+            field=None,
+            message="the gateway failed while handling this command; the failure is logged and counted",
+        ),
+        gateway_id=gateway_id,
+        occurred_at=now,
+    )
+
+
+def fail_command(
+    unit: Unit,
+    exc: BaseException,
+    cmd: Command,
+    gateway_id: str,
+    response_topic: str | None,
+    correlation: bytes | None,
+) -> CommandResult:
+    """`execute`'s fallback (Engine.submit): committed instead when applying `cmd` raised, on a transaction
+    without its writes. Kept under its id, so a redelivery is answered the same and is not tried again."""
+    log.error(
+        "command failed inside the gateway",
+        exc_info=exc,
+        extra={"kind": cmd.kind, "command_id": cmd.command_id, "campaign_id": getattr(cmd, "campaign_id", None)},
+    )
+    result = internal_error(cmd.command_id, cmd.kind, gateway_id, unit.now, cmd)
+    unit.command_result(cmd.command_id, _payload(result), response_topic, correlation, store=True)
+    return result
 
 
 def publish_result(unit: Unit, result: CommandResult, response_topic: str | None, correlation: bytes | None) -> None:

@@ -215,11 +215,21 @@ class Hint:
     commands: tuple[str, ...] = ()
 
 
+Fallback = Callable[[Unit, BaseException], R]
+
+
 @dataclass
 class _Work(Generic[R]):
     fn: Callable[[Unit], R]
     future: asyncio.Future[R]
     hint: Hint | None = None
+    # what to commit instead when `fn` raises (the poison-message rule, DESIGN habit 15): a command's
+    # `internal_error` result. Run in the same batch, on a transaction without `fn`'s writes.
+    fallback: Fallback[R] | None = None
+
+
+def _instead(fallback: Fallback[R], cause: BaseException) -> Callable[[Unit], R]:
+    return lambda unit: fallback(unit, cause)
 
 
 class Engine:
@@ -245,10 +255,13 @@ class Engine:
         """Call `callback` after a commit that wrote events ('commit'), enqueued ('dispatch') or set timers."""
         self._listeners[what].append(callback)
 
-    def submit(self, fn: Callable[[Unit], R], hint: Hint | None = None) -> asyncio.Future[R]:
-        """Queue `fn` for the next batch transaction now (arrival order is apply order)."""
+    def submit(
+        self, fn: Callable[[Unit], R], hint: Hint | None = None, fallback: Fallback[R] | None = None
+    ) -> asyncio.Future[R]:
+        """Queue `fn` for the next batch transaction now (arrival order is apply order). Should `fn` raise,
+        `fallback(unit, exc)` is committed in its place; without one the future takes the exception."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Work(fn, fut, hint))
+        self._queue.put_nowait(_Work(fn, fut, hint, fallback))
         return fut
 
     async def execute(self, fn: Callable[[Unit], R], hint: Hint | None = None) -> R:
@@ -299,9 +312,13 @@ class Engine:
                     continue
                 self._fail(live, Conflict(f"gave up after {MAX_CONFLICTS} conflicts"))
                 return
-            except _WorkFailed as failed:  # a bug in one piece of work: fail it alone, run the rest again
-                log.error("work failed", exc_info=failed.__cause__)
-                live[failed.index].future.set_exception(failed.__cause__ or failed)
+            except _WorkFailed as failed:  # a bug in one piece of work: contain it, run the rest again
+                work, cause = live[failed.index], failed.__cause__ or failed
+                if work.fallback is not None:  # committed in its place, with the rest of the batch
+                    live[failed.index] = _Work(_instead(work.fallback, cause), work.future, None)
+                    continue
+                log.error("work failed", exc_info=cause)
+                work.future.set_exception(cause)
                 del live[failed.index]
                 continue
             except Exception as exc:  # the store itself failed (disk full, I/O error): nothing was committed

@@ -22,7 +22,6 @@ import asyncio
 import csv
 import hashlib
 import io
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .strict_json import loads as strict_json
 from .submit import BusTarget, CommandWindow, NoResult, encode
 from .wire import (
     MAX_BULK_CONTACTS,
@@ -41,7 +41,6 @@ from .wire import (
     DialEntry,
     SendEntry,
     field_path,
-    strict_json,
 )
 
 MAX_ASKS = 20  # a bulk refused as a whole in an earlier run is asked again under a new id, this many times
@@ -172,9 +171,7 @@ def _read_jsonl(path: Path, text: str) -> list[Row]:
             continue
         try:
             data = strict_json(line)
-        except json.JSONDecodeError as exc:
-            raise FileProblem(path, number, None, f"not JSON: {exc.msg} (column {exc.colno})") from exc
-        except ValueError as exc:  # NaN or Infinity: the gateway would refuse the whole bulk for it
+        except ValueError as exc:  # NotJson: what the gateway would refuse the whole bulk for, named
             raise FileProblem(path, number, None, f"not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise FileProblem(path, number, None, "a line must be one JSON object")

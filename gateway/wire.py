@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
 from .domain.state import Mode
 from .domain.statuses import CampaignStatus, Channel, Profile, Status
 from .phones import international
+from .strict_json import loads as strict_json
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_BULK_PAYLOAD_BYTES = 1024 * 1024  # a bulk dial/send (SPEC §4)
@@ -56,7 +58,54 @@ CallerNumber = Annotated[
     Field(max_length=32, description="E.164 with + (spaces allowed); stored and sent normalised"),
     AfterValidator(_caller_number),
 ]
-CallerName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# a text that reaches a wire (SIP headers, the Cloud API, a file name): no control characters (C0, DEL, C1)
+NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]+$"
+CallerName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROLS)]
+PromptName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_CONTROLS)]
+MAX_TEMPLATE_TEXT = 1024  # Meta: a template's body is at most 1,024 characters, its parameters with it
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+_TARGET = re.compile(r"(?:sips?:[^\x00-\x20\x7f-\x9f<>\"]+|tel:\+?[0-9A-Za-z().;=%*#+-]+)", re.IGNORECASE)
+
+
+def check_target(value: str) -> str | None:  # TEMPORARY until sip.uri's
+    return None if _TARGET.fullmatch(value) else "not a SIP or tel URI"
+
+
+def _connect_to(value: str) -> str:
+    problem = check_target(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+ConnectTo = Annotated[
+    str,
+    Field(max_length=512, description="a SIP or tel URI (RFC 3261 §25, RFC 3966) the call is transferred to"),
+    AfterValidator(_connect_to),
+]
+
+
+def _check_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Template components go to the Cloud API as given: every string in them without control characters
+    (Meta refuses a new line or a tab in a parameter, 132018), every `text` within Meta's body limit."""
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, str):
+            if _CONTROL.search(value):
+                raise ValueError(f"{path} holds a control character")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+                if key == "text" and isinstance(item, str) and len(item) > MAX_TEMPLATE_TEXT:
+                    raise ValueError(f"{path}.text is longer than {MAX_TEMPLATE_TEXT} characters")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{path}[{index}]")
+
+    walk(components, "components")
+    return components
 
 
 class _CallerFields(_Strict):
@@ -94,8 +143,8 @@ class _Entry(_Strict):
 
 
 class DialEntry(_Entry, _CallerFields):
-    connect_to: str | None = Field(None, max_length=512)
-    prompt: str | None = Field(None, max_length=256)
+    connect_to: ConnectTo | None = None
+    prompt: PromptName | None = None
 
 
 class SendEntry(_Entry):
@@ -129,11 +178,11 @@ class DialCommand(_ContactsCommand, _CallerFields):
     contacts: list[DialEntry] | None = Field(None, min_length=1, max_length=MAX_BULK_CONTACTS)
     mode: Mode = Mode.PROGRESSIVE
     policy: PolicyIn | None = None
-    connect_to: str | None = Field(None, max_length=512)
+    connect_to: ConnectTo | None = None
     wrapup: bool = False
     bcw_s: float = Field(0.0, ge=0, le=3600)
     profile: Profile = Profile.MLUVII
-    prompt: str | None = Field(None, max_length=256)
+    prompt: PromptName | None = None
 
     def entries(self) -> list[DialEntry]:
         if self.contacts is not None:
@@ -155,9 +204,9 @@ class DialCommand(_ContactsCommand, _CallerFields):
 
 class Template(_Strict):
     model_config = ConfigDict(extra="allow", frozen=True)  # Meta adds template fields over time
-    name: str = Field(min_length=1, max_length=512)
-    language: str | dict[str, Any]
-    components: list[dict[str, Any]] = []
+    name: str = Field(min_length=1, max_length=512, pattern=NO_CONTROLS)
+    language: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=NO_CONTROLS)] | dict[str, Any]
+    components: Annotated[list[dict[str, Any]], AfterValidator(_check_components)] = []
 
 
 class SendCommand(_ContactsCommand):
@@ -213,7 +262,7 @@ class OperatorCommand(_Command):
     kind: Literal["operator"] = "operator"
     contact_id: Id
     signal: Literal["assigned", "accepted", "rejected", "call_now", "no_operator", "connected", "wrapup_done"]
-    operator_id: str | None = Field(None, max_length=128)
+    operator_id: str | None = Field(None, max_length=128, pattern=NO_CONTROLS)
 
 
 Command = (
@@ -415,11 +464,11 @@ def parse_command(kind: str, payload: bytes) -> Command:
         )
     try:
         raw = strict_json(payload)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError among them
-        raise Rejection("invalid_json", None, f"payload is not UTF-8 JSON: {exc}") from exc
+    except ValueError as exc:  # NotJson: says what and where
+        raise Rejection("invalid_json", None, f"payload is not RFC 8259 JSON in UTF-8: {exc}") from exc
     if not isinstance(raw, dict):
         raise Rejection("invalid_json", None, "payload must be a JSON object")
-    command_id = raw.get("command_id") if isinstance(raw.get("command_id"), str) else None
+    command_id = _readable_id(raw.get("command_id"))
     model = COMMANDS.get(kind)
     if model is None:
         raise Rejection("unknown_kind", "kind", f"unknown command kind {kind!r}; known: {sorted(COMMANDS)}", command_id)
@@ -447,30 +496,44 @@ def parse_command(kind: str, payload: bytes) -> Command:
     return cmd
 
 
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value (RFC 8259)")
-
-
-def strict_json(data: bytes | str) -> Any:
-    """`json.loads` without the NaN, Infinity and -Infinity that Python's json reads and no JSON has: a NaN
-    in a contact's `meta` made every event of that contact unencodable, so its command failed on every
-    redelivery instead of being refused."""
-    if isinstance(data, bytes | bytearray):  # as json.loads decodes bytes
-        data = bytes(data).decode(json.detect_encoding(data), "surrogatepass")
-    return _strict_decoder.decode(data)
-
-
-_strict_decoder = json.JSONDecoder(parse_constant=_not_json)  # one for every command, not one per call
-
-
 def _command_id_of(payload: bytes) -> str | None:
     """The command_id of a payload refused for its size, so the backend can tell which command it was."""
     try:
         raw = strict_json(payload)
     except ValueError:
         return None
-    cid = raw.get("command_id") if isinstance(raw, dict) else None
-    return cid if isinstance(cid, str) and len(cid) <= 128 else None
+    return _readable_id(raw.get("command_id")) if isinstance(raw, dict) else None
+
+
+def _readable_id(value: Any) -> str | None:
+    """A command id echoed in a refusal: only one that is an id (a backend matches it; anything else could
+    be 1 MB of control characters)."""
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
+
+
+_ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def check_response_topic(topic: str | None, prefix: str) -> str | None:
+    """A command's MQTT 5 Response Topic, where its result is published (SPEC §3): a topic name a
+    publisher may use, outside the gateway's own namespaces (the broker's ACL lets telgate write there,
+    and consumers trust those topics as events and presence). None, or what is wrong with it."""
+    if topic is None:
+        return None
+    problem: str | None = None
+    if not topic:
+        problem = "is empty"
+    elif "#" in topic or "+" in topic:
+        problem = "holds a wildcard (# or +)"
+    elif topic.startswith("$"):
+        problem = "starts with $ (the broker's own topics)"
+    elif any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 or c == "\ufeff" for c in topic):
+        problem = "holds a control character or a character MQTT forbids"
+    elif len(topic.encode("utf-8", "surrogatepass")) > 65535:
+        problem = "is longer than 65,535 bytes"
+    elif any(topic == ns.rstrip("/") or topic.startswith(ns) for ns in (f"{prefix}/v1/evt/", f"{prefix}/v1/gateways/")):
+        problem = f"is inside the gateway's own namespace ({prefix}/v1/evt/, {prefix}/v1/gateways/)"
+    return None if problem is None else f"the Response Topic {problem}"
 
 
 def field_path(loc: tuple[int | str, ...]) -> str | None:

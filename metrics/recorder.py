@@ -28,6 +28,9 @@ OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
 WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3}
 WA_FAILED = ("delivery_failed", "sending_failed", "error")
 PAUSE_CAUSES = ("pbx_down", "whatsapp_account_error", "budget_spent", "other")
+# why an outbox row can never be published (gateway/bus.py): a topic no MQTT client may publish to, a
+# packet over the limit, another refusal by the client library, a PUBACK with a failure reason
+DEAD_LETTER_REASONS = ("invalid_topic", "too_large", "client_refused", "broker_refused")
 
 
 @dataclass
@@ -144,12 +147,26 @@ class Recorder:
         self._transition_children: dict[tuple[str, str, str], Counter] = {}
         self._contact_children: dict[tuple[str, str, str], Gauge] = {}
         self.commands = Counter("telgate_commands", "Commands by kind and result", ["kind", "result"], registry=r)
+        self.commands_failed = Counter(
+            "telgate_commands_failed",
+            "Commands whose handling failed inside the gateway (answered internal_error, acknowledged)",
+            ["kind", "code"],
+            registry=r,
+        )
         self.events_published = Counter(
             "telgate_events_published", "Bus messages acknowledged by the broker", registry=r
         )
         self.publish_refused = Counter(
             "telgate_bus_publish_refused", "Publishes the broker answered with an error", registry=r
         )
+        self.dead_letters = Counter(
+            "telgate_outbox_dead_letters",
+            "Outbox rows that can never be published, moved to the dead letters",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DEAD_LETTER_REASONS:  # at 0 from the start: increase() sees the first one
+            self.dead_letters.labels(reason)
         self.illegal = Counter(
             "telgate_illegal_transitions", "Signals that were illegal in the contact's status", ["channel"], registry=r
         )
@@ -313,6 +330,9 @@ class Recorder:
 
     def command(self, kind: str, result: str) -> None:
         self.commands.labels(kind, result).inc()
+
+    def command_failed(self, kind: str, code: str) -> None:
+        self.commands_failed.labels(kind, code).inc()
 
     def illegal_transition(self, channel: str) -> None:
         self.illegal.labels(channel).inc()
