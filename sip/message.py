@@ -166,7 +166,7 @@ class Headers:
     def with_(self, name: str, value: str) -> Headers:
         """These headers and `name: value` after them; `HeaderValueError` for a name that is not a token or a
         value with a control character in it (RFC 3261 §25.1: no CR, LF or other CTL in a header field)."""
-        if not TOKEN.match(name):
+        if not TOKEN.fullmatch(name):
             raise HeaderValueError("header name", f"not a token: {name[:40]!r}")
         return Headers((*self.items, (canonical(name), checked(name, value))))
 

@@ -40,16 +40,16 @@ _IPV6 = r"\[[0-9A-Fa-f:.]{2,45}\]"
 _HOST = f"(?:{_IPV6}|{_IPV4}|{_HOSTNAME})"
 _PARAMCHAR = f"(?:[{_UNRESERVED}\\[\\]/:&+$]|{_ESCAPED})"
 _URI_PARAMS = f"(?:;{_PARAMCHAR}+(?:={_PARAMCHAR}+)?)*"
-SIP_URI = re.compile(f"^sips?:(?:{_USER}(?::{_PASSWORD})?@)?{_HOST}(?::\\d{{1,5}})?{_URI_PARAMS}$", re.IGNORECASE)
+SIP_URI = re.compile(f"^sips?:(?:{_USER}(?::{_PASSWORD})?@)?{_HOST}(?::\\d{{1,5}})?{_URI_PARAMS}\\Z", re.IGNORECASE)
 
 _VISUAL = r"\-.()"
 _GLOBAL = f"\\+[0-9{_VISUAL}]*[0-9][0-9{_VISUAL}]*"
 _LOCAL = f"[0-9A-Fa-f*#{_VISUAL}]*[0-9A-Fa-f*#][0-9A-Fa-f*#{_VISUAL}]*"
 _TEL_PARAMCHAR = f"(?:[{_UNRESERVED}\\[\\]/:&+$]|{_ESCAPED})"
 _TEL_PARAMS = f"(?:;[{_ALNUM}\\-]+(?:={_TEL_PARAMCHAR}+)?)*"
-TEL_URI = re.compile(f"^tel:(?:(?P<global>{_GLOBAL})|(?P<local>{_LOCAL})){_TEL_PARAMS}$", re.IGNORECASE)
+TEL_URI = re.compile(f"^tel:(?:(?P<global>{_GLOBAL})|(?P<local>{_LOCAL})){_TEL_PARAMS}\\Z", re.IGNORECASE)
 
-USER = re.compile(f"^{_USER}$")
+USER = re.compile(f"^{_USER}\\Z")
 _ESCAPED_CONTROL = re.compile("%(?:[01][0-9A-Fa-f]|7[Ff])")
 _SEPARATORS = frozenset({"\u2028", "\u2029"})
 
