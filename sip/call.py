@@ -859,8 +859,10 @@ class Call:
         extra = Headers()
         if self._challenge is not None:
             challenge, name = self._challenge
-            assert self.cfg.username is not None and self.cfg.password is not None
-            credentials = auth.response(challenge, self.cfg.username, self.cfg.password, "INVITE", self.invite_uri)
+            username, password = self.cfg.username, self.cfg.password
+            if not username or not password:  # a challenge is taken up only with both (_classify): not an assert
+                raise auth.AuthError("sip.username and sip.password are needed to answer a digest challenge")
+            credentials = auth.response(challenge, username, password, "INVITE", self.invite_uri)
             extra = extra.with_(name, credentials)
         extra = extra.with_("Supported", "timer").with_("Session-Expires", str(self._asked_interval()))
         min_se = self.min_se if self.min_se is not None else min(self.cfg.session_expires_s, DEFAULT_MIN_SE)
