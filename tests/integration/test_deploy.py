@@ -2,16 +2,25 @@
 the systemd units verify (the single one and the template for several instances on one host), the example
 configuration loads (and with a template instance's environment file on top of it), the Prometheus
 configuration scrapes every instance, and the shipped Mosquitto configuration refuses anonymous clients and
-lets telgate in with its password."""
+lets telgate in with its password.
+
+No input stops the gateway (issue 21), deploy/'s part: the compose stack publishes only the webhook listener
+beyond the host's loopback, its admin endpoints need the bearer token Prometheus scrapes with, and no
+password is written in deploy/; deploy/init-secrets.sh makes every secret the stack reads; the broker it
+configures takes TLS clients that trust the generated CA with the generated passwords, and its ACL keeps each
+tenant's backend to its own topic prefix (a real Mosquitto and a real gateway over TLS)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -33,6 +42,7 @@ from tools.gen_dashboards import PROMETHEUS, queries
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+INIT = DEPLOY / "init-secrets.sh"
 
 
 def _compose() -> list[str]:
@@ -43,8 +53,14 @@ def _compose() -> list[str]:
     raise AssertionError("neither `docker compose` nor docker-compose is installed (bash .ci/run installs it)")
 
 
+def _compose_config(compose: Path = DEPLOY / "compose.yaml") -> subprocess.CompletedProcess[str]:
+    """`docker compose config` with the stack's defaults (the bind variables unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TELGATE_MQTT_BIND", "TELGATE_SIP_BIND")}
+    return subprocess.run([*_compose(), "-f", str(compose), "config"], capture_output=True, text=True, env=env)
+
+
 def test_compose_file_validates(tmp_path: Path) -> None:
-    out = subprocess.run([*_compose(), "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True)
+    out = _compose_config()
     assert out.returncode == 0, out.stderr
     for service in ("telgate-1", "telgate-2", "postgres", "mosquitto", "prometheus", "influxdb", "grafana"):
         assert f"  {service}:" in out.stdout
@@ -97,12 +113,23 @@ def test_compose_entrypoint_writes_a_password_file_libpq_accepts(tmp_path: Path)
 
 
 def test_prometheus_scrapes_every_instance(tmp_path: Path) -> None:
+    """Every instance's admin listener (http.admin_listen, 9100 in the stack), with the bearer token of
+    http.api_token_file from the compose secret Prometheus is given."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == ["telgate-1:8080", "telgate-2:8080"]
+    assert targets == ["telgate-1:9100", "telgate-2:9100"]
+    services = yaml.safe_load(_compose_config().stdout)["services"]
+    for name in ("telgate-1", "telgate-2"):
+        assert services[name]["environment"]["TELGATE_HTTP__ADMIN_LISTEN"].endswith(":9100")
+    (job,) = config["scrape_configs"]
+    token = services["telgate-1"]["environment"]["TELGATE_HTTP__API_TOKEN_FILE"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": token}
+    assert token == "/run/secrets/telgate-api-token" and "telgate-api-token" in str(services["prometheus"]["secrets"])
     tool = shutil.which("promtool")
     assert tool, "promtool is not installed (apt-get install prometheus; bash .ci/run does)"
     config["rule_files"] = [str(DEPLOY / "prometheus" / "alerts.yml")]
+    (tmp_path / "token").write_text("t0ken")  # promtool checks that the credentials file exists
+    job["authorization"]["credentials_file"] = str(tmp_path / "token")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     out = subprocess.run([tool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -357,3 +384,257 @@ def test_influxdb_dashboards_keep_the_instances_apart(tmp_path: Path) -> None:
         (attempts_q,) = [q for _, panel, q in queries("influxdb") if panel == "Call attempts per campaign"]
         last = {s["tags"]["gateway"]: [v[1] for v in s["values"] if v[1] is not None][-1] for s in run(attempts_q)}
         assert last == {"gw-1": 12, "gw-2": 6}
+
+
+# --- issue 21: what the stack exposes, and its secrets ---
+
+# files in deploy/ that may hold something that looks like a password: passwd.example is the fixture of the
+# test suite's throwaway brokers (tests/support/broker.py: shipped_broker); neither the compose stack nor
+# docs/deploy.md uses it — the stack's password file is made by init-secrets.sh
+_FIXTURES = {"mosquitto/passwd.example"}
+
+
+def _port_binding(port: Any) -> tuple[str, str]:
+    """(host address, container port) of a port in `docker compose config`'s output; "" = every interface."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip") or ""), str(port["target"])
+    parts = str(port).split("/")[0].split(":")
+    return (parts[0] if len(parts) == 3 else ""), parts[-1]
+
+
+def test_compose_publishes_only_the_webhook_beyond_loopback() -> None:
+    """Every published port is bound to 127.0.0.1 but the telgate instances' public listener (8080 inside:
+    /webhooks/whatsapp, /healthz); the admin endpoints sit on admin_listen behind api_token_file; telgate
+    reaches the broker over TLS, which publishes no plaintext port."""
+    services = yaml.safe_load(_compose_config().stdout)["services"]
+    open_ports = []
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host, target = _port_binding(port)
+            if host != "127.0.0.1":
+                open_ports.append((name, target))
+    assert sorted(open_ports) == [("telgate-1", "8080"), ("telgate-2", "8080")], open_ports
+    assert not any(_port_binding(p)[1] == "1883" for p in services["mosquitto"]["ports"])
+    for name in ("telgate-1", "telgate-2"):
+        env = services[name]["environment"]
+        assert env["TELGATE_HTTP__ADMIN_LISTEN"] and env["TELGATE_HTTP__API_TOKEN_FILE"].startswith("/run/secrets/")
+        assert env["TELGATE_BUS__URL"] == "mqtts://mosquitto:8883" and env["TELGATE_BUS__CA_FILE"]
+        assert env["TELGATE_BUS__PASSWORD_FILE"] and env["TELGATE_INFLUX__PASSWORD_FILE"]
+        assert not {k for k in env if re.search("PASSWORD|TOKEN|SECRET", k) and not k.endswith("_FILE")}
+    influx = services["influxdb"]["environment"]
+    assert influx["INFLUXDB_HTTP_AUTH_ENABLED"] == "true" and not any(k.endswith("PASSWORD") for k in influx)
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana-admin-password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana
+    # the plaintext listener of the shipped configuration is on the broker's own loopback
+    listeners = [ln.split() for ln in (DEPLOY / "mosquitto" / "mosquitto.conf").read_text().splitlines()]
+    assert [ln for ln in listeners if ln[:1] == ["listener"]] == [["listener", "1883", "127.0.0.1"]]
+
+
+_SECRET_KEY = re.compile(r"(?i)[\w.-]*(password|passwd|token|secret)[\w.-]*\s*[:=]\s*(\S+)")
+_FROM_A_FILE = re.compile(r"(?i)(_file\b|__file\b|\$__file\{|/run/secrets/|/etc/telgate/|\$\$\(cat |\"\$\$\(cat )")
+
+
+def test_no_password_is_written_in_deploy() -> None:
+    """No literal password, token or secret in deploy/ (what git holds there and what is about to be added):
+    every `*password*`/`*token*`/`*secret*` key names a file, a secret or a variable, never a value; no
+    `changeme`, no admin/admin."""
+    files = [
+        p
+        for p in DEPLOY.rglob("*")
+        if p.is_file() and "secrets" not in p.relative_to(DEPLOY).parts and p.suffix not in (".json",)
+    ]
+    assert len(files) > 15
+    found = []
+    for path in files:
+        rel = path.relative_to(DEPLOY).as_posix()
+        if rel in _FIXTURES:
+            continue
+        text = path.read_text()
+        for n, line in enumerate(text.splitlines(), 1):
+            if re.search(r"(?i)changeme|admin\s*/\s*admin|s3cret", line):
+                found.append(f"{rel}:{n}: {line.strip()}")
+            # configuration, not the script that makes the secrets (its values come from openssl rand)
+            code = "" if line.lstrip().startswith("#") or rel == "init-secrets.sh" else line.split("#", 1)[0]
+            for m in _SECRET_KEY.finditer(code):
+                value = m.group(2).strip("\"',")
+                if value and not _FROM_A_FILE.search(m.group(0)) and not value.startswith(("$", "/")):
+                    found.append(f"{rel}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+    # the dashboards are generated: no credentials in them either
+    for path in (DEPLOY / "grafana" / "dashboards").rglob("*.json"):
+        assert not re.search(r'(?i)"(password|token|secret)\w*"\s*:\s*"[^"$]', path.read_text()), path
+
+
+def _init(deploy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(["bash", str(deploy / "init-secrets.sh"), *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def _copy_deploy(tmp_path: Path) -> Path:
+    deploy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, deploy, ignore=shutil.ignore_patterns("secrets", "password"))
+    return deploy
+
+
+def test_init_secrets_makes_everything_the_stack_reads(tmp_path: Path) -> None:
+    """deploy/init-secrets.sh in a copy of deploy/: every file the compose file reads from secrets/ exists
+    and is not empty, the folder is the operator's alone, no secret is printed; telgate's configuration
+    from the compose environment loads with them (check-config, the secrets masked); a second run keeps
+    every password and still makes a valid password file."""
+    deploy = _copy_deploy(tmp_path)
+    out = _init(deploy)
+    secrets = deploy / "secrets"
+    values = {p.name: p.read_text() for p in secrets.iterdir() if p.name.endswith(("-password", "-token"))}
+    assert len(values) >= 8 and all(re.fullmatch(r"[0-9a-f]{48}", v) for v in values.values()), values.keys()
+    assert not any(v in out.stdout + out.stderr for v in values.values())
+    assert secrets.stat().st_mode & 0o077 == 0 and (secrets / "mqtt-ca.key").stat().st_mode & 0o077 == 0
+    config = _compose_config(deploy / "compose.yaml")
+    assert config.returncode == 0, config.stderr
+    stack = yaml.safe_load(config.stdout)
+    referenced = {Path(s["file"]) for s in stack["secrets"].values()}
+    for service in stack["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if "/secrets/" in source:
+                referenced.add(Path(source))
+    assert len(referenced) >= 11
+    missing = [str(p) for p in referenced if not (p.is_file() and p.stat().st_size > 0)]
+    assert not missing and all(p.parent == secrets for p in referenced), missing
+    # the secrets every service names are ones the file declares
+    for service in stack["services"].values():
+        assert {s["source"] for s in service.get("secrets", [])} <= set(stack["secrets"])
+    # telgate with the compose environment, the /run/secrets paths pointed at the generated files
+    services = stack["services"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        **{k: str(v).replace("/run/secrets", str(secrets)) for k, v in services["telgate-1"]["environment"].items()},
+    }
+    telgate = Path(sys.executable).with_name("telgate")
+    checked = subprocess.run([str(telgate), "check-config"], capture_output=True, text=True, env=env)
+    assert checked.returncode == 0, checked.stderr
+    settings = json.loads(checked.stdout)
+    assert settings["http"]["api_token"] == settings["bus"]["password"] == settings["influx"]["password"] == "********"
+    assert not any(v in checked.stdout for v in values.values())
+    # a second run: the passwords kept, the password file made again from them
+    before = {p.name: p.read_bytes() for p in secrets.iterdir()}
+    _init(deploy, "--mqtt-user", "acme")
+    after = {p.name: p.read_bytes() for p in secrets.iterdir()}
+    assert all(after[name] == data for name, data in before.items() if name != "mosquitto-passwd")
+    users = [line.split(":")[0] for line in after["mosquitto-passwd"].decode().splitlines()]
+    assert users == ["acme", "backend", "telgate"] and "mqtt-acme-password" in after
+    assert all(line.split(":", 1)[1].startswith("$7$") for line in after["mosquitto-passwd"].decode().splitlines())
+
+
+def _generated_broker(tmp_path: Path, secrets: Path) -> Mosquitto:
+    """Mosquitto with the compose stack's configuration (mosquitto.conf, then tls.conf, the ACL) and the files
+    init-secrets.sh made, on free ports of 127.0.0.1: `port` the plaintext listener, `tls_port` TLS."""
+    broker = Mosquitto(tmp_path / "mq", port=free_port())
+    broker.tls_port = free_port()
+    work = broker.workdir
+    text = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text() + (DEPLOY / "mosquitto" / "tls.conf").read_text()
+    conf = (
+        text.replace("/mosquitto/config/passwd", str(secrets / "mosquitto-passwd"))
+        .replace("/mosquitto/config/acl", str(DEPLOY / "mosquitto" / "acl"))
+        .replace("/mosquitto/config/certs/", f"{secrets}/")
+        .replace("/mosquitto/data/", f"{work}/")
+        .replace("listener 1883 127.0.0.1", f"listener {broker.port} 127.0.0.1")
+        .replace("listener 8883", f"listener {broker.tls_port} 127.0.0.1")
+        .replace("log_dest stdout", f"log_dest file {work}/mq.log")
+    )
+    broker.conf.write_text(conf + f"user {getpass.getuser()}\n")
+    return broker
+
+
+async def test_generated_secrets_secure_the_broker_and_keep_tenants_apart(tmp_path: Path) -> None:
+    """A real Mosquitto with the stack's configuration and init-secrets.sh's files: a TLS client that trusts
+    the generated CA gets in with a generated password, one that does not trust it is refused at the
+    handshake, a wrong password and no password are refused; a gateway connects over mqtts:// with bus.ca_file
+    and bus.password_file as the compose stack gives them. Tenants (the ACL's %u patterns): tenant acme's
+    gateway (user gw-acme, prefix tenant/acme) answers acme's command; globex can neither command acme's
+    gateway nor read acme's events."""
+    deploy = _copy_deploy(tmp_path)
+    _init(deploy, "--mqtt-user", "acme", "--mqtt-user", "gw-acme", "--mqtt-user", "globex")
+    secrets = deploy / "secrets"
+
+    def password(user: str) -> str:
+        return (secrets / f"mqtt-{user}-password").read_text()
+
+    ca = str(secrets / "mqtt-ca.crt")
+    trusted = ssl.create_default_context(cafile=ca)
+
+    def client(user: str | None, secret: str | None = None, tls: ssl.SSLContext = trusted) -> aiomqtt.Client:
+        """An MQTT 5 client of the TLS listener, by the name its certificate carries."""
+        assert broker.tls_port is not None
+        return aiomqtt.Client(
+            "localhost",
+            broker.tls_port,
+            username=user,
+            password=secret if secret is not None else (password(user) if user else None),
+            identifier=f"{user or 'anonymous'}-{free_port()}",
+            tls_context=tls,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        )
+
+    broker = _generated_broker(tmp_path, secrets)
+    broker.start()
+    try:
+        url = f"mqtts://localhost:{broker.tls_port}"
+        async with client("backend"):
+            pass
+        with pytest.raises(aiomqtt.MqttError):  # the system's CAs do not know the stack's own
+            async with client("backend", tls=ssl.create_default_context()):
+                pass
+        with pytest.raises(aiomqtt.MqttError):
+            async with client("backend", password("telgate")):
+                pass
+        with pytest.raises(aiomqtt.MqttError):
+            async with client(None):
+                pass
+        # the stack's telgate: TLS, the CA and the password from files
+        bus = {"username": "telgate", "password_file": str(secrets / "mqtt-telgate-password"), "ca_file": ca}
+        stack = settings_for(url, tmp_path / "gw", bus=bus)
+        async with gateway(stack) as app:
+            assert app.bus.connected.is_set()
+        # tenant acme: its gateways on tenant/acme as gw-acme; its backend acme; another tenant, globex
+        prefix = "tenant/acme"
+        bus = {"username": "gw-acme", "password": password("gw-acme"), "ca_file": ca, "topic_prefix": prefix}
+        acme_gw = settings_for(url, tmp_path / "acme", bus=bus)
+        async with gateway(acme_gw), client("acme") as acme, client("globex") as globex:
+            await acme.subscribe(f"{prefix}/v1/evt/#", qos=1)
+            await globex.subscribe(f"{prefix}/v1/evt/#", qos=1)
+            await globex.subscribe("tenant/globex/v1/evt/#", qos=1)
+            leaked: list[str] = []
+
+            async def collect() -> None:
+                async for message in globex.messages:
+                    leaked.append(str(message.topic))
+
+            spy = asyncio.create_task(collect())
+            try:
+                command = {"command_id": "g1", "campaign_id": "stolen", "action": "create"}
+                await globex.publish(f"{prefix}/v1/cmd/campaign", json.dumps(command), qos=1)
+                for n in (1, 2):
+                    command = {"command_id": f"a{n}", "campaign_id": f"acme-{n}", "action": "create"}
+                    await acme.publish(f"{prefix}/v1/cmd/campaign", json.dumps(command), qos=1)
+                results: dict[str, Any] = {}
+
+                async def read() -> None:
+                    async for message in acme.messages:
+                        if str(message.topic) == f"{prefix}/v1/evt/command":
+                            body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                            results[body["command_id"]] = body
+                            if {"a1", "a2"} <= results.keys():
+                                return
+
+                await asyncio.wait_for(read(), 20)
+                assert results["a1"]["accepted"] and results["a2"]["accepted"]
+                assert "g1" not in results  # globex's command never reached acme's gateway
+                assert not leaked, leaked  # nor any of acme's events globex
+            finally:
+                spy.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await spy
+    finally:
+        broker.stop()
