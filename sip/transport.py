@@ -100,10 +100,10 @@ class _Shell:
         key = (what, type(exc).__name__)
         extra = {"why": f"{type(exc).__name__}: {exc}"[:200], **({"peer": f"{addr[0]}:{addr[1]}"} if addr else {})}
         if key in self._failures_logged:
-            log.debug(f"sip {what.replace('_', ' ')} again", extra=extra)
+            log.debug(f"sip {what} again", extra=extra)
             return
         self._failures_logged.add(key)
-        log.error(f"sip {what.replace('_', ' ')} (logged once per kind, then counted)", exc_info=exc, extra=extra)
+        log.error(f"sip {what}: logged once per kind, then counted", exc_info=exc, extra=extra)
 
     def send(self, data: bytes, addr: Addr) -> None:
         raise NotImplementedError
@@ -257,7 +257,7 @@ class _Connection(asyncio.Protocol):
         for message in self.framer.feed(data):
             self.shell.deliver(message, self.peer)
         if (exc := self.framer.error) is not None and not self.transport.is_closing():
-            log.warning("closing a SIP connection", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "why": str(exc)})
+            log.info("closing a SIP connection", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "why": str(exc)})
             self.shell.ua.stats["framing_error"] += 1
             self.closed_why = f"closed by us: {exc}"
             self.transport.close()

@@ -30,24 +30,14 @@ from sip.transport import FramingError, StreamFramer
 from sip.ua import CallUpdate, Datagram, UserAgent
 from sip.uri import check_target, check_text, check_user
 from tests.conftest import CORPORA
+from tests.support import sipfuzz
 
 CFG = UacConfig(local_host="127.0.0.1", local_port=5070, pbx="127.0.0.1:5060")
 PBX = ("127.0.0.1", 5060)
 SIP = CORPORA / "sip"
 
-BASE = (
-    b"OPTIONS sip:telgate@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKq\r\n"
-    b"From: <sip:pbx@127.0.0.1>;tag=1\r\nTo: <sip:telgate@127.0.0.1>\r\nCall-ID: stray\r\n"
-    b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-)
-
-
-def _corpus() -> list[bytes]:
-    files = sorted((SIP / "rfc4475").glob("*.dat")) + sorted((SIP / "traces").rglob("*.sip"))
-    return [BASE] + [p.read_bytes() for p in files if p.is_file()]
-
-
-CORPUS = _corpus()
+CORPUS = sipfuzz.CORPUS
+BASE = sipfuzz.BASE
 
 
 def _ua() -> UserAgent:
@@ -55,63 +45,8 @@ def _ua() -> UserAgent:
     return UserAgent(CFG, PBX, lambda: f"t{next(n)}")
 
 
-# -- mutations: what a broken or hostile peer sends ------------------------------------------------------
-
-
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(CORPUS)))
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "truncate", "duplicate", "length", "crlf", "binary", "insert", "drop"]))
-        lines = bytes(data).split(b"\r\n")
-        if kind == "flip" and data:
-            at = draw(st.integers(0, len(data) - 1))
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "truncate" and data:
-            del data[draw(st.integers(0, len(data) - 1)) :]
-        elif kind == "duplicate" and len(lines) > 2:
-            at = draw(st.integers(1, len(lines) - 1))
-            lines.insert(at, lines[at])
-            data = bytearray(b"\r\n".join(lines))
-        elif kind == "length":
-            value = draw(st.sampled_from([b"99999999999999999999", b"-1", b"1" * 5000, b"65536", b"\xc2\xb2", b""]))
-            data = bytearray(bytes(data).replace(b"Content-Length: 0", b"Content-Length: " + value, 1))
-            if b"Content-Length: " + value not in data and len(lines) > 1:
-                lines.insert(1, b"Content-Length: " + value)
-                data = bytearray(b"\r\n".join(lines))
-        elif kind == "crlf" and len(lines) > 2:
-            at = draw(st.integers(1, len(lines) - 1))
-            junk = draw(st.sampled_from([b"\r", b"\n", b"\r\nX-Evil: 1", b"\x00", b"\n\n", b"\r\r"]))
-            lines[at] = lines[at] + junk + lines[at][:8]
-            data = bytearray(b"\r\n".join(lines))
-        elif kind == "binary":
-            at = draw(st.integers(0, len(data)))
-            data[at:at] = draw(st.sampled_from([b"\xff\xfe", b"\xed\xa0\x80", b"\xc0\xaf", b"\x80", b"\x00\x7f"]))
-        elif kind == "insert" and len(lines) > 2:
-            header = draw(
-                st.sampled_from(
-                    [b"CSeq: \xc2\xb2 OPTIONS", b"Session-Expires: 9" * 3, b"Reason: Q.850;cause=" + b"9" * 5000]
-                )
-            )
-            lines.insert(draw(st.integers(1, len(lines) - 1)), header)
-            data = bytearray(b"\r\n".join(lines))
-        elif kind == "drop" and len(lines) > 2:
-            del lines[draw(st.integers(1, len(lines) - 1))]
-            data = bytearray(b"\r\n".join(lines))
-    return bytes(data)
-
-
-HOSTILE = st.one_of(mutated(), st.binary(max_size=2048), st.text(max_size=512).map(lambda t: t.encode("utf-8")))
-
-
-def _status(reply: bytes) -> int:
-    """The status of a reply we sent, which must be one response on the wire: a status line, header lines
-    with no bare CR or LF among them (what it copies from a bad request may still be bad, but contained)."""
-    head, sep, _ = reply.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    assert sep and all(b"\r" not in line and b"\n" not in line for line in lines), reply[:200]
-    assert lines[0][:8] == b"SIP/2.0 " and lines[0][8:11].isdigit() and lines[-1].startswith(b"Content-Length: ")
-    return int(lines[0][8:11])
+HOSTILE = sipfuzz.hostile()
+_status = sipfuzz.status_of
 
 
 def _parse_or_refusal(data: bytes) -> Request | Response | ParseError:
