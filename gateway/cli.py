@@ -57,6 +57,77 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """`telgate dead-letters`: the outbox rows that could never be published (SPEC §3), newest first."""
+    import base64
+    from datetime import UTC, datetime
+
+    from .store import DeadLetter, Reads, StoreError, open_store
+
+    if args.limit <= 0:
+        raise ConfigError("--limit", "must be positive")
+    settings = _settings(args.config)
+    url = settings.store_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        print(f"telgate: no store at {url.removeprefix('sqlite:///')} (gateway.data_dir)", file=sys.stderr)
+        return 1
+
+    def newest(txn: Reads) -> list[DeadLetter]:
+        return txn.dead_letters(args.limit)
+
+    async def read() -> list[DeadLetter]:
+        store = open_store(url)
+        await store.open()
+        try:
+            return await store.read(newest)
+        finally:
+            await store.close()
+
+    try:
+        dead = asyncio.run(read())
+    except StoreError as exc:
+        print(f"telgate: store: {exc}", file=sys.stderr)
+        return 1
+
+    def when(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def text(raw: bytes) -> str:  # a payload as text when it is UTF-8, else base64
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(raw).decode()
+
+    if args.json:
+        out = []
+        for d in dead:
+            row: dict[str, object] = {
+                "id": d.id,
+                "dead_at": when(d.dead_at),
+                "created_at": when(d.created_at),
+                "topic": d.topic.encode("utf-8", "backslashreplace").decode(),
+                "reason": d.reason,
+                "retain": d.retain,
+                "part": d.part,
+                "payload_bytes": len(d.payload),
+            }
+            if args.payload:
+                row["payload"] = text(d.payload)
+                row["correlation"] = None if d.correlation is None else base64.b64encode(d.correlation).decode()
+            out.append(row)
+        print(json.dumps(out, indent=2))
+        return 0
+    if not dead:
+        print("no dead letters")
+        return 0
+    for d in dead:
+        topic = d.topic.encode("utf-8", "backslashreplace").decode()
+        print(f"{d.id}\t{when(d.dead_at)}\t{topic}\t{d.reason}")
+        if args.payload:
+            print(f"\t{text(d.payload)}")
+    return 0
+
+
 def cmd_asyncapi(args: argparse.Namespace) -> int:
     from .asyncapi import document
 
@@ -157,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("migrate", help="apply the store's schema migrations and exit")
     p.add_argument("--config")
     p.set_defaults(fn=cmd_migrate)
+    p = sub.add_parser("dead-letters", help="list the outbox rows that could never be published, newest first")
+    p.add_argument("--config")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help="print them as a JSON array")
+    p.add_argument("--payload", action="store_true", help="print each payload too (base64 when not UTF-8)")
+    p.set_defaults(fn=cmd_dead_letters)
     p = sub.add_parser("asyncapi", help="print the AsyncAPI 3 document of the bus")
     p.add_argument("--prefix", default="telgate")
     p.set_defaults(fn=cmd_asyncapi)
