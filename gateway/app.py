@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiomqtt
 from aiohttp import web
 from pydantic import SecretStr
 
@@ -21,7 +22,7 @@ from metrics.recorder import Recorder, influx_points
 from whatsapp import webhook
 from whatsapp.client import CloudApiClient
 
-from . import __version__
+from . import __version__, identity
 from .bus import Bus
 from .cluster import Cluster
 from .commands import CommandContext
@@ -84,6 +85,7 @@ def _required(value: str | SecretStr | None, key: str) -> str:
 
 class App:
     def __init__(self, settings: Settings, ports: list[ChannelPort] | None = None, store: Store | None = None) -> None:
+        settings, self.earlier = identity.resolve(settings)  # the id kept with the data dir, earlier sessions
         self.settings = settings
         self.started_at = utcnow()
         self.recorder = Recorder(__version__, settings.metrics.campaign_label)
@@ -224,6 +226,25 @@ class App:
         self._adoptions.add(task)
         task.add_done_callback(self._adoptions.discard)
 
+    async def _adopt_earlier(self) -> None:
+        """The bus sessions this data dir left under earlier ids (a redeploy under a new `gateway.id`): each
+        is emptied into this engine and ended, then forgotten (gateway/identity.py). One that cannot be
+        (the broker down, the old id running elsewhere) is tried again at the next start."""
+        await self.bus.connected.wait()
+        for old in self.earlier:
+            ended = old.bus_client == self.settings.client_id or self.settings.bus.protocol != 5
+            if not ended:
+                try:
+                    ended = await self.bus.adopt(old.bus_client, timeout_s=4 * self.settings.gateway.lease_s)
+                except (aiomqtt.MqttError, OSError) as exc:  # the broker went away: the next start tries again
+                    log.warning("could not adopt an earlier bus session", extra={"detail": repr(exc)})
+            if ended:
+                await asyncio.to_thread(identity.forget, self.settings.gateway.data_dir, old)
+            log.info(
+                "earlier bus session of this data dir",
+                extra={"client_id": old.bus_client, "earlier_id": old.gateway_id, "ended": ended},
+            )
+
     async def _notifications(self) -> None:
         """What other instances committed for this one: a cancel of a call it owns (SPEC §11)."""
         async for payload in self.store.notifications():
@@ -271,6 +292,9 @@ class App:
                 await self.cluster.join()  # before the restart rule: no other member buries this id meanwhile
                 lease = tg.create_task(self.cluster.run(), name="cluster-lease")
                 settled = await self.engine.execute(lambda u: restart_rule(u, self.settings.gateway.id))
+                for old in self.earlier:  # what this data dir left in flight under an earlier id (identity.py)
+                    if old.gateway_id and old.gateway_id != self.settings.gateway.id:
+                        settled += await self.engine.execute(functools.partial(restart_rule, gateway_id=old.gateway_id))
                 if settled:
                     log.info("restart rule applied", extra={"contacts": settled})
                 self.recorder.set_contacts(await self.store.read(lambda txn: txn.all_counts()))
@@ -283,6 +307,7 @@ class App:
                     tg.create_task(self._trim_after_bursts(), name="allocator-trim"),
                     tg.create_task(self._prune(), name="store-prune"),
                     tg.create_task(self._notifications(), name="cluster-notifications"),
+                    *([tg.create_task(self._adopt_earlier(), name="adopt-earlier")] if self.earlier else []),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                     *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),
                     *([tg.create_task(self.influx.run(), name="influx")] if self.influx is not None else []),

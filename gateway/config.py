@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 import re
-import socket
 import ssl
 import tomllib
 from pathlib import Path
@@ -90,7 +89,8 @@ def _is_secret(name: str) -> bool:
 
 
 class GatewaySection(_Section):
-    id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    # empty: made once and kept with the data dir (gateway/identity.py), so a redeploy keeps it
+    id: str = Field("", pattern=r"^[A-Za-z0-9._:-]{0,128}$")
     data_dir: Path = Path("./var")
     default_region: str = Field("CZ", pattern=r"^[A-Z]{2}$")
     drain_timeout_s: float = Field(30.0, ge=0)
