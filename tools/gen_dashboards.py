@@ -41,6 +41,11 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "Each instance publishes the events of the partitions it holds, a fair share of 64. The sum is 64"
         " when every partition is held and every member is scraped (alert TelgateClusterPartitionsUnheld)."
     ),
+    ("Gateway", "Outbox rows moved to the dead letters"): (
+        "Events and command results that can never be published (a topic no client may publish to, a payload"
+        " over the limit, a refusal by the client or the broker's ACL), set aside and never retried, summed"
+        " over the instances (alert TelgateOutboxDeadLetters). `telgate dead-letters` lists them with the reason."
+    ),
     ("Gateway", "Takeovers"): (
         "Members whose lease expired (crashed, hung, cut off from the store) and that this instance buried:"
         " it settled their calls and sends by the restart rule and took their events, timers and queue."
@@ -216,6 +221,11 @@ PROMETHEUS: dict[str, list[Entry]] = {
             "Commands rejected / s",
             "ops",
             [('sum by (kind, result) (rate(telgate_commands_total{result!="accepted"}[15m]))', "{{kind}} {{result}}")],
+        ),
+        (
+            "Outbox rows moved to the dead letters",
+            "none",
+            [("sum by (reason) (increase(telgate_outbox_dead_letters_total[15m]))", "{{reason}}")],
         ),
         (
             "Campaigns paused by the gateway",

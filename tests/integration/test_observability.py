@@ -69,7 +69,8 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 # Prometheus' first scrape comes seconds after it is ready (target discovery is throttled):
                 # the counters must be seen at 0 before the traffic, or increase() has nothing to compare
                 assert await prom.until("telgate_build_info", timeout=30), "prometheus never scraped"
-                # traffic: calls with every outcome of the mix, WhatsApp sends, a rejected and an illegal command
+                # traffic: calls with every outcome of the mix, WhatsApp sends, a rejected and an illegal command,
+                # a dead letter
                 for i in range(12):
                     await b.send(
                         "dial",
@@ -98,6 +99,19 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 )  # c0 ended: an illegal transition, refused and counted
                 await b.send("send", send("acct", "a0", "420602000009", "account", policy=ONE_ATTEMPT))
                 await b.wait_for(lambda: b.final("account", "a0"))
+                # an outbox row that can never be published (a wildcard in its topic, as a bug or a bad
+                # Response Topic leaves behind): moved to the dead letters and counted, the alert's fault
+                await app.store.run(lambda t: t.add_outbox("telgate/v1/evt/bad/#", b"{}"))
+                app.bus.notify()
+                await b.wait_for(
+                    lambda: (
+                        app.recorder.registry.get_sample_value(
+                            "telgate_outbox_dead_letters_total", {"reason": "invalid_topic"}
+                        )
+                        == 1
+                    ),
+                    timeout=10,
+                )
                 # the ledger, now that the traffic has settled (every call final, every send answered): SIPp
                 # got one INVITE per call (two contacts share each of the numbers ending 0 and 1), the stand-in
                 # one send request per contact, errors included; the rejected command put nothing on the wire
