@@ -70,7 +70,7 @@ async def reader(broker: Mosquitto, messages: list[tuple[str, dict[str, Any]]]) 
         "127.0.0.1",
         broker.port,
         username="backend",
-        password="changeme-backend",
+        password=broker.passwords["backend"],
         protocol=aiomqtt.ProtocolVersion.V5,
     ) as client:
         await client.subscribe("telgate/v1/evt/#", qos=1)
@@ -101,7 +101,7 @@ async def test_rows_that_can_never_go_move_aside_and_the_rows_behind_them_go(tmp
     broker.start()
     data = tmp_path / "var"
     try:
-        settings = settings_for(broker.url, data, bus={"username": "telgate", "password": "changeme-telgate"})
+        settings = settings_for(broker.url, data, bus={"username": "telgate", "password": broker.passwords["telgate"]})
         got: list[tuple[str, dict[str, Any]]] = []
         async with gateway(settings) as app, reader(broker, got) as client:
 

@@ -333,9 +333,13 @@ async def test_the_shipped_broker_configuration_delivers_replies_to_a_backend(tm
     broker = shipped_broker(tmp_path)
     broker.start()
     try:
-        settings = settings_for(broker.url, tmp_path, bus={"username": "telgate", "password": "changeme-telgate"})
+        settings = settings_for(
+            broker.url, tmp_path, bus={"username": "telgate", "password": broker.passwords["telgate"]}
+        )
         async with gateway(settings) as app:
-            target = BusTarget(url=broker.url, username="backend", password="changeme-backend", client_id="crm-1")
+            target = BusTarget(
+                url=broker.url, username="backend", password=broker.passwords["backend"], client_id="crm-1"
+            )
             async with CommandWindow(target, give_up_after_s=10) as window:
                 result = await window.call(
                     "campaign", {"command_id": "acl-1", "campaign_id": "acl", "action": "create"}
@@ -344,7 +348,7 @@ async def test_the_shipped_broker_configuration_delivers_replies_to_a_backend(tm
             # `telgate import` as the backend user, its password from the environment as README shows it
             path = tmp_path / "acl.csv"
             path.write_text("contact_id,phone\n" + "".join(f"a{i},+420601{i:06d}\n" for i in range(20)))
-            (tmp_path / "backend-password").write_text("changeme-backend\n")
+            (tmp_path / "backend-password").write_text(broker.passwords["backend"] + "\n")
             env = {"TELGATE_BUS__USERNAME": "backend", "TELGATE_BUS__PASSWORD_FILE": str(tmp_path / "backend-password")}
             args = ("import", str(path), "--campaign", "acl", "--broker", broker.url, "--give-up-after", "10")
             code, out, err = await telgate(*args, "--json", env=env)

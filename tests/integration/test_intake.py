@@ -355,10 +355,12 @@ async def test_a_publish_the_broker_refuses_leaves_the_outbox(tmp_path: Path) ->
     broker = shipped_broker(tmp_path)
     broker.start()
     try:
-        settings = settings_for(broker.url, tmp_path, bus={"username": "telgate", "password": "changeme-telgate"})
+        settings = settings_for(
+            broker.url, tmp_path, bus={"username": "telgate", "password": broker.passwords["telgate"]}
+        )
         async with gateway(settings) as app:
             pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="crm", protocol=mqtt.MQTTv5)
-            pub.username_pw_set("backend", "changeme-backend")
+            pub.username_pw_set("backend", broker.passwords["backend"])
             pub.connect("127.0.0.1", broker.port)
             pub.loop_start()
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]

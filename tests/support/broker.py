@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import secrets
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,8 @@ class Mosquitto:
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        # user -> password, when the broker has users (shipped_broker); this one lets anyone in
+        self.passwords: dict[str, str] = {}
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
@@ -81,16 +84,24 @@ class Mosquitto:
         self.proc = None
 
 
-def shipped_broker(workdir: Path) -> Mosquitto:
-    """Mosquitto with the whole shipped configuration (deploy/mosquitto: users from passwd.example, the
-    ACL, the limits), on a free port with its data and log in `workdir`. Not started."""
+def shipped_broker(workdir: Path, users: tuple[str, ...] = ("telgate", "backend")) -> Mosquitto:
+    """Mosquitto with the whole shipped configuration (deploy/mosquitto: the ACL, the limits, users with
+    passwords), on a free port with its data and log in `workdir`. Not started.
+
+    The repository ships no password: as deploy/init-secrets.sh does for the stack, each of `users` gets
+    192 random bits in hex, made now, hashed into the password file by mosquitto_passwd -U and kept in
+    `broker.passwords` for the test's clients."""
     deploy = SHIPPED.parent
     workdir.mkdir(parents=True, exist_ok=True)
     broker = Mosquitto(workdir / "mq", port=free_port())
+    broker.passwords = {user: secrets.token_hex(24) for user in users}
     passwd = workdir / "passwd"
-    passwd.write_text((deploy / "passwd.example").read_text())
+    passwd.touch(mode=0o600)  # mosquitto warns of a password file other users can read
+    passwd.write_text("".join(f"{user}:{password}\n" for user, password in broker.passwords.items()))
     passwd_tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     subprocess.run([passwd_tool, "-U", str(passwd)], check=True)
+    hashed = passwd.read_text()
+    assert all(f"{user}:{password}" not in hashed for user, password in broker.passwords.items()), "not hashed"
     conf = (
         SHIPPED.read_text()
         .replace("/mosquitto/config/passwd", str(passwd))
