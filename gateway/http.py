@@ -241,11 +241,54 @@ def build_app(
         body["final"] = is_final(state.channel, state.status)
         return web.json_response(body)
 
-    app.router.add_get("/healthz", healthz)
+    expect = expectation(max_body_bytes)
+    app.router.add_get("/healthz", healthz, expect_handler=expect)
     if admin:
-        app.router.add_get("/readyz", guard(readyz))
-        app.router.add_get("/metrics", guard(metrics))
-        app.router.add_get(f"/v1/campaigns/{{campaign_id:{id_re}}}/contacts/{{contact_id:{id_re}}}", guard(contact))
+        app.router.add_get("/readyz", guard(readyz), expect_handler=expect)
+        app.router.add_get("/metrics", guard(metrics), expect_handler=expect)
+        app.router.add_get(
+            f"/v1/campaigns/{{campaign_id:{id_re}}}/contacts/{{contact_id:{id_re}}}",
+            guard(contact),
+            expect_handler=expect,
+        )
     if public and extra_routes:
-        app.add_routes(extra_routes)
+        app.add_routes(
+            [web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": expect}) for r in extra_routes]
+        )
+    add_unrouted(app, expect)
     return app
+
+
+def expectation(max_body_bytes: int) -> Callable[[web.Request], Awaitable[None]]:
+    """The `Expect` header's handler of every route (aiohttp runs it before any middleware). aiohttp's
+    own quotes an unknown expectation in its 417 and fails to encode one that was not UTF-8 (a 500).
+    `100-continue` is answered — after the announced length is checked (413 at once: the client sends
+    nothing in vain) — and anything else gets 417."""
+
+    async def expect(request: web.Request) -> None:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="Expect: only 100-continue is understood\n")
+        if request.content_length is not None and request.content_length > max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=max_body_bytes, actual_size=request.content_length)
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the response proper is still to come (as aiohttp's own does)
+
+    return expect
+
+
+def add_unrouted(app: web.Application, expect: Callable[[web.Request], Awaitable[None]]) -> None:
+    """A last route that takes what no other one does, answering 404 or 405 as aiohttp would — so that
+    every request, routed or not, goes through `expect` and the middlewares."""
+    resource = app.router.add_resource("/{unrouted:.*}")
+
+    async def unrouted(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for other in app.router.resources():
+            if other is not resource:
+                allowed |= (await other.resolve(request))[1]
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    resource.add_route("*", unrouted, expect_handler=expect)
