@@ -120,7 +120,7 @@ class HeaderValueError(SipError, ValueError):
 # other than the escapes of non-UTF-8 octets read from the wire (U+DC80-U+DCFF)
 _UNSAFE = re.compile(r"[\r\n]|(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udc7f\udd00-\udfff]")
 # what a received start line or header field may not hold: the same controls
-_CONTROL = re.compile(r"[\r\n]|(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_IN_HEAD = re.compile(r"\r|(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the lines joined by LF
 
 
 def unsafe(value: str) -> str | None:
@@ -131,9 +131,14 @@ def unsafe(value: str) -> str | None:
 
 def checked(what: str, value: str) -> str:
     """`value` when it may be written into a header field (or a start line), else `HeaderValueError`."""
+    if value.isascii() and value.isprintable():  # the common case, at C speed: no control, no DEL, no HTAB
+        return value
     if (why := unsafe(value)) is not None:
         raise HeaderValueError(what, why)
     return value
+
+
+_NAMES: dict[str, str] = {}  # header names already found to be tokens -> their canonical form
 
 
 def canonical(name: str) -> str:
@@ -166,9 +171,14 @@ class Headers:
     def with_(self, name: str, value: str) -> Headers:
         """These headers and `name: value` after them; `HeaderValueError` for a name that is not a token or a
         value with a control character in it (RFC 3261 §25.1: no CR, LF or other CTL in a header field)."""
-        if not TOKEN.fullmatch(name):
-            raise HeaderValueError("header name", f"not a token: {name[:40]!r}")
-        return Headers((*self.items, (canonical(name), checked(name, value))))
+        known = _NAMES.get(name)
+        if known is None:
+            if not TOKEN.fullmatch(name):
+                raise HeaderValueError("header name", f"not a token: {name[:40]!r}")
+            known = canonical(name)
+            if len(_NAMES) < 512:
+                _NAMES[name] = known
+        return Headers((*self.items, (known, checked(name, value))))
 
     def without(self, name: str) -> Headers:
         key = COMPACT.get(name.lower(), name.lower())
@@ -274,10 +284,11 @@ def parse(data: bytes) -> Message:
     if sep == 2 and head.endswith("\r"):  # "...\r\n\n": the last line's CR before the bare-LF empty line
         head = head[:-1]
     rest = data[end + sep :]
-    raw_lines = head.replace("\r\n", "\n").split("\n")
-    for number, line in enumerate(raw_lines):
-        if (bad := _CONTROL.search(line)) is not None:  # a bare CR, a NUL, ... (RFC 3261 §25.1)
-            raise ParseError(f"control character U+{ord(bad.group()):04X} in line {number + 1}")
+    text = head.replace("\r\n", "\n")
+    if (bad := _CONTROL_IN_HEAD.search(text)) is not None:  # a bare CR, a NUL, ... (RFC 3261 §25.1)
+        at = text.count("\n", 0, bad.start()) + 1
+        raise ParseError(f"control character U+{ord(bad.group()):04X} in line {at}")
+    raw_lines = text.split("\n")
     lines: list[str] = []
     for line in raw_lines:
         if line[:1] in (" ", "\t") and lines:  # folded continuation (LWS)
