@@ -4,19 +4,23 @@ A row the client refuses (a wildcard, a control character or bytes that are not 
 payload over the limit) and one the broker refuses (PUBACK 0x87 from the shipped ACL) are moved aside
 with their reason, counted and listed by `telgate dead-letters`, while the valid rows behind them are
 published and the gateway goes on serving. And the poison left behind: a gateway SIGKILLed while such
-rows sit in its outbox comes up and serves on the next start (before, every start crashed on them).
+rows sit in its outbox comes up and serves on the next start (before, every start crashed on them), and
+on PostgreSQL a second member takes the dead member's outbox partitions over, poison and all, and serves on
+(before, every member that took them crashed in turn).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +28,13 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.store import DeadLetter, Store, Txn, open_store
+from gateway.store import DeadLetter, Store, Txn, open_store, partition
 from tests.support import harness
 from tests.support.broker import Mosquitto, shipped_broker
 from tests.support.harness import backend, gateway, settings_for
+from tests.support.postgres import Postgres
 
-pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TOO_LARGE = b"x" * (1024 * 1024 + 1)  # over the largest payload SPEC §3 allows on the bus
 
@@ -96,6 +101,7 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.both_stores
 async def test_rows_that_can_never_go_move_aside_and_the_rows_behind_them_go(tmp_path: Path, store_kind: str) -> None:
     broker = shipped_broker(tmp_path)
     broker.start()
@@ -179,6 +185,7 @@ def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.both_stores
 async def test_poison_left_in_the_outbox_by_a_killed_gateway_does_not_stop_the_next_start(
     broker: Mosquitto, tmp_path: Path, store_kind: str
 ) -> None:
@@ -242,3 +249,101 @@ async def test_poison_left_in_the_outbox_by_a_killed_gateway_does_not_stop_the_n
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+LEASE_S = 2.0
+
+
+def _member_config(tmp_path: Path, name: str, broker: Mosquitto, url: str) -> Path:
+    cfg = tmp_path / f"{name}.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "{name}"\ndata_dir = "{tmp_path / name}"\nlease_s = {LEASE_S}\n'
+        f'[bus]\nurl = "{broker.url}"\nclient_id = "telgate-{name}"\n[http]\nlisten = "127.0.0.1:0"\n'
+        f'[store]\nurl = "{url}"\n'
+    )
+    return cfg
+
+
+def _held(url: str, member: str) -> set[int]:
+    """The outbox partitions `member` holds a live lease on, as the store says."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT part FROM partitions WHERE owner = %s AND expires_at > now()", (member,)).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+async def test_on_postgresql_a_second_member_takes_over_the_poisoned_outbox_partition(
+    broker: Mosquitto, session_postgres: Postgres, tmp_path: Path
+) -> None:
+    """Two members on one PostgreSQL; rows that can never be published sit in a partition of member A,
+    with valid rows behind them, when A is SIGKILLed. B takes the partition over within 2 x lease_s, moves
+    the poison to the dead letters, publishes the valid rows in order, and stays up serving commands."""
+    url = await asyncio.to_thread(session_postgres.create_database, "dead_letters_takeover")
+    logs = {name: tmp_path / f"{name}.log" for name in ("gw-a", "gw-b")}
+    procs = {name: _start(_member_config(tmp_path, name, broker, url), logs[name]) for name in logs}
+    try:
+        async with backend(broker.url) as b:
+            await b.wait_for(lambda: all(b.presence.get(name) == "online" for name in procs), timeout=20)
+            # each holds its share of the partitions, and its lease long enough to bury a dead member
+            async with asyncio.timeout(10):
+                while not all(await asyncio.gather(*(asyncio.to_thread(_held, url, n) for n in procs))):
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(2 * LEASE_S)
+            held_by_a = await asyncio.to_thread(_held, url, "gw-a")
+            key = next(k for k in (f"poison{i}" for i in itertools.count()) if partition(k) in held_by_a)
+
+            store: Store = open_store(url)
+            await store.open()
+            try:
+
+                def write(t: Txn) -> None:  # all in A's partition, in this order
+                    t.add_outbox("telgate/v1/evt/bad/#", b'{"n": 0}', part_key=key)
+                    t.add_outbox("backend/behind", b'{"n": 1}', part_key=key)
+                    t.add_outbox("telgate/v1/evt/\x1b[0m", b'{"n": 2}', part_key=key)
+                    t.add_outbox("backend/too-large", TOO_LARGE, part_key=key)
+                    t.add_outbox("backend/behind", b'{"n": 4}', part_key=key)
+
+                # A is frozen before the rows are committed (it never sees them), then killed
+                procs["gw-a"].send_signal(signal.SIGSTOP)
+                await store.run(write)
+            finally:
+                procs["gw-a"].send_signal(signal.SIGKILL)
+                await store.close()
+            killed_at = time.monotonic()
+            await asyncio.to_thread(procs["gw-a"].wait, 10)
+
+            await b.wait_for(lambda: [r[1]["n"] for r in b.responses] == [1, 4], timeout=4 * LEASE_S)
+            taken = time.monotonic() - killed_at
+            # bounded by the lease: A's expiry (lease_s after its last renewal) + B's renewal period (lease_s / 3)
+            # + the publication
+            assert taken < 2 * LEASE_S + 1.0, f"published after {taken:.2f} s"
+            print(f"B published the rows behind the poison {taken:.2f} s after A was killed")
+            assert partition(key) in await asyncio.to_thread(_held, url, "gw-b")
+            dead = await dead_letters(url)
+            assert sorted((d.topic, d.reason.split(":")[0]) for d in dead) == sorted(
+                [
+                    ("telgate/v1/evt/bad/#", "invalid_topic"),
+                    ("telgate/v1/evt/\x1b[0m", "invalid_topic"),
+                    ("backend/too-large", "too_large"),
+                ]
+            )
+            assert {d.part for d in dead} == {partition(key)}
+
+            # B stays up and answers a command (A's bus session was ended with it: nothing waits for A)
+            dial = {"command_id": "after", "campaign_id": "p", "contact_id": "k1", "phone": "+420601234560"}
+            await b.send("dial", dial)
+            await b.wait_for(lambda: b.final("p", "k1"), timeout=10)
+            result = b.result("after")
+            assert result is not None and result["accepted"], result
+            assert procs["gw-b"].poll() is None, "the member that took the poison over stays up"
+            lines = [json.loads(ln) for ln in logs["gw-b"].read_text().splitlines() if ln.startswith("{")]
+            moved = [ln for ln in lines if ln.get("msg") == "outbox row moved to the dead letters"]
+            assert len(moved) == 3, moved
+            took = [ln for ln in lines if ln.get("msg") == "took over a member whose lease expired"]
+            assert [ln.get("member") for ln in took] == ["gw-a"], took
+    finally:
+        for name, proc in procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.wait, 20) == 0, logs[name].read_text()[-3000:]
