@@ -22,6 +22,8 @@ from pydantic import (
     field_validator,
 )
 
+from sip.uri import check_target
+
 from .domain.state import Mode
 from .domain.statuses import CampaignStatus, Channel, Profile, Status
 from .phones import international
@@ -64,13 +66,6 @@ CallerName = Annotated[str, StringConstraints(min_length=1, max_length=64, patte
 PromptName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_CONTROLS)]
 MAX_TEMPLATE_TEXT = 1024  # Meta: a template's body is at most 1,024 characters, its parameters with it
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-_TARGET = re.compile(r"(?:sips?:[^\x00-\x20\x7f-\x9f<>\"]+|tel:\+?[0-9A-Za-z().;=%*#+-]+)", re.IGNORECASE)
-
-
-def check_target(value: str) -> str | None:  # TEMPORARY until sip.uri's
-    return None if _TARGET.fullmatch(value) else "not a SIP or tel URI"
 
 
 def _connect_to(value: str) -> str:
