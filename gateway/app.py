@@ -27,7 +27,7 @@ from .bus import Bus
 from .cluster import Cluster
 from .commands import CommandContext
 from .commit import Topics
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, mask_url
 from .domain import effects as fx
 from .domain.policy import Policy
 from .domain.state import ContactState
@@ -318,7 +318,7 @@ class App:
                         "gateway_id": self.settings.gateway.id,
                         "http": self.http_port,
                         "admin_http": self.admin_port,
-                        "bus": self.settings.bus.url,
+                        "bus": mask_url(self.settings.bus.url),
                         "version": __version__,
                     },
                 )

@@ -52,7 +52,8 @@ def parse_callback(data: str | None) -> tuple[Key, int] | None:
     if not data:
         return None
     parts = data.rsplit("/", 1)
-    if len(parts) != 2 or "/" not in parts[0] or not parts[1].isdigit():
+    # ASCII digits, and few: `isdigit` takes "²", and int() refuses 4,300 digits (a signed webhook got 500)
+    if len(parts) != 2 or "/" not in parts[0] or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 9:
         return None
     campaign_id, contact_id = parts[0].split("/", 1)
     return (campaign_id, contact_id), int(parts[1])

@@ -114,18 +114,11 @@ json_any = st.recursive(
 )
 
 
-def _known_callback_bug(data: str) -> bool:
-    """gateway/whatsapp_channel.parse_callback takes an attempt of non-ASCII digits ("²") or of more than
-    4,300 digits to int(), which raises: a 500 (test_a_callback_attempt_that_is_no_number_is_not_a_500)."""
-    last = data.rsplit("/", 1)[-1]
-    return last.isdigit() and not (last.isascii() and len(last) <= 4300)
-
-
 _callback = st.one_of(
     _text,
     st.builds("{}/{}/{}".format, _text, _text, st.one_of(st.integers(-3, 10**6), _text)),
     st.sampled_from(["wa/k0/1", "wa/k0/2", "wa/k0/0", "wa/k0/1/x"]),  # a live contact
-).filter(lambda data: not _known_callback_bug(data))
+)
 _api_error = st.fixed_dictionaries(
     {},
     optional={
@@ -331,11 +324,6 @@ async def test_fuzzed_headers_queries_and_bodies_get_4xx_and_the_gateway_goes_on
         assert seen.compared == 2 and seen.wire == seen.attempts, seen  # k0 and k1: no send the bodies caused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/whatsapp_channel.parse_callback: int() of an attempt of non-ASCII digits raises (a 500);"
-    " outside the files of this change, reported",
-)
 async def test_a_callback_attempt_that_is_no_number_is_not_a_500(broker: Mosquitto, tmp_path: Path) -> None:
     async with wa_rig(broker.url, tmp_path) as (app, _):
         port = app.http_port
