@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from sip.numbers import PREFIX_PATTERN
 from sip.transport import client_context
+from sip.uri import check_target, check_text, check_user
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("telgate_toml", default=None)
 
@@ -237,6 +238,19 @@ class SipSection(_Section):
     t1_ms: int = Field(500, ge=10, le=10_000)  # RFC 3261 T1: INVITE retransmits from T1, Timer B = 64 x T1
 
     _pbx = field_validator("pbx", mode="before")(_pbx_entries)
+
+    @field_validator("connect_to", "from_user", "from_display")
+    @classmethod
+    def _wire_grammar(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """What goes into a SIP header, checked by its grammar at start (sip/uri.py), not when a call is
+        placed or transferred."""
+        if not value:
+            return value
+        check = {"connect_to": check_target, "from_user": check_user, "from_display": check_text}[info.field_name or ""]
+        problem = check(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("pbx")
     @classmethod
