@@ -59,6 +59,15 @@ def generate(n: int, at: int) -> list[Hostile]:
     return out
 
 
+def _config(tmp_path: Path, broker: Mosquitto) -> Path:
+    cfg = tmp_path / "telgate.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "gw-fuzz"\ndata_dir = "{tmp_path / "gw"}"\ndrain_timeout_s = 5\n'
+        f'[bus]\nurl = "{broker.url}"\n[http]\nlisten = "127.0.0.1:0"\n'
+    )
+    return cfg
+
+
 def _valid(i: int) -> dict[str, str]:
     return {"command_id": f"ok{i}", "campaign_id": "fuzz-ok", "contact_id": f"ok{i}", "phone": "+420601234560"}
 
@@ -66,11 +75,7 @@ def _valid(i: int) -> dict[str, str]:
 async def test_hostile_commands_are_each_answered_once_and_stop_nothing(broker: Mosquitto, tmp_path: Path) -> None:
     print(f"fuzz seed {SEED}: replay with TELGATE_FUZZ_SEED={SEED}")
     messages = generate(EXAMPLES, SEED)
-    cfg, log, record = tmp_path / "telgate.toml", tmp_path / "gateway.log", tmp_path / "started.txt"
-    cfg.write_text(
-        f'[gateway]\nid = "gw-fuzz"\ndata_dir = "{tmp_path / "gw"}"\ndrain_timeout_s = 5\n'
-        f'[bus]\nurl = "{broker.url}"\n[http]\nlisten = "127.0.0.1:0"\n'
-    )
+    cfg, log, record = _config(tmp_path, broker), tmp_path / "gateway.log", tmp_path / "started.txt"
     proc = _start_gateway(cfg, log, record)
     valid: list[str] = []
     try:
@@ -177,11 +182,7 @@ POISON: list[tuple[str, bytes, str | None, str | None]] = [
 async def test_poison_left_unacknowledged_over_a_sigkill_is_answered_after_the_restart(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    cfg, log = tmp_path / "telgate.toml", tmp_path / "gateway.log"
-    cfg.write_text(
-        f'[gateway]\nid = "gw-fuzz"\ndata_dir = "{tmp_path / "gw"}"\ndrain_timeout_s = 5\n'
-        f'[bus]\nurl = "{broker.url}"\n[http]\nlisten = "127.0.0.1:0"\n'
-    )
+    cfg, log = _config(tmp_path, broker), tmp_path / "gateway.log"
     proc = _start_gateway(cfg, log)
     try:
         async with backend(broker.url) as b:
