@@ -191,7 +191,7 @@ def _notices(change: Change, common: dict[str, Any]) -> tuple[list[Notice], int]
         return [GenericNotice(**base)], 0
     cls, texts, ints, objects, lists = reader
     r = _Reader(raw)
-    fields = {k: r.text(k) for k in texts} | {k: r.epoch(k) for k in ints}
+    fields: dict[str, Any] = {k: r.text(k) for k in texts} | {k: r.epoch(k) for k in ints}
     fields |= {k: r.obj(k) for k in objects} | {k: r.objects(k) for k in lists}
     if cls is TemplateStatusNotice:
         info = fields.get("other_info") or {}
@@ -205,7 +205,10 @@ def _notices(change: Change, common: dict[str, Any]) -> tuple[list[Notice], int]
     return [cls(**base, **fields, unreadable=tuple(r.bad))], 0
 
 
-_READERS: dict[str, tuple[type[_Notice], tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+_Typed = (
+    TemplateStatusNotice | TemplateQualityNotice | TemplateCategoryNotice | AccountUpdateNotice | PhoneQualityNotice
+) | AccountAlertNotice
+_READERS: dict[str, tuple[type[_Typed], tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     # field: (class, text keys, epoch keys, object keys, list-of-object keys)
     "message_template_status_update": (
         TemplateStatusNotice,
@@ -262,7 +265,7 @@ def _user_preferences(raw: dict[str, Any], base: dict[str, Any]) -> tuple[list[N
             skipped += 1
             continue
         r = _Reader(pref)
-        fields = {k: r.text(k) for k in ("wa_id", "user_id", "category", "value", "detail")}
+        fields: dict[str, Any] = {k: r.text(k) for k in ("wa_id", "user_id", "category", "value", "detail")}
         if fields["wa_id"] is None and fields["user_id"] is None:
             skipped += 1
             continue
