@@ -167,6 +167,19 @@ class Unit:
     def map_wamid(self, wamid: str, key: Key) -> None:
         self._txn.map_wamid(wamid, key)
 
+    def note_inbound(self, wamid: str, phone_number_id: str) -> bool:
+        """An inbound message's wamid, noted now: True the first time (Meta repeats; False for a repeat,
+        also one earlier in this same transaction)."""
+        return self._txn.note_inbound(wamid, phone_number_id, self.now)
+
+    def set_marketing_opt_out(self, phone: str, stop: bool) -> None:
+        """Meta's `user_preferences` stop (True) or resume for `phone`, E.164 with + (phones.normalise)."""
+        self._txn.set_marketing_opt_out(phone, stop, self.now)
+
+    def set_template_state(self, name: str, language: str, status: str, reason: str | None) -> None:
+        """Meta's `message_template_status_update` (language "": every language of the name)."""
+        self._txn.set_template_state(name, language, status, reason, self.now)
+
     def fire_timer(self, timer_id: int) -> bool:
         """A persisted timer fires once: False when another transaction already took it."""
         return self._txn.delete_timer(timer_id)

@@ -1,4 +1,5 @@
-"""The store: contacts, campaigns, events + outbox, queue, timers, blacklist, command ids, wamids.
+"""The store: contacts, campaigns, events + outbox, queue, timers, blacklist, command ids, wamids,
+inbound message ids, marketing opt-outs and template states.
 
 `Store.run(fn)` runs `fn(txn)` as one transaction; the engine batches many decisions into one `run`
 (group commit). `Txn.put_contact` is a compare-and-set on `sequence` (SPEC §11): it returns False when
@@ -160,6 +161,23 @@ class Reads(Protocol):
 
     def lookup_wamid(self, wamid: str) -> Key | None: ...
 
+    # -- what customers and Meta send to the business's number (issue 22) -----------------------------
+    def marketing_opted_out(self, phone: str) -> bool:
+        """`phone` (E.164 with +, as the blacklist keys it) pressed Meta's "stop marketing messages" and
+        has not resumed since (`Txn.set_marketing_opt_out`)."""
+        ...
+
+    def template_state(self, name: str, language: str) -> tuple[str, str | None] | None:
+        """(status, reason) Meta last gave for template `name` in `language`, else for `name` in every
+        language (stored under language ""), else None."""
+        ...
+
+    def latest_contact_by_phone(self, channel: str, phone: str) -> Key | None:
+        """The most recently created contact on `channel` whose number is `phone` (E.164 with +) and
+        whose campaign is `in_progress`: reply matching by sender. Ties (one intake) go to the highest
+        (campaign_id, contact_id)."""
+        ...
+
     def prefetch(
         self, contacts: Collection[Key] = (), commands: Collection[str] = (), phones: Collection[str] = ()
     ) -> None:
@@ -233,6 +251,22 @@ class Txn(Reads, Protocol):
 
     def map_wamid(self, wamid: str, key: Key) -> None: ...
 
+    def note_inbound(self, wamid: str, phone_number_id: str, now: datetime) -> bool:
+        """An inbound message's wamid: True the first time it is seen, False when it was noted before —
+        by a committed transaction, another instance's, or this one (two identical messages in one POST).
+        Kept `store.retention_days` from `now` (`prune`)."""
+        ...
+
+    def set_marketing_opt_out(self, phone: str, stop: bool, now: datetime) -> None:
+        """Meta's `user_preferences`: `stop` puts `phone` (E.164 with +) on the marketing opt-out list
+        (kept with the time it first stopped), resume (`stop` False) takes it off."""
+        ...
+
+    def set_template_state(self, name: str, language: str, status: str, reason: str | None, now: datetime) -> None:
+        """Meta's `message_template_status_update` for template `name` in `language` ("": every language
+        of the name); the last one written stands."""
+        ...
+
     # -- several instances (docs/cluster.md); on SQLite one instance holds everything ------------------
     def lock_dispatch(self, channel: Channel) -> bool:
         """Until this transaction ends, no other instance's dispatch turn for `channel` runs (the
@@ -270,9 +304,9 @@ class Txn(Reads, Protocol):
         ...
 
     def prune(self, older_than: datetime) -> dict[str, int]:
-        """Delete event history (messages no longer pending), command ids and wamids written before
-        `older_than`, and dead letters moved before it (SPEC §11: `store.retention_days`); the rows
-        deleted per table."""
+        """Delete event history (messages no longer pending), command ids, wamids and inbound message
+        ids written before `older_than`, and dead letters moved before it (SPEC §11:
+        `store.retention_days`); the rows deleted per table."""
         ...
 
 

@@ -188,6 +188,32 @@ MIGRATIONS = (
             "CREATE INDEX dead_letters_at ON dead_letters (dead_at)",
         ),
     ),
+    Migration(
+        6,
+        "WhatsApp inbound: message ids seen (dedup), marketing opt-outs, template states; contacts by number",
+        (
+            "CREATE TABLE inbound_messages"
+            " (wamid text PRIMARY KEY, phone_number_id text NOT NULL, received_at timestamptz NOT NULL)",
+            "CREATE INDEX inbound_messages_received ON inbound_messages (received_at)",
+            "CREATE TABLE marketing_opt_outs (phone text PRIMARY KEY, since timestamptz NOT NULL)",
+            """CREATE TABLE template_states (
+                name text NOT NULL,
+                language text NOT NULL,
+                status text NOT NULL,
+                reason text,
+                updated_at timestamptz NOT NULL,
+                PRIMARY KEY (name, language)
+            )""",
+            # a contact's number and creation time as columns (written at its INSERT; neither changes
+            # after it), for `latest_contact_by_phone`; existing contacts take them from their state
+            "ALTER TABLE contacts ADD COLUMN phone text, ADD COLUMN created_at timestamptz",
+            "UPDATE contacts SET phone = state::jsonb ->> 'phone',"
+            " created_at = (state::jsonb ->> 'created_at')::timestamptz WHERE state::jsonb ->> 'phone' IS NOT NULL",
+            # in the read's order (SQLite's NULLs sort last when descending; here they would come first)
+            "CREATE INDEX contacts_phone ON contacts"
+            " (channel, phone, created_at DESC NULLS LAST, campaign_id DESC, contact_id DESC) WHERE phone IS NOT NULL",
+        ),
+    ),
 )
 # out of the outbox and into the dead letters in one statement: a row no longer pending (published, or
 # moved by a statement that committed first) is neither moved nor counted
@@ -202,7 +228,7 @@ DEAD_LETTER = (
 
 INSERT_CONTACT = (
     "INSERT INTO contacts (campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at,"
-    " priority) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING"
+    " priority, phone, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING"
 )
 # the queue place rides along when the same decision moves it (`set_ready` right after `put_contact`): one
 # row version and one statement instead of two (READY_KEPT: it stays as it is)
@@ -289,6 +315,8 @@ class _PgTxn:
         self._campaigns: dict[str, CampaignState | None] = {}  # read once per transaction (one per batch)
         self._commands: dict[str, bytes | None] = {}  # command ids read (prefetched) or written here
         self._blacklisted: dict[str, bool] = {}  # numbers looked up (prefetched) or changed here
+        self._opted_out: dict[str, bool] = {}  # marketing opt-outs looked up or changed here
+        self._inbound: set[str] = set()  # inbound wamids noted here (a second one is a duplicate)
 
     def prefetch(
         self, contacts: Collection[Key] = (), commands: Collection[str] = (), phones: Collection[str] = ()
@@ -459,6 +487,8 @@ class _PgTxn:
                 blob,
                 None if ready is None else ready[0],
                 1 if ready is None else ready[1],
+                state.phone,
+                state.created_at,
             )
             if ready is not None:
                 self._wakes.add("ready")
@@ -527,6 +557,16 @@ class _PgTxn:
             (channel, sorted(skip)),
         )
         return None if row is None else cast(datetime | None, row[0])
+
+    def latest_contact_by_phone(self, channel: str, phone: str) -> Key | None:
+        self._flush("contacts", "campaigns")
+        row = self._one(
+            "SELECT c.campaign_id, c.contact_id FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
+            " WHERE c.channel=%s AND c.phone=%s AND g.status='in_progress'"
+            " ORDER BY c.created_at DESC NULLS LAST, c.campaign_id DESC, c.contact_id DESC LIMIT 1",
+            (channel, phone),
+        )
+        return None if row is None else (row[0], row[1])
 
     def in_flight_contacts(self, owner: str) -> list[Key]:
         self._flush("contacts")
@@ -882,15 +922,67 @@ class _PgTxn:
         row = self._one("SELECT campaign_id, contact_id FROM wamids WHERE wamid=%s", (wamid,))
         return None if row is None else (row[0], row[1])
 
+    # -- what customers and Meta send to the business's number -----------------------------------
+    def note_inbound(self, wamid: str, phone_number_id: str, now: datetime) -> bool:
+        """Its answer decides, so it is sent at once; another instance's INSERT of the same wamid waits
+        for this transaction and then inserts nothing."""
+        if wamid in self._inbound:
+            return False
+        self._inbound.add(wamid)
+        self.cur.execute(
+            "INSERT INTO inbound_messages (wamid, phone_number_id, received_at) VALUES (%s,%s,%s)"
+            " ON CONFLICT DO NOTHING",
+            (wamid, phone_number_id, now),
+        )
+        return self.cur.rowcount == 1
+
+    def set_marketing_opt_out(self, phone: str, stop: bool, now: datetime) -> None:
+        if stop:
+            sql = "INSERT INTO marketing_opt_outs (phone, since) VALUES (%s,%s) ON CONFLICT DO NOTHING"
+            row: tuple[Any, ...] = (phone, now)
+        else:
+            sql, row = "DELETE FROM marketing_opt_outs WHERE phone=%s", (phone,)
+        self._queue("marketing_opt_outs", sql, row, phone)
+        self._opted_out[phone] = stop
+
+    def marketing_opted_out(self, phone: str) -> bool:
+        if phone in self._opted_out:
+            return self._opted_out[phone]
+        self._flush("marketing_opt_outs")
+        found = self._one("SELECT 1 FROM marketing_opt_outs WHERE phone=%s", (phone,)) is not None
+        self._opted_out[phone] = found
+        return found
+
+    def set_template_state(self, name: str, language: str, status: str, reason: str | None, now: datetime) -> None:
+        self._queue(
+            "template_states",
+            "INSERT INTO template_states (name, language, status, reason, updated_at) VALUES (%s,%s,%s,%s,%s)"
+            " ON CONFLICT (name, language) DO UPDATE SET status=excluded.status, reason=excluded.reason,"
+            " updated_at=excluded.updated_at",
+            (name, language, status, reason, now),
+            (name, language),
+        )
+
+    def template_state(self, name: str, language: str) -> tuple[str, str | None] | None:
+        self._flush("template_states")
+        row = self._one(
+            "SELECT status, reason FROM template_states WHERE name=%s AND language IN (%s, '')"
+            " ORDER BY language = '' LIMIT 1",  # the exact language first
+            (name, language),
+        )
+        return None if row is None else (row[0], row[1])
+
     # -- retention ------------------------------------------------------------------------------
     def prune(self, older_than: datetime) -> dict[str, int]:
         self._flush()
+        self._inbound.clear()  # what this transaction noted may be deleted now
         counts = {}
         for table, where in (
             ("messages", "NOT pending AND created_at"),
             ("commands", "created_at"),
             ("wamids", "created_at"),
             ("dead_letters", "dead_at"),
+            ("inbound_messages", "received_at"),
         ):
             counts[table] = self.cur.execute(f"DELETE FROM {table} WHERE {where} < %s", (older_than,)).rowcount
         # the marks of store connections long gone (each process start is a new owner); not a count of

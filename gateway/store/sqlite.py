@@ -117,6 +117,33 @@ MIGRATIONS = (
             "CREATE INDEX dead_letters_at ON dead_letters (dead_at)",
         ),
     ),
+    Migration(
+        6,
+        "WhatsApp inbound: message ids seen (dedup), marketing opt-outs, template states; contacts by number",
+        (
+            "CREATE TABLE inbound_messages"
+            " (wamid TEXT PRIMARY KEY, phone_number_id TEXT NOT NULL, received_at REAL NOT NULL)",
+            "CREATE INDEX inbound_messages_received ON inbound_messages (received_at)",
+            "CREATE TABLE marketing_opt_outs (phone TEXT PRIMARY KEY, since REAL NOT NULL)",
+            """CREATE TABLE template_states (
+                name TEXT NOT NULL,
+                language TEXT NOT NULL,
+                status TEXT NOT NULL,
+                reason TEXT,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (name, language)
+            ) WITHOUT ROWID""",
+            # a contact's number and creation time as columns (written at its INSERT; neither changes
+            # after it), for `latest_contact_by_phone`; existing contacts take them from their state
+            "ALTER TABLE contacts ADD COLUMN phone TEXT",
+            "ALTER TABLE contacts ADD COLUMN created_at REAL",
+            "UPDATE contacts SET phone = json_extract(state, '$.phone'),"
+            " created_at = (julianday(json_extract(state, '$.created_at')) - 2440587.5) * 86400.0"
+            " WHERE json_extract(state, '$.phone') IS NOT NULL",
+            # newest first by a backward scan; the key (campaign_id, contact_id) ends every entry
+            "CREATE INDEX contacts_phone ON contacts (channel, phone, created_at) WHERE phone IS NOT NULL",
+        ),
+    ),
 )
 
 
@@ -133,19 +160,21 @@ def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
 
 
-_CONTACT_COLUMNS = "campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at, priority"
+_CONTACT_COLUMNS = (
+    "campaign_id, contact_id, channel, status, sequence, in_flight, owner, state, ready_at, priority, phone, created_at"
+)
 _MESSAGE_COLUMNS = "topic, payload, retain, correlation, created_at, pending, campaign_id, contact_id"
 # Queued rows go out as INSERTs of a fixed number of rows, the rest one row per step of an executemany:
 # two statements per table in the connection's statement cache, not one per size (a cache of prepared
 # multi-row statements of every size grew the gateway's RSS with the queue, bench/ingest)
-_ROWS_PER_INSERT = 80  # 800 bound values for contacts: under the 999 of SQLite before 3.32
+_ROWS_PER_INSERT = 80  # 960 bound values for contacts: under the 999 of SQLite before 3.32
 # at most this many rows wait in a transaction's queue: a batch of bulk commands is ~9,000 contacts, and
 # holding all their rows (and their payloads) until COMMIT raised the gateway's RSS by 13 MiB (bench/ingest)
 _MAX_QUEUED = 4 * _ROWS_PER_INSERT
-_INSERT_CONTACT = f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_INSERT_CONTACT = f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_CONTACT_OR_IGNORE = _INSERT_CONTACT.replace("INSERT", "INSERT OR IGNORE", 1)
 _INSERT_CONTACTS = f"INSERT INTO contacts ({_CONTACT_COLUMNS}) VALUES " + ",".join(
-    ["(?,?,?,?,?,?,?,?,?,?)"] * _ROWS_PER_INSERT
+    ["(?,?,?,?,?,?,?,?,?,?,?,?)"] * _ROWS_PER_INSERT
 )
 _INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_MESSAGES = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES " + ",".join(
@@ -237,6 +266,8 @@ class _SqliteTxn:
                 blob,
                 None if ready is None else _ts(ready[0]),
                 1 if ready is None else ready[1],
+                state.phone,
+                None if state.created_at is None else _ts(state.created_at),
             )
             if key in self._known and self._known[key] is None:
                 # read as absent in this transaction, which holds the file's write lock: the INSERT cannot
@@ -307,6 +338,16 @@ class _SqliteTxn:
             (channel, *args),
         ).fetchone()
         return None if row[0] is None else _dt(row[0])
+
+    def latest_contact_by_phone(self, channel: str, phone: str) -> Key | None:
+        self._flush_contacts()
+        row = self.db.execute(
+            "SELECT c.campaign_id, c.contact_id FROM contacts c JOIN campaigns g ON g.campaign_id = c.campaign_id"
+            " WHERE c.channel=? AND c.phone=? AND g.status='in_progress'"
+            " ORDER BY c.created_at DESC, c.campaign_id DESC, c.contact_id DESC LIMIT 1",  # NULLs last
+            (channel, phone),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def in_flight_contacts(self, owner: str) -> list[Key]:
         self._flush_contacts()
@@ -576,6 +617,41 @@ class _SqliteTxn:
         row = self.db.execute("SELECT campaign_id, contact_id FROM wamids WHERE wamid=?", (wamid,)).fetchone()
         return None if row is None else (row[0], row[1])
 
+    # what customers and Meta send to the business's number
+    def note_inbound(self, wamid: str, phone_number_id: str, now: datetime) -> bool:
+        return (
+            self.db.execute(
+                "INSERT OR IGNORE INTO inbound_messages (wamid, phone_number_id, received_at) VALUES (?,?,?)",
+                (wamid, phone_number_id, _ts(now)),
+            ).rowcount
+            == 1
+        )
+
+    def set_marketing_opt_out(self, phone: str, stop: bool, now: datetime) -> None:
+        if stop:
+            self.db.execute("INSERT OR IGNORE INTO marketing_opt_outs (phone, since) VALUES (?,?)", (phone, _ts(now)))
+        else:
+            self.db.execute("DELETE FROM marketing_opt_outs WHERE phone=?", (phone,))
+
+    def marketing_opted_out(self, phone: str) -> bool:
+        return self.db.execute("SELECT 1 FROM marketing_opt_outs WHERE phone=?", (phone,)).fetchone() is not None
+
+    def set_template_state(self, name: str, language: str, status: str, reason: str | None, now: datetime) -> None:
+        self.db.execute(
+            "INSERT INTO template_states (name, language, status, reason, updated_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT (name, language) DO UPDATE SET status=excluded.status, reason=excluded.reason,"
+            " updated_at=excluded.updated_at",
+            (name, language, status, reason, _ts(now)),
+        )
+
+    def template_state(self, name: str, language: str) -> tuple[str, str | None] | None:
+        row = self.db.execute(
+            "SELECT status, reason FROM template_states WHERE name=? AND language IN (?, '')"
+            " ORDER BY language = '' LIMIT 1",  # the exact language first
+            (name, language),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
     # retention
     def prune(self, older_than: datetime) -> dict[str, int]:
         cutoff = _ts(older_than)
@@ -588,6 +664,9 @@ class _SqliteTxn:
             "commands": self.db.execute("DELETE FROM commands WHERE created_at < ?", (cutoff,)).rowcount,
             "wamids": self.db.execute("DELETE FROM wamids WHERE created_at < ?", (cutoff,)).rowcount,
             "dead_letters": self.db.execute("DELETE FROM dead_letters WHERE dead_at < ?", (cutoff,)).rowcount,
+            "inbound_messages": self.db.execute(
+                "DELETE FROM inbound_messages WHERE received_at < ?", (cutoff,)
+            ).rowcount,
         }
 
 

@@ -7,6 +7,7 @@ on PostgreSQL through the bus, and PostgreSQL killed and restarted under it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 import subprocess
@@ -16,7 +17,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import psycopg
@@ -28,8 +29,8 @@ from gateway.domain.effects import TimerKind
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import Budget, CampaignState, ContactState
 from gateway.domain.statuses import CampaignStatus, Channel, Status
-from gateway.engine import Engine
-from gateway.store import Conflict, Store, StoreError, Txn, open_store
+from gateway.engine import Engine, Unit
+from gateway.store import Conflict, Key, Store, StoreError, Txn, open_store
 from gateway.store.migrate import migrate
 from gateway.store.postgres import PostgresStore, _PgTxn
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -768,6 +769,216 @@ async def test_blacklist_commands_wamids(store: Store) -> None:
     assert not await store.run(lambda t: t.is_blacklisted("+420601123456"))
 
 
+# -- WhatsApp inbound: message ids, marketing opt-outs, template states, contacts by number (issue 22) ---------
+
+
+async def test_an_inbound_wamid_is_new_once_in_a_transaction_across_them_and_after_a_rollback(store: Store) -> None:
+    def post(t: Txn) -> list[bool]:
+        # two identical messages in one POST, and another one beside them
+        return [
+            t.note_inbound("wamid.IN1", "pn-1", T0),
+            t.note_inbound("wamid.IN1", "pn-1", T0),
+            t.note_inbound("wamid.IN2", "pn-1", T0),
+        ]
+
+    assert await store.run(post) == [True, False, True]
+    assert await store.run(post) == [False, False, False], "Meta repeats the webhook: nothing is new"
+    assert await store.run(lambda t: t.note_inbound("wamid.IN1", "pn-2", T0)) is False, "the wamid alone decides"
+
+    def failed(t: Txn) -> None:
+        assert t.note_inbound("wamid.IN3", "pn-1", T0)
+        raise RuntimeError("the batch failed")
+
+    with pytest.raises(RuntimeError):
+        await store.run(failed)
+    assert await store.run(lambda t: t.note_inbound("wamid.IN3", "pn-1", T0)), "a rolled-back note is no note"
+    with pytest.raises(StoreError):
+        await store.read(lambda t: cast(Txn, t).note_inbound("wamid.IN4", "pn-1", T0))
+
+
+async def test_inbound_wamids_are_pruned_by_the_time_they_were_received(store: Store) -> None:
+    def write(t: Txn) -> None:
+        t.note_inbound("wamid.old", "pn-1", T0 - timedelta(days=31))
+        t.note_inbound("wamid.new", "pn-1", T0 - timedelta(days=29))
+
+    await store.run(write)
+    assert (await store.run(lambda t: t.prune(T0 - timedelta(days=30))))["inbound_messages"] == 1
+    assert await store.run(lambda t: [t.note_inbound(w, "pn-1", T0) for w in ("wamid.old", "wamid.new")]) == [
+        True,  # pruned: a repeat after retention_days is new again (Meta repeats for at most a few days)
+        False,
+    ]
+
+    def prune_then_note(t: Txn) -> tuple[int, bool]:
+        assert not t.note_inbound("wamid.new", "pn-1", T0)
+        pruned = t.prune(T0 + timedelta(days=1))["inbound_messages"]
+        return pruned, t.note_inbound("wamid.new", "pn-1", T0 + timedelta(days=1))
+
+    assert await store.run(prune_then_note) == (2, True)
+
+
+async def test_marketing_opt_outs_stop_resume(store: Store) -> None:
+    phone = "+420601123456"
+
+    def stop(t: Txn) -> tuple[bool, bool, bool]:
+        before = t.marketing_opted_out(phone)
+        t.set_marketing_opt_out(phone, True, T0)
+        t.set_marketing_opt_out(phone, True, T0 + timedelta(hours=1))  # twice is once
+        t.set_marketing_opt_out("+420601000000", True, T0)
+        t.set_marketing_opt_out("+420601000000", False, T0)
+        return before, t.marketing_opted_out(phone), t.marketing_opted_out("+420601000000")
+
+    assert await store.run(stop) == (False, True, False)
+    assert await store.read(lambda t: (t.marketing_opted_out(phone), t.marketing_opted_out("+420601000000"))) == (
+        True,
+        False,
+    )
+    assert not await store.read(lambda t: t.marketing_opted_out("420601123456")), "stored as given: E.164 with +"
+    assert not await store.read(lambda t: t.is_blacklisted(phone)), "a marketing opt-out is not the blacklist"
+    await store.run(lambda t: t.set_marketing_opt_out("+420609999999", False, T0))  # resume of nobody: nothing
+    await store.run(lambda t: t.set_marketing_opt_out(phone, False, T0 + timedelta(days=1)))
+    assert not await store.run(lambda t: t.marketing_opted_out(phone))
+    assert (await store.run(lambda t: t.prune(T0 + timedelta(days=400)))).get("marketing_opt_outs") is None
+    await store.run(lambda t: t.set_marketing_opt_out(phone, True, T0))
+    await store.run(lambda t: t.prune(T0 + timedelta(days=400)))
+    assert await store.read(lambda t: t.marketing_opted_out(phone)), "an opt-out is state, never pruned"
+
+
+async def test_template_states_exact_language_first_then_every_language(store: Store) -> None:
+    def write(t: Txn) -> list[tuple[str, str | None] | None]:
+        t.set_template_state("reminder", "cs", "PAUSED", "quality: low", T0)
+        t.set_template_state("reminder", "", "DISABLED", None, T0)
+        t.set_template_state("promo", "en_US", "REJECTED", "INVALID_FORMAT", T0)
+        return [t.template_state("reminder", "cs"), t.template_state("reminder", "en"), t.template_state("x", "cs")]
+
+    assert await store.run(write) == [("PAUSED", "quality: low"), ("DISABLED", None), None]
+    got = await store.read(
+        lambda t: [
+            t.template_state("reminder", "cs"),
+            t.template_state("reminder", "de"),  # no row for "de": the name's row for every language
+            t.template_state("reminder", ""),
+            t.template_state("promo", "en_US"),
+            t.template_state("promo", "en"),  # no "" row for promo
+            t.template_state("Reminder", "cs"),  # names are Meta's, compared exactly
+        ]
+    )
+    assert got == [
+        ("PAUSED", "quality: low"),
+        ("DISABLED", None),
+        ("DISABLED", None),
+        ("REJECTED", "INVALID_FORMAT"),
+        None,
+        None,
+    ]
+
+    def reinstate(t: Txn) -> tuple[str, str | None] | None:
+        t.set_template_state("reminder", "cs", "APPROVED", None, T0 + timedelta(hours=1))  # the last one stands
+        return t.template_state("reminder", "cs")
+
+    assert await store.run(reinstate) == ("APPROVED", None)
+    assert await store.read(lambda t: t.template_state("reminder", "cs")) == ("APPROVED", None)
+    assert (await store.run(lambda t: t.prune(T0 + timedelta(days=400)))).get("template_states") is None
+    assert await store.read(lambda t: t.template_state("reminder", "de")) == ("DISABLED", None), "never pruned"
+
+
+def wa(campaign: str, key: str, phone: str | None, created: datetime | None, **kw: Any) -> ContactState:
+    return ContactState(
+        campaign_id=campaign,
+        contact_id=key,
+        channel=Channel.WHATSAPP,
+        sequence=1,
+        phone=phone,
+        created_at=created,
+        **kw,
+    )
+
+
+async def test_latest_contact_by_phone_newest_on_a_campaign_in_progress(store: Store) -> None:
+    phone, other = "+420601123456", "+420601999999"
+
+    def setup(t: Txn) -> None:
+        for campaign, status in (("a", "in_progress"), ("b", "in_progress"), ("p", "paused"), ("v", "in_progress")):
+            t.put_campaign(CampaignState(campaign_id=campaign, status=CampaignStatus(status)))
+        t.put_contact(wa("a", "k1", phone, T0), 0, None)
+        t.put_contact(wa("b", "k1", phone, T0 + timedelta(hours=1)), 0, None)
+        t.put_contact(wa("b", "k2", other, T0 + timedelta(hours=5)), 0, None)
+        t.put_contact(wa("p", "k1", phone, T0 + timedelta(hours=2)), 0, None)  # newer, but its campaign is paused
+        t.put_contact(contact("k1", campaign="v", phone=phone, created_at=T0 + timedelta(hours=3)), 0, None)  # voice
+        t.put_contact(wa("a", "k9", None, T0 + timedelta(hours=9)), 0, None)  # an invalid number
+
+    await store.run(setup)
+    assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, phone)) == ("b", "k1")
+    assert await store.read(lambda t: t.latest_contact_by_phone("whatsapp", other)) == ("b", "k2")
+    assert await store.read(lambda t: t.latest_contact_by_phone(Channel.VOICE, phone)) == ("v", "k1")
+    assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, "+420600000000")) is None
+    assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, "420601123456")) is None
+
+    def pause_b(t: Txn) -> Key | None:
+        t.put_campaign(CampaignState(campaign_id="b", status=CampaignStatus.PAUSED))
+        return t.latest_contact_by_phone(Channel.WHATSAPP, phone)  # sees this transaction's writes
+
+    assert await store.run(pause_b) == ("a", "k1")
+
+    def resume_p_and_add(t: Txn) -> tuple[Key | None, Key | None]:
+        t.put_campaign(CampaignState(campaign_id="p", status=CampaignStatus.IN_PROGRESS))
+        first = t.latest_contact_by_phone(Channel.WHATSAPP, phone)
+        assert t.get_contact(("a", "k3")) is None  # read as missing: its INSERT may be queued
+        t.put_contact(wa("a", "k3", phone, T0 + timedelta(hours=4)), 0, None)
+        return first, t.latest_contact_by_phone(Channel.WHATSAPP, phone)
+
+    assert await store.run(resume_p_and_add) == (("p", "k1"), ("a", "k3"))
+
+    def ties(t: Txn) -> Key | None:
+        t.put_campaign(CampaignState(campaign_id="x", status=CampaignStatus.IN_PROGRESS))
+        t.put_campaign(CampaignState(campaign_id="y", status=CampaignStatus.IN_PROGRESS))
+        for campaign, key in (("x", "k2"), ("y", "k1"), ("x", "k1")):  # one intake: the same time
+            t.put_contact(wa(campaign, key, "+420602000000", T0), 0, None)
+        t.put_contact(wa("x", "k0", "+420602000000", None), 0, None)  # no creation time: never the newest
+        return t.latest_contact_by_phone(Channel.WHATSAPP, "+420602000000")
+
+    assert await store.run(ties) == ("y", "k1")
+
+    # the number and creation time are the contact's at its INSERT; later writes keep them
+    await store.run(
+        lambda t: t.put_contact(wa("a", "k3", phone, T0 + timedelta(hours=4), status=Status.IN_PROGRESS), 1, "gw")
+    )
+    assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, phone)) == ("a", "k3")
+
+
+async def test_the_engine_units_pass_through_and_create_contacts_with_their_number(store: Store) -> None:
+    clock = iter(T0 + timedelta(minutes=i) for i in itertools.count())
+    engine = Engine(store, "gw", Topics("telgate"), Recorder("t"), clock=lambda: next(clock))
+    task = asyncio.create_task(engine.run())
+    try:
+        phone = "+420601123456"
+        for campaign, key in (("a", "k1"), ("b", "k1")):
+            state = ContactState(campaign_id=campaign, contact_id=key, channel=Channel.WHATSAPP)
+            signal = Signal(Kind.CREATE, phone=phone)
+            await engine.execute(
+                lambda u, k=(campaign, key), s=state, g=signal: (u.campaign(k[0]), u.apply(k, g, create=s))
+            )
+        assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, phone)) == ("b", "k1")
+
+        def inbound(u: Unit) -> list[Any]:
+            u.set_marketing_opt_out(phone, True)
+            u.set_template_state("reminder", "", "PAUSED", "low quality")
+            return [
+                u.note_inbound("wamid.X", "pn-1"),
+                u.note_inbound("wamid.X", "pn-1"),
+                u.read.marketing_opted_out(phone),
+                u.read.template_state("reminder", "cs"),
+                u.read.latest_contact_by_phone(Channel.WHATSAPP, phone),
+            ]
+
+        assert await engine.execute(inbound) == [True, False, True, ("PAUSED", "low quality"), ("b", "k1")]
+        assert await engine.execute(lambda u: u.note_inbound("wamid.X", "pn-1")) is False
+        await engine.execute(lambda u: u.set_marketing_opt_out(phone, False))
+        assert not await store.read(lambda t: t.marketing_opted_out(phone))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 # -- retention ------------------------------------------------------------------------------------------------
 
 
@@ -778,6 +989,7 @@ async def test_prune_deletes_history_commands_and_wamids_keeps_the_outbox(store:
         t.record(("c", "k"), b"recorded")
         t.put_command("cmd", b"{}")
         t.map_wamid("wamid.A", ("c", "k"))
+        t.note_inbound("wamid.IN", "pn-1", datetime.now(UTC))
 
     await store.run(write)
     rows = await store.run(lambda t: t.outbox_fetch(0, 10))
@@ -792,17 +1004,20 @@ async def test_prune_deletes_history_commands_and_wamids_keeps_the_outbox(store:
         "commands": 0,
         "wamids": 0,
         "dead_letters": 0,
+        "inbound_messages": 0,
     }
     assert await store.run(lambda t: t.prune(now + timedelta(seconds=5))) == {
         "messages": 3,  # the dead letter's row left the outbox: it is history like a published one
         "commands": 1,
         "wamids": 1,
         "dead_letters": 1,
+        "inbound_messages": 1,
     }
     assert await store.run(lambda t: t.dead_letters()) == []
     assert await store.run(lambda t: t.events(("c", "k"))) == [b"pending"], "the outbox is never pruned"
     assert [r.payload for r in await store.run(lambda t: t.outbox_fetch(0, 10))] == [b"pending"]
     assert await store.run(lambda t: (t.get_command("cmd"), t.lookup_wamid("wamid.A"))) == (None, None)
+    assert await store.run(lambda t: t.note_inbound("wamid.IN", "pn-1", datetime.now(UTC))), "pruned: new again"
 
 
 def test_retention_days_is_validated(tmp_path: Path) -> None:
