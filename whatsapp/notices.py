@@ -206,8 +206,13 @@ def _notices(change: Change, common: dict[str, Any]) -> tuple[list[Notice], int]
 
 
 _Typed = (
-    TemplateStatusNotice | TemplateQualityNotice | TemplateCategoryNotice | AccountUpdateNotice | PhoneQualityNotice
-) | AccountAlertNotice
+    TemplateStatusNotice
+    | TemplateQualityNotice
+    | TemplateCategoryNotice
+    | AccountUpdateNotice
+    | PhoneQualityNotice
+    | AccountAlertNotice
+)
 _READERS: dict[str, tuple[type[_Typed], tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     # field: (class, text keys, epoch keys, object keys, list-of-object keys)
     "message_template_status_update": (

@@ -81,6 +81,10 @@ class StandIn:
     deliveries: int = 0  # webhook POSTs made (retries included)
     refused_deliveries: int = 0  # answered with something other than 200
     outstanding: int = 0  # webhook notifications scheduled and not yet delivered (or given up)
+    display_phone_number: str = "15550000000"
+    waba_id: str = "WABA_STANDIN"
+    inbound_posted: list[Any] = field(default_factory=list)  # customer messages POSTed by post_messages
+    notices_posted: list[tuple[str, Any]] = field(default_factory=list)  # (field, value) POSTed by post_notice
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -243,6 +247,137 @@ class StandIn:
         except aiohttp.ClientError:
             self.refused_deliveries += 1
             return 0
+
+    # -- what customers and Meta send besides statuses (inbound messages, notices) ----------------------
+    def inbound_message(
+        self,
+        from_: str,
+        type: str,
+        content: Any = None,
+        *,
+        context_id: str | None = None,
+        wamid: str | None = None,
+        timestamp: int | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """One customer message as Meta shapes it: `{"from", "id", "timestamp", "type", type: content}`, with
+        `context` {from: the business number, id: `context_id`} when it answers a message."""
+        msg: dict[str, Any] = {
+            "from": from_,
+            "id": wamid or f"wamid.INBOUND{next(self._ids):012d}",
+            "timestamp": str(int(time.time()) if timestamp is None else timestamp),
+            "type": type,
+        }
+        if context_id is not None:
+            msg["context"] = {"from": self.display_phone_number, "id": context_id}
+        if content is not None:
+            msg[type] = content
+        return {**msg, **extra}
+
+    def text_message(self, from_: str, body: str, **kw: Any) -> dict[str, Any]:
+        return self.inbound_message(from_, "text", {"body": body}, **kw)
+
+    def button_message(self, from_: str, payload: str, text: str, **kw: Any) -> dict[str, Any]:
+        """A tap on a template's quick-reply button (type `button`)."""
+        return self.inbound_message(from_, "button", {"payload": payload, "text": text}, **kw)
+
+    def interactive_reply(
+        self, from_: str, reply_id: str, title: str, kind: str = "button_reply", **kw: Any
+    ) -> dict[str, Any]:
+        """An answer to an interactive message: `button_reply` or `list_reply`."""
+        return self.inbound_message(from_, "interactive", {"type": kind, kind: {"id": reply_id, "title": title}}, **kw)
+
+    def message_envelope(
+        self,
+        messages: list[Any],
+        contacts: list[Any] | None = None,
+        names: dict[str, str] | None = None,
+        statuses: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """A POST body of customer messages as Meta sends it: field "messages", `metadata`, and `contacts`
+        (given, or one per sender with the profile name from `names`); `statuses` go in the same value."""
+        if contacts is None:
+            senders = dict.fromkeys(
+                m["from"] for m in messages if isinstance(m, dict) and isinstance(m.get("from"), str)
+            )
+            contacts = [{"profile": {"name": (names or {}).get(s, "Customer")}, "wa_id": s} for s in senders]
+        value: dict[str, Any] = {"contacts": contacts, "messages": messages}
+        if statuses:
+            value["statuses"] = statuses
+        return self.envelope([value])
+
+    def notice_envelope(self, field: str, value: Any, *more: tuple[str, Any]) -> dict[str, Any]:
+        """A POST body of one notice (and any `more` (field, value) pairs) as Meta sends it: one change per
+        notice, the account's id and the entry's `time`."""
+        changes = [{"field": f, "value": v} for f, v in ((field, value), *more)]
+        return {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": self.waba_id, "time": int(time.time()), "changes": changes}],
+        }
+
+    def user_preferences_value(
+        self, wa_id: str, value: str = "stop", category: str = "marketing_messages", name: str = "Customer"
+    ) -> dict[str, Any]:
+        """The value of a `user_preferences` notice: a customer stopped (or resumed) marketing messages."""
+        detail = "User requested to stop marketing messages" if value == "stop" else f"User chose to {value}"
+        return {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": self.display_phone_number, "phone_number_id": self.phone_number_id},
+            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+            "user_preferences": [
+                {"wa_id": wa_id, "detail": detail, "category": category, "value": value, "timestamp": int(time.time())}
+            ],
+        }
+
+    @staticmethod
+    def template_status_value(
+        name: str,
+        event: str = "PAUSED",
+        language: str = "en",
+        reason: str | None = None,
+        template_id: int = 1000000000000001,
+        category: str = "MARKETING",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """The value of a `message_template_status_update` notice (`extra`: other_info, disable_info, ...)."""
+        return {
+            "event": event,
+            "message_template_id": template_id,
+            "message_template_name": name,
+            "message_template_language": language,
+            "reason": reason if reason is not None else "NONE",
+            "message_template_category": category,
+            **extra,
+        }
+
+    async def post_messages(
+        self,
+        messages: list[Any],
+        contacts: list[Any] | None = None,
+        names: dict[str, str] | None = None,
+        statuses: list[dict[str, Any]] | None = None,
+        retry: bool = True,
+    ) -> int:
+        """POST customer messages, signed, to the webhook URL; as Meta, again with backoff until it answers
+        200 (`retry`). Returns the last HTTP status (0: no answer). Recorded in `inbound_posted`."""
+        self.inbound_posted.extend(messages)
+        return await self.post_until_ok(self.message_envelope(messages, contacts, names, statuses), retry)
+
+    async def post_notice(self, field: str, value: Any, *more: tuple[str, Any], retry: bool = True) -> int:
+        """POST Meta's notice (`user_preferences`, `message_template_status_update`, `account_update`, ...),
+        signed, as `post_messages` does. Recorded in `notices_posted`."""
+        self.notices_posted.extend(((field, value), *more))
+        return await self.post_until_ok(self.notice_envelope(field, value, *more), retry)
+
+    async def post_until_ok(self, payload: dict[str, Any] | bytes, retry: bool = True) -> int:
+        status = 0
+        for delay in (0.0, *self.retry_delays_s) if retry else (0.0,):
+            if delay:
+                await asyncio.sleep(delay)
+            status = await self.post_webhook(payload)
+            if status == 200:
+                break
+        return status
 
     def _schedule(self, item: tuple[float, dict[str, Any]]) -> None:
         self.outstanding += 1
