@@ -32,6 +32,7 @@ from gateway.domain.statuses import CampaignStatus, Channel, Status
 from gateway.engine import Engine, Unit
 from gateway.store import Conflict, Key, Store, StoreError, Txn, open_store
 from gateway.store.migrate import migrate
+from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore, _PgTxn
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from metrics.recorder import Recorder
@@ -1054,6 +1055,74 @@ async def test_a_schema_newer_than_this_build_is_refused(url: str) -> None:
             db.execute("INSERT INTO schema_version (version, what) VALUES (99, 'from the future')")
     with pytest.raises(StoreError, match="schema version 99"):
         await migrate(url)
+
+
+async def test_migration_6_gives_existing_contacts_their_number_and_creation_time(url: str) -> None:
+    """A store at version 5 with contacts: after the upgrade `latest_contact_by_phone` finds them, in their
+    creation order beside contacts created after it."""
+    phone = "+420601123456"
+    old = [
+        wa("a", "k1", phone, T0 + timedelta(microseconds=250_000)),
+        wa("a", "k2", phone, T0 + timedelta(hours=2)),
+        wa("a", "k3", None, T0 + timedelta(hours=3)),  # an invalid number: nothing to find it by
+    ]
+    campaign = CampaignState(campaign_id="a").model_dump_json(exclude={"dialed_contacts", "talk_seconds"})
+    rows = [(c.contact_id, c.model_dump_json(exclude_defaults=True)) for c in old]
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute(
+                "CREATE TABLE schema_version"
+                " (version INTEGER PRIMARY KEY, what TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            for step in SQLITE_MIGRATIONS[:5]:
+                for statement in step.statements:
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?, ?, 0)", (step.version, step.what))
+            db.execute("INSERT INTO campaigns (campaign_id, state, status) VALUES ('a', ?, 'in_progress')", (campaign,))
+            for key, blob in rows:
+                db.execute(
+                    "INSERT INTO contacts (campaign_id, contact_id, channel, status, sequence, state)"
+                    " VALUES ('a', ?, 'whatsapp', 'initial', 1, ?)",
+                    (key, blob),
+                )
+    else:
+        with psycopg.connect(url) as pg:
+            pg.execute(
+                "CREATE TABLE schema_version (version integer PRIMARY KEY, what text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for step in PG_MIGRATIONS[:5]:
+                for statement in step.statements:
+                    pg.execute(statement)
+                pg.execute("INSERT INTO schema_version (version, what) VALUES (%s, %s)", (step.version, step.what))
+            pg.execute(
+                "INSERT INTO campaigns (campaign_id, state, status) VALUES ('a', %s::jsonb, 'in_progress')", (campaign,)
+            )
+            for key, blob in rows:
+                pg.execute(
+                    "INSERT INTO contacts (campaign_id, contact_id, channel, status, sequence, state)"
+                    " VALUES ('a', %s, 'whatsapp', 'initial', 1, %s)",
+                    (key, blob),
+                )
+    assert await migrate(url) == [6]
+    store = open_store(url)
+    await store.open()
+    try:
+        assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, phone)) == ("a", "k2")
+
+        def newer_and_older(t: Txn) -> Key | None:
+            t.put_contact(wa("a", "k0", phone, T0), 0, None)  # created before k1
+            t.put_contact(wa("a", "k4", phone, T0 + timedelta(hours=1)), 0, None)
+            t.put_contact(wa("a", "k2", phone, T0 + timedelta(hours=2), status=Status.IN_PROGRESS), 1, "gw")
+            return t.latest_contact_by_phone(Channel.WHATSAPP, phone)
+
+        assert await store.run(newer_and_older) == ("a", "k2"), "k2 kept its time through a later write"
+        await store.run(lambda t: t.put_contact(wa("a", "k5", phone, T0 + timedelta(hours=2, seconds=1)), 0, None))
+        assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, phone)) == ("a", "k5")
+        await store.run(lambda t: t.put_campaign(CampaignState(campaign_id="a", status=CampaignStatus.PAUSED)))
+        assert await store.read(lambda t: t.latest_contact_by_phone(Channel.WHATSAPP, phone)) is None
+    finally:
+        await store.close()
 
 
 async def test_migrate_adopts_an_existing_sqlite_file_as_version_1(tmp_path: Path) -> None:
