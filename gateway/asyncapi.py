@@ -7,7 +7,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import __version__
-from .wire import BULK_KINDS, COMMANDS, CampaignStatusEvent, CommandResult, ContactStatusEvent, Presence
+from .wire import (
+    BULK_KINDS,
+    COMMANDS,
+    CampaignStatusEvent,
+    CommandResult,
+    ContactStatusEvent,
+    InboundMessage,
+    Presence,
+    WhatsAppNotice,
+)
 
 # SPEC §3: what a backend must do when it sends commands (gateway/submit.py is the reference client)
 FLOW_CONTROL = (
@@ -26,6 +35,8 @@ EVENTS: dict[str, type[BaseModel]] = {
     "CampaignStatusEvent": CampaignStatusEvent,
     "CommandResult": CommandResult,
     "Presence": Presence,
+    "InboundMessage": InboundMessage,
+    "WhatsAppNotice": WhatsAppNotice,
 }
 
 
@@ -101,7 +112,32 @@ def document(prefix: str = "telgate") -> dict[str, Any]:
         ["gateway_id"],
         "Gateway presence (retained; the MQTT will sets offline)",
     )
-    for cid in ("contact_events", "campaign_events", "command_results", "presence"):
+    chan(
+        "inbound_messages",
+        prefix + "/v1/evt/inbound/whatsapp/{phone_number_id}",
+        "InboundMessage",
+        ["phone_number_id"],
+        "Every message a customer sends to the business number (QoS 1, at least once; deduplicate on wamid), "
+        "committed before the webhook is answered; `context` names the message it answers and, when that is "
+        "one of ours, its campaign and contact; `reply` what the gateway made of it",
+    )
+    chan(
+        "whatsapp_notices",
+        prefix + "/v1/evt/notice/whatsapp/{phone_number_id}",
+        "WhatsAppNotice",
+        ["phone_number_id"],
+        "Meta's notices about the account (QoS 1, at least once): user_preferences (marketing stop/resume), "
+        "message_template_status_update, message_template_quality_update, account_update, "
+        "phone_number_quality_update, …, with what the gateway did (`effect`)",
+    )
+    for cid in (
+        "contact_events",
+        "campaign_events",
+        "command_results",
+        "presence",
+        "inbound_messages",
+        "whatsapp_notices",
+    ):
         operations[f"send_{cid}"] = {"action": "send", "channel": {"$ref": f"#/channels/{cid}"}}
     defs: dict[str, Any] = {}
     flat: dict[str, Any] = {}

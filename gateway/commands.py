@@ -298,7 +298,8 @@ def _create(
     if isinstance(cmd, DialCommand):
         shared |= {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s}
     else:
-        shared["template"] = cmd.template.model_dump()
+        shared["template"] = cmd.template.model_dump(exclude={"category"})  # what goes to the Cloud API
+        shared["template_category"] = cmd.template.category
     bulk = cmd.contacts is not None
     intake = Intake()
     entries: Sequence[DialEntry | SendEntry] = cmd.entries()
@@ -368,7 +369,12 @@ def _create_one(
 
 
 def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
-    settings: dict[str, Any] = {"start_at": cmd.start_at, "max_cps": cmd.max_cps, "max_concurrent": cmd.max_concurrent}
+    settings: dict[str, Any] = {
+        "start_at": cmd.start_at,
+        "max_cps": cmd.max_cps,
+        "max_concurrent": cmd.max_concurrent,
+        "replies": cmd.replies,
+    }
     if cmd.budget is not None:
         settings["budget"] = Budget(**cmd.budget.model_dump())
     existing = unit.read.get_campaign(cmd.campaign_id)

@@ -46,6 +46,12 @@ class Topics:
     def campaign(self, campaign_id: str) -> str:
         return f"{self.prefix}/v1/evt/campaign/{campaign_id}"
 
+    def inbound(self, phone_number_id: str) -> str:
+        return f"{self.prefix}/v1/evt/inbound/whatsapp/{phone_number_id}"
+
+    def notice(self, phone_number_id: str) -> str:
+        return f"{self.prefix}/v1/evt/notice/whatsapp/{phone_number_id}"
+
     @property
     def command_result(self) -> str:
         return f"{self.prefix}/v1/evt/command"

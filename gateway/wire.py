@@ -24,6 +24,7 @@ from pydantic import (
 
 from sip.uri import check_target
 
+from .domain.replies import ReplyRules
 from .domain.state import Mode
 from .domain.statuses import CampaignStatus, Channel, Profile, Status
 from .phones import international
@@ -202,6 +203,11 @@ class Template(_Strict):
     name: str = Field(min_length=1, max_length=512, pattern=NO_CONTROLS)
     language: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=NO_CONTROLS)] | dict[str, Any]
     components: Annotated[list[dict[str, Any]], AfterValidator(_check_components)] = []
+    category: Literal["MARKETING", "UTILITY", "AUTHENTICATION"] | None = Field(
+        None,
+        description="not sent to Meta: a MARKETING template is not sent to a number that stopped"
+        " marketing messages (Meta's user_preferences)",
+    )
 
 
 class SendCommand(_ContactsCommand):
@@ -251,6 +257,11 @@ class CampaignCommand(_Command, _CallerFields):
     budget: BudgetIn | None = None
     max_cps: float | None = Field(None, gt=0, le=10_000)
     max_concurrent: int | None = Field(None, ge=1, le=100_000)
+    replies: ReplyRules | None = Field(
+        None,
+        description="what a customer's WhatsApp reply means: match context|sender, and per outcome"
+        " (confirm, decline, opt_out) quick-reply buttons and keywords per language",
+    )
 
 
 class OperatorCommand(_Command):
@@ -323,6 +334,7 @@ class SignalEvidence(BaseModel):
     wa_error_code: int | None = None
     wa_error_title: str | None = None
     status_timestamp: str | None = None
+    reply: dict[str, str] | None = None  # `replied`: the reply's type, text or payload, and its outcome
 
 
 class ContactStatusEvent(BaseModel):
@@ -345,6 +357,83 @@ class ContactStatusEvent(BaseModel):
     phone: str | None
     signal: SignalEvidence
     meta: dict[str, Any] | None = None
+
+
+class InboundMedia(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    id: str | None = None
+    mime_type: str | None = None
+    sha256: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+
+
+class InboundContext(BaseModel):
+    """The message this one answers: Meta's context, and when its wamid is one of ours the contact."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    id: str | None = None  # the wamid answered (a reaction's message_id)
+    from_: str | None = Field(None, alias="from")
+    forwarded: bool | None = None
+    frequently_forwarded: bool | None = None
+    campaign_id: str | None = None
+    contact_id: str | None = None
+
+
+class InboundReply(BaseModel):
+    """What the gateway made of it: the contact it answered and the campaign's outcome."""
+
+    model_config = ConfigDict(frozen=True)
+    campaign_id: str
+    contact_id: str
+    outcome: Literal["confirm", "decline", "opt_out", "other"]
+    status: Status  # the contact's status after it (`replied`, or what it was when absorbed)
+
+
+class InboundMessage(BaseModel):
+    """A message a customer sent to the business number (SPEC §3, `P/v1/evt/inbound/whatsapp/{id}`).
+    Delivered at least once: deduplicate on `wamid` (the gateway does too, Meta repeats)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    schema_: Literal["telgate.inbound-message/1"] = Field("telgate.inbound-message/1", alias="schema")
+    event_id: str
+    wamid: str
+    phone_number_id: str
+    gateway_id: str
+    from_: str = Field(alias="from", description="E.164 with +")
+    profile_name: str | None = None
+    sent_at: datetime | None = Field(None, description="Meta's timestamp of the message")
+    received_at: datetime
+    type: str = Field(description="text, button, interactive, image, audio, video, document, sticker, location,"
+                      " contacts, reaction, order, unsupported, …: Meta's type as given")  # fmt: skip
+    text: str | None = None
+    payload: str | None = None
+    media: InboundMedia | None = None
+    location: dict[str, Any] | None = None
+    contacts: list[dict[str, Any]] | None = None
+    reaction: dict[str, Any] | None = None
+    context: InboundContext | None = None
+    referral: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] | None = None
+    raw: dict[str, Any] | None = Field(None, description="the message as Meta sent it, for types not modelled")
+    reply: InboundReply | None = None
+
+
+class WhatsAppNotice(BaseModel):
+    """One of Meta's notices about the account (SPEC §3, `P/v1/evt/notice/whatsapp/{id}`): user
+    preferences, template status and quality, account and phone-number updates — with what it did."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    schema_: Literal["telgate.whatsapp-notice/1"] = Field("telgate.whatsapp-notice/1", alias="schema")
+    event_id: str
+    gateway_id: str
+    phone_number_id: str
+    field: str
+    event: str | None = None
+    received_at: datetime
+    value: dict[str, Any]
+    effect: str | None = Field(None, description="what the gateway did: marketing_opt_out, campaigns_paused, …")
+    campaigns: list[str] | None = None
 
 
 _EVIDENCE_FIELDS: tuple[str, ...] = tuple(n for n in SignalEvidence.model_fields if n not in ("source", "kind"))

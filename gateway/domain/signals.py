@@ -57,6 +57,7 @@ class Kind(StrEnum):
     WA_ACCOUNT = "wa_account"
     WA_REJECTED = "wa_rejected"  # the API refused this message with a code in no row of §6.2
     WA_AMBIGUOUS = "wa_ambiguous"
+    WA_REPLY = "wa_reply"  # the customer answered (evidence `reply`: its type, text or payload, outcome)
 
 
 # Derived triggers: what decide() looks up in the tables after reading the state.

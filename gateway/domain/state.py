@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from .policy import Policy
+from .replies import ReplyRules
 from .statuses import CampaignStatus, Channel, Profile, Status
 
 
@@ -68,6 +69,7 @@ class ContactState(BaseModel):
     caller: CallerId | None = None  # the dial's own caller ID (over the campaign's)
     attempt_caller: CallerId | None = None  # the caller ID the current attempt was placed with (dial over campaign)
     template: dict[str, Any] | None = None
+    template_category: str | None = None  # MARKETING, UTILITY, AUTHENTICATION: as the send command says
     in_flight: bool = False  # a call is placed / a message handed to the API
     answered: bool = False  # the current call was answered
     no_retry: bool = False  # admin cancel/finish while in flight: end without retry
@@ -98,6 +100,7 @@ class CampaignState(BaseModel):
     talk_seconds: float = 0.0
     dialed_contacts: int = 0  # contacts that got a first dial/send (max_contacts budget)
     paused_by_gateway: bool = False
+    replies: ReplyRules | None = None  # what a customer's reply means (SPEC §5.2 `replied`); None: defaults
 
     def budget_spent(self) -> bool:
         limit = self.budget.max_talk_minutes

@@ -45,6 +45,7 @@ class Status(StrEnum):
     SENT = "sent"
     DELIVERED = "delivered"
     READ = "read"
+    REPLIED = "replied"
     DELIVERY_FAILED = "delivery_failed"
     SENDING_FAILED = "sending_failed"
     ERROR = "error"
@@ -89,6 +90,7 @@ WHATSAPP_STATUSES: dict[Status, tuple[str, str, bool]] = {
     S.SENT: ("Sent", "Sent", False),
     S.DELIVERED: ("Delivered", "Delivered", False),
     S.READ: ("Read", "Read", True),
+    S.REPLIED: ("Replied", "Replied", True),  # a reply implies delivered and read
     S.DELIVERY_FAILED: ("Delivery failed", "Delivery failed", True),
     S.SENDING_FAILED: ("Sending failed", "Sending failed", True),
     S.ERROR: ("Error", "Error", True),
@@ -114,4 +116,4 @@ def is_final(channel: Channel, status: Status) -> bool:
 
 
 # WhatsApp progress order: statuses only move up this ladder (SPEC §5.2).
-WA_RANK: dict[Status, int] = {S.IN_PROGRESS: 0, S.SENT: 1, S.DELIVERED: 2, S.READ: 3}
+WA_RANK: dict[Status, int] = {S.IN_PROGRESS: 0, S.SENT: 1, S.DELIVERED: 2, S.READ: 3, S.REPLIED: 4}

@@ -191,6 +191,7 @@ _WA_LATE: Row = {
         K.WA_AMBIGUOUS,
         K.AMBIGUOUS_ELAPSED,
         K.WA_REJECTED,
+        K.WA_REPLY,
         T.DUPLICATE,
     )
 }
@@ -202,7 +203,9 @@ _WA_HANDED: Row = {  # the message is with Meta: it cannot be recalled
     K.WA_ACCEPTED: DUP,
     K.AMBIGUOUS_ELAPSED: STALE,
 }
-_WA_UP: Row = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.READ}
+_WA_UP: Row = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.READ, K.WA_REPLY: S.REPLIED}
+# a reply to a message that never reached the customer (sender matching only): it is not this contact's
+_WA_NOT_SENT: Row = {K.WA_REPLY: Absorb("not_sent")}
 # a send refused by the API, or a `failed` webhook, while the message is not known to be delivered
 _WA_FAILURES: Row = {
     K.WA_SENDING_FAILED: S.SENDING_FAILED,
@@ -221,6 +224,7 @@ WHATSAPP: dict[Status, Row] = {
         T.BLACKLIST_HIT: S.BLACKLISTED,
         T.PLAN_LIMIT: S.ERROR,
         **_ADMIN,
+        **_WA_NOT_SENT,
     },
     S.IN_PROGRESS: {
         **_WA_HANDED,
@@ -233,16 +237,19 @@ WHATSAPP: dict[Status, Row] = {
     },
     S.SENT: {**_WA_HANDED, **_WA_UP, **_WA_FAILURES},
     S.DELIVERED: {**_WA_HANDED, **_WA_UP, **_WA_FAILED_LATE},
-    S.READ: {T.DUPLICATE: DUP, K.WA_ACCEPTED: DUP, **_WA_FAILED_LATE},
+    S.READ: {T.DUPLICATE: DUP, K.WA_ACCEPTED: DUP, K.WA_REPLY: S.REPLIED, **_WA_FAILED_LATE},
+    # the first reply decides; a later one is an inbound message only
+    S.REPLIED: {T.DUPLICATE: DUP, K.WA_ACCEPTED: DUP, K.WA_REPLY: DUP, **_WA_FAILED_LATE},
     S.DELIVERY_FAILED: {
         K.WA_DELIVERED: S.DELIVERED,
         K.WA_READ: S.READ,
+        K.WA_REPLY: S.REPLIED,
         K.WA_SENT: DUP,
         T.DUPLICATE: DUP,
         **_WA_FAILED_LATE,
     },
-    S.SENDING_FAILED: {T.DUPLICATE: DUP, **_WA_FAILED_LATE},
-    S.ERROR: {T.DUPLICATE: DUP, **_WA_FAILED_LATE},
+    S.SENDING_FAILED: {T.DUPLICATE: DUP, **_WA_FAILED_LATE, **_WA_NOT_SENT},
+    S.ERROR: {T.DUPLICATE: DUP, **_WA_FAILED_LATE, **_WA_NOT_SENT},
     S.RETRY_SCHEDULED: {
         K.DIAL_DUE: Attempt(S.IN_PROGRESS),
         T.BLACKLIST_HIT: S.BLACKLISTED,
@@ -254,8 +261,8 @@ WHATSAPP: dict[Status, Row] = {
     },
     S.CANCELED_BY_ADMIN: _WA_LATE,
     S.REMOVED: _WA_LATE,
-    S.INVALID_RECORD: {},
-    S.BLACKLISTED: {},
+    S.INVALID_RECORD: dict(_WA_NOT_SENT),
+    S.BLACKLISTED: dict(_WA_NOT_SENT),
 }
 
 TABLES: dict[Channel, dict[Status, Row]] = {Channel.VOICE: VOICE, Channel.WHATSAPP: WHATSAPP}
