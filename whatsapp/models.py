@@ -69,7 +69,7 @@ class Value(_Open):
     @field_validator("messages", mode="before")
     @classmethod
     def _as_list(cls, v: Any) -> Any:
-        return v if isinstance(v, list) else [v]  # not a list: one unreadable message, skipped and counted
+        return v if isinstance(v, list) else [v]  # not a list: one message (read, or skipped and counted)
 
 
 class Change(_Open):
