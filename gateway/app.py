@@ -153,7 +153,14 @@ class App:
         app_secret = _required(wa.app_secret, "whatsapp.app_secret")
         verify_token = _required(wa.verify_token, "whatsapp.verify_token")
         client = CloudApiClient(wa.api_base, wa.api_version, number, access_token, wa.request_timeout_s)
-        self.whatsapp = WhatsAppChannel(self.engine, client, self.recorder, wa.max_mps, wa.ambiguous_timeout_s)
+        self.whatsapp = WhatsAppChannel(
+            self.engine,
+            client,
+            self.recorder,
+            wa.max_mps,
+            wa.ambiguous_timeout_s,
+            phone_number_id=wa.phone_number_id or "",
+        )
         self.add_port(self.whatsapp)
         self.http_routes += webhook.routes(
             "/webhooks/whatsapp",

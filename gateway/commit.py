@@ -210,6 +210,13 @@ class Writer:
         payload = event.model_dump_json(by_alias=True).encode()
         txn.add_outbox(self.topics.campaign(camp.campaign_id), payload, retain=True)
 
+    # -- what webhooks write beside decisions -------------------------------------------------------
+    def whatsapp_event(self, txn: Txn, after: After, topic: str, payload: bytes, part_key: str) -> None:
+        """An inbound message or a notice of Meta's, published through the outbox like an event: at least
+        once, committed with what it decided (`part_key`: one sender's messages stay in order)."""
+        txn.add_outbox(topic, payload, part_key=part_key)
+        after.wrote = True
+
     # -- what commands write beside decisions -------------------------------------------------------
     def command_result(
         self,

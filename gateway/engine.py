@@ -164,6 +164,9 @@ class Unit:
             self._txn, self.after, command_id, payload, response_topic, correlation, store
         )
 
+    def whatsapp_event(self, topic: str, payload: bytes, part_key: str) -> None:
+        self.engine.writer.whatsapp_event(self._txn, self.after, topic, payload, part_key)
+
     def map_wamid(self, wamid: str, key: Key) -> None:
         self._txn.map_wamid(wamid, key)
 

@@ -20,11 +20,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sip.waiting import wait_event
 
+from .domain.campaign import Action, template_pause_reason
 from .domain.signals import Kind, Signal
-from .domain.state import CampaignState
+from .domain.state import CampaignState, ContactState
 from .domain.statuses import Channel
 from .engine import Engine, Unit
 from .ports import ChannelPort
@@ -180,6 +182,7 @@ class Dispatcher:
         turn = Turn(at=now.timestamp())
         channel = self.port.channel
         skip: set[str] = set()
+        templates: dict[tuple[str, str], str | None] = {}
         campaigns: dict[str, CampaignState] = {}
         dialed: dict[str, int] = {}
         flying: dict[str, int] = {}
@@ -214,10 +217,28 @@ class Dispatcher:
                     continue
                 campaigns[key[0]] = camp
                 limit = camp.budget.max_contacts
+                evidence: dict[str, Any] = {"source": "gateway", "kind": "dial" if channel == "voice" else "send"}
+                opted_out = False
+                if channel is Channel.WHATSAPP:
+                    paused = self._template_paused(unit, contact, templates)
+                    if paused is not None:  # Meta paused or disabled the template: the campaign stops sending it
+                        unit.campaign_action(key[0], Action.AUTO_PAUSE, reason=paused)
+                        skip.add(key[0])
+                        continue
+                    # a MARKETING template to a number that stopped marketing messages (Meta's user_preferences):
+                    # refused before the Cloud API would (131050)
+                    opted_out = (
+                        contact.template_category == "MARKETING"
+                        and bool(contact.phone)
+                        and txn.marketing_opted_out(contact.phone or "")
+                    )
+                    if opted_out:
+                        evidence |= {"reason": "marketing_opt_out", "wa_error_code": 131050}
+                        unit.after.notes.append(self.engine.recorder.wa_marketing_refused.inc)  # once committed
                 signal = Signal(
                     Kind.DIAL_DUE,
-                    {"source": "gateway", "kind": "dial" if channel == "voice" else "send"},
-                    blacklisted=bool(contact.phone) and txn.is_blacklisted(contact.phone or ""),
+                    evidence,
+                    blacklisted=opted_out or (bool(contact.phone) and txn.is_blacklisted(contact.phone or "")),
                     plan_limit=limit is not None and camp.dialed_contacts + dialed.get(key[0], 0) >= limit,
                     caller=camp.caller,
                 )
@@ -231,6 +252,18 @@ class Dispatcher:
                     turn.started[key[0]] = turn.started.get(key[0], 0) + 1
         next_at = None if turn.taken else txn.next_ready_at(channel, frozenset())
         return turn, next_at
+
+    @staticmethod
+    def _template_paused(unit: Unit, contact: ContactState, seen: dict[tuple[str, str], str | None]) -> str | None:
+        """Why the contact's campaign pauses instead of sending its template (domain/campaign.py), or None."""
+        template = contact.template or {}
+        name = str(template.get("name", ""))
+        language = template.get("language")
+        code = str(language.get("code", "") if isinstance(language, dict) else language or "")
+        if (name, code) not in seen:
+            state = unit.read.template_state(name, code)
+            seen[(name, code)] = template_pause_reason(name, state[0] if state is not None else None)
+        return seen[(name, code)]
 
 
 def _due_timers(txn: Txn, now: datetime) -> list[Timer]:

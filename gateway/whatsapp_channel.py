@@ -17,7 +17,9 @@ from typing import Any
 from metrics.recorder import Recorder
 from whatsapp.client import Accepted, CloudApiClient, Failed, SendResult, TimedOut
 from whatsapp.errors import ErrorClass, classify, is_account_level
+from whatsapp.inbound import inbound_messages
 from whatsapp.models import ApiError, Notification, Status
+from whatsapp.notices import PhoneQualityNotice, TemplateQualityNotice, notices
 from whatsapp.ratelimit import PairLimit, SendLimiter
 
 from .domain import effects as fx
@@ -26,6 +28,7 @@ from .domain.state import ContactState
 from .domain.statuses import Channel
 from .engine import Engine, Unit
 from .store import Key
+from .whatsapp_inbound import Taken, apply_message, apply_notice
 
 log = logging.getLogger("telgate.whatsapp")
 
@@ -41,6 +44,16 @@ CLASS_KIND = {
 STATUS_KIND = {"sent": Kind.WA_SENT, "delivered": Kind.WA_DELIVERED, "read": Kind.WA_READ, "played": Kind.WA_READ}
 
 
+# metric labels, bounded: anything else is "other"
+INBOUND_TYPES = frozenset(
+    {"text", "button", "interactive", "image", "audio", "video", "document", "sticker", "location", "contacts",
+     "reaction", "order", "unsupported", "duplicate"}
+)  # fmt: skip
+NOTICE_FIELDS = frozenset(
+    {"user_preferences", "message_template_status_update", "message_template_quality_update",
+     "template_category_update", "account_update", "phone_number_quality_update", "account_alerts"}
+)  # fmt: skip
+QUALITY = {"GREEN": 3, "YELLOW": 2, "RED": 1, "UNKNOWN": 0}
 ACCEPTED_KEPT = 200_000  # send times kept for `telgate_whatsapp_time_to_status_seconds` (oldest dropped)
 
 
@@ -139,8 +152,10 @@ class WhatsAppChannel:
         ambiguous_timeout_s: float = 600.0,
         max_concurrent: int = 256,
         pair_interval_s: float = 6.0,
+        phone_number_id: str = "",
     ) -> None:
         self.engine = engine
+        self.phone_number_id = phone_number_id  # the topic of what arrives without metadata
         self.client = client
         self.recorder = recorder
         self.max_rate = max_mps
@@ -213,12 +228,25 @@ class WhatsAppChannel:
 
     # -- webhooks ------------------------------------------------------------------------------------
     async def on_notification(self, note: Notification) -> None:
-        """Apply every status of one POST in one transaction; returns once it is committed."""
+        """Apply every status, inbound message and notice of one POST in one transaction (statuses first,
+        then messages and notices in the POST's order); returns once it is committed."""
         statuses = note.statuses()
-        for _ in note.messages():
+        messages = inbound_messages(note)
+        notes = notices(note)
+        taken = Taken(notices=notes.notices)
+        for _ in range(messages.skipped + notes.skipped):
             self.recorder.wa_webhooks.labels("incoming_ignored").inc()
-        if statuses:
-            outcomes = await self.engine.execute(lambda unit: [self._apply_status(unit, s) for s in statuses])
+        if statuses or messages.messages or notes.notices:
+
+            def work(unit: Unit) -> list[str]:
+                outcomes = [self._apply_status(unit, s) for s in statuses]
+                for m in messages.messages:
+                    apply_message(unit, m, self.phone_number_id, self.engine.gateway_id, taken)
+                for n in notes.notices:
+                    apply_notice(unit, n, self.phone_number_id, self.engine.gateway_id)
+                return outcomes
+
+            outcomes = await self.engine.execute(work)
             now = time.monotonic()
             for status, outcome in zip(statuses, outcomes, strict=True):
                 self.recorder.wa_webhooks.labels(outcome).inc()
@@ -229,11 +257,25 @@ class WhatsAppChannel:
                     )
                     if sent is not None:
                         self.recorder.wa_time_to_status.labels(kind).observe(now - sent)
+            self._observe_inbound(taken)
         for err in note.errors():
             self.recorder.wa_webhooks.labels("account_error" if is_account_level(err.code) else "value_error").inc()
             log.warning("whatsapp webhook error", extra={"code": err.code, "title": err.text})
             if is_account_level(err.code):
                 await self._account_error(err.code, err.text)
+
+    def _observe_inbound(self, taken: Taken) -> None:
+        for kind, n in taken.messages.items():
+            self.recorder.wa_inbound.labels(kind if kind in INBOUND_TYPES else "other").inc(n)
+        for outcome, n in taken.outcomes.items():
+            self.recorder.wa_replies.labels(outcome).inc(n)
+        for notice in taken.notices:
+            self.recorder.wa_notices.labels(notice.field if notice.field in NOTICE_FIELDS else "other").inc()
+            if isinstance(notice, PhoneQualityNotice) and notice.event:
+                self.recorder.wa_phone_quality_events.labels(notice.event.lower()[:32]).inc()
+            if isinstance(notice, TemplateQualityNotice) and notice.new_quality_score:
+                score = QUALITY.get(notice.new_quality_score.upper(), 0)
+                self.recorder.wa_template_quality.labels(str(notice.message_template_name)[:64]).set(score)
 
     def _apply_status(self, unit: Unit, status: Status) -> str:
         signal = status_signal(status)

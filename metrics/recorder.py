@@ -147,6 +147,38 @@ class Recorder:
         self._transition_children: dict[tuple[str, str, str], Counter] = {}
         self._contact_children: dict[tuple[str, str, str], Gauge] = {}
         self.commands = Counter("telgate_commands", "Commands by kind and result", ["kind", "result"], registry=r)
+        self.wa_inbound = Counter(
+            "telgate_whatsapp_inbound_messages",
+            "Messages customers sent to the business number, by type (duplicate: a repeat of Meta's)",
+            ["type"],
+            registry=r,
+        )
+        self.wa_replies = Counter(
+            "telgate_whatsapp_replies",
+            "Replies matched to a contact, by the campaign's outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.wa_marketing_refused = Counter(
+            "telgate_whatsapp_marketing_refused",
+            "MARKETING template sends refused before the Cloud API: the number stopped marketing messages",
+            registry=r,
+        )
+        self.wa_notices = Counter(
+            "telgate_whatsapp_notices", "Meta's account notices, by webhook field", ["field"], registry=r
+        )
+        self.wa_phone_quality_events = Counter(
+            "telgate_whatsapp_phone_quality_events",
+            "phone_number_quality_update notices by event (upgrade, downgrade, flagged, unflagged)",
+            ["event"],
+            registry=r,
+        )
+        self.wa_template_quality = Gauge(
+            "telgate_whatsapp_template_quality",
+            "A template's quality as Meta last rated it: 3 green, 2 yellow, 1 red, 0 unknown",
+            ["template"],
+            registry=r,
+        )
         self.commands_failed = Counter(
             "telgate_commands_failed",
             "Commands whose handling failed inside the gateway (answered internal_error, acknowledged)",

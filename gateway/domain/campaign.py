@@ -188,3 +188,23 @@ def _decide(
         }
     )
     return CampaignDecision(new, target is not state.status, previous=state.status)
+
+
+# Meta's notices that stop a campaign's sends (issue 22): a template that can no longer be sent, an
+# account that may no longer send. The campaign pauses with the reason; an operator resumes it.
+TEMPLATE_BLOCKED = frozenset({"PAUSED", "DISABLED", "REJECTED", "PENDING_DELETION", "DELETED", "LIMIT_EXCEEDED"})
+ACCOUNT_BLOCKED = frozenset({"ACCOUNT_RESTRICTION", "ACCOUNT_VIOLATION", "DISABLED_UPDATE", "ACCOUNT_DELETED"})
+
+
+def template_pause_reason(name: str, status: str | None) -> str | None:
+    """The reason a campaign that sends template `name` pauses for, or None when it may be sent."""
+    return (
+        None
+        if status is None or status.upper() not in TEMPLATE_BLOCKED
+        else f"whatsapp_template_{status.lower()}:{name}"
+    )
+
+
+def account_pause_reason(event: str | None) -> str | None:
+    """The reason every WhatsApp campaign pauses for on an `account_update`, or None."""
+    return None if event is None or event.upper() not in ACCOUNT_BLOCKED else f"whatsapp_account_update:{event.upper()}"

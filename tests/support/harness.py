@@ -58,6 +58,8 @@ class Backend:
         self.responses: list[tuple[bytes | None, dict[str, Any]]] = []
         self.by_contact: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self.presence: dict[str, str] = {}
+        self.inbound: list[dict[str, Any]] = []  # InboundMessage, as published (repeats kept)
+        self.notices: list[dict[str, Any]] = []  # WhatsAppNotice
         self._changed = asyncio.Event()
 
     async def send(
@@ -90,6 +92,10 @@ class Backend:
             self.results.append(data)
         elif topic.startswith(f"{self.prefix}/v1/evt/campaign/"):
             self.campaigns.append(data)
+        elif topic.startswith(f"{self.prefix}/v1/evt/inbound/"):
+            self.inbound.append(data)
+        elif topic.startswith(f"{self.prefix}/v1/evt/notice/"):
+            self.notices.append(data)
         elif topic.startswith(f"{self.prefix}/v1/gateways/"):
             self.presence[topic.split("/")[-2]] = data["state"]
         elif topic.startswith("backend/"):

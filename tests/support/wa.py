@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import App
+from gateway.domain.statuses import Channel
 from whatsapp.standin import Scenario, StandIn
 
 from . import ledger
@@ -36,6 +37,7 @@ async def wa_rig(
     data_dir: Path,
     scenarios: dict[str, Scenario] | None = None,
     sections: dict[str, dict[str, Any]] | None = None,
+    channels: tuple[Channel, ...] = (),
     **whatsapp: Any,
 ) -> AsyncIterator[tuple[App, StandIn]]:
     async with StandIn(
@@ -55,7 +57,7 @@ async def wa_rig(
             },
             **(sections or {}),
         )
-        async with gateway(settings, channels=()) as app:
+        async with gateway(settings, channels=channels) as app:  # a scripted port for each of `channels`
             standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
             yield app, standin
 
