@@ -25,7 +25,8 @@ DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 180
 STATUS_TIME_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 M = TypeVar("M", Counter, Gauge)
 OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
-WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3}
+# a status reached counts every lower one it skipped: a reply implies delivered and read (SPEC §5.2)
+WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3, "replied": 4}
 WA_FAILED = ("delivery_failed", "sending_failed", "error")
 PAUSE_CAUSES = ("pbx_down", "whatsapp_account_error", "budget_spent", "other")
 # why an outbox row can never be published (gateway/bus.py): a topic no MQTT client may publish to, a
@@ -72,6 +73,7 @@ class WhatsAppKpi:
     sent: int = 0
     delivered: int = 0
     read: int = 0
+    replied: int = 0
     failed: int = 0
 
     def transition(self, status: str, previous: str | None) -> None:
@@ -92,6 +94,8 @@ class WhatsAppKpi:
             self.delivered += 1
         if old < 3 <= new:
             self.read += 1
+        if old < 4 <= new:
+            self.replied += 1
 
     @property
     def delivery_rate(self) -> float:
@@ -100,6 +104,11 @@ class WhatsAppKpi:
     @property
     def read_rate(self) -> float:
         return self.read / self.delivered if self.delivered else 0.0
+
+    @property
+    def reply_rate(self) -> float:
+        """Contacts who answered, of those the message was sent to."""
+        return self.replied / self.sent if self.sent else 0.0
 
 
 class _SipCounters(Collector):
@@ -400,9 +409,11 @@ def influx_points(recorder: Recorder, gateway_id: str, now_ms: int, voice: bool)
             "sent": wa.sent,
             "delivered": wa.delivered,
             "read": wa.read,
+            "replied": wa.replied,
             "failed": wa.failed,
             "delivery_rate": wa.delivery_rate,
             "read_rate": wa.read_rate,
+            "reply_rate": wa.reply_rate,
         }
         points.append(Point("telgate_whatsapp", {"gateway": gateway_id, "campaign": campaign}, fields, now_ms))
     sample = recorder.registry.get_sample_value

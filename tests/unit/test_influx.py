@@ -96,6 +96,8 @@ def test_kpis_from_the_recorder() -> None:
     for status, previous in (("sent", "in_progress"), ("read", "sent"), ("delivered", "in_progress")):
         r.transition("whatsapp", status, previous, "w")
     r.transition("whatsapp", "delivery_failed", "in_progress", "w")
+    for status, previous in (("sent", "in_progress"), ("replied", "sent")):  # a reply implies delivered and read
+        r.transition("whatsapp", status, previous, "r")
     points = {p.measurement + p.tags.get("campaign", ""): p for p in influx_points(r, "gw", 1, voice=True)}
     calls = points["telgate_callsc"].fields
     assert calls["attempts"] == 4 and calls["answered"] == 1 and calls["asr"] == 0.25 and calls["ner"] == 0.75
@@ -103,6 +105,10 @@ def test_kpis_from_the_recorder() -> None:
     wa = points["telgate_whatsappw"].fields
     assert (wa["sent"], wa["delivered"], wa["read"], wa["failed"]) == (2, 2, 1, 1)
     assert wa["delivery_rate"] == 1.0 and wa["read_rate"] == 0.5
+    assert wa["replied"] == 0 and wa["reply_rate"] == 0.0
+    replied = points["telgate_whatsappr"].fields
+    assert (replied["sent"], replied["delivered"], replied["read"], replied["replied"]) == (1, 1, 1, 1)
+    assert replied["read_rate"] == 1.0 and replied["reply_rate"] == 1.0
     assert points["telgate_gateway"].fields == {"bus_connected": 0, "outbox_pending": 0, "pbx_up": 0}
     assert r.registry.get_sample_value("telgate_call_attempts_total", {"outcome": "answered"}) == 1
 
@@ -119,3 +125,13 @@ def test_contacts_measurement_counts_current_statuses(count: int) -> None:
         if p.measurement == "telgate_contacts"
     }
     assert rows == ({"initial": 0, "calling": 1} if count else {"initial": 1})
+
+
+def test_a_reply_after_a_failed_delivery_counts_delivered_read_and_replied() -> None:
+    r = Recorder("t")
+    for status, previous in (("sent", "in_progress"), ("delivery_failed", "sent"), ("replied", "delivery_failed")):
+        r.transition("whatsapp", status, previous, "w")
+    r.transition("whatsapp", "sent", "in_progress", "w")
+    (wa,) = [p.fields for p in influx_points(r, "gw", 1, voice=False) if p.measurement == "telgate_whatsapp"]
+    assert (wa["sent"], wa["delivered"], wa["read"], wa["replied"], wa["failed"]) == (2, 1, 1, 1, 0)
+    assert wa["reply_rate"] == 0.5 and wa["delivery_rate"] == 0.5
