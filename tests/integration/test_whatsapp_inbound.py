@@ -255,3 +255,23 @@ def _free_port() -> int:
     from tests.support.broker import free_port
 
     return free_port()
+
+
+async def test_a_message_without_context_is_a_reply_only_where_the_campaign_matches_by_sender(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    async with backend(broker.url) as b, wa_rig(broker.url, tmp_path) as (_app, standin):
+        await _campaign(b, "by-sender", replies={**RULES, "match": "sender"})
+        await _campaign(b, "by-context", replies=RULES)
+        await _sent_and_read(b, standin, "by-sender", "k1", "420601234581")
+        await _sent_and_read(b, standin, "by-context", "k2", "420601234582")
+        await standin.post_messages([standin.text_message("420601234581", "Ano")])
+        await standin.post_messages([standin.text_message("420601234582", "Ano")])
+        await b.wait_for(lambda: len(b.inbound) == 2)
+        await b.wait_for(lambda: b.statuses("by-sender", "k1")[-1:] == ["replied"])
+        assert b.unique("by-sender", "k1")[-1]["signal"]["reply"]["outcome"] == "confirm"
+        assert b.statuses("by-context", "k2")[-1] == "read"  # no context: not taken as its reply
+        by_from = {m["from"]: m for m in b.inbound}
+        assert by_from["+420601234581"]["reply"]["contact_id"] == "k1"
+        assert by_from["+420601234581"].get("context") is None
+        assert by_from["+420601234582"].get("reply") is None
