@@ -28,6 +28,7 @@ OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
 # a status reached counts every lower one it skipped: a reply implies delivered and read (SPEC §5.2)
 WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3, "replied": 4}
 WA_FAILED = ("delivery_failed", "sending_failed", "error")
+PHONE_QUALITY_EVENTS = ("upgrade", "downgrade", "flagged", "unflagged")
 PAUSE_CAUSES = ("pbx_down", "whatsapp_account_error", "budget_spent", "other")
 # why an outbox row can never be published (gateway/bus.py): a topic no MQTT client may publish to, a
 # packet over the limit, another refusal by the client library, a PUBACK with a failure reason
@@ -182,6 +183,8 @@ class Recorder:
             ["event"],
             registry=r,
         )
+        for event in PHONE_QUALITY_EVENTS:  # at 0 from the start: the alert's increase() sees the first one
+            self.wa_phone_quality_events.labels(event)
         self.wa_template_quality = Gauge(
             "telgate_whatsapp_template_quality",
             "A template's quality as Meta last rated it: 3 green, 2 yellow, 1 red, 0 unknown",

@@ -31,6 +31,34 @@ _FROM_STORE = (
 DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("Campaigns", "Contacts per status"): _FROM_STORE,
     ("Gateway", "Outbox pending"): _FROM_STORE,
+    ("WhatsApp", "Delivery, read and reply rates per campaign"): (
+        "Of the campaign's contacts now sent or beyond (delivery_failed included): delivered, read or replied"
+        " (delivered), and replied (replied); read or replied of those delivered (read). A contact counts in"
+        " every status below the one it reached: a reply implies delivered and read. From the store's contact"
+        " counts, so restarts and other instances change nothing."
+    ),
+    ("WhatsApp", "Replies by outcome"): (
+        "Replies matched to a contact since each instance started, by the outcome the campaign's replies rules"
+        " gave them (confirm, decline, opt_out, other), summed over the instances. An opt_out blacklists the"
+        " number."
+    ),
+    ("WhatsApp", "Notices by field"): (
+        "Meta's notices since each instance started, by webhook field (user_preferences,"
+        " message_template_status_update, message_template_quality_update, phone_number_quality_update,"
+        " account_update, ...), summed over the instances."
+    ),
+    ("WhatsApp", "Marketing sends refused"): (
+        "Sends of MARKETING templates refused before the Cloud API because the number stopped marketing"
+        " messages (user_preferences stop; Meta would answer 131050), summed over the instances."
+    ),
+    ("WhatsApp", "Template quality"): (
+        "Each template's quality as Meta last rated it in a notice this instance received: 3 green, 2 yellow,"
+        " 1 red (alert TelgateWhatsAppTemplateRed), 0 unknown. Empty until Meta sends a rating."
+    ),
+    ("WhatsApp", "Phone number quality events"): (
+        "phone_number_quality_update notices since each instance started, by event (upgrade, downgrade,"
+        " flagged, unflagged); a downgrade or a flag raises TelgateWhatsAppPhoneQualityDropped."
+    ),
     ("Gateway", "Oldest unacknowledged event"): _FROM_STORE,
     ("Gateway", "Cluster members"): (
         "Instances holding a live lease in the store, as each instance counts them: the lines agree but for"
@@ -51,6 +79,22 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         " it settled their calls and sends by the restart rule and took their events, timers and queue."
     ),
 }
+
+# WhatsApp contacts of each campaign now, by status (the store's gauge, as "Contacts per status"): a contact
+# is in one status, and the one it reached says which it passed (a reply implies delivered and read)
+_WA_SENT = "sent|delivered|read|replied|delivery_failed"
+
+
+def _wa_contacts(statuses: str) -> str:
+    return (
+        f'sum by (campaign) (max by (campaign, status) (telgate_contacts{{channel="whatsapp",status=~"{statuses}"}}))'
+    )
+
+
+def _wa_rate(part: str, whole: str) -> str:
+    """Contacts in `part` of those in `whole`, per campaign; 0 (not no line) while none is in `part`."""
+    return f"({_wa_contacts(part)} or 0 * {_wa_contacts(whole)}) / clamp_min({_wa_contacts(whole)}, 1)"
+
 
 PROMETHEUS: dict[str, list[Entry]] = {
     "Campaigns": [
@@ -152,21 +196,12 @@ PROMETHEUS: dict[str, list[Entry]] = {
     "WhatsApp": [
         ("Sends / s", "ops", [("sum by (outcome) (rate(telgate_whatsapp_requests_total[5m]))", "{{outcome}}")]),
         (
-            "Delivered and read rates",
+            "Delivery, read and reply rates per campaign",
             "percentunit",
             [
-                (
-                    'sum(telgate_contact_transitions_total{channel="whatsapp",status=~"delivered|read"})'
-                    " / clamp_min(sum(telgate_contact_transitions_total"
-                    '{channel="whatsapp",status=~"sent|delivered|read"}), 1)',
-                    "delivered (or read) / reached",
-                ),
-                (
-                    'sum(telgate_contact_transitions_total{channel="whatsapp",status="read"})'
-                    " / clamp_min(sum(telgate_contact_transitions_total"
-                    '{channel="whatsapp",status=~"delivered|read"}), 1)',
-                    "read / delivered",
-                ),
+                (_wa_rate("delivered|read|replied", _WA_SENT), "delivered {{campaign}}"),
+                (_wa_rate("read|replied", "delivered|read|replied"), "read {{campaign}}"),
+                (_wa_rate("replied", _WA_SENT), "replied {{campaign}}"),
             ],
         ),
         (
@@ -205,6 +240,26 @@ PROMETHEUS: dict[str, list[Entry]] = {
                     "p95",
                 )
             ],
+        ),
+        # what customers send back and what Meta says about the account (SPEC §5.2 `replied`, §6.2)
+        "Replies and Meta's notices",
+        (
+            "Inbound messages by type / s",
+            "ops",
+            [("sum by (type) (rate(telgate_whatsapp_inbound_messages_total[5m]))", "{{type}}")],
+        ),
+        ("Replies by outcome", "none", [("sum by (outcome) (telgate_whatsapp_replies_total)", "{{outcome}}")]),
+        ("Notices by field", "none", [("sum by (field) (telgate_whatsapp_notices_total)", "{{field}}")]),
+        (
+            "Marketing sends refused",
+            "none",
+            [("sum(increase(telgate_whatsapp_marketing_refused_total[1h]))", "refused in the last hour")],
+        ),
+        ("Template quality", "none", [("telgate_whatsapp_template_quality", "{{template}} {{instance}}")]),
+        (
+            "Phone number quality events",
+            "none",
+            [("sum by (event) (telgate_whatsapp_phone_quality_events_total)", "{{event}}")],
         ),
     ],
     "Gateway": [
@@ -388,33 +443,25 @@ INFLUXDB: dict[str, list[Entry]] = {
     ],
     "WhatsApp": [
         (
-            "Sent, delivered, read, failed",
+            "Sent, delivered, read, replied, failed",
             "none",
             [
                 (
                     'SELECT last("sent") AS "sent", last("delivered") AS "delivered", last("read") AS "read", '
-                    f'last("failed") AS "failed" FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    'last("replied") AS "replied", last("failed") AS "failed" '
+                    f'FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
                     "$tag_campaign $tag_gateway $col",
                 )
             ],
         ),
         (
-            "Delivery rate",
+            "Delivery, read and reply rates",
             "percentunit",
             [
                 (
-                    f'SELECT last("delivery_rate") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
-                    "$tag_campaign $tag_gateway",
-                )
-            ],
-        ),
-        (
-            "Read rate",
-            "percentunit",
-            [
-                (
-                    f'SELECT last("read_rate") FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
-                    "$tag_campaign $tag_gateway",
+                    'SELECT last("delivery_rate") AS "delivered", last("read_rate") AS "read", '
+                    f'last("reply_rate") AS "replied" FROM "telgate_whatsapp" WHERE {_G} fill(previous)',
+                    "$tag_campaign $tag_gateway $col",
                 )
             ],
         ),

@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 QUIET: tuple[Any, ...] = ()
 ONE_ATTEMPT = {"max_attempts": 1}
+CUSTOMER = ("420602000000", "420602000001")  # they answer the campaign's messages
+OPTED_OUT = "420602000007"  # stops marketing messages, then a MARKETING template is sent to it
+MARKETING = {"name": "promo", "language": "cs", "category": "MARKETING"}
 
 
 def _influxql(query: str) -> str:
@@ -94,6 +97,49 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                     ),
                     timeout=20,
                 )
+                # what customers and Meta send back: a quick-reply tap on m0's message and a STOP on m1's (replied,
+                # with their outcomes), a number that stopped marketing messages and a MARKETING send to it
+                # (refused before the Cloud API), a template rated RED, the business number downgraded
+                wamids = {s.to: s.wamid for s in standin.sent}
+                await standin.post_messages(
+                    [
+                        standin.button_message(CUSTOMER[0], "CONFIRM", "Confirm", context_id=wamids[CUSTOMER[0]]),
+                        standin.text_message(CUSTOMER[1], "STOP", context_id=wamids[CUSTOMER[1]]),
+                    ]
+                )
+                await standin.post_notice("user_preferences", standin.user_preferences_value(OPTED_OUT, "stop"))
+                await b.wait_for(lambda: any(n.get("effect") == "marketing_opt_out" for n in b.notices))
+                await b.send("send", send("mk", "p0", OPTED_OUT, "promo", template=MARKETING, policy=ONE_ATTEMPT))
+                await standin.post_notice(
+                    "message_template_quality_update",
+                    {
+                        "previous_quality_score": "GREEN",
+                        "new_quality_score": "RED",
+                        "message_template_id": 1000000000000002,
+                        "message_template_name": "promo",
+                        "message_template_language": "cs",
+                    },
+                )
+                await standin.post_notice(
+                    "phone_number_quality_update",
+                    {
+                        "display_phone_number": standin.display_phone_number,
+                        "event": "DOWNGRADE",
+                        "old_limit": "TIER_10K",
+                        "current_limit": "TIER_1K",
+                    },
+                )
+                await b.wait_for(
+                    lambda: (
+                        [b.statuses("notices", f"m{i}")[-1:] for i in (0, 1)] == [["replied"], ["replied"]]
+                        and b.final("promo", "p0")
+                        and len(b.notices) == 3
+                    ),
+                    timeout=20,
+                )
+                outcomes = [b.unique("notices", f"m{i}")[-1]["signal"]["reply"]["outcome"] for i in (0, 1)]
+                assert outcomes[1] == "opt_out", outcomes
+                assert b.statuses("promo", "p0")[-1] == "blacklisted"
                 await b.send(
                     "operator", {"command_id": "op", "campaign_id": "calls", "contact_id": "c0", "signal": "connected"}
                 )  # c0 ended: an illegal transition, refused and counted
@@ -114,11 +160,12 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 )
                 # the ledger, now that the traffic has settled (every call final, every send answered): SIPp
                 # got one INVITE per call (two contacts share each of the numbers ending 0 and 1), the stand-in
-                # one send request per contact, errors included; the rejected command put nothing on the wire
+                # one send request per contact, errors included; the rejected command and the refused MARKETING
+                # send put nothing on the wire
                 calls_seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
                 assert calls_seen.compared == 12 and calls_seen.attempts == 12 and calls_seen.wire == 12
                 sends_seen = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
-                assert sends_seen.compared == 8 and sends_seen.attempts == 8 and sends_seen.wire == 8
+                assert sends_seen.compared == 9 and sends_seen.attempts == 8 and sends_seen.wire == 8
 
                 metrics_text = await asyncio.to_thread(_get_text, f"http://{target}/metrics")
                 check = subprocess.run(
@@ -175,6 +222,13 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 influx.series, 'SELECT last("attempts"), last("answered") FROM telgate_calls'
             )
             assert calls[0]["values"][0][1:] == [12, 8]  # digits 0-5 answer: 0-5, and 0 and 1 of the second ten
+            wa = await asyncio.to_thread(
+                influx.series,
+                'SELECT last("sent"), last("read"), last("replied"), last("reply_rate") FROM telgate_whatsapp'
+                " WHERE campaign = 'notices'",
+            )
+            # m0-m3 and m5-m6 were sent (m4 failed), m0-m3 read: m0 and m1 replied (a reply implies read)
+            assert wa[0]["values"][0][1:] == [6, 4, 2, pytest.approx(2 / 6)]
 
 
 def _get_text(url: str) -> str:
