@@ -26,12 +26,11 @@ from .domain.campaign import (
     FinishContacts,
     decide_campaign,
     implicit,
-    talk_budget_spent,
 )
 from .domain.campaign import create as create_campaign
 from .domain.decide import Decision, decide
 from .domain.signals import Kind, Signal
-from .domain.state import CampaignState, ContactState
+from .domain.state import CampaignState, ContactState, talk_budget_spent
 from .domain.statuses import Channel
 from .ports import ChannelPort
 from .store import Conflict, Key, Reads, Store, Txn

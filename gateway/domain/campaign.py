@@ -7,7 +7,7 @@ Rules:
 - `start` goes to `planned` while `start_at` is in the future, else to `in_progress`; entering `planned`
   sets the persisted `campaign_start` timer (`StartTimer`), whose firing is `start_due`;
 - the gateway pauses a campaign itself (`auto_pause`, with a reason): PBX down, WhatsApp account
-  error, talk budget spent (`talk_budget_spent`: the campaign's talk time reached `max_talk_minutes`);
+  error, talk budget spent (`state.talk_budget_spent`: the campaign's talk time reached `max_talk_minutes`);
   `resume` is refused with `budget_spent` while the budget is spent;
 - entering `finished` finishes every contact of the campaign that is not final (`FinishContacts`);
   `finished` accepts nothing; repeating the current state is accepted and changes nothing.
@@ -135,11 +135,6 @@ def create(existing: CampaignState | None, campaign_id: str, **settings: Any) ->
     if existing is not None:
         return CampaignDecision(existing, False, refused="campaign_exists")
     return CampaignDecision(new_campaign(campaign_id, draft=True, **settings), True, created=True, wrote=True)
-
-
-def talk_budget_spent(talk_seconds: float, limit_minutes: float | None) -> bool:
-    """The campaign's talk time (counted in the store, atomically) reached its `max_talk_minutes`."""
-    return limit_minutes is not None and talk_seconds >= limit_minutes * 60.0
 
 
 def decide_campaign(

@@ -14,7 +14,7 @@ from . import effects as fx
 from .effects import Effect, TimerKind
 from .signals import Kind, Signal, Trigger
 from .state import ContactState, Mode
-from .statuses import WA_RANK, Channel, Status, is_final
+from .statuses import Channel, Status, is_final
 from .tables import ON_CALL_AWAITING, TABLES, Abort, Absorb, AfterCall, Attempt, ByMode, Refuse, Retry, Stay, Target
 
 S = Status
@@ -23,7 +23,6 @@ K = Kind
 VOICE_OUTCOMES = frozenset(
     {K.RINGING, K.ANSWERED, K.REJECTED, K.UNREACHABLE, K.FAILED, K.INVALID_NUMBER, K.CLIENT_HANGUP, K.HANGUP}
 )
-_WA_UP_TARGET = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.READ}
 DEFAULT_AMBIGUOUS_TIMEOUT_S = 600.0
 PRIORITY_DUE = 0  # due retries, operator-ready previews: before new contacts (SPEC §10)
 PRIORITY_NEW = 1
@@ -65,13 +64,6 @@ def decide(state: ContactState, signal: Signal, now: datetime) -> Decision:
         return _create(state, signal, now)
     if state.sequence == 0:
         return Decision(state, refused="unknown_contact")
-    if (
-        state.channel is Channel.VOICE
-        and signal.kind in VOICE_OUTCOMES
-        and (not state.in_flight or (signal.attempt is not None and signal.attempt != state.attempt))
-        and state.status is not S.AWAITING_OPERATOR
-    ):
-        return Decision(state, absorbed="stale")
     trigger = _trigger(state, signal)
     row = (
         ON_CALL_AWAITING
@@ -80,14 +72,19 @@ def decide(state: ContactState, signal: Signal, now: datetime) -> Decision:
     )
     target: Target | None = row.get(trigger)
     if target is None:
-        if is_final(state.channel, state.status) and signal.kind in VOICE_OUTCOMES:
-            return Decision(state, absorbed="stale")
         return Decision(state, illegal=f"{state.status} + {trigger}")
     return _apply(state, signal, trigger, target, now)
 
 
 def _trigger(state: ContactState, signal: Signal) -> str:
     k = signal.kind
+    if (
+        state.channel is Channel.VOICE
+        and k in VOICE_OUTCOMES
+        and (not state.in_flight or (signal.attempt is not None and signal.attempt != state.attempt))
+        and state.status is not S.AWAITING_OPERATOR
+    ):
+        return Trigger.STALE  # of an attempt no longer in flight: the tables absorb it
     if k is K.DIAL_DUE:
         if signal.blacklisted:
             return Trigger.BLACKLIST_HIT
@@ -97,11 +94,6 @@ def _trigger(state: ContactState, signal: Signal) -> str:
         return Trigger.SETTLE
     if k is K.CANCEL and state.channel is Channel.VOICE and (state.answered or state.status is S.ACW):
         return Trigger.SETTLE
-    if k in _WA_UP_TARGET:
-        target_rank = WA_RANK[_WA_UP_TARGET[k]]
-        current = WA_RANK.get(state.status)
-        if state.status is S.READ or (current is not None and target_rank <= current):
-            return Trigger.DUPLICATE
     return k
 
 

@@ -65,7 +65,7 @@ class Trigger(StrEnum):
     BLACKLIST_HIT = "blacklist_hit"
     PLAN_LIMIT = "plan_limit"
     SETTLE = "settle"  # let what is in flight end on its own, without a retry
-    DUPLICATE = "duplicate"  # a webhook status that does not move the contact up
+    STALE = "stale_outcome"  # a call outcome of an attempt that is not the one in flight
     RECORD_ONLY = "record_only"  # webhook of a message whose contact was canceled/removed
 
 

@@ -103,5 +103,10 @@ class CampaignState(BaseModel):
     replies: ReplyRules | None = None  # what a customer's reply means (SPEC §5.2 `replied`); None: defaults
 
     def budget_spent(self) -> bool:
-        limit = self.budget.max_talk_minutes
-        return limit is not None and self.talk_seconds >= limit * 60.0
+        return talk_budget_spent(self.talk_seconds, self.budget.max_talk_minutes)
+
+
+def talk_budget_spent(talk_seconds: float, limit_minutes: float | None) -> bool:
+    """The one rule of the talk budget: the campaign's talk time (counted in the store, atomically) reached
+    its `max_talk_minutes`."""
+    return limit_minutes is not None and talk_seconds >= limit_minutes * 60.0

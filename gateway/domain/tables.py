@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .signals import Kind, Trigger
-from .statuses import Channel, Status
+from .statuses import WA_RANK, Channel, Status
 
 S = Status
 K = Kind
@@ -99,23 +99,10 @@ _PRE_DIAL: Row = {
     T.PLAN_LIMIT: S.PLAN_LIMIT_EXCEEDED,
     **_ADMIN,
 }
-_CALL_OUTCOMES_STALE: Row = {
-    k: STALE
-    for k in (
-        K.RINGING,
-        K.ANSWERED,
-        K.REJECTED,
-        K.UNREACHABLE,
-        K.FAILED,
-        K.INVALID_NUMBER,
-        K.CLIENT_HANGUP,
-        K.HANGUP,
-        K.CONNECTED,
-        K.WRAPUP_DONE,
-        K.ACW_ELAPSED,
-        K.BCW_ELAPSED,
-    )
-}
+# a call outcome of an attempt that is no longer in flight (decide() names it T.STALE), in any voice status
+_STALE: Row = {T.STALE: STALE}
+# operator signals and timers of a call that already ended
+_CALL_SIGNALS_STALE: Row = {k: STALE for k in (K.CONNECTED, K.WRAPUP_DONE, K.ACW_ELAPSED, K.BCW_ELAPSED)}
 
 VOICE: dict[Status, Row] = {
     S.INITIAL: {**_PRE_DIAL, K.ASSIGNED: S.OPERATOR_ASSIGNED, K.NO_OPERATOR: S.AWAITING_OPERATOR},
@@ -161,8 +148,26 @@ VOICE: dict[Status, Row] = {
         T.SETTLE: Stay(),
         K.REMOVE: IN_FLIGHT,
     },
-    S.RETRY_SCHEDULED: {**_PRE_DIAL, **_CALL_OUTCOMES_STALE},
+    S.RETRY_SCHEDULED: {**_PRE_DIAL, **_CALL_SIGNALS_STALE},
+    # finals: only what is expected after them
+    **{
+        status: {}
+        for status in (
+            S.SUCCESS,
+            S.CANCELED_BY_CLIENT,
+            S.COMPLETED_WITHOUT_ANSWER,
+            S.DIAL_FAILED,
+            S.INVALID_RECORD,
+            S.BLACKLISTED,
+            S.REJECTED_BY_OPERATOR,
+            S.CANCELED_BY_ADMIN,
+            S.REMOVED,
+            S.PLAN_LIMIT_EXCEEDED,
+        )
+    },
 }
+for _row in VOICE.values():  # every voice status absorbs a stale call outcome
+    _row.update(_STALE)
 
 # predictive: answered, waiting for a free operator (a call is up)
 ON_CALL_AWAITING: Row = {
@@ -192,18 +197,31 @@ _WA_LATE: Row = {
         K.AMBIGUOUS_ELAPSED,
         K.WA_REJECTED,
         K.WA_REPLY,
-        T.DUPLICATE,
     )
 }
 _WA_HANDED: Row = {  # the message is with Meta: it cannot be recalled
     K.CANCEL: S.CANCELED_BY_ADMIN,
     T.SETTLE: Stay(),
     K.REMOVE: IN_FLIGHT,
-    T.DUPLICATE: DUP,
     K.WA_ACCEPTED: DUP,
     K.AMBIGUOUS_ELAPSED: STALE,
 }
-_WA_UP: Row = {K.WA_SENT: S.SENT, K.WA_DELIVERED: S.DELIVERED, K.WA_READ: S.READ, K.WA_REPLY: S.REPLIED}
+_WA_LADDER: dict[Kind, Status] = {
+    K.WA_SENT: S.SENT,
+    K.WA_DELIVERED: S.DELIVERED,
+    K.WA_READ: S.READ,
+    K.WA_REPLY: S.REPLIED,
+}
+_WA_UP: Row = {k: target for k, target in _WA_LADDER.items()}
+
+
+def _up_from(status: Status) -> Row:
+    """The ladder from `status` (SPEC §5.2: `in_progress < sent < delivered < read < replied`): a webhook
+    status above it moves the contact there, one at or below it is a duplicate."""
+    here = WA_RANK[status]
+    return {k: (target if WA_RANK[target] > here else DUP) for k, target in _WA_LADDER.items()}
+
+
 # a reply to a message that never reached the customer (sender matching only): it is not this contact's
 _WA_NOT_SENT: Row = {K.WA_REPLY: Absorb("not_sent")}
 # a send refused by the API, or a `failed` webhook, while the message is not known to be delivered
@@ -228,35 +246,33 @@ WHATSAPP: dict[Status, Row] = {
     },
     S.IN_PROGRESS: {
         **_WA_HANDED,
-        **_WA_UP,
+        **_up_from(S.IN_PROGRESS),
         **_WA_FAILURES,
         K.WA_ACCEPTED: Stay(),
         K.WA_AMBIGUOUS: Stay(),
         K.AMBIGUOUS_ELAPSED: Retry(S.ERROR, always=True),
         K.GATEWAY_RESTART: Stay(),
     },
-    S.SENT: {**_WA_HANDED, **_WA_UP, **_WA_FAILURES},
-    S.DELIVERED: {**_WA_HANDED, **_WA_UP, **_WA_FAILED_LATE},
-    S.READ: {T.DUPLICATE: DUP, K.WA_ACCEPTED: DUP, K.WA_REPLY: S.REPLIED, **_WA_FAILED_LATE},
+    S.SENT: {**_WA_HANDED, **_up_from(S.SENT), **_WA_FAILURES},
+    S.DELIVERED: {**_WA_HANDED, **_up_from(S.DELIVERED), **_WA_FAILED_LATE},
+    S.READ: {K.WA_ACCEPTED: DUP, **_up_from(S.READ), **_WA_FAILED_LATE},
     # the first reply decides; a later one is an inbound message only
-    S.REPLIED: {T.DUPLICATE: DUP, K.WA_ACCEPTED: DUP, K.WA_REPLY: DUP, **_WA_FAILED_LATE},
+    S.REPLIED: {K.WA_ACCEPTED: DUP, **_up_from(S.REPLIED), **_WA_FAILED_LATE},
     S.DELIVERY_FAILED: {
         K.WA_DELIVERED: S.DELIVERED,
         K.WA_READ: S.READ,
         K.WA_REPLY: S.REPLIED,
         K.WA_SENT: DUP,
-        T.DUPLICATE: DUP,
         **_WA_FAILED_LATE,
     },
-    S.SENDING_FAILED: {T.DUPLICATE: DUP, **_WA_FAILED_LATE, **_WA_NOT_SENT},
-    S.ERROR: {T.DUPLICATE: DUP, **_WA_FAILED_LATE, **_WA_NOT_SENT},
+    S.SENDING_FAILED: {**_WA_FAILED_LATE, **_WA_NOT_SENT},
+    S.ERROR: {**_WA_FAILED_LATE, **_WA_NOT_SENT},
     S.RETRY_SCHEDULED: {
         K.DIAL_DUE: Attempt(S.IN_PROGRESS),
         T.BLACKLIST_HIT: S.BLACKLISTED,
         T.PLAN_LIMIT: S.ERROR,
         **_ADMIN,
         **_WA_UP,  # a late webhook of the previous attempt still wins
-        T.DUPLICATE: DUP,
         K.AMBIGUOUS_ELAPSED: STALE,
     },
     S.CANCELED_BY_ADMIN: _WA_LATE,

@@ -9,10 +9,9 @@ from gateway.domain.campaign import (
     decide_campaign,
     implicit,
     new_campaign,
-    talk_budget_spent,
 )
 from gateway.domain.effects import StartTimer, TimerKind
-from gateway.domain.state import Budget
+from gateway.domain.state import Budget, talk_budget_spent
 from gateway.domain.statuses import CampaignStatus as C
 
 T0 = datetime(2026, 11, 24, tzinfo=UTC)
