@@ -16,7 +16,11 @@ from .domain.statuses import Channel
 class ChannelPort(Protocol):
     channel: Channel
     max_concurrent: int
-    max_rate: float  # new attempts per second
+
+    @property
+    def max_rate(self) -> float:
+        """New attempts per second now (the dispatcher's one token bucket spends it, read each turn)."""
+        ...
 
     def active(self, campaign_id: str | None = None) -> int:
         """Attempts in flight (all, or of one campaign)."""

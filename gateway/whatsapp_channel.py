@@ -20,7 +20,7 @@ from whatsapp.errors import ErrorClass, classify, is_account_level
 from whatsapp.inbound import inbound_messages
 from whatsapp.models import ApiError, Notification, Status
 from whatsapp.notices import PhoneQualityNotice, TemplateQualityNotice, notices
-from whatsapp.ratelimit import PairLimit, SendLimiter
+from whatsapp.ratelimit import PairLimit, RateBackoff
 
 from .domain import effects as fx
 from .domain.signals import Kind, Signal
@@ -158,15 +158,19 @@ class WhatsAppChannel:
         self.phone_number_id = phone_number_id  # the topic of what arrives without metadata
         self.client = client
         self.recorder = recorder
-        self.max_rate = max_mps
         self.max_concurrent = max_concurrent
         self.ambiguous_timeout_s = ambiguous_timeout_s
-        self.limiter = SendLimiter(max_mps, burst=max(1.0, max_mps / 100))  # at most 10 ms of sends at once
+        self.backoff = RateBackoff(max_mps)  # the dispatcher's bucket spends it (max_rate, read each turn)
         self.pairs = PairLimit(pair_interval_s)
         self._queue: asyncio.Queue[tuple[ContactState, int]] = asyncio.Queue()
         self._active: Counter[str] = Counter()
         self._accepted_at: OrderedDict[str, float] = OrderedDict()  # wamid → when Meta took it (for metrics)
         self.state = "up"
+
+    @property
+    def max_rate(self) -> float:
+        """Sends per second now: `whatsapp.max_mps`, halved for a minute after a 130429."""
+        return self.backoff.current_rate(time.monotonic())
 
     def active(self, campaign_id: str | None = None) -> int:
         return sum(self._active.values()) if campaign_id is None else self._active[campaign_id]
@@ -186,10 +190,9 @@ class WhatsAppChannel:
         key = (contact.campaign_id, contact.contact_id)
         try:
             now = time.monotonic()
-            wait = max(self.pairs.reserve(contact.phone or "", now), self.limiter.delay(now))
-            while wait > 0:
+            wait = self.pairs.reserve(contact.phone or "", now)  # the rate itself was spent at dispatch
+            if wait > 0:
                 await asyncio.sleep(wait)
-                wait = self.limiter.delay(time.monotonic())
             assert contact.template is not None and contact.phone is not None
             result = await self.client.send_template(contact.phone, contact.template, callback_data(contact, attempt))
             self._observe(result)
@@ -200,7 +203,7 @@ class WhatsAppChannel:
             signal = result_signal(result, attempt, self.ambiguous_timeout_s)
             await self.engine.signal(key, signal)
             if isinstance(result, Failed) and result.code == 130429:
-                self.limiter.rate_limited(time.monotonic())
+                self.backoff.rate_limited(time.monotonic())
             if isinstance(result, Failed) and result.error_class is ErrorClass.ACCOUNT:
                 await self._account_error(result.code, result.title)
         finally:

@@ -13,7 +13,7 @@ from tests.conftest import CORPORA
 from whatsapp.client import Accepted, CloudApiClient, Failed, TimedOut
 from whatsapp.errors import ErrorClass, classify, is_account_level
 from whatsapp.models import Notification, Status
-from whatsapp.ratelimit import PairLimit, SendLimiter
+from whatsapp.ratelimit import PairLimit, RateBackoff
 from whatsapp.webhook import signature, signature_ok
 
 E = ErrorClass
@@ -55,18 +55,11 @@ def test_signature_constant_time_check() -> None:
     assert not signature_ok(b"s3cret", body + b"\n", good)
 
 
-def test_send_limiter_rate_and_130429_halving() -> None:
-    lim = SendLimiter(rate=100, burst=1)
-    sent, t = 0, 0.0
-    while t < 10:
-        wait = lim.delay(t)
-        if wait == 0:
-            sent += 1
-        else:
-            t += wait
-    assert 999 <= sent <= 1001
-    lim.rate_limited(10.0)
-    assert lim.current_rate(20.0) == 50 and lim.current_rate(70.1) == 100
+def test_the_rate_halves_for_a_minute_after_130429() -> None:
+    rate = RateBackoff(rate=100)
+    assert rate.current_rate(0.0) == 100
+    rate.rate_limited(10.0)
+    assert rate.current_rate(20.0) == 50 and rate.current_rate(70.1) == 100
 
 
 def test_pair_limit_spaces_one_number() -> None:
