@@ -31,37 +31,10 @@ from .domain.state import CampaignState, ContactState
 from .domain.statuses import label
 from .ids import uuid7
 from .store import Conflict, Key, Txn
+from .topics import Topics
 from .wire import CampaignStatusEvent, encode_contact_event
 
 log = logging.getLogger("telgate.engine")
-
-
-@dataclass
-class Topics:
-    prefix: str
-
-    def contact(self, channel: str, campaign_id: str, contact_id: str) -> str:
-        return f"{self.prefix}/v1/evt/contact/{channel}/{campaign_id}/{contact_id}"
-
-    def campaign(self, campaign_id: str) -> str:
-        return f"{self.prefix}/v1/evt/campaign/{campaign_id}"
-
-    def inbound(self, phone_number_id: str) -> str:
-        return f"{self.prefix}/v1/evt/inbound/whatsapp/{phone_number_id}"
-
-    def notice(self, phone_number_id: str) -> str:
-        return f"{self.prefix}/v1/evt/notice/whatsapp/{phone_number_id}"
-
-    @property
-    def command_result(self) -> str:
-        return f"{self.prefix}/v1/evt/command"
-
-    @property
-    def commands(self) -> str:
-        return f"{self.prefix}/v1/cmd/+"
-
-    def presence(self, gateway_id: str) -> str:
-        return f"{self.prefix}/v1/gateways/{gateway_id}/status"
 
 
 def cancel_note(origin: str, state: ContactState) -> bytes:

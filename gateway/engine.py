@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from metrics.recorder import Recorder
 
-from .commit import After, Topics, Writer
+from .commit import After, Writer
 from .domain import effects as fx
 from .domain.campaign import (
     Action,
@@ -34,6 +34,7 @@ from .domain.state import CampaignState, ContactState, talk_budget_spent
 from .domain.statuses import Channel
 from .ports import ChannelPort
 from .store import Conflict, Key, Reads, Store, Txn
+from .topics import Topics
 
 log = logging.getLogger("telgate.engine")
 R = TypeVar("R")

@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from .config import BusSection
+from .topics import Topics
 from .wire import CommandResult
 
 log = logging.getLogger("telgate.submit")
@@ -95,7 +96,7 @@ class BusTarget:
     @property
     def replies(self) -> str | None:
         """The Response Topic of this client's commands (MQTT 5), or None (3.1.1: the shared topic)."""
-        return f"{self.prefix}/v1/replies/{self.client_id}" if self.protocol == 5 else None
+        return Topics(self.prefix).replies(self.client_id) if self.protocol == 5 else None
 
     def client(self, **kw: Any) -> aiomqtt.Client:
         url = urlsplit(self.url)
@@ -263,7 +264,7 @@ class CommandWindow:
             props.CorrelationData = p.command_id.encode()
         p.last = time.monotonic()
         try:
-            await client.publish(f"{self.target.prefix}/v1/cmd/{p.kind}", p.payload, qos=1, properties=props)
+            await client.publish(Topics(self.target.prefix).command(p.kind), p.payload, qos=1, properties=props)
         except aiomqtt.MqttError as exc:
             self._last_error = str(exc)
             return
@@ -290,7 +291,7 @@ class CommandWindow:
     # -- background ----------------------------------------------------------------------------------
     async def _connection(self) -> None:
         backoff = 0.2
-        topic = self.target.replies or f"{self.target.prefix}/v1/evt/command"
+        topic = self.target.replies or Topics(self.target.prefix).command_result
         while True:
             try:
                 client = self.target.client()

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .config import Settings
 from .mqtt_io import Receiver
+from .topics import Topics
 
 
 class Tally:
@@ -54,8 +55,7 @@ class Tally:
 
 async def watch(settings: Settings, campaign: str | None, seconds: float | None) -> None:
     url = urlsplit(settings.bus.url)
-    prefix = settings.bus.topic_prefix
-    topic = f"{prefix}/v1/evt/contact/+/{campaign or '+'}/+"
+    topic = Topics(settings.bus.topic_prefix).contacts(campaign)
     tally = Tally()
     deadline = None if seconds is None else time.monotonic() + seconds
     async with aiomqtt.Client(

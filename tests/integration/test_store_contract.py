@@ -23,7 +23,6 @@ import aiohttp
 import psycopg
 import pytest
 
-from gateway.commit import Topics
 from gateway.config import ConfigError
 from gateway.domain.effects import TimerKind
 from gateway.domain.signals import Kind, Signal
@@ -35,6 +34,7 @@ from gateway.store.migrate import migrate
 from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres import PostgresStore, _PgTxn
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from gateway.topics import Topics
 from metrics.recorder import Recorder
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, scripted_ledger, settings_for

@@ -6,8 +6,9 @@ from collections import Counter
 from pathlib import Path
 
 from gateway.config import load_settings
-from gateway.engine import Engine, Topics, Unit
+from gateway.engine import Engine, Unit
 from gateway.store.sqlite import SqliteStore
+from gateway.topics import Topics
 from gateway.voice_channel import VoiceChannel
 from metrics.recorder import Recorder
 
