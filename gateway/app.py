@@ -22,11 +22,10 @@ from metrics.recorder import Recorder, influx_points
 from whatsapp import webhook
 from whatsapp.client import CloudApiClient
 
-from . import __version__, identity
+from . import __version__, identity, mqtt_shim
 from .bus import Bus
 from .cluster import Cluster
 from .commands import CommandContext
-from .commit import Topics
 from .config import ConfigError, Settings, mask_url
 from .domain import effects as fx
 from .domain.policy import Policy
@@ -39,6 +38,7 @@ from .memory import trim_allocator
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
 from .store import Store, StoreError, Txn, open_store
+from .topics import Topics
 from .voice_channel import VoiceChannel
 from .whatsapp_channel import WhatsAppChannel
 
@@ -291,6 +291,7 @@ class App:
             await asyncio.sleep(every_s)
 
     async def run(self, stop: asyncio.Event) -> None:
+        mqtt_shim.check()  # aiomqtt and paho have what the bus relies on, or say which and their versions
         await self.store.open()
         runners: list[web.AppRunner] = []
         try:
@@ -376,8 +377,8 @@ class App:
             host, port = listen.rsplit(":", 1)
             site = web.TCPSite(runner, host.strip("[]"), int(port))
             await site.start()
-            server = getattr(site, "_server", None)
-            return int(server.sockets[0].getsockname()[1]) if server is not None and server.sockets else None
+            bound = runner.addresses  # this runner's one site: (host, port, ...) per listening socket
+            return int(bound[0][1]) if bound else None
 
         public_port = await serve(cfg.listen, public=True, admin=not separate)
         admin_port = await serve(cfg.admin_listen, public=False, admin=True) if cfg.admin_listen else public_port

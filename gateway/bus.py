@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from metrics.recorder import Recorder
 from sip.waiting import wait_event
 
-from . import __version__
+from . import __version__, mqtt_shim
 from .commands import (
     INTERNAL_ERROR,
     CommandContext,
@@ -46,12 +46,12 @@ from .commands import (
     internal_error,
     publish_result,
 )
-from .commit import Topics
 from .config import BusSection
 from .engine import Engine
 from .mqtt_io import install as batched_io
 from .phones import normalise_all
 from .store import OutboxRow, Txn
+from .topics import Topics
 from .wire import (
     COMMANDS,
     Command,
@@ -145,7 +145,7 @@ async def _messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
     """`client.messages`, taking what is already queued without a wait: aiomqtt's iterator makes a task and
     an `asyncio.wait` for every message, a tenth of the event loop thread with single commands (py-spy).
     A disconnect still ends it: the queue empties, and the wait raises."""
-    queue, waiting = client._queue, client.messages
+    queue, waiting = mqtt_shim.incoming(client), client.messages
     while True:
         try:
             message = queue.get_nowait()
@@ -164,7 +164,7 @@ class _Intake:
     unacked: int = 0
 
     def settled(self) -> bool:
-        return self.unacked == 0 and self.client._queue.empty()
+        return self.unacked == 0 and mqtt_shim.incoming(self.client).empty()
 
 
 class Bus:
@@ -418,7 +418,7 @@ class Bus:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         client.pending_calls_threshold = WINDOW * 4
-        paho = client._client
+        paho = mqtt_shim.paho_of(client)
         paho.manual_ack_set(True)  # PUBACK a command only after its result is committed
         batched_io(client)  # one recv for many packets, one send per loop turn (gateway/mqtt_io.py)
         if self.cfg.protocol == 5:
@@ -490,6 +490,7 @@ class Bus:
     # -- commands in -----------------------------------------------------------------------------
     async def _receiver(self, client: aiomqtt.Client) -> None:
         acks: asyncio.Queue[tuple[asyncio.Future[Any], int, int]] = asyncio.Queue()
+        paho = mqtt_shim.paho_of(client)
         intake = self._intake = _Intake(client)
 
         async def acker() -> None:
@@ -500,7 +501,7 @@ class Bus:
                 except Exception:  # nothing was committed (the store failed): the broker redelivers it
                     continue
                 if qos > 0:
-                    client._client.ack(mid, qos)
+                    paho.ack(mid, qos)
                     intake.unacked -= 1
 
         # Commands taken but not yet committed are parsed objects (a bulk of 1,000 contacts is ~1 MB of
@@ -635,7 +636,7 @@ class Bus:
         the partition over meets it again. A return code about the connection (no connection, paho's
         queue full) ends the connection as before; the row goes on the next one.
         """
-        paho = client._client
+        paho = mqtt_shim.paho_of(client)
         window = asyncio.Semaphore(WINDOW)
         inflight: dict[int, OutboxRow] = {}  # paho mid -> outbox row
         # rows that can never go, to move to the dead letters before the next fetch: (row, reason, detail);
@@ -664,7 +665,7 @@ class Bus:
         cursor = 0
         store = self.engine.store
         shared = store.shared
-        disconnected = client._disconnected
+        disconnected = mqtt_shim.disconnected(client)
         busy = self._row_part
         try:
             while not disconnected.done():

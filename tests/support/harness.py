@@ -15,6 +15,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import mqtt_shim
 from gateway.app import App
 from gateway.config import Settings, load_settings
 from gateway.domain.statuses import Channel
@@ -175,8 +176,9 @@ async def backend(broker_url: str, prefix: str = "telgate") -> AsyncIterator[Bac
                         await holder[0].listen()
                     finally:
                         # aiomqtt PUBACKs on receipt: what it queued before the disconnect is ours to process
-                        while not client._queue.empty():
-                            holder[0].take(client._queue.get_nowait())
+                        queued = mqtt_shim.incoming(client)
+                        while not queued.empty():
+                            holder[0].take(queued.get_nowait())
             except aiomqtt.MqttError:
                 connected.clear()
                 await asyncio.sleep(0.2)

@@ -1,0 +1,290 @@
+"""Every private attribute of aiomqtt and paho-mqtt the gateway touches, in one place, checked at start.
+
+The gateway drives paho below aiomqtt in three ways no public API offers (docs/decisions.md, "The
+gateway's cost per packet"): the outbox publishes through paho on aiomqtt's connection and takes the
+queued commands without aiomqtt's task per message (aiomqtt's `_client`, `_queue`, `_disconnected`,
+`_loop`); `gateway/mqtt_io.py` puts a batched socket under paho (paho's `_sock`, and aiomqtt's reader
+callback looping while the socket has `pending()` bytes); PUBACKs of success skip paho's decoding
+(`quick_puback`: paho's `_in_packet`, `_out_messages`, `_out_message_mutex`, `_logger`, `_easy_log`,
+`_do_on_publish` and `_handle_pubackcomp`).
+
+Nothing else in the gateway names a private attribute of either library: it calls the functions here.
+`check()` runs when the App starts and when the first bus client is made; it looks for every attribute,
+method (and its parameters) and behaviour listed in `RELIED_ON` on the installed versions and raises
+`LibraryMismatch` naming those versions and what is missing, instead of the gateway failing later, in
+the middle of a connection, with an AttributeError. pyproject.toml pins the versions it was written
+against; an upgrade runs `tests/unit/test_mqtt_shim.py` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho_client
+from paho.mqtt.client import MQTT_LOG_DEBUG
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+PahoClient = paho_client.Client
+
+
+class LibraryMismatch(RuntimeError):
+    """The installed aiomqtt or paho-mqtt lacks something this module relies on."""
+
+    def __init__(self, versions: dict[str, str], missing: list[str]) -> None:
+        self.versions = versions
+        self.missing = missing
+        installed = ", ".join(f"{name} {version}" for name, version in versions.items())
+        super().__init__(
+            f"the installed {installed} lack what gateway/mqtt_shim.py relies on: "
+            + "; ".join(missing)
+            + " (pyproject.toml pins the versions the gateway is tested with)"
+        )
+
+
+@dataclass(frozen=True)
+class Need:
+    """One thing relied on: `owner` is "paho" (paho.mqtt.client.Client, on the class or a fresh instance)
+    or "aiomqtt" (aiomqtt.Client on a fresh instance); `params` are a method's parameters after self,
+    in order; `source` a fragment its source must hold (a behaviour, checked where the source is there)."""
+
+    owner: str
+    name: str
+    what: str
+    params: tuple[str, ...] | None = None
+    source: str | None = None
+    kind: Callable[[Any, ModuleType, ModuleType], bool] | None = None
+
+
+def _is_paho(value: Any, _aiomqtt: ModuleType, paho: ModuleType) -> bool:
+    return isinstance(value, paho.Client)
+
+
+def _is_queue(value: Any, _aiomqtt: ModuleType, _paho: ModuleType) -> bool:
+    return isinstance(value, asyncio.Queue)
+
+
+def _is_future(value: Any, _aiomqtt: ModuleType, _paho: ModuleType) -> bool:
+    return isinstance(value, asyncio.Future)
+
+
+def _is_loop(value: Any, _aiomqtt: ModuleType, _paho: ModuleType) -> bool:
+    return isinstance(value, asyncio.AbstractEventLoop)
+
+
+def _is_dict(value: Any, _aiomqtt: ModuleType, _paho: ModuleType) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_lock(value: Any, _aiomqtt: ModuleType, _paho: ModuleType) -> bool:
+    return hasattr(value, "__enter__") and hasattr(value, "__exit__")
+
+
+RELIED_ON: tuple[Need, ...] = (
+    # aiomqtt.Client (instance attributes, made in __init__)
+    Need("aiomqtt", "_client", "the paho client under it", kind=_is_paho),
+    Need("aiomqtt", "_queue", "the asyncio.Queue of received messages", kind=_is_queue),
+    Need("aiomqtt", "_disconnected", "the asyncio.Future that ends the connection", kind=_is_future),
+    Need("aiomqtt", "_loop", "its event loop", kind=_is_loop),
+    Need(
+        "aiomqtt",
+        "_on_socket_open",
+        "a reader callback that loops while the socket has pending() bytes",
+        source="pending()",
+    ),
+    # paho.mqtt.client.Client
+    Need("paho", "_sock", "its socket attribute"),
+    Need("paho", "_in_packet", "the packet being read (a dict with 'packet')", kind=_is_dict),
+    Need("paho", "_out_messages", "the messages awaiting their PUBACK by mid", kind=_is_dict),
+    Need("paho", "_out_message_mutex", "the lock of _out_messages", kind=_is_lock),
+    Need("paho", "_logger", "its logger attribute"),
+    Need("paho", "_easy_log", "a method", params=("level", "fmt", "args")),
+    Need("paho", "_do_on_publish", "a method", params=("mid", "reason_code", "properties")),
+    Need("paho", "_handle_pubackcomp", "a method", params=("cmd",)),
+    Need("paho", "_packet_handle", "the dispatch of a PUBACK to self._handle_pubackcomp", source="_handle_pubackcomp("),
+    # public, but relied on with these parameters (the outbox, manual acks, the session's end)
+    Need("paho", "ack", "a method", params=("mid", "qos")),
+    Need("paho", "manual_ack_set", "a method", params=("on",)),
+    Need("paho", "loop_write", "a method", params=()),
+    Need("paho", "disconnect", "a method", params=("reasoncode", "properties")),
+)
+
+
+def versions() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for dist in ("aiomqtt", "paho-mqtt"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "(version unknown)"
+    return found
+
+
+def _probe_aiomqtt(module: ModuleType) -> Any:
+    """A fresh, never connected aiomqtt client (its __init__ wants a running loop)."""
+
+    async def make() -> Any:
+        return module.Client("127.0.0.1")
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(make())
+        finally:
+            loop.close()
+    return module.Client("127.0.0.1")
+
+
+def _params(fn: Any) -> tuple[str, ...] | None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in sig.parameters.values()]
+    return tuple(names[1:] if names and names[0] == "self" else names)
+
+
+def _source_holds(fn: Any, fragment: str) -> bool:
+    try:
+        return fragment in inspect.getsource(fn)
+    except (OSError, TypeError):  # no source installed: nothing to check it by
+        return True
+
+
+def problems(aiomqtt_module: ModuleType = aiomqtt, paho_module: ModuleType = paho_client) -> list[str]:
+    """What `RELIED_ON` finds missing in these modules ([] when everything is there)."""
+    missing: list[str] = []
+    paho_cls = getattr(paho_module, "Client", None)
+    aiomqtt_cls = getattr(aiomqtt_module, "Client", None)
+    if paho_cls is None:
+        return ["paho.mqtt.client.Client"]
+    if aiomqtt_cls is None:
+        return ["aiomqtt.Client"]
+    instances: dict[str, Any] = {}
+    try:
+        instances["aiomqtt"] = _probe_aiomqtt(aiomqtt_module)
+    except Exception as exc:  # a constructor of another shape: say so, with what it raised
+        missing.append(f"aiomqtt.Client('127.0.0.1') raised {type(exc).__name__}: {exc}")
+    try:
+        instances["paho"] = paho_cls(paho_module.CallbackAPIVersion.VERSION2, protocol=paho_module.MQTTv5)
+    except Exception as exc:
+        missing.append(f"paho.mqtt.client.Client(VERSION2, protocol=MQTTv5) raised {type(exc).__name__}: {exc}")
+    classes = {"aiomqtt": aiomqtt_cls, "paho": paho_cls}
+    prefix = {"aiomqtt": "aiomqtt.Client", "paho": "paho.mqtt.client.Client"}
+    for need in RELIED_ON:
+        label = f"{prefix[need.owner]}.{need.name} ({need.what})"
+        target = instances.get(need.owner, classes[need.owner])
+        if not hasattr(target, need.name):
+            missing.append(label)
+            continue
+        value = getattr(target, need.name)
+        if need.kind is not None and need.owner in instances and not need.kind(value, aiomqtt_module, paho_module):
+            missing.append(f"{label}: found a {type(value).__name__}")
+        elif need.params is not None:
+            got = _params(value)
+            if got is not None and got != need.params:
+                missing.append(f"{label} with parameters {need.params}: found {got}")
+        if need.source is not None and not _source_holds(getattr(classes[need.owner], need.name, None), need.source):
+            missing.append(f"{label}: its source no longer holds {need.source!r}")
+    return missing
+
+
+_checked = False
+
+
+def check(aiomqtt_module: ModuleType = aiomqtt, paho_module: ModuleType = paho_client) -> None:
+    """Raise `LibraryMismatch` if aiomqtt or paho-mqtt (the installed ones unless given) lacks anything in
+    `RELIED_ON`. The installed ones are looked at once per process."""
+    global _checked
+    installed = aiomqtt_module is aiomqtt and paho_module is paho_client
+    if installed and _checked:
+        return
+    missing = problems(aiomqtt_module, paho_module)
+    if missing:
+        raise LibraryMismatch(versions(), missing)
+    _checked = _checked or installed
+
+
+# -- aiomqtt's internals -------------------------------------------------------------------------------
+def paho_of(client: aiomqtt.Client) -> PahoClient:
+    """The paho client under `client` (the outbox publishes on it; manual acks go through it)."""
+    return client._client
+
+
+def incoming(client: aiomqtt.Client) -> asyncio.Queue[aiomqtt.Message]:
+    """The queue aiomqtt's message callback puts received messages on (`client.messages` reads it)."""
+    return client._queue
+
+
+def disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
+    """Done when the connection is gone; set an exception on it to end the connection."""
+    return client._disconnected
+
+
+def loop_of(client: aiomqtt.Client) -> asyncio.AbstractEventLoop:
+    return client._loop
+
+
+# -- paho's internals ----------------------------------------------------------------------------------
+def socket_of(paho: PahoClient) -> Any:
+    return paho._sock
+
+
+def set_socket(paho: PahoClient, sock: Any) -> None:
+    """Put `sock` in place of paho's socket (from its socket-open callback, before anything is read)."""
+    paho._sock = sock
+
+
+def quick_puback(paho: PahoClient) -> None:
+    """PUBACKs of success without decoding them.
+
+    Every event the gateway publishes comes back as a PUBACK, and paho decodes each into a new
+    `ReasonCode` (which copies its table of 50 names and looks the name up by a walk of it) and a new
+    `Properties`: a tenth of the event loop thread with single commands (py-spy `--gil`). A PUBACK of two
+    bytes is, by MQTT 5 §3.4.2.1 (and always in 3.1.1), the packet id alone: reason Success, no
+    properties; one of three bytes adds a reason code and no properties, and Mosquitto sends 0x10 (No
+    matching subscribers) so for every event nobody subscribed to. Those of a success code (below 0x80)
+    are handed to paho's own `_do_on_publish` (which also releases paho's in-flight count and sends what
+    its in-flight limit held back) with one shared `ReasonCode` per code and one empty `Properties`,
+    which nobody changes; every other PUBACK (a refusal, properties, a PUBCOMP) goes through paho's own
+    handler. This instance only: other paho clients in the process are left alone."""
+    stock = paho._handle_pubackcomp
+    codes: dict[int, ReasonCode] = {}
+    empty = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+    ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+    debug = logging.DEBUG
+
+    def handle(cmd: Any) -> MQTTErrorCode:
+        packet = paho._in_packet["packet"]
+        size = len(packet)
+        code = 0 if size == 2 else packet[2] if size == 3 else 0x80
+        if cmd != "PUBACK" or code >= 0x80:
+            return stock(cmd)
+        reason = codes.get(code)
+        if reason is None:
+            try:
+                reason = codes[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+            except (KeyError, ValueError):  # not a PUBACK reason code: paho's handler says so
+                return stock(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        logger = paho._logger
+        if paho.on_log is not None or (logger is not None and logger.isEnabledFor(debug)):
+            paho._easy_log(MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
+        with paho._out_message_mutex:
+            if mid in paho._out_messages:
+                return paho._do_on_publish(mid, reason, empty)
+        return ok
+
+    paho._handle_pubackcomp = handle  # type: ignore[method-assign]
