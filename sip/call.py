@@ -63,6 +63,7 @@ from .message import (
 )
 from .numbers import dial_string, uri_user
 from .outcome import Outcome, final_outcome
+from .requests import authorization, build, challenge, in_transaction, tagged
 from .sdp import Media, parse_answer
 from .transaction import (
     InviteClientTransaction,
@@ -594,65 +595,49 @@ class Call:
     def _from(self) -> str:
         cfg = self.cfg
         addr = from_addr(self.caller, cfg.from_user, cfg.from_display, cfg.domain, cfg.dial_format, cfg.user_phone)
-        return f"{addr};tag={self.local_tag}"
+        return tagged(addr, self.local_tag)
 
     def _contact(self) -> str:
         return self.cfg.contact(self.cfg.from_user)
 
-    def _invite_request(self, extra: Headers | None = None) -> Request:
-        h = (
-            Headers()
-            .with_("Via", self.cfg.via(self.token()))
-            .with_("Max-Forwards", "70")
-            .with_("From", self._from())
-            .with_("To", f"<{self.target_uri}>")
-            .with_("Call-ID", self.call_id)
-            .with_("CSeq", f"{self.local_cseq} INVITE")
-            .with_("Contact", self._contact())
-            .with_("Allow", ALLOW)
-            .with_("User-Agent", USER_AGENT)
-        )
+    def _invite_request(self, extra: Sequence[tuple[str, str]] = ()) -> Request:
         cfg = self.cfg
+        headers = [("Contact", self._contact()), ("Allow", ALLOW), ("User-Agent", USER_AGENT)]
         if cfg.assert_identity:
             identity = asserted(
                 self.caller, cfg.from_user, cfg.from_display, cfg.domain, cfg.dial_format, cfg.user_phone
             )
-            h = h.with_("P-Asserted-Identity", identity)
+            headers.append(("P-Asserted-Identity", identity))
         if self.caller is not None and self.caller.withheld:
-            h = h.with_("Privacy", "id")
-        for n, v in extra.items if extra else ():
-            h = h.with_(n, v)
-        if self.sdp:
-            h = h.with_("Content-Type", "application/sdp")
-        return Request("INVITE", self.invite_uri, h, self.sdp)
-
-    def _in_dialog(self, method: str, number: int) -> Request:
-        h = Headers().with_("Via", self.cfg.via(self.token())).with_("Max-Forwards", "70")
-        for route in self.route_set:
-            h = h.with_("Route", route)
-        h = (
-            h.with_("From", self._from())
-            .with_("To", f"<{self.target_uri}>;tag={self.remote_tag}")
-            .with_("Call-ID", self.call_id)
-            .with_("CSeq", f"{number} {method}")
-            .with_("User-Agent", USER_AGENT)
+            headers.append(("Privacy", "id"))
+        return build(
+            "INVITE",
+            self.invite_uri,
+            via=cfg.via(self.token()),
+            from_=self._from(),
+            to=f"<{self.target_uri}>",
+            call_id=self.call_id,
+            number=self.local_cseq,
+            headers=[*headers, *extra],
+            body=self.sdp,
         )
-        return Request(method, self.remote_target or self.target_uri, h)
 
-    def _cancel_request(self) -> Request:
-        assert self._invite is not None
-        ih = self._invite.headers
-        h = Headers().with_("Via", ih.get_all("via")[0])
-        for route in ih.get_all("route"):
-            h = h.with_("Route", route)
-        h = (
-            h.with_("Max-Forwards", "70")
-            .with_("From", ih.get("from") or "")
-            .with_("To", ih.get("to") or "")
-            .with_("Call-ID", self.call_id)
-            .with_("CSeq", f"{cseq(self._invite)[0]} CANCEL")
+    def _in_dialog(
+        self, method: str, number: int, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+    ) -> Request:
+        """A request in the dialog: to its remote target, through its route set, with its tags."""
+        return build(
+            method,
+            self.remote_target or self.target_uri,
+            via=self.cfg.via(self.token()),
+            route=self.route_set,
+            from_=self._from(),
+            to=tagged(f"<{self.target_uri}>", self.remote_tag),
+            call_id=self.call_id,
+            number=number,
+            headers=[("User-Agent", USER_AGENT), *headers],
+            body=body,
         )
-        return Request("CANCEL", self._invite.uri, h)
 
     # -- driving it: the owner's commands -------------------------------------------------------
     def start(self, now: float) -> list[CallEvent]:
@@ -804,7 +789,7 @@ class Call:
             return Ev.REFUSED, None  # no new INVITE once the call is being given up
         if code in (401, 407) and not self.authenticated and self.cfg.username and self.cfg.password:
             try:
-                _challenge(resp)
+                challenge(resp)
             except auth.AuthError as exc:
                 return Ev.CHALLENGE_UNUSABLE, f"{resp.reason} ({exc})"
             return Ev.CHALLENGE, None
@@ -856,18 +841,16 @@ class Call:
         for key, (role, tx) in list(self._txs.items()):
             if role is Role.INVITE:
                 self._txs[key] = (Role.SPENT, tx)
-        extra = Headers()
+        extra: list[tuple[str, str]] = []
         if self._challenge is not None:
-            challenge, name = self._challenge
             username, password = self.cfg.username, self.cfg.password
             if not username or not password:  # a challenge is taken up only with both (_classify): not an assert
                 raise auth.AuthError("sip.username and sip.password are needed to answer a digest challenge")
-            credentials = auth.response(challenge, username, password, "INVITE", self.invite_uri)
-            extra = extra.with_(name, credentials)
-        extra = extra.with_("Supported", "timer").with_("Session-Expires", str(self._asked_interval()))
+            extra.append(authorization(self._challenge, username, password, "INVITE", self.invite_uri))
+        extra += [("Supported", "timer"), ("Session-Expires", str(self._asked_interval()))]
         min_se = self.min_se if self.min_se is not None else min(self.cfg.session_expires_s, DEFAULT_MIN_SE)
         if min_se != DEFAULT_MIN_SE or self.min_se is not None:
-            extra = extra.with_("Min-SE", str(min_se))
+            extra.append(("Min-SE", str(min_se)))
         self._invite = self._invite_request(extra)
         self.tried.append(self.invite_uri)
         self._start(Role.INVITE, self._invite, now)
@@ -933,7 +916,8 @@ class Call:
         if self.canceled:
             return
         self.canceled = True
-        self._start(Role.CANCEL, self._cancel_request(), x.now)
+        assert self._invite is not None
+        self._start(Role.CANCEL, in_transaction(self._invite, "CANCEL"), x.now)
         self._arm(Timer.CANCEL_GIVE_UP, x.now + 64 * self.cfg.t1)
 
     def _ack_2xx(self, x: Input) -> None:
@@ -971,8 +955,7 @@ class Call:
     def _authenticate(self, x: Input) -> None:
         assert isinstance(x.message, Response)
         self.authenticated = True
-        name = "Authorization" if x.message.status == 401 else "Proxy-Authorization"
-        self._challenge = (_challenge(x.message), name)
+        self._challenge = challenge(x.message)
         self.local_cseq += 1
         self._send_invite(x.now)
 
@@ -1040,14 +1023,13 @@ class Call:
     def _send_refer(self, x: Input) -> None:
         assert x.target is not None
         self.local_cseq += 1
-        refer = self._in_dialog("REFER", self.local_cseq)
-        h = (
-            refer.headers.with_("Refer-To", f"<{x.target}>")
-            .with_("Referred-By", f"<sip:{self.cfg.from_user}@{self.cfg.domain}>")
-            .with_("Contact", self._contact())
-        )
+        headers = [
+            ("Refer-To", f"<{x.target}>"),
+            ("Referred-By", f"<sip:{self.cfg.from_user}@{self.cfg.domain}>"),
+            ("Contact", self._contact()),
+        ]
         self.transfer_state = "pending"
-        self._start(Role.REFER, Request("REFER", refer.uri, h), x.now)
+        self._start(Role.REFER, self._in_dialog("REFER", self.local_cseq, headers), x.now)
 
     def _refer_accepted(self, x: Input) -> None:
         if self.transfer_state == "pending":
@@ -1066,19 +1048,16 @@ class Call:
         assert self.session is not None
         method = "UPDATE" if self.session.by_update else "INVITE"
         self.local_cseq += 1
-        base = self._in_dialog(method, self.local_cseq)
-        h = (
-            base.headers.with_("Contact", self._contact())
-            .with_("Allow", ALLOW)
-            .with_("Supported", "timer")
-            .with_("Session-Expires", f"{self.session.interval};refresher=uac")
-        )
+        headers = [
+            ("Contact", self._contact()),
+            ("Allow", ALLOW),
+            ("Supported", "timer"),
+            ("Session-Expires", f"{self.session.interval};refresher=uac"),
+        ]
         if self.min_se is not None:
-            h = h.with_("Min-SE", str(self.min_se))
-        body = b""
-        if method == "INVITE" and self.sdp:
-            h, body = h.with_("Content-Type", "application/sdp"), self.sdp
-        self._start(Role.REFRESH, Request(method, base.uri, h, body), x.now)
+            headers.append(("Min-SE", str(self.min_se)))
+        body = self.sdp if method == "INVITE" else b""
+        self._start(Role.REFRESH, self._in_dialog(method, self.local_cseq, headers, body), x.now)
 
     def _retry_refresh_later(self, x: Input) -> None:
         expiry = self._due.get(Timer.EXPIRY)
@@ -1137,11 +1116,6 @@ class Call:
             line = sipfrag_status(req.body)
             if line is not None and line[0] >= 200:
                 self._transferred(line[0] < 300, line[0], line[1])
-
-
-def _challenge(resp: Response) -> auth.Challenge:
-    header = "www-authenticate" if resp.status == 401 else "proxy-authenticate"
-    return auth.best(resp.headers.get_all(header) or [resp.headers.get(header) or ""])
 
 
 def _min_se(resp: Response, current: int) -> int:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from . import auth
 from .call import UacConfig
-from .message import Headers, Request, Response, digits, params
+from .message import Request, Response, digits, params
+from .requests import authorization, build, challenge, tagged
 from .transaction import NonInviteClientTransaction, ResponseReceived, TimedOut, Transmit
 
 
@@ -36,24 +37,22 @@ class Registration:
         self.call_id = self.call_id or f"reg-{self.token()}@{self.cfg.local_host}"
         self.tag = self.token()
 
-    def _request(self, extra: tuple[str, str] | None = None) -> Request:
+    def _request(self, credentials: tuple[str, str] | None = None) -> Request:
         self.cseq += 1
         cfg = self.cfg
         user = cfg.username or cfg.from_user
-        h = (
-            Headers()
-            .with_("Via", cfg.via(self.token()))
-            .with_("Max-Forwards", "70")
-            .with_("From", f"<sip:{user}@{cfg.domain}>;tag={self.tag}")
-            .with_("To", f"<sip:{user}@{cfg.domain}>")
-            .with_("Call-ID", self.call_id)
-            .with_("CSeq", f"{self.cseq} REGISTER")
-            .with_("Contact", cfg.contact(user))
-            .with_("Expires", str(self.expires_s))
+        aor = f"<sip:{user}@{cfg.domain}>"
+        headers = [("Contact", cfg.contact(user)), ("Expires", str(self.expires_s))]
+        return build(
+            "REGISTER",
+            cfg.uri(None, cfg.domain),
+            via=cfg.via(self.token()),
+            from_=tagged(aor, self.tag),
+            to=aor,
+            call_id=self.call_id,
+            number=self.cseq,
+            headers=headers if credentials is None else [*headers, credentials],
         )
-        if extra:
-            h = h.with_(*extra)
-        return Request("REGISTER", cfg.uri(None, cfg.domain), h)
 
     def _send(self, req: Request, now: float) -> None:
         self._tx = NonInviteClientTransaction(req, self.cfg.reliable, now, self.cfg.t1)
@@ -93,17 +92,15 @@ class Registration:
                 self.registered, self.granted_s = True, granted
                 self._next_at = now + max(1.0, granted * 0.8)
             elif code in (401, 407) and not self._authed and self.cfg.username and self.cfg.password:
-                name = "www-authenticate" if code == 401 else "proxy-authenticate"
                 try:
-                    challenge = auth.best(e.response.headers.get_all(name))
+                    found = challenge(e.response)
                 except auth.AuthError:
                     self._failed(code, now)
                     continue
                 self._authed = True
-                value = auth.response(
-                    challenge, self.cfg.username, self.cfg.password, "REGISTER", self.cfg.uri(None, self.cfg.domain)
-                )
-                self._send(self._request(("Authorization" if code == 401 else "Proxy-Authorization", value)), now)
+                uri = self.cfg.uri(None, self.cfg.domain)
+                answer = authorization(found, self.cfg.username, self.cfg.password, "REGISTER", uri)
+                self._send(self._request(answer), now)
             else:
                 self._failed(code, now)
         return self.drain()

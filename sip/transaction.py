@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .message import Headers, Request, Response, cseq
+from .message import Request, Response
+from .requests import in_transaction
 
 T1, T2, T4 = 0.5, 4.0, 5.0
 
@@ -58,20 +59,7 @@ Event = Transmit | ResponseReceived | TimedOut | Terminated
 
 def ack_for(request: Request, response: Response) -> Request:
     """The ACK of a non-2xx final response, inside the INVITE transaction (RFC 3261 §17.1.1.3)."""
-    h = request.headers
-    headers = Headers()
-    via = h.get_all("via")
-    headers = headers.with_("Via", via[0])
-    for route in h.get_all("route"):
-        headers = headers.with_("Route", route)
-    headers = (
-        headers.with_("Max-Forwards", "70")
-        .with_("From", h.get("from") or "")
-        .with_("To", response.headers.get("to") or h.get("to") or "")
-        .with_("Call-ID", h.get("call-id") or "")
-        .with_("CSeq", f"{cseq(request)[0]} ACK")
-    )
-    return Request("ACK", request.uri, headers)
+    return in_transaction(request, "ACK", response.headers.get("to"))
 
 
 class _Timers:

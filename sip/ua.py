@@ -26,6 +26,7 @@ from .call import Call, CallEvent, Ended, EndKind, Send, Transferred, UacConfig,
 from .identity import Caller
 from .message import Headers, HeaderValueError, ParseError, Request, Response, parse, unsafe
 from .register import Registration
+from .requests import build, tagged
 from .transaction import NonInviteClientTransaction, ResponseReceived, Terminated, Transmit
 
 Addr = tuple[str, int]
@@ -127,17 +128,17 @@ class UserAgent:
         call_id = f"ka-{self.token()}@{self.cfg.local_host}"
         cfg = self.cfg if pbx is None else dataclasses.replace(self.cfg, pbx=pbx[0])
         addr = self.pbx if pbx is None else pbx[1]
-        h = (
-            Headers()
-            .with_("Via", cfg.via(self.token()))
-            .with_("Max-Forwards", "70")
-            .with_("From", f"<sip:{cfg.from_user}@{cfg.domain}>;tag={self.token()}")
-            .with_("To", f"<{cfg.uri(None, cfg.pbx)}>")
-            .with_("Call-ID", call_id)
-            .with_("CSeq", "1 OPTIONS")
-            .with_("Accept", "application/sdp")
+        options = build(
+            "OPTIONS",
+            cfg.uri(None, cfg.pbx),
+            via=cfg.via(self.token()),
+            from_=tagged(f"<sip:{cfg.from_user}@{cfg.domain}>", self.token()),
+            to=f"<{cfg.uri(None, cfg.pbx)}>",
+            call_id=call_id,
+            number=1,
+            headers=[("Accept", "application/sdp")],
         )
-        tx = NonInviteClientTransaction(Request("OPTIONS", cfg.uri(None, cfg.pbx), h), cfg.reliable, now, cfg.t1)
+        tx = NonInviteClientTransaction(options, cfg.reliable, now, cfg.t1)
         self.pings[call_id] = (tx, now, addr)
         return [Datagram(e.message.encode(), addr) for e in tx.events() if isinstance(e, Transmit)]
 
