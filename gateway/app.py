@@ -34,6 +34,7 @@ from .domain.statuses import Channel
 from .engine import Engine, Unit, utcnow
 from .http import build_app
 from .http import runner as http_runner
+from .loops import StoreBackoff
 from .memory import trim_allocator
 from .pacing import Dispatcher, Scheduler
 from .ports import ChannelPort
@@ -198,8 +199,14 @@ class App:
         }
 
     async def _outbox_gauges(self) -> None:
+        backoff = StoreBackoff("outbox-gauges")
         while True:
-            count, oldest = await self.store.read(lambda txn: txn.outbox_stats())
+            try:
+                count, oldest = await self.store.read(lambda txn: txn.outbox_stats())
+            except StoreError as exc:
+                await asyncio.sleep(backoff.failed(exc))
+                continue
+            backoff.ok()
             self.recorder.outbox_pending.set(count)
             self.recorder.outbox_oldest.set(0 if oldest is None else max(0.0, time.time() - oldest))
             await asyncio.sleep(1.0)
@@ -221,9 +228,16 @@ class App:
 
     async def _contact_gauges(self) -> None:
         """Contacts per status from the store, every `metrics.contacts_refresh_s` (SPEC §11)."""
+        backoff = StoreBackoff("contact-gauges")
         while True:
             await asyncio.sleep(self.settings.metrics.contacts_refresh_s)
-            self.recorder.set_contacts(await self.store.read(lambda txn: txn.all_counts()))
+            try:
+                counts = await self.store.read(lambda txn: txn.all_counts())
+            except StoreError as exc:
+                await asyncio.sleep(backoff.failed(exc))
+                continue
+            backoff.ok()
+            self.recorder.set_contacts(counts)
 
     def _adopt_session(self, member: str, bus_client: str) -> None:
         """A member this one buried left an MQTT session in the share group: empty it and end it."""
@@ -278,15 +292,18 @@ class App:
 
     async def _prune(self, every_s: float = 3600.0) -> None:
         """Retention (SPEC §11): history, command ids and wamids older than `store.retention_days`, hourly.
-        Housekeeping: a failed turn is logged and tried again at the next."""
+        Housekeeping: a failed turn follows the loops' policy (gateway/loops.py)."""
         keep = timedelta(days=self.settings.store.retention_days)
+        backoff = StoreBackoff("store-prune")
         while True:
             cutoff = utcnow() - keep
             try:
                 pruned = await self.store.run(functools.partial(prune_history, older_than=cutoff))
             except StoreError as exc:
-                log.warning("pruning failed", extra={"detail": str(exc)})
+                await asyncio.sleep(backoff.failed(exc))  # then the next turn, not an hour later
+                continue
             else:
+                backoff.ok()
                 log.info("pruned", extra={"older_than": cutoff.isoformat(), **pruned})
             await asyncio.sleep(every_s)
 
