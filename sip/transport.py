@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import cast
 
 from .message import MAX_MESSAGE, SipError
-from .ua import Addr, CallUpdate, Datagram, Output, PingAnswered, UserAgent
+from .ua import Addr, CallUpdate, Datagram, Output, PbxAnswered, PbxSilent, PingAnswered, UserAgent
 from .waiting import wait_event
 
 log = logging.getLogger("telgate.sip")
@@ -61,7 +61,8 @@ class LinkLost:
     why: str
 
 
-OnUpdate = Callable[[CallUpdate | PingAnswered | LinkFailed | LinkLost], None]
+Update = CallUpdate | PingAnswered | PbxAnswered | PbxSilent | LinkFailed | LinkLost
+OnUpdate = Callable[[Update], None]
 
 
 class _Shell:

@@ -27,7 +27,7 @@ from .identity import Caller
 from .message import Headers, HeaderValueError, ParseError, Request, Response, parse, unsafe
 from .register import Registration
 from .requests import build, tagged
-from .transaction import NonInviteClientTransaction, ResponseReceived, Terminated, Transmit
+from .transaction import NonInviteClientTransaction, ResponseReceived, Terminated, TimedOut, Transmit
 
 Addr = tuple[str, int]
 log = logging.getLogger("telgate.sip")
@@ -55,7 +55,26 @@ class PingAnswered:
     pbx: Addr | None = None  # which PBX answered (the address the OPTIONS went to)
 
 
-Output = Datagram | CallUpdate | PingAnswered
+@dataclass(frozen=True, slots=True)
+class PbxAnswered:
+    """A SIP response came from a PBX (to any request of ours: OPTIONS, INVITE, REGISTER, in-dialog): evidence
+    for `sip.health` that it is there. `pbx`: where the request went (a stray response: where it came from)."""
+
+    pbx: Addr
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class PbxSilent:
+    """A request to a PBX had no response at all: an OPTIONS keepalive's Timer F (`sent_at`: when it went
+    out), an INVITE's Timer B."""
+
+    pbx: Addr
+    method: str
+    sent_at: float | None = None
+
+
+Output = Datagram | CallUpdate | PingAnswered | PbxAnswered | PbxSilent
 KNOWN_METHODS = frozenset(
     {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "REFER", "NOTIFY", "INFO", "UPDATE"}
 )
@@ -262,13 +281,15 @@ class UserAgent:
         for reg, to in self._registrations():
             if (t := reg.get_timer()) is not None and t <= now:
                 out += self._reg_out(reg.handle_timer(now), to)
-        for call_id, (tx, _sent, addr) in list(self.pings.items()):
+        for call_id, (tx, sent, addr) in list(self.pings.items()):
             t = tx.get_timer()
             if t is not None and t <= now:
                 for e in tx.handle_timer(now):
                     if isinstance(e, Transmit):
                         self.retransmissions["OPTIONS"] += 1
                         out.append(Datagram(e.message.encode(), addr))
+                    elif isinstance(e, TimedOut):
+                        out.append(PbxSilent(addr, "OPTIONS", sent))
                     elif isinstance(e, Terminated):
                         self.pings.pop(call_id, None)
         while (t := self._next_call_timer()) is not None and t <= now:
@@ -276,7 +297,13 @@ class UserAgent:
             self._due.pop(call_id, None)
             call = self.calls.get(call_id)
             if call is not None:
-                out += self._outputs(call, call.handle_timer(now))
+                to = self._routes.get(call_id, self.pbx)
+                events = call.handle_timer(now)
+                out += self._outputs(call, events)
+                # a call that ends `failed` with no status on its own timer ended by Timer B: its INVITE had no
+                # response at all (call.py's only such row: NO_RESPONSE in INVITING)
+                if any(isinstance(e, Ended) and e.kind is EndKind.FAILED and e.status is None for e in events):
+                    out.append(PbxSilent(to, "INVITE"))
         return out
 
     def receive(self, data: bytes, addr: Addr, now: float) -> list[Output]:
@@ -291,14 +318,23 @@ class UserAgent:
                 extra={"peer": f"{addr[0]}:{addr[1]}", "why": exc.reason[:200], "status": exc.status},
             )
             return [] if reply is None else [Datagram(reply.encode(), addr)]
-        if isinstance(message, Response):
-            method = (message.headers.get("cseq") or "").rpartition(" ")[2].upper()
-            self.responses[(method if method in KNOWN_METHODS else "other", message.status)] += 1
         call_key = message.headers.get("call-id") or ""
         if isinstance(message, Response):
+            method = (message.headers.get("cseq") or "").rpartition(" ")[2].upper()
+            method = method if method in KNOWN_METHODS else "other"
+            self.responses[(method, message.status)] += 1
             for reg, to in self._registrations():
                 if call_key == reg.call_id:
-                    return self._reg_out(reg.receive(message, now), to)
+                    return [PbxAnswered(to, method), *self._reg_out(reg.receive(message, now), to)]
+            ping = self.pings.get(call_key)
+            if ping is not None:
+                to = ping[2]
+            else:
+                to = self._routes.get(call_key, self.pbx) if call_key in self.calls else addr
+            return [PbxAnswered(to, method), *self._receive(message, call_key, addr, now)]
+        return self._receive(message, call_key, addr, now)
+
+    def _receive(self, message: Request | Response, call_key: str, addr: Addr, now: float) -> list[Output]:
         ping = self.pings.get(call_key)
         if ping is not None and isinstance(message, Response):
             tx, sent, pinged = ping
