@@ -227,7 +227,8 @@ class SipSection(_Section):
     register_: bool = Field(False, alias="register")
     register_expires_s: int = Field(300, ge=30)
     allowed_sources: list[str] = []
-    options_interval_s: float = Field(15.0, gt=0)
+    # OPTIONS keepalive to each PBX; 0 = none (Asterisk's qualify_frequency = 0): health from calls alone
+    options_interval_s: float = Field(15.0, ge=0)
     max_concurrent_calls: int = Field(100, ge=1)
     max_cps: float = Field(10.0, gt=0)
     ring_timeout_s: float = Field(30.0, gt=0)

@@ -2,12 +2,12 @@
 
 `sip/` knows SIP, not contacts; this adapter keeps which call is which contact's attempt.
 
-Several PBXs (`sip.pbx` as a list): each gets its own OPTIONS keepalive and its own "5 failed dials in a
-row"; a new call goes to the best PBX that is up (lowest priority number; equal ones in turn), and every
-request of its dialog stays with that PBX. Voice campaigns pause (`pbx_down`) only when all are down.
-Over TCP and TLS each PBX has a connection of its own (its own certificate check over TLS): one that
-cannot be made marks that PBX down at once, and one that drops is re-opened at once by an OPTIONS to
-that PBX (which also tells whether it is still there).
+Whether each PBX is up is `sip.health`'s to decide (its rules are stated there): this shell feeds it every
+response, every request with no response, every call's end and every connection failure, sends the
+OPTIONS it asks for, and re-arms its one timer. Several PBXs (`sip.pbx` as a list): a new call goes to the
+best PBX that is up (lowest priority number; equal ones in turn), and every request of its dialog stays
+with that PBX. Voice campaigns pause (`pbx_down`, `engine.pause_channel`) when the core says the last PBX
+went down. Over TCP and TLS each PBX has a connection of its own (its own certificate check over TLS).
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from typing import Any
 from metrics.recorder import Recorder
 from sip import sdp
 from sip.call import Answered, Ended, EndKind, Redirected, Ringing, Transferred, UacConfig
+from sip.health import PbxHealth, ProbeDue, WentDown, WentUp
 from sip.identity import Caller
 from sip.media import MediaEndpoint
 from sip.register import Registration
 from sip.rtp import PromptError, encode, load_wav
-from sip.transport import TLS_PORT, LinkFailed, LinkLost, TcpEndpoint, TlsEndpoint, UdpEndpoint, client_context
-from sip.ua import Addr, CallUpdate, Output, PingAnswered, UserAgent
+from sip.transport import TLS_PORT, LinkFailed, LinkLost, TcpEndpoint, TlsEndpoint, UdpEndpoint, Update, client_context
+from sip.ua import Addr, CallUpdate, Output, PbxAnswered, PbxSilent, PingAnswered, UserAgent
+from sip.waiting import wait_event
 
 from .commands import prompt_path
 from .config import SipSection
@@ -90,22 +92,26 @@ def update_signal(update: CallUpdate, attempt: int) -> Signal | None:
 
 @dataclass
 class Pbx:
-    """One PBX of `sip.pbx`: where it is, its priority, and whether it answers."""
+    """One PBX of `sip.pbx`: where it is, its priority; whether it answers is `health`'s (sip/health.py)."""
 
     address: str  # host:port as configured: the Request-URI's host and the OPTIONS target
     addr: Addr
     priority: int
+    health: PbxHealth
     tls_server_name: str | None = None  # over TLS: the name its certificate must carry (None: its host)
-    state: str = "up"  # up until 3 keepalive intervals pass unanswered (or 5 dials in a row fail)
-    answered_since_tick: bool = True
-    missed: int = 0
-    failed_in_a_row: int = 0
-    why: str | None = None  # why it went down (kept while it is down)
-    reopened_at: float | None = None  # when a dropped connection to it was last re-opened (TCP, TLS)
 
     @property
     def peer(self) -> tuple[str, Addr]:
         return self.address, self.addr
+
+    @property
+    def state(self) -> str:
+        return "up" if self.health.is_up(self.address) else "down"
+
+    @property
+    def why(self) -> str | None:
+        """Why it went down (kept while it is down)."""
+        return self.health.why(self.address)
 
 
 def _addr(address: str, default_port: int = 5060) -> Addr:
@@ -160,11 +166,21 @@ class VoiceChannel:
         host, _, port = sip.local.rpartition(":")
         self.bind = (host or "0.0.0.0", int(port))
         default_port = TLS_PORT if sip.transport == "tls" else 5060
+        self.health = PbxHealth([e.address for e in sip.pbxs], sip.options_interval_s)
+        self._health_wake = asyncio.Event()
+        self._health_armed: float | None = None  # when the health timer sleeps until
         self.pbxs = [
-            Pbx(e.address, _addr(e.address, default_port), e.priority, e.tls_server_name or sip.tls_server_name)
+            Pbx(
+                e.address,
+                _addr(e.address, default_port),
+                e.priority,
+                self.health,
+                e.tls_server_name or sip.tls_server_name,
+            )
             for e in sip.pbxs
         ]
         self._by_addr = {p.addr: p for p in self.pbxs}
+        self._by_address = {p.address: p for p in self.pbxs}
         self._turn = 0  # round-robin among PBXs of the same priority
         self.pbx_addr = self.pbxs[0].addr
         # where SIP may come from: `allowed_sources`, else every PBX (one given by name: its addresses at start)
@@ -190,11 +206,11 @@ class VoiceChannel:
     @property
     def state(self) -> str:
         """Presence `pbx`: "up" while any PBX answers, "down" when none does."""
-        return "up" if any(p.state == "up" for p in self.pbxs) else "down"
+        return "up" if self.health.any_up else "down"
 
     def choose(self) -> Pbx:
         """The PBX for a new call: the best priority among those up (all of them when none is), in turn."""
-        pool = [p for p in self.pbxs if p.state == "up"] or self.pbxs
+        pool = [p for p in self.pbxs if self.health.is_up(p.address)] or self.pbxs
         best = min(p.priority for p in pool)
         tier = [p for p in pool if p.priority == best]
         self._turn += 1
@@ -300,18 +316,26 @@ class VoiceChannel:
             log.warning("transfer failed", extra={"call_id": call_id, "why": placed.transfer})
         self._emit(self.ua.hangup(call_id, self._now()))  # the transferor leaves either way (RFC 5589 §6)
 
-    def _on_update(self, update: CallUpdate | PingAnswered | LinkFailed | LinkLost) -> None:
+    def _on_update(self, update: Update) -> None:
+        if isinstance(update, PbxAnswered):
+            if (pbx := self._by_addr.get(update.pbx)) is not None:
+                self.health.response(pbx.address, self._now(), probe=update.method == "OPTIONS")
+                self._health_events()
+            return
+        if isinstance(update, PbxSilent):
+            if (pbx := self._by_addr.get(update.pbx)) is not None:
+                if update.sent_at is not None:
+                    self.health.probe_timed_out(pbx.address, self._now(), update.sent_at)
+                else:
+                    self.health.no_response(pbx.address, self._now())
+                self._health_events()
+            return
         if isinstance(update, LinkFailed | LinkLost):
             self._on_link(update)
             return
         if isinstance(update, PingAnswered):
             pbx = self._by_addr.get(update.pbx or self.pbx_addr, self.pbxs[0])
-            pbx.answered_since_tick = True
             self.recorder.pbx_options_rtt.labels(pbx.address).observe(update.rtt_s)
-            if pbx.state == "down":
-                pbx.state, pbx.why = "up", None
-                self.recorder.pbx_up.labels(pbx.address).set(1)
-                log.info("pbx answers again; paused campaigns stay paused until resumed", extra={"pbx": pbx.address})
             return
         placed = self._calls.get(update.call_id)
         if placed is None:
@@ -331,12 +355,8 @@ class VoiceChannel:
         elif isinstance(event, Ended):
             self.recorder.call_ended(key[0], str(event.kind), placed.answered, event.duration_s)
         if isinstance(update.event, Ended):
-            failed = update.event.kind is EndKind.FAILED
-            pbx = placed.pbx
-            pbx.failed_in_a_row = pbx.failed_in_a_row + 1 if failed else 0
-            if pbx.failed_in_a_row >= FAILED_DIALS_DOWN:
-                pbx.failed_in_a_row = 0
-                self._pbx_down(pbx, f"{FAILED_DIALS_DOWN} failed dials in a row")
+            self.health.dial_ended(placed.pbx.address, self._now(), failed=update.event.kind is EndKind.FAILED)
+            self._health_events()
             del self._calls[update.call_id]
             if self._by_key.get(key) == update.call_id:
                 del self._by_key[key]
@@ -356,54 +376,56 @@ class VoiceChannel:
             self._transferred(update.call_id, placed, update.event)
 
     def _on_link(self, update: LinkFailed | LinkLost) -> None:
-        """A connection to a PBX (TCP, TLS) could not be made, or dropped.
-
-        Not made: a certificate the PBX will keep showing is down at once, with one PBX or several; with
-        several, so is a refused or unreachable one, so that new calls go to the next PBX instead of failing
-        there too (with one PBX that is left to the rule of 5 failed dials: a refused connection is each
-        attempt's `failed`). Dropped: an OPTIONS to that PBX re-opens it at once (at most once a second)
-        and tells whether the PBX is still there."""
+        """A connection to a PBX (TCP, TLS) could not be made (evidence for the health core), or dropped (the
+        core asks for an OPTIONS to that PBX, which re-opens it and tells whether the PBX is still there)."""
         pbx = self._by_addr.get(update.pbx or self.pbx_addr, self.pbxs[0])
         if isinstance(update, LinkFailed):
-            if update.tls is not None:
-                self._pbx_down(pbx, f"tls: {update.tls}")
-            elif len(self.pbxs) > 1:
-                self._pbx_down(pbx, f"{update.transport} connection failed: {update.why}")
-            return
-        log.warning("sip connection to the pbx dropped", extra={"pbx": pbx.address, "why": update.why})
-        now = self._now()
-        if pbx.reopened_at is None or now - pbx.reopened_at >= REOPEN_AT_MOST_EVERY_S:
-            pbx.reopened_at = now
-            self._emit(self.ua.ping(now, None if len(self.pbxs) == 1 else pbx.peer))
+            certificate = update.tls is not None
+            why = f"tls: {update.tls}" if certificate else f"{update.transport} connection failed: {update.why}"
+            self.health.transport_failed(pbx.address, self._now(), why, certificate=certificate)
+        else:
+            log.warning("sip connection to the pbx dropped", extra={"pbx": pbx.address, "why": update.why})
+            self.health.link_lost(pbx.address, self._now())
+        self._health_events()
 
-    def _pbx_down(self, pbx: Pbx, why: str) -> None:
-        if pbx.state == "down":
-            pbx.why = why  # the latest reason (a refused connection, then the certificate of the PBX restarted)
+    def _health_events(self) -> None:
+        """Carry out what the health core decided: OPTIONS it asks for, the gauge and the log on each
+        transition, and the pause of voice campaigns when the last PBX went down."""
+        while (event := self.health.next_event()) is not None:
+            match event:
+                case ProbeDue(address):
+                    peer = None if len(self.pbxs) == 1 else self._by_address[address].peer
+                    self._emit(self.ua.ping(self._now(), peer))
+                case WentUp(address):
+                    self.recorder.pbx_up.labels(address).set(1)
+                    log.info("pbx answers again; paused campaigns stay paused until resumed", extra={"pbx": address})
+                case WentDown(address, why, all_down):
+                    self._pbx_down(address, why, all_down)
+        at = self.health.get_timer()  # wake the timer only when it must fire sooner (not on every response)
+        if at is not None and (self._health_armed is None or at < self._health_armed):
+            self._health_wake.set()
+
+    def _pbx_down(self, address: str, why: str, all_down: bool) -> None:
+        self.recorder.pbx_up.labels(address).set(0)
+        if not all_down:
+            log.error("pbx down, new calls go to the next one", extra={"pbx": address, "why": why})
             return
-        pbx.state, pbx.why = "down", why
-        self.recorder.pbx_up.labels(pbx.address).set(0)
-        if self.state == "up":
-            log.error("pbx down, new calls go to the next one", extra={"pbx": pbx.address, "why": why})
-            return
-        log.error("pbx down, voice campaigns pause", extra={"pbx": pbx.address, "why": why})
+        log.error("pbx down, voice campaigns pause", extra={"pbx": address, "why": why})
         if len(self.pbxs) > 1:
-            why = f"all {len(self.pbxs)} PBXs down, the last {pbx.address}: {why}"
+            why = f"all {len(self.pbxs)} PBXs down, the last {address}: {why}"
         future = self.engine.submit(functools.partial(pause_channel, channel=Channel.VOICE, reason=f"pbx_down: {why}"))
         future.add_done_callback(_log_failure)
 
-    async def _keepalive(self) -> None:
-        """OPTIONS to every PBX every `options_interval_s`; three intervals without an answer is down."""
+    async def _health_timer(self) -> None:
+        """The health core's one timer: OPTIONS every `options_interval_s` (none when it is 0), and verdicts."""
         while True:
-            await asyncio.sleep(self.sip.options_interval_s)  # the first one an interval after start
-            for pbx in self.pbxs:
-                if not pbx.answered_since_tick:
-                    pbx.missed += 1
-                    if pbx.missed >= 3:
-                        self._pbx_down(pbx, f"no answer to OPTIONS for {pbx.missed} intervals")
-                else:
-                    pbx.missed = 0
-                pbx.answered_since_tick = False
-                self._emit(self.ua.ping(self._now(), None if len(self.pbxs) == 1 else pbx.peer))
+            self._health_wake.clear()
+            at = self._health_armed = self.health.get_timer()
+            if await wait_event(self._health_wake, None if at is None else max(0.0, at - self._now())):
+                continue
+            self._health_armed = None
+            self.health.handle_timer(self._now())
+            self._health_events()
 
     async def _resolve_sources(self) -> None:
         """A PBX given by name sends from the addresses its name has at start (a name that does not resolve
@@ -470,11 +492,13 @@ class VoiceChannel:
         self.endpoint = endpoint
         pending, self._pending = self._pending, []
         endpoint.emit(pending)
+        self.health.start(self._now())
         if isinstance(endpoint, TcpEndpoint) and len(self.pbxs) > 1:
             # several PBXs over TCP/TLS: open each one's connection now with an OPTIONS, so that a PBX that
             # refuses us (or shows a bad certificate) is down before the first call would be sent to it
             for pbx in self.pbxs:
-                endpoint.emit(self.ua.ping(self._now(), pbx.peer))
+                self.health.probe(pbx.address, self._now())
+            self._health_events()
         self.ready.set()
         log.info(
             "sip endpoint up",
@@ -488,7 +512,7 @@ class VoiceChannel:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(endpoint.run_timers(), name="sip-timers")
-                tg.create_task(self._keepalive(), name="sip-keepalive")
+                tg.create_task(self._health_timer(), name="sip-pbx-health")
         finally:
             for placed in self._calls.values():
                 if placed.followup is not None:
@@ -500,8 +524,6 @@ class VoiceChannel:
             media_transport.close()
 
 
-FAILED_DIALS_DOWN = 5
-REOPEN_AT_MOST_EVERY_S = 1.0  # a PBX that accepts and at once closes our connection is not hammered
 RECEIVE_BUFFER = 8 * 1024 * 1024
 
 

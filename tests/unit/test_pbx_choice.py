@@ -30,11 +30,13 @@ def test_lowest_priority_up_first_ties_in_turn_all_down_still_somewhere(tmp_path
     )
     a, b, c = (next(p for p in voice.pbxs if p.address == f"10.0.0.{i}:5060") for i in (1, 2, 3))
     assert Counter(voice.choose().address for _ in range(10)) == {a.address: 5, b.address: 5}  # ties: in turn
-    a.state = "down"
-    assert {voice.choose().address for _ in range(4)} == {b.address}
-    b.state = "down"
+    down = "tls: certificate verify failed"  # down at once: the health core's verdict (sip/health.py)
+    voice.health.transport_failed(a.address, 0.0, down, certificate=True)
+    assert a.state == "down" and a.why == down and {voice.choose().address for _ in range(4)} == {b.address}
+    voice.health.transport_failed(b.address, 0.0, down, certificate=True)
     assert {voice.choose().address for _ in range(4)} == {c.address} and voice.state == "up"
-    c.state = "down"  # none answers: calls still go to the best (and Timer B or 5 failures tell)
+    voice.health.transport_failed(c.address, 0.0, down, certificate=True)
+    # none answers: calls still go to the best (and Timer B or 5 failures tell)
     assert voice.state == "down" and {voice.choose().address for _ in range(4)} == {a.address, b.address}
     assert voice.recorder.registry.get_sample_value("telgate_pbx_up", {"pbx": "10.0.0.3:5060"}) == 1
 
@@ -50,6 +52,7 @@ async def test_five_failed_dials_take_one_pbx_out_and_only_all_of_them_pause(tmp
     import asyncio
 
     from gateway.domain import effects as fx
+    from gateway.domain.policy import Policy
     from gateway.domain.signals import Kind, Signal
     from gateway.domain.state import ContactState
     from gateway.domain.statuses import Channel
@@ -64,7 +67,13 @@ async def test_five_failed_dials_take_one_pbx_out_and_only_all_of_them_pause(tmp
     task = asyncio.create_task(engine.run())
     try:
         voice = VoiceChannel(engine, recorder, sip)  # no socket: what it sends waits in its queue
-        contact = ContactState(campaign_id="c", contact_id="k", channel=Channel.VOICE, phone="+420601234567")
+        contact = ContactState(
+            campaign_id="c",
+            contact_id="k",
+            channel=Channel.VOICE,
+            phone="+420601234567",
+            policy=Policy(ring_timeout_s=30),  # as every dial's policy has it from intake
+        )
 
         def create(unit: Unit) -> object:
             unit.campaign("c")
@@ -102,7 +111,7 @@ def _stream_channel(tmp_path: Path, pbx: object, transport: str) -> VoiceChannel
     return VoiceChannel(Engine(SqliteStore(tmp_path / "t.db"), "gw", Topics("telgate"), recorder), recorder, sip)
 
 
-def test_a_connection_that_cannot_be_made_takes_that_pbx_out_when_there_are_others(tmp_path: Path) -> None:
+async def test_a_connection_that_cannot_be_made_takes_that_pbx_out_when_there_are_others(tmp_path: Path) -> None:
     from sip.transport import LinkFailed
 
     two = _stream_channel(tmp_path, ["10.0.0.1:5060", "10.0.0.2:5060"], "tcp")
