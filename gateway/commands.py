@@ -67,8 +67,9 @@ class CommandContext:
 
     @functools.cached_property
     def voice_policy(self) -> Policy:
-        """The default policy of a dial: with the SIP ring timeout when it has none. Made once (a frozen
-        model, shared): a copy per single dial showed in the store thread's profile."""
+        """The default policy of a dial: with the SIP ring timeout when it has none — the one place the
+        `sip.ring_timeout_s` default is applied (the voice channel dials with the contact's policy). Made once
+        (a frozen model, shared): a copy per single dial showed in the store thread's profile."""
         policy = self.default_policy
         if policy.ring_timeout_s is not None:
             return policy

@@ -255,7 +255,9 @@ class VoiceChannel:
     def submit(self, effect: fx.Effect, contact: ContactState) -> None:
         key = (contact.campaign_id, contact.contact_id)
         if isinstance(effect, fx.Dial):
-            ring = contact.policy.ring_timeout_s or self.sip.ring_timeout_s
+            ring = contact.policy.ring_timeout_s  # `sip.ring_timeout_s` when the dial gave none: at intake
+            if ring is None:
+                raise ValueError("a voice contact's policy has its ring timeout (CommandContext.voice_policy)")
             offer = sdp.offer(self.ua.cfg.local_host, self.rtp_port, secrets.randbelow(2**31))
             pbx = self.choose()
             call_id, outputs = self.ua.place(
