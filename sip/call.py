@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from . import auth
+from . import auth, transitions
 from .identity import Caller, asserted, from_addr, request_user
 from .message import (
     Headers,
@@ -72,6 +72,7 @@ from .transaction import (
     TimedOut,
     Transmit,
 )
+from .transitions import STAY, table
 from .uri import require_target, require_text, require_user
 
 USER_AGENT = "telgate"
@@ -323,7 +324,6 @@ TIMER_PHASES: dict[Timer, frozenset[Phase]] = {
 INVITING, EARLY, CONFIRMED, CLOSING, ENDED = Phase.INVITING, Phase.EARLY, Phase.CONFIRMED, Phase.CLOSING, Phase.ENDED
 BEFORE_ANSWER = (INVITING, EARLY)
 ALL = (INVITING, EARLY, CONFIRMED, CLOSING, ENDED)
-STAY = None  # the phase does not change
 Row = tuple[tuple[Phase, ...], Ev, Phase | None, tuple[Do, ...]]
 
 ROWS: list[Row] = [
@@ -420,17 +420,7 @@ ROWS: list[Row] = [
 ]
 
 
-def _build(rows: list[Row]) -> dict[tuple[Phase, Ev], tuple[Phase, tuple[Do, ...]]]:
-    table: dict[tuple[Phase, Ev], tuple[Phase, tuple[Do, ...]]] = {}
-    for phases, event, target, actions in rows:
-        for phase in phases:
-            if (phase, event) in table:
-                raise AssertionError(f"two rows for ({phase}, {event})")
-            table[(phase, event)] = (phase if target is STAY else target, actions)
-    return table
-
-
-TABLE = _build(ROWS)
+TABLE = table(ROWS)
 
 # what can arrive in any phase (from the network or the owner) must have a row in every phase
 ANY_PHASE = frozenset(
@@ -454,11 +444,11 @@ _missing = [(p, e) for e in ANY_PHASE for p in Phase if (p, e) not in TABLE]
 assert not _missing, f"events that can come in any phase lack rows: {_missing}"
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(transitions.IllegalTransition):
     """The classifier produced an event the table has no row for in this phase: a bug, named."""
 
     def __init__(self, phase: Phase, event: Ev, call_id: str) -> None:
-        super().__init__(f"call {call_id}: no transition for event {event.value!r} in phase {phase.value!r}")
+        super().__init__(f"call {call_id}", phase, event, noun="phase")
         self.phase = phase
         self.event = event
 
