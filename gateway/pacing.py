@@ -218,7 +218,6 @@ class Dispatcher:
                 if contact is None:
                     continue
                 campaigns[key[0]] = camp
-                limit = camp.budget.max_contacts
                 evidence: dict[str, Any] = {"source": "gateway", "kind": "dial" if channel == "voice" else "send"}
                 opted_out = False
                 if channel is Channel.WHATSAPP:
@@ -241,7 +240,8 @@ class Dispatcher:
                     Kind.DIAL_DUE,
                     evidence,
                     blacklisted=opted_out or (bool(contact.phone) and txn.is_blacklisted(contact.phone or "")),
-                    plan_limit=limit is not None and camp.dialed_contacts + dialed.get(key[0], 0) >= limit,
+                    contacts_dialed=camp.dialed_contacts + dialed.get(key[0], 0),
+                    max_contacts=camp.budget.max_contacts,
                     caller=camp.caller,
                 )
                 decision = unit.apply(key, signal, current=contact)

@@ -13,7 +13,7 @@ from typing import Any
 from . import effects as fx
 from .effects import Effect, TimerKind
 from .signals import Kind, Signal, Trigger
-from .state import ContactState, Mode
+from .state import ContactState, Mode, contacts_budget_spent
 from .statuses import Channel, Status, is_final
 from .tables import ON_CALL_AWAITING, TABLES, Abort, Absorb, AfterCall, Attempt, ByMode, Refuse, Retry, Stay, Target
 
@@ -88,7 +88,7 @@ def _trigger(state: ContactState, signal: Signal) -> str:
     if k is K.DIAL_DUE:
         if signal.blacklisted:
             return Trigger.BLACKLIST_HIT
-        if signal.plan_limit and state.attempt == 0:
+        if state.attempt == 0 and contacts_budget_spent(signal.contacts_dialed, signal.max_contacts):
             return Trigger.PLAN_LIMIT
     if k is K.FINISH and (state.in_flight or state.status in (S.ACW, S.SENT, S.DELIVERED)):
         return Trigger.SETTLE

@@ -76,7 +76,9 @@ class Signal:
     # facts the shells resolve before deciding (the core reads no store)
     phone: str | None = None  # CREATE: E.164 number, None when invalid/blank
     blacklisted: bool = False  # DIAL_DUE
-    plan_limit: bool = False  # DIAL_DUE
+    # DIAL_DUE: the campaign's contacts budget as counted (its first dials so far, this turn's among them)
+    contacts_dialed: int = 0
+    max_contacts: int | None = None
     caller: CallerId | None = None  # DIAL_DUE: the campaign's caller ID, under the dial's own
     attempt: int | None = None  # outcome of which attempt (stale outcomes are ignored)
     duration_s: float | None = None  # HANGUP

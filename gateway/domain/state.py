@@ -106,6 +106,11 @@ class CampaignState(BaseModel):
         return talk_budget_spent(self.talk_seconds, self.budget.max_talk_minutes)
 
 
+def contacts_budget_spent(dialed: int, max_contacts: int | None) -> bool:
+    """The campaign's `max_contacts` budget: as many contacts as it allows got a first dial or send."""
+    return max_contacts is not None and dialed >= max_contacts
+
+
 def talk_budget_spent(talk_seconds: float, limit_minutes: float | None) -> bool:
     """The one rule of the talk budget: the campaign's talk time (counted in the store, atomically) reached
     its `max_talk_minutes`."""

@@ -128,7 +128,7 @@ def test_invalid_number_never_retried_and_bad_phone_on_create() -> None:
 def test_blacklist_and_plan_limit_before_first_dial() -> None:
     _, ds = run(contact(), CREATE, Signal(K.DIAL_DUE, blacklisted=True))
     assert statuses(ds)[-1] == "blacklisted"
-    _, ds = run(contact(), CREATE, Signal(K.DIAL_DUE, plan_limit=True))
+    _, ds = run(contact(), CREATE, Signal(K.DIAL_DUE, contacts_dialed=1, max_contacts=1))
     assert statuses(ds)[-1] == "plan_limit_exceeded"
 
 

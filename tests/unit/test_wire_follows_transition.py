@@ -17,7 +17,7 @@ from gateway.domain import effects as fx
 from gateway.domain.decide import Decision, decide
 from gateway.domain.policy import Policy
 from gateway.domain.signals import Kind, Signal
-from gateway.domain.state import ContactState, Mode
+from gateway.domain.state import ContactState, Mode, contacts_budget_spent
 from gateway.domain.statuses import STATUSES, Channel, Status
 from gateway.domain.tables import CONTACTING
 from tests.unit.test_properties import signals  # any signal but CREATE, with any facts
@@ -32,7 +32,13 @@ NOT_CONTACTED = frozenset(
 OUTSIDE = (fx.Dial, fx.Send)
 
 # DIAL_DUE is what asks for a contact: draw it often, with every combination of its facts
-dial_due = st.builds(Signal, kind=st.just(K.DIAL_DUE), blacklisted=st.booleans(), plan_limit=st.booleans())
+dial_due = st.builds(
+    Signal,
+    kind=st.just(K.DIAL_DUE),
+    blacklisted=st.booleans(),
+    contacts_dialed=st.integers(0, 3),
+    max_contacts=st.one_of(st.none(), st.integers(0, 3)),
+)
 any_signal = st.one_of(signals, dial_due)
 
 
@@ -52,7 +58,8 @@ def check(before: ContactState, signal: Signal, d: Decision) -> None:
         expected = fx.Dial if before.channel is Channel.VOICE else fx.Send
         assert outside[0] == expected(before.attempt + 1)
         assert d.state.in_flight
-        assert not signal.blacklisted and not (signal.plan_limit and before.attempt == 0)
+        spent = contacts_budget_spent(signal.contacts_dialed, signal.max_contacts)
+        assert not signal.blacklisted and not (spent and before.attempt == 0)
     for e in d.events:
         if e.status in NOT_CONTACTED:
             assert not outside, (before.status, e.status)
@@ -141,7 +148,7 @@ def test_blacklisted_or_over_budget_when_due_is_not_dialled() -> None:
     for channel in Channel:
         for facts, expected in (
             ({"blacklisted": True}, S.BLACKLISTED),
-            ({"plan_limit": True}, S.PLAN_LIMIT_EXCEEDED if channel is Channel.VOICE else S.ERROR),
+            ({"contacts_dialed": 5, "max_contacts": 5}, S.PLAN_LIMIT_EXCEEDED if channel is Channel.VOICE else S.ERROR),
         ):
             state = decide(fresh(channel, Mode.PROGRESSIVE, 3), Signal(K.CREATE, phone="+420601000111"), T0).state
             d = decide(state, Signal(K.DIAL_DUE, **facts), T0)  # type: ignore[arg-type]
