@@ -1,6 +1,8 @@
 """`telgate demo`: the gateway on embedded defaults with a PBX simulator and the Cloud API stand-in,
 one voice and one WhatsApp campaign submitted over the bus exactly as a backend would (bulk commands
-through the command window of gateway/submit.py), live progress, and the final figures.
+through the command window of gateway/submit.py), live progress, and the final figures. Some of the
+customers who read the WhatsApp message answer it — a tap on the template's quick-reply button Confirm or
+Decline, a question, a STOP — posted to the gateway's webhook as Meta would, in context of the message.
 
 Everything runs on loopback in a temporary folder: SQLite, a local Mosquitto (the `mosquitto` binary
 when it is installed; otherwise the embedded broker of the `demo` extra, amqtt, which speaks MQTT 3.1.1
@@ -55,6 +57,12 @@ from .wire import MAX_BULK_CONTACTS, CommandResult
 FINAL_STATUSES = frozenset(s.value for ch in Channel for s in STATUSES[ch] if is_final(ch, s))
 TOKEN, SECRET, VERIFY = "demo-access-token", "demo-app-secret", "demo-verify-token"
 VOICE, WHATSAPP = "demo-calls", "demo-notices"
+# what the WhatsApp campaign's replies mean (SPEC §5.2 `replied`): the template's quick-reply buttons and
+# their words; STOP and the other opt-out words carriers honour are the default opt_out rule
+REPLY_RULES = {
+    "confirm": {"buttons": ["CONFIRM"], "keywords": {"en": ["yes", "confirm"]}},
+    "decline": {"buttons": ["DECLINE"], "keywords": {"en": ["no", "decline"]}},
+}
 
 
 def free_port() -> int:
@@ -157,6 +165,78 @@ def whatsapp_scenarios(numbers: list[str], speed: float, seed: int) -> dict[str,
     return out
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What one customer sends back once they have read the message, `delay_s` after it was read."""
+
+    delay_s: float
+    text: str
+    payload: str | None = None  # a tap on the template's quick-reply button with this payload; None: a text
+
+
+def whatsapp_replies(scenarios: dict[str, Scenario], speed: float, seed: int) -> dict[str, Reply]:
+    """Per number, its answer: of those who read the message, about two in five tap Confirm, one in seven
+    Decline, one in ten asks a question, and one who would not answer writes STOP instead."""
+    rng = random.Random(seed + 1)
+    readers = [
+        n for n, sc in scenarios.items() if sc.send_error is None and any(s == "read" for _, s, _ in sc.statuses)
+    ]
+    out: dict[str, Reply] = {}
+    silent = []
+    for number in readers:
+        x, delay = rng.random(), rng.uniform(0.3, 2.5) / speed
+        if x < 0.40:
+            out[number] = Reply(delay, "Confirm", "CONFIRM")
+        elif x < 0.55:
+            out[number] = Reply(delay, "Decline", "DECLINE")
+        elif x < 0.65:
+            out[number] = Reply(delay, "Can I come an hour later?")
+        else:
+            silent.append((number, delay))
+    if silent:
+        number, delay = rng.choice(silent)
+        out[number] = Reply(delay, "STOP")
+    return out
+
+
+class Customers:
+    """The demo's WhatsApp customers answering: once the backend saw a message read, its reader's reply (if
+    they have one) is due `delay_s` later and posted to the gateway's webhook as Meta posts customer
+    messages, signed, with context = the wamid the stand-in gave the message."""
+
+    def __init__(self, standin: StandIn, plan: dict[str, Reply]) -> None:
+        self.standin = standin
+        self.plan = plan
+        self.due: dict[str, tuple[float, Key]] = {}  # number → (when, contact)
+        self.posted: dict[Key, str] = {}  # contact → number
+
+    def read(self, key: Key, phone: str, now: float) -> None:
+        number = _digits(phone)
+        reply = self.plan.get(number)
+        if reply is not None and key not in self.posted and number not in self.due:
+            self.due[number] = (now + reply.delay_s, key)
+
+    async def post_due(self, now: float) -> None:
+        for number, (when, key) in sorted(self.due.items(), key=lambda item: item[1][0]):
+            if when > now:
+                continue
+            del self.due[number]
+            wamid = next((s.wamid for s in reversed(self.standin.sent) if s.to == number), None)
+            if wamid is None:  # never accepted by the stand-in: nothing to answer
+                continue
+            reply = self.plan[number]
+            if reply.payload is not None:
+                message = self.standin.button_message(number, reply.payload, reply.text, context_id=wamid)
+            else:
+                message = self.standin.text_message(number, reply.text, context_id=wamid)
+            self.posted[key] = number
+            await self.standin.post_messages([message])
+
+    def answered(self, latest: dict[Key, str]) -> bool:
+        """Every reply due is posted and its contact seen `replied`."""
+        return not self.due and all(latest.get(key) == "replied" for key in self.posted)
+
+
 # -- the wire ledger -----------------------------------------------------------------------------------
 Key = tuple[str, str]
 
@@ -251,6 +331,7 @@ class Summary:
     wire: dict[str, Any] = field(default_factory=dict)  # the wire ledger: peers' records against the events
     commands: dict[str, int] = field(default_factory=dict)  # what the backend side submitted, by kind
     stalled: list[str] = field(default_factory=list)  # contacts still unsettled when the run went quiet
+    replies: dict[str, int] = field(default_factory=dict)  # WhatsApp replies by the campaign's outcome
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +345,9 @@ class Summary:
             "whatsapp_sent": self.whatsapp.sent,
             "delivery_rate": round(self.whatsapp.delivery_rate, 3),
             "read_rate": round(self.whatsapp.read_rate, 3),
+            "replied": self.whatsapp.replied,
+            "reply_rate": round(self.whatsapp.reply_rate, 3),
+            "replies": self.replies,
             "metrics": self.metrics_url,
             "readyz": self.readyz_url,
             "broker": self.broker,
@@ -285,6 +369,7 @@ class _Progress:
         self.seen: set[str] = set()
         self.contacts: dict[Key, Contacted] = {}  # for the wire ledger
         self.latest: dict[Key, str] = {}
+        self.replies: Counter[str] = Counter()  # replied contacts by outcome (confirm, decline, opt_out, other)
 
     def add(self, event: dict[str, Any]) -> bool:
         """Take one contact event; False if it was seen before (a QoS 1 redelivery)."""
@@ -304,6 +389,9 @@ class _Progress:
                 self.calls.answered += 1
         else:
             self.whatsapp.transition(status, previous)
+            if status == "replied":
+                reply = (event.get("signal") or {}).get("reply") or {}
+                self.replies[str(reply.get("outcome") or "other")] += 1
         self.tally.add(event)
         # settled: final, or delivered (not final: the user may read it later, or never)
         self.settled[key] = bool(event["final"]) or status == "delivered"
@@ -323,6 +411,11 @@ class _Progress:
 
     def done(self, campaign: str) -> int:
         return sum(1 for (c, _), f in self.settled.items() if c == campaign and f)
+
+    def replies_line(self) -> str:
+        wa = self.whatsapp
+        outcomes = ", ".join(f"{outcome} {n}" for outcome, n in sorted(self.replies.items())) or "none yet"
+        return f"whatsapp replies: {wa.replied} of {wa.read} read ({outcomes})"
 
 
 def _settings(folder: Path, bus_url: str, protocol: int, pbx: str, api_base: str, speed: float) -> Settings:
@@ -364,7 +457,7 @@ def _log_to(path: Path) -> None:
 def _render(progress: Progress, tasks: dict[str, Any], state: _Progress) -> Group:
     for campaign, task in tasks.items():
         progress.update(task, completed=state.done(campaign))
-    return Group(progress, state.tally.table())
+    return Group(progress, state.tally.table(), state.replies_line())
 
 
 async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7, broker: str = "auto") -> Summary:
@@ -383,6 +476,7 @@ async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7,
                 lambda: PbxSimulator(speed=speed, seed=seed), local_addr=("127.0.0.1", 0)
             )
             scenarios = whatsapp_scenarios(wa_numbers, speed, seed)
+            replies = whatsapp_replies(scenarios, speed, seed)
             try:
                 async with StandIn(TOKEN, SECRET, "http://127.0.0.1:9/", scenarios=scenarios) as standin:
                     settings = _settings(folder, bus_url, protocol, pbx.address, standin.api_base, speed)
@@ -395,6 +489,7 @@ async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7,
                         standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
                         summary.metrics_url = f"http://127.0.0.1:{app.http_port}/metrics"
                         summary.readyz_url = f"http://127.0.0.1:{app.http_port}/readyz"
+                        customers = Customers(standin, replies)
                         await _drive(
                             bus_url,
                             protocol,
@@ -404,7 +499,8 @@ async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7,
                             console,
                             summary,
                             state,
-                            lambda: standin.outstanding == 0,
+                            customers,
+                            lambda: standin.outstanding == 0 and customers.answered(state.latest),
                         )
                     finally:
                         stop.set()
@@ -429,6 +525,7 @@ async def _drive(
     console: Console,
     summary: Summary,
     state: _Progress,
+    customers: Customers,
     webhooks_quiet: Callable[[], bool],
 ) -> None:
     port = int(bus_url.rsplit(":", 1)[1])
@@ -466,8 +563,13 @@ async def _drive(
                     message = await receiver.get(0.25)
                     if message is not None and str(message.topic).startswith("telgate/v1/evt/contact/"):
                         with contextlib.suppress(TypeError, ValueError, KeyError):
-                            if state.add(json.loads(message.payload)):
+                            event = json.loads(message.payload)
+                            if state.add(event):
                                 last_change = time.monotonic()
+                                if event["status"] == "read":  # the customer read it: some answer
+                                    key = (str(event["campaign_id"]), str(event["contact_id"]))
+                                    customers.read(key, str(event.get("phone") or ""), last_change)
+                    await customers.post_due(time.monotonic())
                     live.update(_render(progress, tasks, state))
                     if state.done(VOICE) + state.done(WHATSAPP) >= 2 * n and webhooks_quiet():
                         # every contact settled and Meta (the stand-in) has nothing more to say: one last look
@@ -478,7 +580,7 @@ async def _drive(
                         settle_until = None
                         if time.monotonic() - last_change > stall_s:
                             summary.stalled = state.unsettled({VOICE: n, WHATSAPP: n}) or [
-                                "the Cloud API stand-in: status webhooks still to send"
+                                "the Cloud API stand-in: status webhooks or customers' replies still to come"
                             ]
                             break
             finally:
@@ -489,6 +591,7 @@ async def _drive(
     summary.finals = sum(1 for (_, _, _), (_, status) in state.tally.latest.items() if status in FINAL_STATUSES)
     summary.settled = state.done(VOICE) + state.done(WHATSAPP)
     summary.calls, summary.whatsapp = state.calls, state.whatsapp
+    summary.replies = dict(sorted(state.replies.items()))
 
 
 async def submit_campaigns(
@@ -507,7 +610,13 @@ async def submit_campaigns(
     async with CommandWindow(target) as window:
         for campaign in (VOICE, WHATSAPP):
             for action in ("create", "start"):
-                command = {"command_id": f"{campaign}-{action}", "campaign_id": campaign, "action": action}
+                command: dict[str, Any] = {
+                    "command_id": f"{campaign}-{action}",
+                    "campaign_id": campaign,
+                    "action": action,
+                }
+                if campaign == WHATSAPP and action == "create":
+                    command["replies"] = REPLY_RULES  # what its template's quick-reply buttons mean
                 _accepted(await window.call("campaign", command))
         template = {"name": "appointment_reminder", "language": "en_US"}
         policy = {"max_attempts": 2, "delays_s": [round(20.0 / speed, 2)]}
@@ -555,7 +664,12 @@ def print_summary(summary: Summary, console: Console) -> None:
     )
     calls, wa = summary.calls, summary.whatsapp
     console.print(f"voice: {calls.attempts} call attempts, {calls.answered} answered — ASR {calls.asr:.0%}")
-    console.print(f"whatsapp: {wa.sent} sent — delivery rate {wa.delivery_rate:.0%}, read rate {wa.read_rate:.0%}")
+    console.print(
+        f"whatsapp: {wa.sent} sent — delivery rate {wa.delivery_rate:.0%}, read rate {wa.read_rate:.0%}, "
+        f"reply rate {wa.reply_rate:.0%}"
+    )
+    outcomes = ", ".join(f"{outcome} {n}" for outcome, n in summary.replies.items()) or "none"
+    console.print(f"whatsapp replies: {wa.replied} ({outcomes}); an opt_out blacklists the number")
     console.print(ledger_line(summary.wire), markup=False, highlight=False)
     if summary.stalled:
         console.print(stalled_line(summary), markup=False, highlight=False)

@@ -1,6 +1,7 @@
 """`telgate demo` as the README's first command runs it (small and fast), on Mosquitto and on the
 embedded MQTT 3.1.1 broker: the final counts add up, every contact settled — final, or (WhatsApp)
-delivered and not read, which SPEC §5.2 does not make final — and the peers' records match the events."""
+delivered and not read, which SPEC §5.2 does not make final — the customers' replies came back with their
+outcomes, and the peers' records match the events."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ VOICE_FINAL = {
     "invalid_record",
     "canceled_by_client",
 }
-WHATSAPP_SETTLED = {"read", "delivered", "delivery_failed", "sending_failed", "error", "invalid_record"}
+WHATSAPP_SETTLED = {"replied", "read", "delivered", "delivery_failed", "sending_failed", "error", "invalid_record"}
 
 
 @pytest.mark.parametrize("broker", ["auto", "embedded"])
@@ -47,6 +48,12 @@ def test_demo_runs_both_campaigns_to_the_end(broker: str) -> None:
     assert summary["final"] == 24 - counts["demo-notices"].get("delivered", 0)
     assert summary["call_attempts"] >= 12 and 0 < summary["answered"] <= summary["call_attempts"]
     assert 0 <= summary["asr"] <= 1 and summary["whatsapp_sent"] >= 1
+    # some who read the message answered it (a quick-reply Confirm or Decline, a question, one STOP): each
+    # reply came back as the contact's final status `replied` with the outcome the campaign's rules give it
+    replies = summary["replies"]
+    assert summary["replied"] == counts["demo-notices"].get("replied", 0) == sum(replies.values()) >= 1, summary
+    assert set(replies) <= {"confirm", "decline", "opt_out", "other"} and replies.get("opt_out") == 1, replies
+    assert 0 < summary["reply_rate"] <= 1 and "whatsapp replies:" in out.stderr
     assert summary["metrics"].endswith("/metrics") and summary["readyz"].endswith("/readyz")
     expected = "amqtt (embedded, MQTT 3.1.1)" if broker == "embedded" else "mosquitto"
     assert summary["broker"] == expected
