@@ -41,11 +41,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import ClassVar
 
 from .message import Request, Response
 from .requests import in_transaction
-from .transitions import STAY, table
+from .transitions import STAY, step, table
 from .transitions import IllegalTransition as IllegalTransition  # raised here: importable from here
 
 T1, T2, T4 = 0.5, 4.0, 5.0
@@ -281,14 +282,8 @@ class _ClientTransaction:
         return self.events()
 
     def _dispatch(self, x: Input) -> None:
-        row = self.TABLE.get((self.state, x.event))
-        if row is None:
-            raise IllegalTransition(f"{self.kind} client transaction", self.state, x.event)
-        target, actions = row
-        if target is not self.state:
-            self.state = target
-            for timer in [t for t in self.due if target not in TIMER_STATES[t]]:
-                del self.due[timer]
+        illegal = partial(IllegalTransition, f"{self.kind} client transaction", self.state, x.event)
+        self.state, actions = step(self.TABLE, self.state, x.event, self.due, TIMER_STATES, illegal)
         for action in actions:
             getattr(self, f"_{action.value}")(x)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sip.message import Headers, Request, Response, parse
 from sip.transaction import (
     InviteClientTransaction,
@@ -40,7 +42,7 @@ def response(status: int, reason: str = "", to_tag: str = "t9", method: str = "I
     return Response(status, reason, h)
 
 
-def retransmissions(events: list[object]) -> int:
+def retransmissions(events: Sequence[object]) -> int:
     return sum(1 for e in events if isinstance(e, Transmit) and e.retransmission)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sip import transaction as txmod
-from sip.message import Headers, Request, Response
+from sip.message import Request, Response
 from sip.transaction import (
     INVITE_ROWS,
     INVITE_TABLE,
@@ -30,33 +30,20 @@ from sip.transaction import (
     Transmit,
 )
 from sip.transitions import table
+from tests.unit.test_sip_transaction import invite
+from tests.unit.test_sip_transaction import response as _response
 
 Tx = InviteClientTransaction | NonInviteClientTransaction
 
 
 def request(method: str) -> Request:
-    h = (
-        Headers()
-        .with_("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc;rport")
-        .with_("Max-Forwards", "70")
-        .with_("From", "<sip:telgate@pbx>;tag=f1")
-        .with_("To", "<sip:420601234567@pbx>")
-        .with_("Call-ID", "call-1")
-        .with_("CSeq", f"1 {method}")
+    return (
+        invite() if method == "INVITE" else Request(method, "sip:pbx", invite().headers.replace("CSeq", f"1 {method}"))
     )
-    return Request(method, "sip:420601234567@pbx", h)
 
 
 def response(status: int, method: str) -> Response:
-    h = (
-        Headers()
-        .with_("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc;rport")
-        .with_("From", "<sip:telgate@pbx>;tag=f1")
-        .with_("To", "<sip:420601234567@pbx>;tag=t9")
-        .with_("Call-ID", "call-1")
-        .with_("CSeq", f"1 {method}")
-    )
-    return Response(status, "R", h)
+    return _response(status, "R", method=method)
 
 
 STATUS = {Ev.PROVISIONAL: 180, Ev.SUCCESS: 200, Ev.FAILURE: 486, Ev.FINAL: 200}
