@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import auth
-from .call import UacConfig
+from .config import UacConfig
 from .message import Request, Response, digits, params
 from .requests import authorization, build, challenge, tagged
 from .transaction import NonInviteClientTransaction, ResponseReceived, TimedOut, Transmit
