@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from tests.integration.test_faults import _start_gateway
 from tests.support import ledger
 from tests.support.broker import Mosquitto
-from tests.support.harness import Backend, backend
+from tests.support.harness import Backend, backend, store_toml
 from tests.support.hostile import Hostile, hostile
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 
 SEED = int(os.environ.get("TELGATE_FUZZ_SEED") or random.randrange(2**32))
 EXAMPLES = int(os.environ.get("TELGATE_FUZZ_EXAMPLES", "300"))
@@ -63,7 +63,7 @@ def _config(tmp_path: Path, broker: Mosquitto) -> Path:
     cfg = tmp_path / "telgate.toml"
     cfg.write_text(
         f'[gateway]\nid = "gw-fuzz"\ndata_dir = "{tmp_path / "gw"}"\ndrain_timeout_s = 5\n'
-        f'[bus]\nurl = "{broker.url}"\n[http]\nlisten = "127.0.0.1:0"\n'
+        f'[bus]\nurl = "{broker.url}"\n[http]\nlisten = "127.0.0.1:0"\n{store_toml()}'
     )
     return cfg
 
