@@ -33,6 +33,9 @@ Rules, non-INVITE client (§17.1.2):
 - a provisional in Trying or Proceeding → Proceeding, passed up; E goes on, every T2 from then;
 - a final (200-699) in Trying or Proceeding → Completed, passed up, Timer K (T4 over UDP, 0 reliable);
   K → Terminated; what arrives in Completed or Terminated is absorbed.
+Timers: `handle_timer(now)` fires the ones due in time order (at the same instant B or F before A or E),
+so a late wake-up resends before it gives up, as a punctual one would have; a timer the state change of an
+earlier one dropped does not fire.
 Checked at import: every response event has a row in every state of its kind (a response can come at any
 time), and each timer's rows are exactly the states `TIMER_STATES` allows it in.
 """
@@ -250,13 +253,17 @@ class _ClientTransaction:
 
     kind: ClassVar[Kind]
     TABLE: ClassVar[Table]
+    FIRST: ClassVar[State]  # the state it starts in, the request sent
+    RESEND: ClassVar[Timer]  # over UDP: resends the request from T1 on
+    GIVE_UP: ClassVar[Timer]  # 64 x T1: no response, the transaction times out
 
-    def __init__(self, request: Request, reliable: bool, state: State, t1: float) -> None:
+    def __init__(self, request: Request, reliable: bool, now: float, t1: float = T1) -> None:
         self.request = request
         self.reliable = reliable
-        self.state = state
+        self.state = self.FIRST
         self.t1 = t1
-        self.due: dict[Timer, float] = {}
+        self.due: dict[Timer, float] = {} if reliable else {self.RESEND: now + t1}
+        self.due[self.GIVE_UP] = now + 64 * t1
         self._interval = t1  # the next retransmission interval (Timer A or E)
         self._ack: Request | None = None
         self.pending: list[Event] = [Transmit(request)]
@@ -332,14 +339,7 @@ class _ClientTransaction:
 
 
 class InviteClientTransaction(_ClientTransaction):
-    kind = Kind.INVITE
-    TABLE = INVITE_TABLE
-
-    def __init__(self, request: Request, reliable: bool, now: float, t1: float = T1) -> None:
-        super().__init__(request, reliable, State.CALLING, t1)
-        if not reliable:
-            self.due[Timer.A] = now + t1
-        self.due[Timer.B] = now + 64 * t1
+    kind, TABLE, FIRST, RESEND, GIVE_UP = Kind.INVITE, INVITE_TABLE, State.CALLING, Timer.A, Timer.B
 
     @property
     def provisional_seen(self) -> bool:
@@ -348,11 +348,4 @@ class InviteClientTransaction(_ClientTransaction):
 
 
 class NonInviteClientTransaction(_ClientTransaction):
-    kind = Kind.NON_INVITE
-    TABLE = NON_INVITE_TABLE
-
-    def __init__(self, request: Request, reliable: bool, now: float, t1: float = T1) -> None:
-        super().__init__(request, reliable, State.TRYING, t1)
-        if not reliable:
-            self.due[Timer.E] = now + t1
-        self.due[Timer.F] = now + 64 * t1
+    kind, TABLE, FIRST, RESEND, GIVE_UP = Kind.NON_INVITE, NON_INVITE_TABLE, State.TRYING, Timer.E, Timer.F
