@@ -345,7 +345,7 @@ async def test_the_shipped_broker_configuration_delivers_replies_to_a_backend(tm
                     "campaign", {"command_id": "acl-1", "campaign_id": "acl", "action": "create"}
                 )
                 assert result.accepted
-            # `telgate import` as the backend user, its password from the environment as README shows it
+            # `telgate import` as the backend user, its password from the environment as docs/bus.md shows it
             path = tmp_path / "acl.csv"
             path.write_text("contact_id,phone\n" + "".join(f"a{i},+420601{i:06d}\n" for i in range(20)))
             (tmp_path / "backend-password").write_text(broker.passwords["backend"] + "\n")
@@ -359,7 +359,7 @@ async def test_the_shipped_broker_configuration_delivers_replies_to_a_backend(tm
 
 
 def test_counts_are_reported_by_reason() -> None:
-    """The report's text, as the README shows it."""
+    """The report's text, as docs/bus.md shows it."""
     rows = tuple(Row(i + 2, i + 2, {"contact_id": f"c{i}", "phone": "1"}) for i in range(3))
     chunk = Chunk(1, rows, "import:x")
     report = Report("f.csv", "c", "voice", contacts=3, commands=1)

@@ -66,6 +66,10 @@ def test_docs_are_generated_from_the_models() -> None:
         assert json.loads((ROOT / "docs" / "schemas" / f"{name}.json").read_text()) == schema, (
             "run: python -m tools.gen_docs"
         )
+    from tools.gen_docs import statuses_markdown
+
+    # the status tables (labels per profile, final) come from gateway/domain/statuses.py, not by hand
+    assert (ROOT / "docs" / "statuses.md").read_text() == statuses_markdown(), "run: python -m tools.gen_docs"
 
 
 async def test_sigterm_drains_and_publishes_offline(broker: Mosquitto, tmp_path: Path) -> None:

@@ -304,7 +304,7 @@ def test_several_pbxs_over_tcp_and_tls_load(transport: str, tmp_path: Path) -> N
     ]
 
 
-def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -> None:
+def test_the_documented_trunk_configuration_loads_and_builds_the_invite_it_shows() -> None:
     import tomllib
 
     from gateway.config import load_settings
@@ -312,8 +312,8 @@ def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -
     from sip.call import Call, UacConfig
     from sip.identity import Caller
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    part = text[text.index("### On a carrier trunk") :]
+    text = (Path(__file__).resolve().parents[2] / "docs" / "voice.md").read_text()
+    part = text[text.index("## On a carrier trunk") :]
     toml = re.search(r"```toml\n(.*?)```", part, re.DOTALL)
     invite = re.search(r"```\n(INVITE .*?)```", part, re.DOTALL)
     assert toml is not None and invite is not None
@@ -333,7 +333,7 @@ def test_the_readme_trunk_configuration_loads_and_builds_the_invite_it_shows() -
         assert line.replace("…", "") in built, (line, built)
 
 
-def test_the_readme_tls_trunk_with_two_pbxs_loads_and_builds_the_invite_it_shows() -> None:
+def test_the_documented_tls_trunk_with_two_pbxs_loads_and_builds_the_invite_it_shows() -> None:
     import tomllib
 
     from gateway.config import load_settings
@@ -341,8 +341,8 @@ def test_the_readme_tls_trunk_with_two_pbxs_loads_and_builds_the_invite_it_shows
     from sip.call import Call, UacConfig
     from sip.identity import Caller
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    part = text[text.index("### TLS to the PBX") :]
+    text = (Path(__file__).resolve().parents[2] / "docs" / "voice.md").read_text()
+    part = text[text.index("## TLS to the PBX") :]
     toml = re.search(r"```toml\n(.*?)```", part, re.DOTALL)
     invite = re.search(r"```\n(INVITE .*?)```", part, re.DOTALL)
     assert toml is not None and invite is not None
