@@ -140,3 +140,30 @@ def test_quick_puback_is_for_one_client_only() -> None:
     other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     mqtt_shim.quick_puback(quick)
     assert "_handle_pubackcomp" in vars(quick) and "_handle_pubackcomp" not in vars(other)
+
+
+def test_quick_puback_releases_what_pahos_in_flight_limit_held_back() -> None:
+    """The suspect of issue 23's in-flight question, ruled out: a PUBACK taken by the fast path goes through
+    paho's `_do_on_publish`, which lowers the in-flight count and sends the message the limit held back,
+    exactly as paho's own handler does."""
+    import socket
+
+    for quick in (False, True):
+        paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        paho.max_inflight_messages = 2
+        if quick:
+            mqtt_shim.quick_puback(paho)
+        a, b = socket.socketpair()
+        paho.on_socket_register_write = lambda c, u, s: None  # written by nobody: the packets stay queued
+        mqtt_shim.set_socket(paho, a)
+        infos = [paho.publish(f"t/{i}", b"x", qos=1) for i in range(3)]
+        states = [paho._out_messages[i.mid].state for i in infos]
+        assert states == [mqtt.mqtt_ms_wait_for_puback] * 2 + [mqtt.mqtt_ms_queued]
+        assert len(paho._out_packet) == 2 and paho._inflight_messages == 2
+        paho._in_packet = {"command": 0x40, "packet": infos[0].mid.to_bytes(2, "big")}  # type: ignore[typeddict-item]
+        paho._packet_handle()
+        assert infos[0].mid not in paho._out_messages
+        assert paho._out_messages[infos[2].mid].state == mqtt.mqtt_ms_wait_for_puback, quick
+        assert len(paho._out_packet) == 3 and paho._inflight_messages == 2
+        a.close()
+        b.close()
