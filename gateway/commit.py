@@ -4,9 +4,9 @@ The domain decides (`decide()` for a contact, `decide_campaign()` for a campaign
 decision: the new state, the events to publish, the effects. The functions here write it inside the
 batch's transaction — the state as a compare-and-set on `sequence`, its events into the outbox, the
 queue, the timers, the campaign counters — and note in `After` what is carried out once the transaction
-has committed: the channel effects (dial, send, cancel) of what was committed, the metrics, the
-wake-ups of the dispatcher and the scheduler. Nothing here decides a status, and nothing outside this
-module writes one.
+has committed: the channel effects (dial, send, cancel; an answered call's prompt, transfer, hang-up) of
+what was committed, the metrics, the wake-ups of the dispatcher and the scheduler. Nothing here decides
+a status, and nothing outside this module writes one.
 
 Payloads and topics are built here too, from the committed state (`gateway/wire.py` encodes them).
 """
@@ -50,7 +50,7 @@ _STARTS = (fx.Dial, fx.Send)  # a tuple made once: `fx.Dial | fx.Send` built a u
 class After:
     """What one piece of work's commits ask for once the transaction has committed."""
 
-    effects: list[tuple[fx.Effect, ContactState]] = field(default_factory=list)  # dial, send, cancel
+    effects: list[tuple[fx.Effect, ContactState]] = field(default_factory=list)  # dial, send, cancel, ...
     notes: list[Callable[[], None]] = field(default_factory=list)  # metrics
     wrote: bool = False  # an event or outbox row was written: the publisher has work
     wake_dispatch: bool = False  # the queue or a campaign changed: the dispatcher looks again
@@ -117,7 +117,9 @@ class Writer:
                 after.effects.append((effect, state))
                 # the call may be another instance's: its owner hears of it once this commits
                 txn.notify(cancel_note(self.gateway_id, state))
-            case fx.Dial() | fx.Send():
+            case fx.Dial() | fx.Send() | fx.PlayPrompt() | fx.Transfer() | fx.HangUp():
+                # an answered call's prompt, transfer and hang-up: asked by signals of the channel that
+                # holds the call, carried out by it
                 after.effects.append((effect, state))
 
     def late(self, txn: Txn, key: Key, signal: Signal, now: datetime) -> None:

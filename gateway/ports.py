@@ -26,8 +26,14 @@ class ChannelPort(Protocol):
         """Attempts in flight (all, or of one campaign)."""
         ...
 
+    def active_counts(self) -> dict[str, int]:
+        """Attempts in flight per campaign, as a copy: taken in the event loop and handed to the
+        dispatcher's turn, which runs on the store thread (campaigns with none may be left out)."""
+        ...
+
     def submit(self, effect: Effect, contact: ContactState) -> None:
-        """Carry out Dial/Send/CancelCall for `contact` (after its decision was committed)."""
+        """Carry out a channel effect for `contact` after its decision was committed: Dial/Send/CancelCall;
+        on an answered call PlayPrompt/Transfer/HangUp (reported back as `prompt_done`/`transfer_done`)."""
         ...
 
     async def run(self) -> None:

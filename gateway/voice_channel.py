@@ -1,6 +1,9 @@
 """The voice channel: `dial`/`cancel` effects → the SIP UAC; call events → signals (SPEC §6.1).
 
-`sip/` knows SIP, not contacts; this adapter keeps which call is which contact's attempt.
+`sip/` knows SIP, not contacts; this adapter keeps which call is which contact's attempt. It decides
+nothing: what an answered call does (play the prompt, transfer, hang up) are effects of the domain's
+table rows, carried out here after their commit and reported back as signals (`prompt_done`,
+`transfer_done`). Prompts play in the channel's task group.
 
 Whether each PBX is up is `sip.health`'s to decide (its rules are stated there): this shell feeds it every
 response, every request with no response, every call's end and every connection failure, sends the
@@ -136,17 +139,15 @@ def sip_caller(caller: CallerId | None) -> Caller | None:
 
 @dataclass
 class _Placed:
-    """What the channel keeps per call: whose attempt it is and what to do once it is answered."""
+    """What the channel keeps per call: whose attempt it is, where it went, what its answer negotiated."""
 
     key: Key
     attempt: int
-    connect_to: str | None
-    prompt: str | None
     pbx: Pbx
     dialed_at: float = 0.0
     answered: bool = False
-    followup: asyncio.Task[None] | None = None
-    transfer: str | None = None  # the transfer's outcome, for the hangup's evidence
+    media: sdp.Media | None = None  # where the far end takes RTP (the answer's SDP): a prompt goes there
+    prompt: asyncio.Task[None] | None = None  # the prompt playing (a task of the channel's task group)
     redirect: dict[str, Any] | None = None  # the 301/302 followed, in the evidence of every later event
 
 
@@ -199,6 +200,7 @@ class VoiceChannel:
         self._by_key: dict[Key, str] = {}
         self._active: Counter[str] = Counter()
         self._prompts: dict[tuple[str, int], bytes] = {}
+        self._tasks: asyncio.TaskGroup | None = None  # run()'s task group: the prompts play in it
         self.ready = asyncio.Event()
         for pbx in self.pbxs:
             recorder.pbx_up.labels(pbx.address).set(1)
@@ -220,6 +222,11 @@ class VoiceChannel:
         """Calls in flight: the user agent's own dialogs (the dispatcher's room, the drain and
         `telgate_calls_active` read the same count); per campaign, the calls this channel placed for it."""
         return self.ua.dialogs() if campaign_id is None else self._active[campaign_id]
+
+    def active_counts(self) -> dict[str, int]:
+        """Calls this channel placed, per campaign: a copy taken in the event loop (the dispatcher's turn
+        reads it on the store thread)."""
+        return dict(self._active)
 
     def _uac_config(self, bound_port: int) -> UacConfig:
         host = self.sip.public_address or (self.bind[0] if self.bind[0] != "0.0.0.0" else "127.0.0.1")
@@ -268,14 +275,40 @@ class VoiceChannel:
                 caller=sip_caller(contact.attempt_caller),
                 pbx=None if len(self.pbxs) == 1 else pbx.peer,
             )
-            connect_to = contact.connect_to or self.sip.connect_to or None
-            self._calls[call_id] = _Placed(key, effect.attempt, connect_to, contact.prompt, pbx, self._now())
+            self._calls[call_id] = _Placed(key, effect.attempt, pbx, self._now())
             self.recorder.call_placed(contact.campaign_id)
             self._by_key[key] = call_id
             self._active[contact.campaign_id] += 1
             self._emit(outputs)
         elif isinstance(effect, fx.CancelCall) and (ringing := self._by_key.get(key)) is not None:
             self._emit(self.ua.cancel(ringing, self._now()))
+        elif isinstance(effect, fx.PlayPrompt | fx.Transfer | fx.HangUp):
+            self._answered_call(effect, key, contact.attempt)
+
+    def _answered_call(self, effect: fx.PlayPrompt | fx.Transfer | fx.HangUp, key: Key, attempt: int) -> None:
+        """Carry out what the decision on an answered call asked, on the contact's call of that attempt (none:
+        the call ended meanwhile, and its end is on its way to the engine)."""
+        call_id = self._by_key.get(key)
+        placed = self._calls.get(call_id) if call_id is not None else None
+        if call_id is None or placed is None or placed.attempt != attempt:
+            extra = {"campaign_id": key[0], "contact_id": key[1], "effect": type(effect).__name__}
+            log.info("no call for the effect", extra=extra)
+            return
+        match effect:
+            case fx.PlayPrompt(name):
+                if self._tasks is None:  # not running: nothing can be played
+                    self._report(placed, Kind.PROMPT_DONE, {"source": "gateway", "kind": "prompt_done"})
+                    return
+                placed.prompt = self._tasks.create_task(self._play(call_id, placed, name), name=f"prompt-{call_id}")
+            case fx.Transfer(target):
+                self._emit(self.ua.transfer(call_id, target, self._now()))
+            case fx.HangUp():
+                self._emit(self.ua.hangup(call_id, self._now()))
+
+    def _report(self, placed: _Placed, kind: Kind, evidence: dict[str, Any]) -> None:
+        """A signal of the call's own doing (its prompt ended, its transfer's outcome) to the engine."""
+        signal = Signal(kind, evidence, attempt=placed.attempt, connect_to=self.sip.connect_to or None)
+        self.engine.submit_signal(placed.key, signal).add_done_callback(_log_failure)
 
     # -- after the answer: prompt, transfer, hang up ----------------------------------------------
     def _prompt_audio(self, name: str, payload_type: int) -> bytes:
@@ -287,36 +320,24 @@ class VoiceChannel:
             cached = self._prompts[(name, payload_type)] = encode(load_wav(path), payload_type)
         return cached
 
-    def _answered(self, call_id: str, placed: _Placed, event: Answered) -> None:
-        if placed.prompt is not None:
-            placed.followup = asyncio.get_running_loop().create_task(
-                self._play_then(call_id, placed, event), name=f"prompt-{call_id}"
-            )
-        elif placed.connect_to:
-            self._emit(self.ua.transfer(call_id, placed.connect_to, self._now()))
-
-    async def _play_then(self, call_id: str, placed: _Placed, event: Answered) -> None:
-        assert placed.prompt is not None
+    async def _play(self, call_id: str, placed: _Placed, name: str) -> None:
+        """Play the prompt into the call, then report `prompt_done` (also when it could not be played)."""
         try:
-            if event.media is None:
+            if placed.media is None:
                 log.warning("no media to play the prompt to", extra={"call_id": call_id})
             else:
-                await self.media.play(event.media, self._prompt_audio(placed.prompt, event.media.payload_type))
+                await self.media.play(placed.media, self._prompt_audio(name, placed.media.payload_type))
         except PromptError as exc:
             log.error("prompt not played", extra={"call_id": call_id, "why": str(exc)})
-        if call_id not in self._calls:
-            return
-        if placed.connect_to:
-            self._emit(self.ua.transfer(call_id, placed.connect_to, self._now()))
-        else:
-            self._emit(self.ua.hangup(call_id, self._now()))
+        self._report(placed, Kind.PROMPT_DONE, {"source": "sip", "kind": "prompt_done", "call_id": call_id})
 
     def _transferred(self, call_id: str, placed: _Placed, event: Transferred) -> None:
-        placed.transfer = "ok" if event.ok else f"failed: {event.status or ''} {event.reason}".strip()
+        """The REFER's outcome: counted, and reported (the domain keeps it and hangs up)."""
         self.recorder.call_transfers.labels("ok" if event.ok else "failed").inc()
         if not event.ok:
-            log.warning("transfer failed", extra={"call_id": call_id, "why": placed.transfer})
-        self._emit(self.ua.hangup(call_id, self._now()))  # the transferor leaves either way (RFC 5589 §6)
+            log.warning("transfer failed", extra={"call_id": call_id, "sip_code": event.status, "why": event.reason})
+        evidence = {"source": "sip", "kind": "transfer_done", "call_id": call_id, "ok": event.ok}
+        self._report(placed, Kind.TRANSFER_DONE, {**evidence, "sip_code": event.status, "reason": event.reason})
 
     def _on_update(self, update: Update) -> None:
         if isinstance(update, PbxAnswered):
@@ -354,6 +375,9 @@ class VoiceChannel:
             self.recorder.call_ringing(key[0], self._now() - placed.dialed_at)
         elif isinstance(event, Answered) and not placed.answered:
             placed.answered = True
+            placed.media = event.media
+            if signal is not None:  # what the answer does is the domain's: it gets the channel's transfer target
+                signal = dataclasses.replace(signal, connect_to=self.sip.connect_to or None)
         elif isinstance(event, Ended):
             self.recorder.call_ended(key[0], str(event.kind), placed.answered, event.duration_s)
         if isinstance(update.event, Ended):
@@ -365,16 +389,12 @@ class VoiceChannel:
             self._active[key[0]] -= 1
             if self._active[key[0]] <= 0:
                 del self._active[key[0]]
-            if placed.followup is not None and not placed.followup.done():
-                placed.followup.cancel()
-            if signal is not None and placed.transfer is not None:
-                signal = dataclasses.replace(signal, evidence={**signal.evidence, "transfer": placed.transfer})
+            if placed.prompt is not None and not placed.prompt.done():
+                placed.prompt.cancel()
         if signal is not None:
             future = self.engine.submit_signal(key, signal)
             future.add_done_callback(_log_failure)
-        if isinstance(update.event, Answered):
-            self._answered(update.call_id, placed, update.event)
-        elif isinstance(update.event, Transferred):
+        if isinstance(update.event, Transferred):
             self._transferred(update.call_id, placed, update.event)
 
     def _on_link(self, update: LinkFailed | LinkLost) -> None:
@@ -513,12 +533,11 @@ class VoiceChannel:
         )
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
                 tg.create_task(endpoint.run_timers(), name="sip-timers")
                 tg.create_task(self._health_timer(), name="sip-pbx-health")
         finally:
-            for placed in self._calls.values():
-                if placed.followup is not None:
-                    placed.followup.cancel()
+            self._tasks = None
             if transport is not None:
                 transport.close()
             if isinstance(endpoint, TcpEndpoint):

@@ -175,6 +175,10 @@ class WhatsAppChannel:
     def active(self, campaign_id: str | None = None) -> int:
         return sum(self._active.values()) if campaign_id is None else self._active[campaign_id]
 
+    def active_counts(self) -> dict[str, int]:
+        """Sends in flight per campaign, a copy for the dispatcher's turn (it runs on the store thread)."""
+        return dict(self._active)
+
     def submit(self, effect: fx.Effect, contact: ContactState) -> None:
         if isinstance(effect, fx.Send):
             self._active[contact.campaign_id] += 1

@@ -15,7 +15,21 @@ from .effects import Effect, TimerKind
 from .signals import Kind, Signal, Trigger
 from .state import ContactState, Mode, contacts_budget_spent
 from .statuses import Channel, Status, is_final
-from .tables import ON_CALL_AWAITING, TABLES, Abort, Absorb, AfterCall, Attempt, ByMode, Refuse, Retry, Stay, Target
+from .tables import (
+    ON_CALL_AWAITING,
+    TABLES,
+    Abort,
+    Absorb,
+    AfterCall,
+    AfterPrompt,
+    AfterTransfer,
+    Answer,
+    Attempt,
+    Refuse,
+    Retry,
+    Stay,
+    Target,
+)
 
 S = Status
 K = Kind
@@ -23,6 +37,8 @@ K = Kind
 VOICE_OUTCOMES = frozenset(
     {K.RINGING, K.ANSWERED, K.REJECTED, K.UNREACHABLE, K.FAILED, K.INVALID_NUMBER, K.CLIENT_HANGUP, K.HANGUP}
 )
+# what an answered call reports after carrying out its effects: stale unless that call is up
+CALL_REPORTS = frozenset({K.PROMPT_DONE, K.TRANSFER_DONE})
 DEFAULT_AMBIGUOUS_TIMEOUT_S = 600.0
 PRIORITY_DUE = 0  # due retries, operator-ready previews: before new contacts (SPEC §10)
 PRIORITY_NEW = 1
@@ -85,6 +101,10 @@ def _trigger(state: ContactState, signal: Signal) -> str:
         and state.status is not S.AWAITING_OPERATOR
     ):
         return Trigger.STALE  # of an attempt no longer in flight: the tables absorb it
+    if k in CALL_REPORTS and (
+        not (state.in_flight and state.answered) or (signal.attempt is not None and signal.attempt != state.attempt)
+    ):
+        return Trigger.STALE  # of a call that is no longer up (or not this attempt's)
     if k is K.DIAL_DUE:
         if signal.blacklisted:
             return Trigger.BLACKLIST_HIT
@@ -110,18 +130,46 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
         return Decision(state, refused=target.code)
     if isinstance(target, Stay):
         return _stay(state, signal, trigger, now)
+    if isinstance(target, AfterPrompt):  # transfer to connect_to, else hang up; no event
+        target_uri = _connect_to(state, signal)
+        return Decision(state, effects=(fx.Transfer(target_uri) if target_uri else fx.HangUp(),))
+    if isinstance(target, AfterTransfer):  # the outcome kept for the hangup's evidence; we leave either way
+        new = replace_state(state, transfer=_transfer_outcome(signal), updated_at=now)
+        return Decision(new, effects=(fx.HangUp(),))
     retry_at: datetime | None = None
     if isinstance(target, Attempt | Abort):
         new_status = target.status
     elif isinstance(target, Retry):
         new_status, retry_at = _retry(state, signal, target, now)
-    elif isinstance(target, ByMode):
+    elif isinstance(target, Answer):
         new_status = target.predictive if state.mode is Mode.PREDICTIVE else target.other
     elif isinstance(target, AfterCall):
         new_status = S.ACW if state.wrapup else S.SUCCESS
     else:
         new_status = target
     return _move(state, signal, trigger, new_status, retry_at, now, target)
+
+
+def _connect_to(state: ContactState, signal: Signal) -> str | None:
+    """Where the answered call is transferred: the contact's `connect_to`, else the channel's."""
+    return state.connect_to or signal.connect_to or None
+
+
+def _on_answer(state: ContactState, signal: Signal) -> tuple[Effect, ...]:
+    """What the contact asked to happen on answer: its prompt, else a transfer (SPEC §5.1), else nothing."""
+    if state.prompt:
+        return (fx.PlayPrompt(state.prompt),)
+    target = _connect_to(state, signal)
+    return (fx.Transfer(target),) if target else ()
+
+
+def _transfer_outcome(signal: Signal) -> str:
+    """`ok`, or `failed: <code> <reason>` (the REFER refused, or the NOTIFY's final was not a 2xx)."""
+    ev = signal.evidence
+    if ev.get("ok"):
+        return "ok"
+    code = ev.get("sip_code")
+    return f"failed: {code if code is not None else ''} {ev.get('reason') or ''}".strip()
 
 
 def _retry(state: ContactState, signal: Signal, rule: Retry, now: datetime) -> tuple[Status, datetime | None]:
@@ -166,7 +214,8 @@ def _move(
 ) -> Decision:
     """Move to `new_status`. What reaches the outside follows `target`, the transition the table chose
     (SPEC §9): only an `Attempt` starts one (attempt + 1, Dial/Send), only an `Abort` of a call in
-    flight CANCELs it. The signal contributes evidence and call facts (answered, talk time), never a
+    flight CANCELs it, only an `Answer` plays the contact's prompt or transfers the call. The signal
+    contributes evidence and call facts (answered, talk time, the channel's transfer target), never a
     contact with the number."""
     old = state.status
     changes: dict[str, Any] = {"status": new_status, "retry_at": retry_at, "updated_at": now}
@@ -181,7 +230,7 @@ def _move(
 
     if isinstance(target, Attempt):  # entering calling / in_progress: a new attempt starts
         attempt += 1
-        changes.update(attempt=attempt, in_flight=True, answered=False, no_retry=False, wamid=None)
+        changes.update(attempt=attempt, in_flight=True, answered=False, no_retry=False, wamid=None, transfer=None)
         if state.channel is Channel.VOICE:  # the caller ID this attempt is placed with: the dial's over the campaign's
             caller = state.caller.over(signal.caller) if state.caller is not None else signal.caller
             changes["attempt_caller"] = None if caller is None or caller.empty else caller
@@ -194,6 +243,8 @@ def _move(
         changes.update(in_flight=False)
         if state.answered and signal.duration_s:
             effects.append(fx.AddTalkTime(signal.duration_s))
+    if isinstance(target, Answer):  # the call does what the contact asked on answer
+        effects.extend(_on_answer(state, signal))
     if isinstance(target, Abort) and state.in_flight and state.channel is Channel.VOICE:
         effects.append(fx.CancelCall())
     if k is K.WA_ACCOUNT:
@@ -217,6 +268,9 @@ def _move(
         changes.update(in_flight=False)
 
     new_state = replace_state(state, **changes)
+    evidence = _evidence(signal, trigger)
+    if k in (K.HANGUP, K.CLIENT_HANGUP) and state.transfer is not None:
+        evidence["transfer"] = state.transfer  # the call's transfer outcome, with its end
     event = EventDraft(
         sequence=state.sequence + 1,
         status=new_status,
@@ -224,7 +278,7 @@ def _move(
         final=final,
         attempt=attempt,
         retry_at=retry_at,
-        evidence=_evidence(signal, trigger),
+        evidence=evidence,
     )
     new_state = replace_state(new_state, sequence=event.sequence)
     return Decision(new_state, events=(event,), effects=tuple(effects))

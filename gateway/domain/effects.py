@@ -1,7 +1,8 @@
 """Effects: what a decision asks the shells to do after the state and its events are committed.
 
 Store effects (queue, timers, wamid map) are applied inside the same transaction as the state;
-channel effects (dial, cancel, send, hang up) are carried out after the commit.
+channel effects (dial, cancel, send; on an answered call: play the prompt, transfer, hang up) are carried
+out after the commit, by the channel that holds the contact's call (`ChannelPort.submit`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,27 @@ class CancelCall:
 
 
 @dataclass(frozen=True, slots=True)
+class PlayPrompt:
+    """Play the prompt `name` (a WAV in `sip.prompts_dir`) into the answered call; the channel signals
+    PROMPT_DONE when it ended (played, or could not be played)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Blind-transfer the answered call to `target` (REFER, RFC 3515); the channel signals TRANSFER_DONE
+    with its outcome (the NOTIFY's final, or a refusal)."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    """End the answered call from our side (BYE); its end comes back as `hangup`."""
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     attempt: int
 
@@ -84,6 +106,9 @@ Effect = (
     | CancelTimers
     | Dial
     | CancelCall
+    | PlayPrompt
+    | Transfer
+    | HangUp
     | Send
     | MapWamid
     | AddTalkTime

@@ -27,6 +27,9 @@ class Kind(StrEnum):
     INVALID_NUMBER = "invalid_number"
     CLIENT_HANGUP = "client_hangup"
     HANGUP = "hangup"
+    # an answered call, as the channel carried out what its decision asked (evidence-free / the outcome)
+    PROMPT_DONE = "prompt_done"  # the prompt ended (played, or it could not be)
+    TRANSFER_DONE = "transfer_done"  # the REFER's outcome: evidence `ok`, `sip_code`, `reason`
     # operator signals (SPEC §4 operator)
     ASSIGNED = "assigned"
     ACCEPTED = "accepted"
@@ -80,6 +83,8 @@ class Signal:
     contacts_dialed: int = 0
     max_contacts: int | None = None
     caller: CallerId | None = None  # DIAL_DUE: the campaign's caller ID, under the dial's own
+    # ANSWERED, PROMPT_DONE: the channel's own transfer target (`sip.connect_to`) for a contact naming none
+    connect_to: str | None = None
     attempt: int | None = None  # outcome of which attempt (stale outcomes are ignored)
     duration_s: float | None = None  # HANGUP
     wamid: str | None = None  # WA_ACCEPTED

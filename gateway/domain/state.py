@@ -73,6 +73,7 @@ class ContactState(BaseModel):
     in_flight: bool = False  # a call is placed / a message handed to the API
     answered: bool = False  # the current call was answered
     no_retry: bool = False  # admin cancel/finish while in flight: end without retry
+    transfer: str | None = None  # the current call's transfer outcome ("ok", "failed: ..."): its hangup's evidence
     wamid: str | None = None
     retry_at: datetime | None = None
     created_at: datetime | None = None

@@ -8,6 +8,14 @@ Rules:
 - the outside is reached only by an `Attempt` target (entering `calling` / `in_progress` with a new
   attempt: an INVITE, a Cloud API send) and a call is CANCELled only by an `Abort` target: effects that
   leave the process follow the target the table chose, never the signal that asked (SPEC §9);
+- an answered call does what the contact asked only by the targets of its call rows, which the channel
+  carries out after the commit and reports back: `Answer` (entering `call_in_progress`, or a predictive
+  `awaiting_operator`) plays the contact's prompt, else transfers to its `connect_to`; `AfterPrompt`
+  (`prompt_done`) transfers to `connect_to`, else hangs up; `AfterTransfer` (`transfer_done`) keeps the
+  outcome for the hangup's evidence and hangs up — the transferor leaves either way (RFC 5589 §6).
+  `AfterPrompt` and `AfterTransfer` change no status and publish nothing; every row of a call that is up
+  lists both. Either for a call that is no longer up (it ended, or is not this attempt's) is a stale
+  call outcome, which every voice status absorbs (decide() names it `stale_outcome`);
 - finals list nothing except the triggers that are expected after them (stale call outcomes,
   duplicate or late webhooks), which are absorbed without an event;
 - `awaiting_operator` means two things in SPEC §5.1: waiting before the dial (no call), and a
@@ -53,11 +61,25 @@ class Abort:
 
 
 @dataclass(frozen=True, slots=True)
-class ByMode:
-    """Answered: predictive calls wait for an operator, the others are connected."""
+class Answer:
+    """Answered: predictive calls wait for an operator, the others are connected. The call then does what
+    the contact asked on answer: its `prompt` is played (PlayPrompt), else it is transferred to its
+    `connect_to` (Transfer; the channel's `sip.connect_to` when the contact names none), else nothing."""
 
     predictive: Status
     other: Status
+
+
+@dataclass(frozen=True, slots=True)
+class AfterPrompt:
+    """The prompt ended: the call is transferred to its `connect_to` (Transfer), else hung up (HangUp).
+    No status change, no event."""
+
+
+@dataclass(frozen=True, slots=True)
+class AfterTransfer:
+    """The transfer's outcome (`ok`, or `failed: <code> <reason>`) is kept on the contact for its hangup's
+    evidence, and the call is hung up (HangUp) either way (RFC 5589 §6). No status change, no event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +106,7 @@ class Refuse:
     code: str
 
 
-Target = Status | Attempt | Abort | Retry | ByMode | AfterCall | Stay | Absorb | Refuse
+Target = Status | Attempt | Abort | Retry | Answer | AfterPrompt | AfterTransfer | AfterCall | Stay | Absorb | Refuse
 Row = dict[str, Target]
 
 STALE = Absorb("stale")
@@ -101,6 +123,8 @@ _PRE_DIAL: Row = {
 }
 # a call outcome of an attempt that is no longer in flight (decide() names it T.STALE), in any voice status
 _STALE: Row = {T.STALE: STALE}
+# what an answered call reports back after its effects (a call that is up: ON_CALL_AWAITING, call_in_progress)
+_CALL_UP: Row = {K.PROMPT_DONE: AfterPrompt(), K.TRANSFER_DONE: AfterTransfer()}
 # operator signals and timers of a call that already ended
 _CALL_SIGNALS_STALE: Row = {k: STALE for k in (K.CONNECTED, K.WRAPUP_DONE, K.ACW_ELAPSED, K.BCW_ELAPSED)}
 
@@ -122,7 +146,7 @@ VOICE: dict[Status, Row] = {
     S.AWAITING_OPERATOR: {**_ADMIN, K.ASSIGNED: S.OPERATOR_ASSIGNED, K.NO_OPERATOR: DUP},
     S.CALLING: {
         K.RINGING: Stay(),
-        K.ANSWERED: ByMode(predictive=S.AWAITING_OPERATOR, other=S.CALL_IN_PROGRESS),
+        K.ANSWERED: Answer(predictive=S.AWAITING_OPERATOR, other=S.CALL_IN_PROGRESS),
         K.REJECTED: Retry(S.COMPLETED_WITHOUT_ANSWER),
         K.UNREACHABLE: Retry(S.COMPLETED_WITHOUT_ANSWER),
         K.FAILED: Retry(S.DIAL_FAILED),
@@ -133,6 +157,7 @@ VOICE: dict[Status, Row] = {
         K.REMOVE: IN_FLIGHT,
     },
     S.CALL_IN_PROGRESS: {
+        **_CALL_UP,
         K.HANGUP: AfterCall(),
         K.CLIENT_HANGUP: AfterCall(),
         K.CONNECTED: DUP,
@@ -171,6 +196,8 @@ for _row in VOICE.values():  # every voice status absorbs a stale call outcome
 
 # predictive: answered, waiting for a free operator (a call is up)
 ON_CALL_AWAITING: Row = {
+    **_CALL_UP,
+    **_STALE,
     K.CONNECTED: S.CALL_IN_PROGRESS,
     K.CLIENT_HANGUP: S.CANCELED_BY_CLIENT,
     K.HANGUP: S.CANCELED_BY_CLIENT,
@@ -287,9 +314,16 @@ TABLES: dict[Channel, dict[Status, Row]] = {Channel.VOICE: VOICE, Channel.WHATSA
 CONTACTING: dict[Channel, Status] = {Channel.VOICE: S.CALLING, Channel.WHATSAPP: S.IN_PROGRESS}
 
 
+# the rows of a voice call that is up (answered, not ended): each carries out what the answer asked
+CALL_UP_ROWS: tuple[Row, ...] = (VOICE[S.CALL_IN_PROGRESS], ON_CALL_AWAITING)
+_CALL_CONTROL: dict[type, Kind] = {Answer: K.ANSWERED, AfterPrompt: K.PROMPT_DONE, AfterTransfer: K.TRANSFER_DONE}
+
+
 def _check_tables() -> None:
     """The shape SPEC §9 rests on, checked when the module loads: a row that enters a channel's
-    contacting status without starting an attempt (or starts one elsewhere) is a bug in the tables."""
+    contacting status without starting an attempt (or starts one elsewhere) is a bug in the tables; so
+    is a call-control target on another trigger or channel, or a call that is up without both of
+    `prompt_done` and `transfer_done`."""
     rows = [(ch, r) for ch, table in TABLES.items() for r in table.values()] + [(Channel.VOICE, ON_CALL_AWAITING)]
     for channel, row in rows:
         for trigger, target in row.items():
@@ -297,6 +331,13 @@ def _check_tables() -> None:
                 raise AssertionError(f"{channel} {trigger}: an attempt enters {target.status}")
             if target is CONTACTING[channel]:
                 raise AssertionError(f"{channel} {trigger} enters {target} without a new attempt")
+            kind = _CALL_CONTROL.get(type(target))
+            if kind is not None and (channel is not Channel.VOICE or trigger is not kind):
+                raise AssertionError(f"{channel} {trigger}: {type(target).__name__} belongs to voice {kind}")
+    for row in CALL_UP_ROWS:
+        for target_type, kind in _CALL_CONTROL.items():
+            if target_type is not Answer and not isinstance(row.get(kind), target_type):
+                raise AssertionError(f"a call that is up lists {kind} as {target_type.__name__}")
 
 
 _check_tables()

@@ -3,6 +3,8 @@
 The outcome of an attempt is chosen by the number's last digit, like a test PBX's dial plan:
 0 answered then hung up · 1 busy (486) · 2 no answer (480) · 3 failure (503) · 4 bad number (404) ·
 5 answered and held until cancelled · 6 ringing until cancelled · otherwise answered then hung up.
+On an answered call a prompt "plays" for `delay_s` and reports `prompt_done`; a transfer reports
+`transfer_done` ok at once; a hang-up is recorded (the script's call ends on its own).
 WhatsApp: accepted, then sent, delivered, read.
 """
 
@@ -44,6 +46,8 @@ class ScriptedPort:
         self.delay_s = delay_s
         self._active: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.started: list[tuple[str, str, int]] = []  # the wire ledger: every dial/send carried out
+        self.controls: list[tuple[str, str, fx.Effect]] = []  # prompts, transfers, hang-ups carried out
+        self._reports: set[asyncio.Task[Any]] = set()
         self.record = record  # …also appended to this file, a line per dial/send, when the process may die
 
     async def run(self) -> None:
@@ -54,12 +58,26 @@ class ScriptedPort:
             return len(self._active)
         return sum(1 for k in self._active if k[0] == campaign_id)
 
+    def active_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for campaign_id, _contact in self._active:
+            counts[campaign_id] = counts.get(campaign_id, 0) + 1
+        return counts
+
     def submit(self, effect: fx.Effect, contact: ContactState) -> None:
         key = (contact.campaign_id, contact.contact_id)
         if isinstance(effect, fx.CancelCall):
             task = self._active.get(key)
             if task is not None:
                 task.cancel()
+            return
+        if isinstance(effect, fx.PlayPrompt | fx.Transfer | fx.HangUp):
+            self.controls.append((*key, effect))
+            report = self._report(key, effect, contact.attempt)
+            if report is not None:
+                task = asyncio.get_running_loop().create_task(report)
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
             return
         assert isinstance(effect, fx.Dial | fx.Send)
         self.started.append((*key, effect.attempt))
@@ -69,6 +87,22 @@ class ScriptedPort:
         task = asyncio.get_running_loop().create_task(self._attempt(key, contact, effect.attempt))
         self._active[key] = task
         task.add_done_callback(lambda _t: self._active.pop(key, None))
+
+    def _report(self, key: tuple[str, str], effect: fx.Effect, attempt: int) -> Any:
+        call = {"source": "sip", "call_id": f"call-{key[1]}-{attempt}"}
+        if isinstance(effect, fx.PlayPrompt):
+            return self._after(key, Kind.PROMPT_DONE, attempt, {**call, "kind": "prompt_done"})
+        if isinstance(effect, fx.Transfer):
+            evidence = {**call, "kind": "transfer_done", "ok": True, "sip_code": 200, "reason": "OK"}
+            return self._after(key, Kind.TRANSFER_DONE, attempt, evidence, wait=False)
+        return None
+
+    async def _after(
+        self, key: tuple[str, str], kind: Kind, attempt: int, evidence: dict[str, Any], wait: bool = True
+    ) -> None:
+        if wait:
+            await asyncio.sleep(self.delay_s)
+        await self._emit(key, kind, attempt, evidence=evidence)
 
     async def _emit(self, key: tuple[str, str], kind: Kind, attempt: int, **kw: Any) -> None:
         await self.engine.signal(key, Signal(kind, attempt=attempt, **kw))

@@ -3,6 +3,9 @@
 An effect that reaches the outside (Dial, Send) appears if and only if the contact enters its channel's
 contacting status (`calling` / `in_progress`) with attempt + 1; never on a transition into a status that
 says the contact was not contacted; CancelCall only while a call of the current attempt is in flight.
+What an answered call does (PlayPrompt, Transfer, HangUp: RTP, a REFER, a BYE) follows the table too: the
+prompt or the transfer the contact asked for only on the transition that answers the call, and after it
+only on the reports of the call that is up (`prompt_done`, `transfer_done`), without a status change.
 Checked on states reached by random signal sequences and on arbitrary states of every status.
 """
 
@@ -29,7 +32,11 @@ K = Kind
 NOT_CONTACTED = frozenset(
     {S.BLACKLISTED, S.PLAN_LIMIT_EXCEEDED, S.INVALID_RECORD, S.REJECTED_BY_OPERATOR, S.CANCELED_BY_ADMIN, S.REMOVED}
 )
-OUTSIDE = (fx.Dial, fx.Send)
+STARTS = (fx.Dial, fx.Send)  # a new attempt: an INVITE, a Cloud API send
+CALL_CONTROL = (fx.PlayPrompt, fx.Transfer, fx.HangUp)  # on an answered call: RTP, a REFER, a BYE
+OUTSIDE = (*STARTS, fx.CancelCall, *CALL_CONTROL)
+CALL_UP = (S.CALL_IN_PROGRESS, S.AWAITING_OPERATOR)
+TARGETS = (None, "sip:agents@queue.example")
 
 # DIAL_DUE is what asks for a contact: draw it often, with every combination of its facts
 dial_due = st.builds(
@@ -43,7 +50,7 @@ any_signal = st.one_of(signals, dial_due)
 
 
 def check(before: ContactState, signal: Signal, d: Decision) -> None:
-    outside = [e for e in d.effects if isinstance(e, OUTSIDE)]
+    outside = [e for e in d.effects if isinstance(e, STARTS)]
     contacting = CONTACTING[before.channel]
     enters = (
         len(d.events) == 1
@@ -69,17 +76,42 @@ def check(before: ContactState, signal: Signal, d: Decision) -> None:
     if fx.CancelCall() in d.effects:
         assert before.channel is Channel.VOICE and before.in_flight and before.status is S.CALLING
         assert not outside
+    control = [e for e in d.effects if isinstance(e, CALL_CONTROL)]
+    if control:
+        assert before.channel is Channel.VOICE and len(control) == 1 and not outside
+        assert not (before.status is S.AWAITING_OPERATOR and not before.in_flight)  # a call, not the wait before
+        if d.events:  # the answer: the transition from calling into a call that is up
+            assert signal.kind is K.ANSWERED and signal.attempt in (None, before.attempt)
+            assert before.status is S.CALLING and before.in_flight
+            answered = S.AWAITING_OPERATOR if before.mode is Mode.PREDICTIVE else S.CALL_IN_PROGRESS
+            assert [e.status for e in d.events] == [answered]
+            assert d.state.answered and d.state.in_flight
+            target = before.connect_to or signal.connect_to
+            assert control[0] == (fx.PlayPrompt(before.prompt) if before.prompt else fx.Transfer(target or ""))
+        else:  # a report of the call that is up: the table's next step, no status change
+            assert signal.kind in (K.PROMPT_DONE, K.TRANSFER_DONE)
+            assert before.in_flight and before.answered and before.status in CALL_UP
+            assert signal.attempt in (None, before.attempt) and d.state.status is before.status
+            target = before.connect_to or signal.connect_to
+            if signal.kind is K.TRANSFER_DONE or not target:
+                assert control[0] == fx.HangUp()
+            else:
+                assert control[0] == fx.Transfer(target)
     if d.illegal or d.absorbed or d.refused:
-        assert not outside and fx.CancelCall() not in d.effects
+        assert not any(isinstance(e, OUTSIDE) for e in d.effects)
 
 
-def fresh(channel: Channel, mode: Mode, max_attempts: int) -> ContactState:
+def fresh(
+    channel: Channel, mode: Mode, max_attempts: int, prompt: str | None = None, connect_to: str | None = None
+) -> ContactState:
     return ContactState(
         campaign_id="c",
         contact_id="k",
         channel=channel,
         mode=mode,
         policy=Policy(max_attempts=max_attempts, retry_on=("rejected", "unreachable", "failed")),
+        prompt=prompt,
+        connect_to=connect_to,
     )
 
 
@@ -89,12 +121,20 @@ def fresh(channel: Channel, mode: Mode, max_attempts: int) -> ContactState:
     mode=st.sampled_from(list(Mode)),
     max_attempts=st.integers(1, 4),
     phone=st.sampled_from(["+420601234567", None]),
+    prompt=st.sampled_from([None, "notice.wav"]),
+    connect_to=st.sampled_from(TARGETS),
     seq=st.lists(any_signal, max_size=40),
 )
 def test_reachable_states(
-    channel: Channel, mode: Mode, max_attempts: int, phone: str | None, seq: list[Signal]
+    channel: Channel,
+    mode: Mode,
+    max_attempts: int,
+    phone: str | None,
+    prompt: str | None,
+    connect_to: str | None,
+    seq: list[Signal],
 ) -> None:
-    d = decide(fresh(channel, mode, max_attempts), Signal(K.CREATE, phone=phone), T0)
+    d = decide(fresh(channel, mode, max_attempts, prompt, connect_to), Signal(K.CREATE, phone=phone), T0)
     assert not any(isinstance(e, OUTSIDE) for e in d.effects)  # creating a contact contacts nobody
     state, now = d.state, T0
     dials = 0
@@ -102,7 +142,7 @@ def test_reachable_states(
         now += timedelta(seconds=1)
         d = decide(state, sig, now)
         check(state, sig, d)
-        dials += sum(isinstance(e, OUTSIDE) for e in d.effects)
+        dials += sum(isinstance(e, STARTS) for e in d.effects)
         state = d.state
     assert dials == state.attempt  # one contact with the number per attempt, exactly
 
@@ -116,6 +156,8 @@ def test_reachable_states(
     in_flight=st.booleans(),
     answered=st.booleans(),
     no_retry=st.booleans(),
+    prompt=st.sampled_from([None, "notice.wav"]),
+    connect_to=st.sampled_from(TARGETS),
     signal=any_signal,
 )
 def test_any_state_of_any_table(
@@ -126,10 +168,12 @@ def test_any_state_of_any_table(
     in_flight: bool,
     answered: bool,
     no_retry: bool,
+    prompt: str | None,
+    connect_to: str | None,
     signal: Signal,
 ) -> None:
     status = data.draw(st.sampled_from(list(STATUSES[channel])))
-    state = fresh(channel, mode, 4).model_copy(
+    state = fresh(channel, mode, 4, prompt, connect_to).model_copy(
         update={
             "status": status,
             "sequence": 2,
