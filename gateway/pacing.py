@@ -140,8 +140,10 @@ class Dispatcher:
                 await self._sleep(self.bucket.wait_s(mono))
                 continue
             room = min(free, self.bucket.whole(mono), self.MAX_TURN)
+            # the channel's calls per campaign, read here in the loop: the turn runs on the store thread
+            on_wire = self.port.active_counts()
             try:
-                turn, next_at = await self.engine.execute(functools.partial(self._turn, room=room))
+                turn, next_at = await self.engine.execute(functools.partial(self._turn, room=room, on_wire=on_wire))
             except (Conflict, StoreError) as exc:  # nothing was started: the next turn tries again
                 await self._sleep(self.backoff.failed(exc))
                 continue
@@ -160,13 +162,14 @@ class Dispatcher:
             if bucket is not None:
                 bucket.spend(turn.at, n)
 
-    def _campaign_allowance(self, camp: CampaignState, now: float, flying: dict[str, int]) -> int:
+    def _campaign_allowance(self, camp: CampaignState, now: float, flying: dict[str, int], here: dict[str, int]) -> int:
         """How many of the campaign's contacts this turn may start: its own max_concurrent less what it
-        has on the wire (in the cluster: `flying`, from the store), and its max_cps bucket's whole tokens
-        (read, not spent; the rate split between the members)."""
+        has on the wire (this instance's: `here`, the channel's counts taken before the turn; in the
+        cluster also `flying`, from the store), and its max_cps bucket's whole tokens (read, not spent;
+        the rate split between the members)."""
         allowance = self.MAX_TURN
         if camp.max_concurrent is not None:
-            on_wire = max(self.port.active(camp.campaign_id), flying.get(camp.campaign_id, 0))
+            on_wire = max(here.get(camp.campaign_id, 0), flying.get(camp.campaign_id, 0))
             allowance = min(allowance, camp.max_concurrent - on_wire)
         if camp.max_cps is not None:
             rate = camp.max_cps / self.members()
@@ -176,10 +179,13 @@ class Dispatcher:
             allowance = min(allowance, bucket.whole(now))
         return max(0, allowance)
 
-    def _turn(self, unit: Unit, room: int) -> tuple[Turn, datetime | None]:
+    def _turn(self, unit: Unit, room: int, on_wire: dict[str, int] | None = None) -> tuple[Turn, datetime | None]:
         """Inside the transaction: pick ready contacts in order and start them (blacklist, budget checked).
         Nothing outside the transaction changes here (the buckets are spent after the commit): the
-        engine may run it again on fresh state."""
+        engine may run it again on fresh state. `on_wire`: the channel's attempts in flight per campaign,
+        taken in the event loop before the turn (the turn runs on the store thread and reads no channel;
+        None: nothing on the wire)."""
+        on_wire = on_wire or {}
         txn, now = unit.read, unit.now
         turn = Turn(at=now.timestamp())
         channel = self.port.channel
@@ -210,7 +216,7 @@ class Dispatcher:
                     skip.add(key[0])
                     continue
                 if key[0] not in turn.allowance:
-                    turn.allowance[key[0]] = self._campaign_allowance(camp, turn.at, flying)
+                    turn.allowance[key[0]] = self._campaign_allowance(camp, turn.at, flying, on_wire)
                 if turn.started.get(key[0], 0) >= turn.allowance[key[0]]:
                     skip.add(key[0])
                     continue

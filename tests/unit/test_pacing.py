@@ -29,7 +29,11 @@ class Port:
         self.started: list[tuple[str, int]] = []
 
     def active(self, campaign_id: str | None = None) -> int:
+        assert campaign_id is None, "the turn runs on the store thread: it reads the counts it was given"
         return 0
+
+    def active_counts(self) -> dict[str, int]:
+        return {}
 
     def submit(self, effect: fx.Effect, contact: ContactState) -> None:
         assert isinstance(effect, fx.Dial)
@@ -73,11 +77,21 @@ async def test_a_turn_starts_no_more_than_the_campaigns_max_concurrent(engine: E
     only limit inside the turn: 64 of a campaign's contacts would start at once past max_concurrent 3."""
     await queue(engine, 10, max_concurrent=3)
     dispatcher = Dispatcher(engine, engine.ports[Channel.VOICE])
-    turn, _ = await engine.execute(functools.partial(dispatcher._turn, room=64))
+    turn, _ = await engine.execute(functools.partial(dispatcher._turn, room=64, on_wire={}))
     port = engine.ports[Channel.VOICE]
     assert isinstance(port, Port)
     assert turn.started == {"c": 3} and len(port.started) == 3
     assert await calling(engine) == ["k00", "k01", "k02"], "the first three in queue order, the rest still queued"
+
+
+async def test_a_turn_counts_the_campaigns_calls_from_the_snapshot_it_is_given(engine: Engine) -> None:
+    """The turn runs on the store thread: the channel's calls per campaign are read in the event loop
+    before it (ChannelPort.active_counts) and passed in; the port is not read inside the turn."""
+    await queue(engine, 10, max_concurrent=3)
+    dispatcher = Dispatcher(engine, engine.ports[Channel.VOICE])
+    turn, _ = await engine.execute(functools.partial(dispatcher._turn, room=64, on_wire={"c": 2, "other": 5}))
+    assert turn.started == {"c": 1}, "max_concurrent 3 less the 2 this instance has on the wire"
+    assert await calling(engine) == ["k00"]
 
 
 async def test_buckets_are_spent_once_after_the_commit_even_when_the_turn_runs_again(engine: Engine) -> None:
@@ -90,7 +104,7 @@ async def test_buckets_are_spent_once_after_the_commit_even_when_the_turn_runs_a
     runs: list[Turn] = []
 
     def turn_then_conflict_once(unit: Unit) -> tuple[Turn, Any]:
-        result = dispatcher._turn(unit, room=8)
+        result = dispatcher._turn(unit, room=8, on_wire={})
         runs.append(result[0])
         if len(runs) == 1:
             raise Conflict("another instance moved a contact")
