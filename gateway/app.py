@@ -102,6 +102,7 @@ class App:
             ),
             enabled=frozenset(),
             ring_timeout_s=settings.sip.ring_timeout_s,
+            connect_to=settings.sip.connect_to or None,
             ambiguous_timeout_s=settings.whatsapp.ambiguous_timeout_s,
             prompts_dir=settings.prompts_dir,
         )

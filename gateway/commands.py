@@ -64,6 +64,7 @@ class CommandContext:
     ring_timeout_s: float
     ambiguous_timeout_s: float = 600.0
     prompts_dir: Path | None = None
+    connect_to: str | None = None  # `sip.connect_to`: where a dial that names none is transferred on answer
 
     @functools.cached_property
     def voice_policy(self) -> Policy:
@@ -351,7 +352,12 @@ def _create_one(
                 CallerId(number=base[0], name=base[1], withheld=base[2])
             )
             caller = None if merged.empty else merged
-        fields |= {"connect_to": entry.connect_to or cmd.connect_to, "prompt": prompt, "caller": caller}
+        # the one place the `sip.connect_to` default is applied: the contact keeps where it goes on answer
+        fields |= {
+            "connect_to": entry.connect_to or cmd.connect_to or ctx.connect_to,
+            "prompt": prompt,
+            "caller": caller,
+        }
     key = (cmd.campaign_id, entry.contact_id)
     phone = (
         numbers[entry.phone]

@@ -307,7 +307,7 @@ class VoiceChannel:
 
     def _report(self, placed: _Placed, kind: Kind, evidence: dict[str, Any]) -> None:
         """A signal of the call's own doing (its prompt ended, its transfer's outcome) to the engine."""
-        signal = Signal(kind, evidence, attempt=placed.attempt, connect_to=self.sip.connect_to or None)
+        signal = Signal(kind, evidence, attempt=placed.attempt)
         self.engine.submit_signal(placed.key, signal).add_done_callback(_log_failure)
 
     # -- after the answer: prompt, transfer, hang up ----------------------------------------------
@@ -329,6 +329,8 @@ class VoiceChannel:
                 await self.media.play(placed.media, self._prompt_audio(name, placed.media.payload_type))
         except PromptError as exc:
             log.error("prompt not played", extra={"call_id": call_id, "why": str(exc)})
+        except Exception as exc:  # a bug playing one call's prompt: that call goes on, not the channel's tasks
+            log.error("prompt failed", exc_info=exc, extra={"call_id": call_id})
         self._report(placed, Kind.PROMPT_DONE, {"source": "sip", "kind": "prompt_done", "call_id": call_id})
 
     def _transferred(self, call_id: str, placed: _Placed, event: Transferred) -> None:
@@ -375,9 +377,7 @@ class VoiceChannel:
             self.recorder.call_ringing(key[0], self._now() - placed.dialed_at)
         elif isinstance(event, Answered) and not placed.answered:
             placed.answered = True
-            placed.media = event.media
-            if signal is not None:  # what the answer does is the domain's: it gets the channel's transfer target
-                signal = dataclasses.replace(signal, connect_to=self.sip.connect_to or None)
+            placed.media = event.media  # what the answer does is the domain's (effects after the commit)
         elif isinstance(event, Ended):
             self.recorder.call_ended(key[0], str(event.kind), placed.answered, event.duration_s)
         if isinstance(update.event, Ended):

@@ -151,8 +151,9 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
 
 
 def _connect_to(state: ContactState, signal: Signal) -> str | None:
-    """Where the answered call is transferred: the contact's `connect_to`, else the channel's."""
-    return state.connect_to or signal.connect_to or None
+    """Where the answered call is transferred: the contact's `connect_to` (the dial's, else `sip.connect_to`,
+    applied at intake)."""
+    return state.connect_to or None
 
 
 def _on_answer(state: ContactState, signal: Signal) -> tuple[Effect, ...]:

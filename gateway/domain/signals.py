@@ -83,8 +83,6 @@ class Signal:
     contacts_dialed: int = 0
     max_contacts: int | None = None
     caller: CallerId | None = None  # DIAL_DUE: the campaign's caller ID, under the dial's own
-    # ANSWERED, PROMPT_DONE: the channel's own transfer target (`sip.connect_to`) for a contact naming none
-    connect_to: str | None = None
     attempt: int | None = None  # outcome of which attempt (stale outcomes are ignored)
     duration_s: float | None = None  # HANGUP
     wamid: str | None = None  # WA_ACCEPTED

@@ -5,6 +5,7 @@ are effects of rows, carried out by the channel after the commit and reported ba
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -53,8 +54,8 @@ def calling(mode: Mode = Mode.PROGRESSIVE, **kw: object) -> tuple[ContactState, 
     return state, clock
 
 
-def answer(state: ContactState, clock: Clock, connect_to: str | None = None) -> Decision:
-    return decide(state, Signal(K.ANSWERED, {"kind": "answered"}, attempt=1, connect_to=connect_to), clock())
+def answer(state: ContactState, clock: Clock) -> Decision:
+    return decide(state, Signal(K.ANSWERED, {"kind": "answered"}, attempt=1), clock())
 
 
 def channel_effects(d: Decision) -> list[fx.Effect]:
@@ -76,17 +77,13 @@ def test_answer_with_a_prompt_plays_it_and_nothing_else(mode: Mode, status: Stat
 )
 def test_answer_with_connect_to_transfers(mode: Mode, status: Status) -> None:
     state, clock = calling(mode, connect_to=AGENTS)
-    d = answer(state, clock, connect_to="sip:default@pbx.example")
+    d = answer(state, clock)
     assert [e.status for e in d.events] == [status]
-    assert d.effects == (fx.Transfer(AGENTS),), "the contact's own target before the channel's"
+    assert d.effects == (fx.Transfer(AGENTS),)
 
 
-def test_answer_takes_the_channels_target_when_the_contact_names_none() -> None:
-    state, clock = calling()
-    assert answer(state, clock, connect_to="sip:default@pbx.example").effects == (
-        fx.Transfer("sip:default@pbx.example"),
-    )
-    state, clock = calling()
+def test_answer_without_a_target_keeps_the_call() -> None:
+    state, clock = calling()  # `sip.connect_to` is applied at intake: a contact without one has none
     d = answer(state, clock)
     assert [e.status for e in d.events] == [S.CALL_IN_PROGRESS] and d.effects == (), "nothing asked: the call stays"
 
@@ -99,13 +96,6 @@ def test_prompt_done_transfers_when_there_is_a_target_else_hangs_up() -> None:
         assert d.effects == (expected,)
         assert d.events == () and d.state == state, "no status change, nothing published, nothing written"
         assert not (d.illegal or d.absorbed or d.refused)
-
-
-def test_prompt_done_takes_the_channels_target() -> None:
-    state, clock = calling(prompt="notice.wav")
-    state = answer(state, clock, connect_to="sip:default@pbx.example").state
-    done = Signal(K.PROMPT_DONE, attempt=1, connect_to="sip:default@pbx.example")
-    assert decide(state, done, clock()).effects == (fx.Transfer("sip:default@pbx.example"),)
 
 
 def test_transfer_done_hangs_up_and_the_outcome_is_the_hangups_evidence() -> None:
@@ -256,16 +246,34 @@ async def test_the_engine_hands_the_answers_effects_to_the_channel_after_the_com
     key = ("c", "k")
 
     def create(unit: Unit) -> None:
-        state = ContactState(campaign_id="c", contact_id="k", channel=Channel.VOICE, prompt="notice.wav")
+        state = ContactState(
+            campaign_id="c", contact_id="k", channel=Channel.VOICE, prompt="notice.wav", connect_to=AGENTS
+        )
         unit.apply(key, Signal(K.CREATE, phone="+420601234567"), create=state)
         unit.apply(key, Signal(K.DIAL_DUE))
 
     await engine.execute(create)
-    await engine.signal(key, Signal(K.ANSWERED, attempt=1, connect_to=AGENTS))
+    await engine.signal(key, Signal(K.ANSWERED, attempt=1))
     effect, committed = port.done[-1]
     assert effect == fx.PlayPrompt("notice.wav") and committed.status is S.CALL_IN_PROGRESS
-    await engine.signal(key, Signal(K.PROMPT_DONE, attempt=1, connect_to=AGENTS))
+    await engine.signal(key, Signal(K.PROMPT_DONE, attempt=1))
     await engine.signal(key, TRANSFER_FAILED)
     assert [e for e, _ in port.done] == [fx.Dial(1), fx.PlayPrompt("notice.wav"), fx.Transfer(AGENTS), fx.HangUp()]
     stored = await engine.execute(lambda unit: unit.read.get_contact(key))
     assert stored is not None and stored.transfer == "failed: 603 Decline", "kept in the store for the hangup"
+
+
+async def test_sip_connect_to_is_applied_at_intake_to_a_dial_that_names_none(engine: Engine) -> None:
+    from gateway.commands import CommandContext, execute
+    from gateway.domain.policy import Policy
+    from gateway.wire import parse_command
+
+    ctx = CommandContext("CZ", Policy(), frozenset({Channel.VOICE}), ring_timeout_s=30, connect_to=AGENTS)
+    for cid, extra in (("plain", {}), ("own", {"connect_to": "sip:own@pbx.example"})):
+        payload = {"command_id": cid, "campaign_id": "c", "contact_id": cid, "phone": "+420601234567", **extra}
+        cmd = parse_command("dial", json.dumps(payload).encode())
+        await engine.execute(lambda unit, cmd=cmd: execute(unit, cmd, ctx, "gw", None, None))
+    plain = await engine.execute(lambda unit: unit.read.get_contact(("c", "plain")))
+    own = await engine.execute(lambda unit: unit.read.get_contact(("c", "own")))
+    assert plain is not None and plain.connect_to == AGENTS
+    assert own is not None and own.connect_to == "sip:own@pbx.example"

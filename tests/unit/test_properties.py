@@ -24,7 +24,6 @@ signals = st.builds(
     attempt=st.one_of(st.none(), st.integers(1, 4)),
     duration_s=st.one_of(st.none(), st.floats(0, 3600)),
     wamid=st.one_of(st.none(), st.just("wamid.x")),
-    connect_to=st.one_of(st.none(), st.just("sip:default@pbx.example")),  # the channel's transfer target
 )
 
 

@@ -86,13 +86,13 @@ def check(before: ContactState, signal: Signal, d: Decision) -> None:
             answered = S.AWAITING_OPERATOR if before.mode is Mode.PREDICTIVE else S.CALL_IN_PROGRESS
             assert [e.status for e in d.events] == [answered]
             assert d.state.answered and d.state.in_flight
-            target = before.connect_to or signal.connect_to
+            target = before.connect_to
             assert control[0] == (fx.PlayPrompt(before.prompt) if before.prompt else fx.Transfer(target or ""))
         else:  # a report of the call that is up: the table's next step, no status change
             assert signal.kind in (K.PROMPT_DONE, K.TRANSFER_DONE)
             assert before.in_flight and before.answered and before.status in CALL_UP
             assert signal.attempt in (None, before.attempt) and d.state.status is before.status
-            target = before.connect_to or signal.connect_to
+            target = before.connect_to
             if signal.kind is K.TRANSFER_DONE or not target:
                 assert control[0] == fx.HangUp()
             else:
