@@ -19,6 +19,10 @@ after the store itself was away every lease has expired, and the first member ba
 others for dead before they had a lease's time to renew.
 
 On a store one instance has to itself (SQLite), the store answers every renewal with every partition.
+
+The rules of the lease (when to renew, when it is fenced, the fair share of partitions, when the dead
+may be buried) are a pure core with a clock input, gateway/lease.py; this module is its shell: the
+store calls, sleeping until the core's timer, and the callbacks of the parts that share by the lease.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable
 
 from metrics.recorder import Recorder
 
 from .engine import Engine, Unit
-from .store import PARTS, Lease, Store, StoreError, Txn
+from .lease import MARGIN, LeaseState
+from .store import Lease, Store, StoreError, Txn
 
 log = logging.getLogger("telgate.cluster")
 
@@ -63,7 +67,10 @@ def _take_over(unit: Unit, member: str) -> tuple[int, str] | None:
 
 
 class Cluster:
-    MARGIN = 0.1  # of lease_s: a renewal is trusted for lease_s less this, from when it was sent
+    """The shell around the lease's core (gateway/lease.py): the store calls, sleeping until the core's
+    timer, the callbacks of the parts that share by the lease, and burying the dead it names."""
+
+    MARGIN = MARGIN
 
     def __init__(
         self,
@@ -74,6 +81,7 @@ class Cluster:
         lease_s: float,
         recorder: Recorder,
         bus_client: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.bus_client = bus_client
@@ -82,11 +90,8 @@ class Cluster:
         self.epoch = epoch
         self.lease_s = lease_s
         self.recorder = recorder
-        self.members: tuple[str, ...] = (gateway_id,)
-        self._parts: frozenset[int] = frozenset()
-        self._releasing: frozenset[int] = frozenset()  # held, withheld from publishing, given back when idle
-        self._valid_until = 0.0  # monotonic
-        self._held_since = 0.0  # monotonic: since when the lease has been valid without a lapse
+        self.clock = clock
+        self.lease = LeaseState(lease_s)
         self.busy_parts: Callable[[], set[int]] = set  # the bus: partitions with rows in flight
         self.on_change: list[Callable[[], None]] = []
         # a member buried here: its MQTT client id (the app empties and ends the session it left)
@@ -95,24 +100,33 @@ class Cluster:
 
     # -- what the other parts ask --------------------------------------------------------------------
     @property
+    def members(self) -> tuple[str, ...]:
+        return self.lease.members or (self.gateway_id,)
+
+    @property
     def size(self) -> int:
         """Live members, this one included: the cluster's limits are shared by this many."""
-        return max(1, len(self.members))
+        return self.lease.size
 
     @property
     def fenced(self) -> bool:
         """The lease may have expired: publish nothing, start no attempt."""
-        return time.monotonic() >= self._valid_until
+        return self.lease.fenced(self.clock())
 
     def parts(self) -> frozenset[int]:
         """The outbox partitions to publish now."""
-        return frozenset() if self.fenced else self._parts - self._releasing
+        return self.lease.parts(self.clock())
 
     # -- the lease -----------------------------------------------------------------------------------
+    async def _sleep_until_timer(self) -> None:
+        at = self.lease.get_timer()
+        if at is not None:
+            await asyncio.sleep(max(0.0, at - self.clock()))
+
     async def join(self) -> None:
         """Register this run; while another run of the same id holds a live lease (a restart after a
         crash: until it expires), wait; after 2 x lease_s of it, ClusterError."""
-        deadline = time.monotonic() + 2 * self.lease_s
+        self.lease.join_started(self.clock())
         while True:
             other = await self.store.run(
                 functools.partial(
@@ -121,49 +135,38 @@ class Cluster:
             )
             if other is None:
                 break
-            if time.monotonic() >= deadline:
+            if not self.lease.join_refused(self.clock()):
                 raise ClusterError(
                     f"gateway.id {self.gateway_id!r} is held by another running instance (epoch {other}):"
                     " give each instance an id of its own"
                 )
             log.info("waiting for the lease of this id's previous run to expire", extra={"epoch": other})
-            await asyncio.sleep(self.lease_s / 4)
+            await self._sleep_until_timer()
         await self.renew()
 
     async def renew(self) -> None:
-        sent = time.monotonic()
-        fair = math.ceil(PARTS / self.size)
-        surplus = len(self._parts) - fair
-        if surplus > 0:  # withhold the highest first; give back those with nothing in flight
-            extra = sorted(self._parts - self._releasing, reverse=True)[:surplus]
-            self._releasing |= frozenset(extra)
-        release = self._releasing - self.busy_parts()
-        lease = await self.store.run(
-            functools.partial(_renew, member=self.gateway_id, epoch=self.epoch, lease_s=self.lease_s, release=release)
-        )
-        lapsed = self.fenced  # the store answered after the lease ran out (it was away meanwhile)
-        if not lease.held:
-            self._valid_until = 0.0
+        """One renewal: sent, answered, and what the answer means carried out."""
+        release = self.lease.renewal(self.clock(), self.busy_parts())
+        try:
+            lease = await self.store.run(
+                functools.partial(
+                    _renew, member=self.gateway_id, epoch=self.epoch, lease_s=self.lease_s, release=release
+                )
+            )
+        except StoreError:
+            self.lease.renew_failed(self.clock())
+            raise
+        renewed = self.lease.renewed(lease, self.clock())
+        if renewed.lost:
             self.on_lost()
             raise LeaseLost(f"{self.gateway_id} (epoch {self.epoch}) was buried by another member")
-        self._valid_until = sent + self.lease_s * (1 - self.MARGIN)
-        if lapsed:  # held again from now on: a whole lease before it takes anyone for dead
-            self._held_since = time.monotonic()
-        changed = lease.parts != self._parts or lease.members != self.members
-        self._releasing = (self._releasing - release) & lease.parts
-        self._parts, self.members = lease.parts, lease.members
         self.recorder.cluster_members.set(len(lease.members))
         self.recorder.cluster_partitions.set(len(lease.parts))
-        if changed:
+        if renewed.changed:
             log.info("lease renewed", extra={"members": list(lease.members), "partitions": len(lease.parts)})
             for callback in self.on_change:
                 callback()
-        if time.monotonic() - self._held_since < 2 * self.lease_s:
-            # just back from a lapse of its own (the store was away: every lease expired meanwhile) or
-            # just started: the others get two leases to renew (their reconnect backoff, up to 2 s, and
-            # a loaded machine) before anyone is taken for dead
-            return
-        for member in lease.dead:
+        for member in renewed.bury:
             buried = await self.engine.execute(functools.partial(_take_over, member=member))
             if buried is not None:
                 settled, bus_client = buried
@@ -172,20 +175,19 @@ class Cluster:
                 self.on_buried(member, bus_client)
 
     async def run(self) -> None:
-        """Renew every lease_s / 3 until cancelled; a store that does not answer fences this member by
-        itself (time passes), LeaseLost ends it."""
+        """Renew when the core says (every lease_s / 3; at once after a late answer; lease_s / 10 after a
+        failure) until cancelled; a store that does not answer fences this member by itself (time
+        passes), LeaseLost ends it."""
         while True:
-            if not self.fenced:  # a renewal that came back late (the store was away) leaves it fenced: again now
-                await asyncio.sleep(self.lease_s / 3)
+            await self._sleep_until_timer()
             try:
                 await self.renew()
             except StoreError as exc:
                 log.warning("lease renewal failed", extra={"detail": str(exc), "fenced": self.fenced})
-                await asyncio.sleep(self.lease_s / 10)
 
     async def leave(self) -> None:
         """A stop: the row and the partitions go now, the others take them at their next renewal."""
-        self._valid_until = 0.0
+        self.lease.leave()
         try:
             await self.store.run(functools.partial(_leave, member=self.gateway_id, epoch=self.epoch))
         except StoreError as exc:
