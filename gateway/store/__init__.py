@@ -6,7 +6,7 @@ inbound message ids, marketing opt-outs and template states.
 another writer moved the contact first, and the engine decides again.
 
 Two implementations behind the same protocols, chosen by `store.url`: `sqlite:///path` (sqlite.py, the
-embedded default) and `postgresql://…` (postgres.py). Both apply their versioned schema migrations at
+embedded default) and `postgresql://…` (postgres/). Both apply their versioned schema migrations at
 `open()` (migrate.py) and prune history older than `store.retention_days` (`Txn.prune`).
 docs/store.md says how they differ inside and why.
 """

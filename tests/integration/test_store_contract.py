@@ -31,8 +31,9 @@ from gateway.domain.statuses import CampaignStatus, Channel, Status
 from gateway.engine import Engine, Unit
 from gateway.store import Conflict, Key, Store, StoreError, Txn, open_store
 from gateway.store.migrate import migrate
-from gateway.store.postgres import MIGRATIONS as PG_MIGRATIONS
-from gateway.store.postgres import PostgresStore, _PgTxn
+from gateway.store.postgres import PostgresStore
+from gateway.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
+from gateway.store.postgres.txn import PgTxn
 from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from gateway.topics import Topics
 from metrics.recorder import Recorder
@@ -262,18 +263,18 @@ async def test_postgres_crash_during_commit_whose_xid_is_handed_out_again_is_not
     await store.open()
     try:
         await store.run(lambda t: t.add_outbox("warm", b"up"))  # whatever came before is committed
-        finish = _PgTxn.finish
+        finish = PgTxn.finish
         cut = asyncio.Event()
         loop = asyncio.get_running_loop()
 
-        def finish_then_crash(self: _PgTxn, owner: str) -> int | None:
+        def finish_then_crash(self: PgTxn, owner: str) -> int | None:
             token = finish(self, owner)
             if not cut.is_set():
                 pg.kill()  # the COMMIT goes to a server that is gone
                 loop.call_soon_threadsafe(cut.set)
             return token
 
-        monkeypatch.setattr(_PgTxn, "finish", finish_then_crash)
+        monkeypatch.setattr(PgTxn, "finish", finish_then_crash)
         calls = []
 
         def cut_off(t: Txn) -> str:
