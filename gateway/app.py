@@ -124,7 +124,8 @@ class App:
         )
         self.cluster.on_buried = self._adopt_session
         self.cluster.on_lost = self.bus.abort
-        self._adoptions: set[asyncio.Task[bool]] = set()
+        # the MQTT sessions of members buried here, for `_adopt_buried` (in the app's TaskGroup) to end
+        self._adoptions: asyncio.Queue[str] = asyncio.Queue()
         self.cluster.busy_parts = self.bus.busy_parts
         if self.store.shared:  # several instances may share it: publish the partitions this one holds
             self.bus.parts = self.cluster.parts
@@ -241,12 +242,31 @@ class App:
             self.recorder.set_contacts(counts)
 
     def _adopt_session(self, member: str, bus_client: str) -> None:
-        """A member this one buried left an MQTT session in the share group: empty it and end it."""
+        """A member this one buried left an MQTT session in the share group: `_adopt_buried` empties it
+        and ends it."""
         if not bus_client or bus_client == self.settings.client_id or self.settings.bus.protocol != 5:
             return
-        task = asyncio.create_task(self.bus.adopt(bus_client, timeout_s=4 * self.settings.gateway.lease_s))
-        self._adoptions.add(task)
-        task.add_done_callback(self._adoptions.discard)
+        self._adoptions.put_nowait(bus_client)
+
+    async def _adopt_buried(self) -> None:
+        """The adopter: each session `_adopt_session` asked for is emptied and ended by a task of its own,
+        all of them children of this task's TaskGroup (cancelled with it at a stop). One the broker fails
+        is logged and ends neither the others nor the service; a bug ends the service, as in every
+        background loop (gateway/loops.py)."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                bus_client = await self._adoptions.get()
+                tg.create_task(self._adopt_one(bus_client), name=f"adopt-{bus_client}")
+
+    async def _adopt_one(self, bus_client: str) -> None:
+        try:
+            ended = await self.bus.adopt(bus_client, timeout_s=4 * self.settings.gateway.lease_s)
+        except (aiomqtt.MqttError, OSError) as exc:  # the broker went away: its commands wait for their session
+            log.warning(
+                "could not adopt a buried member's bus session", extra={"client_id": bus_client, "detail": repr(exc)}
+            )
+            return
+        log.info("buried member's bus session", extra={"client_id": bus_client, "ended": ended})
 
     async def _adopt_earlier(self) -> None:
         """The bus sessions this data dir left under earlier ids (a redeploy under a new `gateway.id`): each
@@ -333,6 +353,7 @@ class App:
                     tg.create_task(self._trim_after_bursts(), name="allocator-trim"),
                     tg.create_task(self._prune(), name="store-prune"),
                     tg.create_task(self._notifications(), name="cluster-notifications"),
+                    tg.create_task(self._adopt_buried(), name="adopt-buried"),
                     *([tg.create_task(self._adopt_earlier(), name="adopt-earlier")] if self.earlier else []),
                     *(tg.create_task(d.run(), name=f"dispatch-{d.port.channel}") for d in self.dispatchers),
                     *(tg.create_task(p.run(), name=f"port-{p.channel}") for p in self.ports.values()),
