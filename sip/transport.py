@@ -317,6 +317,10 @@ class TcpEndpoint(_Shell):
         self.connections: dict[Addr, _Connection] = {}
         self.server: asyncio.Server | None = None
         self.closed = False
+        # the connections being opened to PBXs are children of this TaskGroup (run_timers' own); links that
+        # asked for one before it started wait here for it
+        self._tasks: asyncio.TaskGroup | None = None
+        self._waiting: list[_Link] = []
 
     @property
     def pbx_connection(self) -> _Connection | None:
@@ -344,7 +348,27 @@ class TcpEndpoint(_Shell):
         link.queued.append(data)
         if not link.connecting:
             link.connecting = True
-            asyncio.get_running_loop().create_task(self._connect(link), name=f"sip-{self.transport_name}-connect")
+            self._start_connect(link)
+
+    def _start_connect(self, link: _Link) -> None:
+        if self._tasks is None:  # the shell is not running yet: its TaskGroup opens it when it starts
+            self._waiting.append(link)
+            return
+        self._tasks.create_task(self._connect(link), name=f"sip-{self.transport_name}-connect")
+
+    async def run_timers(self) -> None:
+        """The shell's life: the UA's timer and, as children of one TaskGroup, each connection being opened
+        to a PBX. A fault in opening one is contained in its task (`_connect`); cancelled, the group
+        cancels the connections being opened."""
+        async with asyncio.TaskGroup() as tg:
+            self._tasks = tg
+            try:
+                waiting, self._waiting = self._waiting, []
+                for link in waiting:
+                    self._start_connect(link)
+                await super().run_timers()
+            finally:
+                self._tasks = None
 
     async def _dial(self, link: _Link) -> _Connection:
         _, conn = await asyncio.get_running_loop().create_connection(
@@ -370,6 +394,16 @@ class TcpEndpoint(_Shell):
             self.emit([dataclasses.replace(o, evidence=evidence) if isinstance(o, CallUpdate) else o for o in outputs])
 
     async def _connect(self, link: _Link) -> None:
+        """Open `link`'s connection in a task of the shell's TaskGroup. A fault of ours in it (the owner or
+        the UA raising on the failure) is counted (`open_failed`) and logged, and its queued messages are
+        left to their timers: the other connections and the timers go on."""
+        try:
+            await self._open(link)
+        except Exception as exc:
+            link.queued = []
+            self._failed("open_failed", exc, link.pbx)
+
+    async def _open(self, link: _Link) -> None:
         try:
             conn = await self._dial(link)
         except OSError as exc:
