@@ -5,7 +5,7 @@ inbound message ids, marketing opt-outs and template states.
 (group commit). `Txn.put_contact` is a compare-and-set on `sequence` (SPEC §11): it returns False when
 another writer moved the contact first, and the engine decides again.
 
-Two implementations behind the same protocols, chosen by `store.url`: `sqlite:///path` (sqlite.py, the
+Two implementations behind the same protocols, chosen by `store.url`: `sqlite:///path` (sqlite/, the
 embedded default) and `postgresql://…` (postgres/). Both apply their versioned schema migrations at
 `open()` (migrate.py) and prune history older than `store.retention_days` (`Txn.prune`).
 docs/store.md says how they differ inside and why.

@@ -34,7 +34,7 @@ from gateway.store.migrate import migrate
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres.txn import PgTxn
-from gateway.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from gateway.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
 from gateway.topics import Topics
 from metrics.recorder import Recorder
 from tests.support.broker import Mosquitto
