@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -29,7 +31,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho_client
-from paho.mqtt.client import MQTT_LOG_DEBUG
+from paho.mqtt.client import MQTT_LOG_DEBUG, MQTTMessage, MQTTMessageInfo
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -112,6 +114,12 @@ RELIED_ON: tuple[Need, ...] = (
     Need("paho", "_do_on_publish", "a method", params=("mid", "reason_code", "properties")),
     Need("paho", "_handle_pubackcomp", "a method", params=("cmd",)),
     Need("paho", "_packet_handle", "the dispatch of a PUBACK to self._handle_pubackcomp", source="_handle_pubackcomp("),
+    Need("paho", "_handle_publish", "a method", params=()),
+    Need("paho", "_packet_handle", "the dispatch of a PUBLISH to self._handle_publish", source="_handle_publish("),
+    Need("paho", "_handle_on_message", "a method", params=("message",)),
+    Need("paho", "_manual_ack", "its manual-ack switch"),
+    Need("paho", "_send_puback", "a method", params=("mid",)),
+    Need("paho", "_protocol", "its protocol version"),
     # public, but relied on with these parameters (the outbox, manual acks, the session's end)
     Need("paho", "ack", "a method", params=("mid", "qos")),
     Need("paho", "manual_ack_set", "a method", params=("on",)),
@@ -198,6 +206,38 @@ def problems(aiomqtt_module: ModuleType = aiomqtt, paho_module: ModuleType = pah
                 missing.append(f"{label} with parameters {need.params}: found {got}")
         if need.source is not None and not _source_holds(getattr(classes[need.owner], need.name, None), need.source):
             missing.append(f"{label}: its source no longer holds {need.source!r}")
+    missing += _shapes(paho_module)
+    return missing
+
+
+# what `LightProperties` and `received_message` were written against
+PROPERTIES_ATTRIBUTES = frozenset({"packetType", "types", "names", "properties"})
+MESSAGE_SLOTS = frozenset(
+    {"_topic", "dup", "info", "mid", "payload", "properties", "qos", "retain", "state", "timestamp"}
+)
+INFO_SLOTS = frozenset({"_condition", "_iterpos", "_published", "mid", "rc"})
+
+
+def _shapes(paho_module: ModuleType) -> list[str]:
+    missing: list[str] = []
+    try:
+        from paho.mqtt.properties import Properties as StockProperties
+
+        attrs = set(vars(StockProperties(PacketTypes.PUBLISH)))  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        attrs = {f"{type(exc).__name__}: {exc}"}
+    if attrs != PROPERTIES_ATTRIBUTES:
+        missing.append(
+            f"paho.mqtt.properties.Properties with the attributes {sorted(PROPERTIES_ATTRIBUTES)}:"
+            f" found {sorted(attrs)}"
+        )
+    for cls_name, slots in (("MQTTMessage", MESSAGE_SLOTS), ("MQTTMessageInfo", INFO_SLOTS)):
+        cls = getattr(paho_module, cls_name, None)
+        found = set(getattr(cls, "__slots__", ()))
+        if found != slots:
+            missing.append(f"paho.mqtt.client.{cls_name} with the slots {sorted(slots)}: found {sorted(found)}")
+    if getattr(paho_module, "mqtt_ms_invalid", None) is None:
+        missing.append("paho.mqtt.client.mqtt_ms_invalid")
     return missing
 
 
@@ -288,3 +328,145 @@ def quick_puback(paho: PahoClient) -> None:
         return ok
 
     paho._handle_pubackcomp = handle  # type: ignore[method-assign]
+
+
+# -- received PUBLISHes without rebuilding paho's property tables or a Condition for each ------------------
+_TEMPLATE = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+_TYPES, _NAMES, _TABLE = _TEMPLATE.types, _TEMPLATE.names, _TEMPLATE.properties
+
+
+class LightProperties(Properties):
+    """paho's MQTT 5 `Properties`, sharing one copy of the two tables of 27 properties that paho's class
+    builds afresh (with 27 `list.index` calls) for every instance; `clear` and `isEmpty` look at the
+    instance's own attributes, which are where paho keeps property values, instead of a `str.replace`
+    per name. Used only where the gateway makes properties (its outbox, `received_message`): paho's own
+    class is left as it is for every other client in the process."""
+
+    def __init__(self, packetType: int) -> None:
+        d = self.__dict__
+        d["packetType"] = packetType
+        d["types"] = _TYPES
+        d["names"] = _NAMES
+        d["properties"] = _TABLE
+
+    def clear(self) -> None:
+        d = self.__dict__
+        for name in [n for n in d if n not in PROPERTIES_ATTRIBUTES]:
+            del d[name]
+
+    def isEmpty(self) -> bool:
+        return all(n in PROPERTIES_ATTRIBUTES for n in self.__dict__)
+
+
+_SLOT: Any = MQTTMessageInfo.__dict__["_condition"]
+_MADE = threading.Lock()
+
+
+def _condition(info: Any) -> threading.Condition:
+    try:
+        return _SLOT.__get__(info)  # type: ignore[no-any-return]
+    except AttributeError:
+        with _MADE:
+            try:
+                return _SLOT.__get__(info)  # type: ignore[no-any-return]
+            except AttributeError:
+                cond = threading.Condition()
+                _SLOT.__set__(info, cond)
+                return cond
+
+
+class LightMessageInfo(MQTTMessageInfo):
+    """paho's `MQTTMessageInfo` without its `threading.Condition` (an RLock, a deque and six bound methods)
+    until somebody waits (`wait_for_publish` from another thread): made on first use instead. A message
+    published before anyone waited is marked so under a lock the first waiter takes too, so a waiter
+    either finds the mark or is notified. For the gateway's received messages only."""
+
+    __slots__ = ()
+    _condition = property(_condition, _SLOT.__set__)
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self._published = False
+        self.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._iterpos = 0
+
+    def _set_as_published(self) -> None:
+        try:
+            cond = _SLOT.__get__(self)
+        except AttributeError:
+            with _MADE:
+                try:
+                    cond = _SLOT.__get__(self)
+                except AttributeError:  # nobody waits: the mark is enough
+                    self._published = True
+                    return
+        with cond:
+            self._published = True
+            cond.notify()
+
+
+def received_message(
+    mid: int, topic: bytes, qos: int, dup: bool, retain: bool, payload: bytes, props: Any
+) -> MQTTMessage:
+    """An `MQTTMessage` as paho's `_handle_publish` makes it, with a `LightMessageInfo`."""
+    message = MQTTMessage.__new__(MQTTMessage)
+    message.timestamp = 0.0
+    message.state = paho_client.mqtt_ms_invalid
+    message.dup = dup
+    message.mid = mid
+    message._topic = topic
+    message.payload = payload
+    message.qos = qos
+    message.retain = retain
+    message.info = LightMessageInfo(mid)
+    message.properties = props
+    return message
+
+
+def light_publish(paho: PahoClient) -> None:
+    """Received MQTT 5 PUBLISHes of QoS 1 (every command) decoded with `LightProperties` into a message
+    with a `LightMessageInfo`: paho's `Properties` rebuilt its tables for each (a fifth of the event loop
+    thread with single commands, py-spy) and every message got a `threading.Condition` that only
+    `wait_for_publish` needs, which nobody calls on a received message. Measured: +25 % gateway CPU per
+    single command without the two (bench.ingest, docs/decisions.md). Decoded as paho's
+    `_packet.decode_publish` does; the message then goes to paho's `_handle_on_message` and, unless
+    acknowledged by hand, paho's `_send_puback`, as in paho's `_handle_publish`. Anything else (QoS 0 or
+    2, MQTT 3.1.1, a packet this cannot read, paho's debug logging on) takes paho's own handler. This
+    instance only."""
+    stock = paho._handle_publish
+    debug = logging.DEBUG
+    v5 = paho_client.MQTTv5
+    ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def handle() -> MQTTErrorCode:
+        header = paho._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        logger = paho._logger
+        if (
+            qos != 1
+            or paho._protocol != v5
+            or paho.on_log is not None
+            or (logger is not None and logger.isEnabledFor(debug))
+        ):
+            return stock()
+        packet = paho._in_packet["packet"]
+        try:
+            slen = (packet[0] << 8) | packet[1]
+            end = 2 + slen
+            if end + 2 > len(packet):
+                return stock()
+            topic = bytes(packet[2:end])
+            mid = (packet[end] << 8) | packet[end + 1]
+            props = LightProperties(PacketTypes.PUBLISH)
+            _, used = props.unpack(packet[end + 2 :])  # type: ignore[no-untyped-call]
+        except Exception:  # paho's handler reads it again and says what is wrong, in its own words
+            return stock()
+        payload = bytes(packet[end + 2 + used :])
+        message = received_message(mid, topic, qos, bool(header & 0x08), bool(header & 0x01), payload, props)
+        message.timestamp = time.monotonic()
+        paho._handle_on_message(message)
+        if paho._manual_ack:
+            return ok
+        return paho._send_puback(mid)
+
+    paho._handle_publish = handle  # type: ignore[method-assign]

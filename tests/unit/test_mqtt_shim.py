@@ -167,3 +167,174 @@ def test_quick_puback_releases_what_pahos_in_flight_limit_held_back() -> None:
         assert len(paho._out_packet) == 3 and paho._inflight_messages == 2
         a.close()
         b.close()
+
+
+# -- received PUBLISHes: light properties and message info, for the gateway's clients only ------------------
+def _filled(cls: type[Any], packet: int) -> Any:
+    from paho.mqtt.packettypes import PacketTypes
+
+    p = cls(packet)
+    if packet == PacketTypes.PUBLISH:
+        p.ResponseTopic = "telgate/v1/replies/backend-1"
+        p.CorrelationData = b"\x00\x01corr"
+        p.UserProperty = ("k", "v")
+        p.UserProperty = ("k2", "v2")
+        p.MessageExpiryInterval = 30
+    elif packet == PacketTypes.PUBACK:
+        p.ReasonString = "quota exceeded"
+    elif packet == PacketTypes.CONNECT:
+        p.SessionExpiryInterval = 3600
+        p.ReceiveMaximum = 256
+    return p
+
+
+def test_light_properties_pack_and_unpack_as_paho_does_and_leave_pahos_class_alone() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from gateway.mqtt_shim import LightProperties
+
+    for packet in (PacketTypes.PUBLISH, PacketTypes.PUBACK, PacketTypes.CONNECT, PacketTypes.DISCONNECT):
+        light, plain = _filled(LightProperties, packet), _filled(Properties, packet)
+        assert light.pack() == plain.pack()
+        assert light.json() == plain.json() and str(light) == str(plain)
+        assert light.isEmpty() == plain.isEmpty()
+        back_light, back_plain = LightProperties(packet), Properties(packet)  # type: ignore[no-untyped-call]
+        if packet == PacketTypes.PUBLISH:
+            back_light.CorrelationData = b"stale"  # cleared by unpack
+        assert back_light.unpack(plain.pack())[1] == back_plain.unpack(plain.pack())[1]  # type: ignore[no-untyped-call]
+        assert back_light.json() == back_plain.json() == plain.json()
+        back_light.clear()
+        back_plain.clear()  # type: ignore[no-untyped-call]
+        assert back_light.isEmpty() and back_plain.isEmpty() and back_light.json() == {}  # type: ignore[no-untyped-call]
+    # the shared tables are not changed by use, and paho's own class still builds its own
+    assert LightProperties(PacketTypes.PUBLISH).names == Properties(PacketTypes.PUBLISH).names  # type: ignore[no-untyped-call]
+    assert Properties(PacketTypes.PUBLISH).names is not Properties(PacketTypes.PUBLISH).names  # type: ignore[no-untyped-call]
+
+
+def _received(light: bool, header: int, body: bytes, manual: bool) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+    """What on_message saw of a PUBLISH (header byte, body after the remaining length), and the packets paho
+    queued in answer."""
+    import socket
+
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    paho.manual_ack_set(manual)
+    if light:
+        mqtt_shim.light_publish(paho)
+    a, b = socket.socketpair()
+    paho.on_socket_register_write = lambda c, u, s: None
+    mqtt_shim.set_socket(paho, a)
+    seen: list[tuple[Any, ...]] = []
+
+    def on_message(c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
+        props = m.properties.json() if m.properties is not None else None
+        seen.append((m.topic, m.payload, m.qos, m.retain, m.dup, m.mid, props, type(m.payload), m.info.mid))
+
+    paho.on_message = on_message
+    paho._in_packet = {"command": header, "packet": body}  # type: ignore[typeddict-item]
+    try:
+        rc = paho._packet_handle()
+        seen.append(("rc", rc))
+    except Exception as exc:  # both handlers must fail alike
+        seen.append(("raised", type(exc).__name__))
+    out = [bytes(p["packet"]) for p in paho._out_packet]
+    a.close()
+    b.close()
+    return seen, out
+
+
+def _publish_body(topic: bytes, mid: int | None, props: bytes, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic
+    if mid is not None:
+        body += mid.to_bytes(2, "big")
+    return body + props + payload
+
+
+def test_light_publish_hands_on_message_what_paho_decodes() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = _filled(Properties, PacketTypes.PUBLISH).pack()
+    cases = [
+        (0x32, _publish_body(b"telgate/v1/cmd/dial", 7, b"\x00", b'{"a": 1}')),  # QoS 1, no properties
+        (0x3B, _publish_body(b"telgate/v1/cmd/dial", 65535, props, b"x" * 3000)),  # QoS 1, dup, retain
+        (0x32, _publish_body("telgate/v1/cmd/ž".encode(), 1, props, b"")),  # an empty payload
+        (0x32, _publish_body(b"\xff\xfe", 9, b"\x00", b"bad topic")),  # a topic that is not UTF-8
+        (0x30, _publish_body(b"t", None, b"\x00", b"qos0")),  # QoS 0: paho's handler
+        (0x32, b"\x00\x05ab"),  # cut short: paho's handler says what is wrong
+        (0x32, _publish_body(b"t", 3, b"\x05\x01", b"")),  # properties cut short
+    ]
+    for header, body in cases:
+        for manual in (True, False):
+            light = _received(True, header, body, manual)
+            stock = _received(False, header, body, manual)
+            assert light == stock, (header, body[:20], manual)
+
+
+def test_light_message_info_has_no_condition_until_somebody_waits() -> None:
+    import threading
+    import time
+
+    from gateway.mqtt_shim import LightMessageInfo
+
+    info = LightMessageInfo(7)
+    assert (info.mid, info.rc, info.is_published()) == (7, 0, False)
+    assert list(info) == [0, 7] and info[1] == 7
+    info._set_as_published()  # nobody waited: no condition needed
+    assert info.is_published()
+    info.wait_for_publish(0.1)  # returns at once
+    later = LightMessageInfo(8)
+    woke: list[float] = []
+
+    def waiter() -> None:
+        later.wait_for_publish(5)
+        woke.append(time.monotonic())
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.05)
+    published_at = time.monotonic()
+    later._set_as_published()
+    t.join(5)
+    assert woke and woke[0] - published_at < 1.0 and later.is_published()
+    infos = [LightMessageInfo(i) for i in range(200)]
+    threads = [threading.Thread(target=i.wait_for_publish, args=(5,)) for i in infos]
+    for th in threads:
+        th.start()
+    for i in infos:
+        i._set_as_published()
+    for th in threads:
+        th.join(6)
+    assert not any(th.is_alive() for th in threads) and all(i.is_published() for i in infos)
+    # paho's own class is untouched: its messages still get their condition at once
+    assert isinstance(mqtt.MQTTMessageInfo(1)._condition, threading.Condition)
+    assert (
+        "_condition" in mqtt.MQTTMessageInfo.__dict__
+        and type(mqtt.MQTTMessageInfo.__dict__["_condition"]).__name__ == "member_descriptor"
+    )
+
+
+def test_light_publish_takes_a_command_without_pahos_classes() -> None:
+    from gateway.mqtt_shim import LightMessageInfo, LightProperties
+
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    paho.manual_ack_set(True)
+    mqtt_shim.light_publish(paho)
+    got: list[mqtt.MQTTMessage] = []
+    paho.on_message = lambda c, u, m: got.append(m)
+    paho._in_packet = {"command": 0x32, "packet": _publish_body(b"t/cmd", 5, b"\x00", b"{}")}  # type: ignore[typeddict-item]
+    paho._packet_handle()
+    assert type(got[0].info) is LightMessageInfo and type(got[0].properties) is LightProperties
+    assert got[0].timestamp > 0 and got[0].state == mqtt.mqtt_ms_invalid
+
+
+def test_a_paho_message_of_another_shape_is_named() -> None:
+    class MQTTMessage:
+        __slots__ = ("mid", "payload")
+
+    fake = module_like(mqtt, mqtt.Client)
+    fake.MQTTMessage = MQTTMessage  # type: ignore[attr-defined]
+    assert problems(aiomqtt, fake) == [
+        "paho.mqtt.client.MQTTMessage with the slots ['_topic', 'dup', 'info', 'mid', 'payload', 'properties', 'qos',"
+        " 'retain', 'state', 'timestamp']: found ['mid', 'payload']"
+    ]
