@@ -4,7 +4,9 @@ It follows Meta's documented contract: `POST /{version}/{phone_number_id}/messag
 token, Meta-shaped success (`messages[0].id`, `message_status`) and error bodies (`error.code`,
 `error.error_data.details`, `fbtrace_id`); then status webhooks to the configured URL, signed with
 `X-Hub-Signature-256` over the raw body, batched, delayed, duplicated as a scenario says, and retried
-with backoff when the receiver does not answer 200 — as Meta does.
+with backoff when the receiver does not answer 200 — as Meta does. A message's next status is POSTed
+only once the POST carrying its previous one was answered (200, or given up): two statuses of one
+message are never on the wire at once, so the receiver takes them in the order they were sent.
 
 What happens to a message is chosen by a `Scenario` per recipient number.
 """
@@ -88,7 +90,8 @@ class StandIn:
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
-        self._due: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
+        self._due: asyncio.Queue[tuple[float, dict[str, Any]] | None] = asyncio.Queue()  # None: a wamid freed
+        self._on_wire: set[str] = set()  # wamids with a status POST not yet answered
         self._runner: web.AppRunner | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -383,7 +386,9 @@ class StandIn:
         self.outstanding += 1
         self._due.put_nowait(item)
 
-    async def _deliver_with_retries(self, values: list[dict[str, Any]], items: int = 0) -> None:
+    async def _deliver_with_retries(
+        self, values: list[dict[str, Any]], items: int = 0, wamids: frozenset[str] = frozenset()
+    ) -> None:
         payload = self.envelope(values)
         try:
             for delay in (0.0, *self.retry_delays_s):
@@ -393,32 +398,55 @@ class StandIn:
                     return
         finally:
             self.outstanding -= items
+            if wamids:  # their next statuses may go now
+                self._on_wire -= wamids
+                self._due.put_nowait(None)
 
     async def _deliver_loop(self) -> None:
         pending: list[tuple[float, dict[str, Any]]] = []
         assert self._tasks is not None
+
+        def wamids(item: tuple[float, dict[str, Any]]) -> set[str]:
+            return {s["id"] for s in item[1].get("statuses", ())}
+
         while True:
+            # a status whose message has one on the wire waits for that POST's answer, however due it is
+            free = [p for p in pending if not wamids(p) & self._on_wire]
             timeout = None
-            if pending:
-                timeout = max(0.0, min(t for t, _ in pending) - time.monotonic())
+            if free:
+                timeout = max(0.0, min(t for t, _ in free) - time.monotonic())
             try:
                 async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation in 3.11
                     item = await self._due.get()
-                pending.append(item)
+                items = [item]
                 while not self._due.empty():
-                    pending.append(self._due.get_nowait())
+                    items.append(self._due.get_nowait())
+                pending.extend(i for i in items if i is not None)
             except TimeoutError:
                 pass
             now = time.monotonic()
-            ready = sorted((p for p in pending if p[0] <= now + self.batch_window_s), key=lambda p: p[0])
+            ready: list[tuple[float, dict[str, Any]]] = []
+            going: set[str] = set()
+            for p in sorted(pending, key=lambda p: p[0]):  # stable: a message's statuses in the order scheduled
+                if p[0] > now + self.batch_window_s:
+                    break
+                ids = wamids(p)
+                if ids & (self._on_wire | going):  # one status of a message per POST, the next after its answer
+                    going |= ids
+                    continue
+                going |= ids
+                ready.append(p)
             if not ready:
                 continue
-            pending = [p for p in pending if p[0] > now + self.batch_window_s]
+            taken = {id(p) for p in ready}
+            pending = [p for p in pending if id(p) not in taken]
             statuses = [v for _, v in ready if "statuses" in v]
             others = [v for _, v in ready if "statuses" not in v]
             merged = [s for v in statuses for s in v["statuses"]]
             for i in range(0, len(merged), self.max_batch):
                 chunk = merged[i : i + self.max_batch]
-                self._tasks.create_task(self._deliver_with_retries([{"statuses": chunk}], len(chunk)))
+                ids = frozenset(s["id"] for s in chunk)
+                self._on_wire |= ids
+                self._tasks.create_task(self._deliver_with_retries([{"statuses": chunk}], len(chunk), ids))
             for v in others:
                 self._tasks.create_task(self._deliver_with_retries([v], 1))

@@ -5,6 +5,7 @@ contacts, a campaign created by two instances at once, notifications sent only b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from gateway.domain.state import CampaignState, ContactState
@@ -56,7 +58,9 @@ async def test_leases_share_the_partitions_fairly_and_a_dead_member_is_buried_on
     assert taken.parts == half, "b takes what a gave back, up to its fair share"
     assert not (await b.run(lambda t: t.lease_renew("b", 8, LEASE_S, ()))).held, "another epoch holds nothing"
 
-    await asyncio.sleep(LEASE_S + 0.2)  # b stops renewing: dead
+    # kept: b stops renewing and its lease expires by PostgreSQL's clock (`expires_at <= now()`), which no
+    # test can move; the lease core's own rules are driven by a fake clock in tests/unit/test_lease.py
+    await asyncio.sleep(LEASE_S + 0.2)
     seen = await a.run(lambda t: t.lease_renew("a", 1, LEASE_S, ()))
     assert seen.dead == ("b",) and seen.members == ("a",)
     assert await a.run(lambda t: t.lease_bury("b")) == "telgate-b", "the buried member's MQTT session is named"
@@ -171,6 +175,21 @@ async def test_a_campaign_two_instances_create_at_once_is_created_once(
     assert got is not None and got.max_cps == 3, "the first creation stands, the second decides again"
 
 
+def _lock_waited_for(url: str, timeout_s: float = 10.0) -> None:
+    """Return once a session of this database waits for a lock (pg_stat_activity), not after a guess."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no session waited for a lock")
+
+
 async def test_a_campaign_decision_waits_for_the_other_instances_and_reads_what_it_committed(
     two: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -188,7 +207,7 @@ async def test_a_campaign_decision_waits_for_the_other_instances_and_reads_what_
     first = asyncio.create_task(a.run(pause))
     await asyncio.to_thread(holding.wait, 10)
     second = asyncio.create_task(b.run(lambda t: t.lock_campaign("c")))
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(_lock_waited_for, b.url)  # the server itself says the second one waits
     assert not second.done(), "the lock waits for the first decision"
     release.set()
     await first
@@ -201,13 +220,25 @@ async def test_notifications_reach_the_other_instances_when_and_only_when_their_
 ) -> None:
     a, b = two
     got: list[bytes] = []
+    listening, marker = asyncio.Event(), asyncio.Event()
 
     async def listen() -> None:
         async for note in b.notifications():
-            got.append(note)
+            if note.startswith(b'{"probe"'):
+                listening.set()
+            else:
+                got.append(note)
+                if note == b'{"n": 3}':
+                    marker.set()
 
     listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.5)  # LISTEN is in place
+    # LISTEN is in place once a probe makes the round trip (one sent before it was is lost: send again)
+    async with asyncio.timeout(10):
+        while not listening.is_set():
+            await a.run(lambda t: t.notify(b'{"probe": 1}'))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await listening.wait()
 
     def rolled_back(t: Txn) -> None:
         t.notify(b'{"n": 1}')
@@ -219,11 +250,10 @@ async def test_notifications_reach_the_other_instances_when_and_only_when_their_
     await a.run(lambda t: t.notify(b'{"n": 2}'))
     await b.run(lambda t: t.notify(b'{"own": 2}'))
     await a.run(lambda t: t.notify(b'{"n": 3}'))
-    for _ in range(50):
-        if len(got) >= 2:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)
+    # n 3 is the marker: PostgreSQL delivers notifications in commit order, so once it is here whatever
+    # was committed before it (b's own ones, which must not come) has had its turn
+    async with asyncio.timeout(10):
+        await marker.wait()
     listener.cancel()
     assert got == [b'{"n": 2}', b'{"n": 3}']
 

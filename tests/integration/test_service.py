@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.domain.statuses import Channel
+from gateway.topics import Topics
 from tests.support.broker import Mosquitto, free_port
 from tests.support.harness import backend, gateway, scripted_ledger, settings_for
 
@@ -135,9 +136,14 @@ async def test_readyz_follows_the_bus_and_read_api(broker: Mosquitto, tmp_path: 
             async with http.get(f"{base}/v1/campaigns/c/contacts/nobody") as r:
                 assert r.status == 404
             broker.stop()
-            await asyncio.sleep(0.5)
-            async with http.get(f"{base}/readyz") as r:
-                assert r.status == 503 and (await r.json())["dependencies"]["bus"] == "disconnected"
+            # the gateway sees the connection go (the broker's FIN): wait for readyz to say so, not a guess
+            async with asyncio.timeout(10):
+                while True:
+                    async with http.get(f"{base}/readyz") as r:
+                        if r.status == 503:
+                            assert (await r.json())["dependencies"]["bus"] == "disconnected"
+                            break
+                    await asyncio.sleep(0.05)
             broker.start()
             await asyncio.wait_for(app.bus.connected.wait(), 15)
             async with http.get(f"{base}/readyz") as r:
@@ -147,6 +153,8 @@ async def test_readyz_follows_the_bus_and_read_api(broker: Mosquitto, tmp_path: 
 async def test_watch_shows_contacts_per_status_from_the_bus(broker: Mosquitto, tmp_path: Path) -> None:
     env = {**os.environ, "TELGATE_BUS__URL": broker.url, "COLUMNS": "160"}
     async with backend(broker.url) as b, gateway(settings_for(broker.url, tmp_path)) as app:
+        topic = Topics(app.settings.bus.topic_prefix).contacts(None)
+        before = len(broker.subscriptions(topic))
         watch = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -159,7 +167,8 @@ async def test_watch_shows_contacts_per_status_from_the_bus(broker: Mosquitto, t
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        await asyncio.sleep(1.5)  # let it subscribe
+        # its subscription in place (the broker's log; its SUBACK is the watch process's own)
+        await broker.subscribed(topic, count=before + 1)
         for i, phone in enumerate(["+420601234560", "+420601234564", "+420601234560"]):
             await b.send(
                 "dial", {"command_id": f"w{i}", "campaign_id": "watched", "contact_id": f"k{i}", "phone": phone}

@@ -5,7 +5,6 @@ the events (an opted-out number reaches neither)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from pathlib import Path
@@ -17,6 +16,7 @@ from gateway.domain.statuses import Channel
 from tests.conftest import CORPORA
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, scripted_ledger
+from tests.support.settle import settled
 from tests.support.wa import SECRET, TOKEN, VERIFY, send, wa_ledger, wa_rig
 from whatsapp.standin import Scenario, StandIn
 
@@ -49,7 +49,7 @@ async def test_every_inbound_message_of_the_corpus_is_published_once(broker: Mos
     files = sorted(FOLDER.glob("*incoming*.json")) if FOLDER.is_dir() else []
     if not files:
         pytest.skip("shared/corpora/whatsapp is not beside this checkout")
-    async with backend(broker.url) as b, wa_rig(broker.url, tmp_path) as (_app, standin):
+    async with backend(broker.url) as b, wa_rig(broker.url, tmp_path) as (app, standin):
         wamids: set[str] = set()
         for index, path in enumerate(files):
             body = json.loads(path.read_bytes())
@@ -63,7 +63,7 @@ async def test_every_inbound_message_of_the_corpus_is_published_once(broker: Mos
             for _ in range(2):  # Meta repeats a POST it got no 200 for
                 assert await standin.post_until_ok(body) == 200, path.name
         await b.wait_for(lambda: {m["wamid"] for m in b.inbound} >= wamids, timeout=20)
-        await asyncio.sleep(0.3)  # a repeat would come right behind (the outbox is drained in id order)
+        await settled(b, app)  # every POST answered after its commit: a repeat would be published and here
         assert sorted(m["wamid"] for m in b.inbound) == sorted(wamids), "each message once"
         by_id = {m["wamid"]: m for m in b.inbound}
         types = {m["type"] for m in b.inbound}

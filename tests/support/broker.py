@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import re
 import secrets
 import shutil
 import socket
@@ -51,6 +53,8 @@ class Mosquitto:
             f"persistence_location {workdir}/\nset_tcp_nodelay true\n{shipped_limits()}"
             f"log_dest file {workdir}/mosquitto.log\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            # one line per subscription, written once it is in place: what `subscribed` waits for
+            "log_type subscribe\n"
             # as root, mosquitto drops to the `mosquitto` user, which cannot write the test's own folder:
             # persistence (sessions kept across a restart) would be lost silently
             f"user {getpass.getuser()}\n"
@@ -74,6 +78,20 @@ class Mosquitto:
         wait_tcp(self.port, "mosquitto")
         if self.tls_port:
             wait_tcp(self.tls_port, "mosquitto (TLS)")
+
+    def subscriptions(self, topic: str) -> list[str]:
+        """The client ids whose SUBSCRIBE to `topic` (the filter as sent) this broker has taken, in order
+        (its log: `<time>: <client id> <qos> <filter>`, written after the subscription was added)."""
+        log = self.workdir / "mosquitto.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return [m.group(1) for m in re.finditer(rf"^\d+: (\S+) \d {re.escape(topic)}$", text, re.MULTILINE)]
+
+    async def subscribed(self, topic: str, count: int, timeout_s: float = 15.0) -> None:
+        """Return once `count` subscriptions to `topic` are in place (a process's SUBSCRIBE seen by the
+        broker: there is no SUBACK to await from outside that process)."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.subscriptions(topic)) < count:
+                await asyncio.sleep(0.02)
 
     def kill(self) -> None:
         kill_process(self.proc)
