@@ -266,10 +266,13 @@ async def test_an_import_the_gateway_does_not_answer_names_its_unconfirmed_lines
 async def test_the_window_gets_results_on_mqtt_5_and_3_1_1_and_publishes_again(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    # published before any gateway is there: the broker drops it (no subscriber); the copy 0.3 s later lands
+    # published before any gateway is there: the broker drops it (no subscriber), and so its first copy 0.3 s
+    # later; a copy after the gateway started lands
     async with CommandWindow(BusTarget(url=broker.url), retry_after_s=0.3, give_up_after_s=20) as window:
         early = await window.submit("campaign", {"command_id": "k-early", "campaign_id": "w", "action": "create"})
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(10):
+            while window.republished < 1:
+                await asyncio.sleep(0.02)
         async with gateway(settings_for(broker.url, tmp_path)):
             result = await early
             assert result.accepted and result.command_id == "k-early" and window.republished >= 1
