@@ -132,6 +132,7 @@ def install(client: aiomqtt.Client) -> None:
     paho = mqtt_shim.paho_of(client)
     mqtt_shim.quick_puback(paho)
     mqtt_shim.light_publish(paho)
+    mqtt_shim.light_send(paho)
     loop = mqtt_shim.loop_of(client)
     disconnected = mqtt_shim.disconnected(client)
     loop_thread = threading.get_ident()  # called on the event loop's thread

@@ -338,3 +338,68 @@ def test_a_paho_message_of_another_shape_is_named() -> None:
         "paho.mqtt.client.MQTTMessage with the slots ['_topic', 'dup', 'info', 'mid', 'payload', 'properties', 'qos',"
         " 'retain', 'state', 'timestamp']: found ['mid', 'payload']"
     ]
+
+
+def _sent(light: bool, limit: int, queue: int, connected: bool) -> list[Any]:
+    """Everything paho's state and answers show of a run of publishes and a PUBACK."""
+    import socket
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    paho.max_inflight_messages = limit
+    paho.max_queued_messages_set(queue)
+    if light:
+        mqtt_shim.quick_puback(paho)
+        mqtt_shim.light_send(paho)
+    a, b = socket.socketpair()
+    paho.on_socket_register_write = lambda c, u, s: None
+    if connected:
+        mqtt_shim.set_socket(paho, a)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.CorrelationData = b"c"
+    shown: list[Any] = []
+    for topic, payload, qos, retain, p in (
+        ("evt/a", b"1", 1, False, None),
+        ("evt/b", "two", 1, True, props),
+        ("evt/c", None, 1, False, None),
+        ("evt/d", 4.5, 0, False, None),
+        ("evt/e", b"5", 1, False, None),
+        ("evt/#", b"6", 1, False, None),
+    ):
+        try:
+            info = paho.publish(topic, payload, qos=qos, retain=retain, properties=p)
+            shown.append((info.mid, info.rc, info.is_published() if info.rc == 0 else None))
+        except ValueError as exc:
+            shown.append(("ValueError", str(exc)))
+    state = lambda: [  # noqa: E731
+        (m.mid, m.topic, m.payload, m.qos, m.retain, m.dup, m.state, m.properties is not None)
+        for m in paho._out_messages.values()
+    ]
+    shown += [state(), paho._inflight_messages, [bytes(p["packet"]) for p in paho._out_packet]]
+    first = next(iter(paho._out_messages), None)
+    if first is not None:
+        paho._in_packet = {"command": 0x40, "packet": first.to_bytes(2, "big")}  # type: ignore[typeddict-item]
+        paho._packet_handle()
+        shown += [state(), paho._inflight_messages, [bytes(p["packet"]) for p in paho._out_packet]]
+    a.close()
+    b.close()
+    return shown
+
+
+def test_light_send_publishes_as_paho_does() -> None:
+    for limit in (0, 2, 64):
+        for queue in (0, 2):
+            for connected in (True, False):
+                assert _sent(True, limit, queue, connected) == _sent(False, limit, queue, connected), (
+                    limit,
+                    queue,
+                    connected,
+                )
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    mqtt_shim.light_send(paho)
+    from gateway.mqtt_shim import LightMessageInfo
+
+    assert type(paho.publish("t", b"x", qos=1)) is LightMessageInfo
+    assert type(paho.publish("t", b"x", qos=0)) is mqtt.MQTTMessageInfo
