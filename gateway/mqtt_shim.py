@@ -6,7 +6,12 @@ queued commands without aiomqtt's task per message (aiomqtt's `_client`, `_queue
 `_loop`); `gateway/mqtt_io.py` puts a batched socket under paho (paho's `_sock`, and aiomqtt's reader
 callback looping while the socket has `pending()` bytes); PUBACKs of success skip paho's decoding
 (`quick_puback`: paho's `_in_packet`, `_out_messages`, `_out_message_mutex`, `_logger`, `_easy_log`,
-`_do_on_publish` and `_handle_pubackcomp`).
+`_do_on_publish` and `_handle_pubackcomp`); received PUBLISHes and QoS 1 publishes are made with
+`LightProperties` and `LightMessageInfo`, subclasses of paho's used by the gateway's own clients only
+(`light_publish`, `light_send`: paho's `_handle_publish`, `_handle_on_message`, `_manual_ack`,
+`_send_puback`, `_protocol`, `_raise_for_invalid_topic`, `_mid_generate`, `_send_publish`, its queue and
+in-flight counts, and the slots of `MQTTMessage` and `MQTTMessageInfo`). paho's own classes are never
+patched: another MQTT client in the process gets paho as it is.
 
 Nothing else in the gateway names a private attribute of either library: it calls the functions here.
 `check()` runs when the App starts and when the first bus client is made; it looks for every attribute,
