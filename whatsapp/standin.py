@@ -445,8 +445,8 @@ class StandIn:
             merged = [s for v in statuses for s in v["statuses"]]
             for i in range(0, len(merged), self.max_batch):
                 chunk = merged[i : i + self.max_batch]
-                ids = frozenset(s["id"] for s in chunk)
-                self._on_wire |= ids
-                self._tasks.create_task(self._deliver_with_retries([{"statuses": chunk}], len(chunk), ids))
+                chunk_ids = frozenset(s["id"] for s in chunk)
+                self._on_wire |= chunk_ids
+                self._tasks.create_task(self._deliver_with_retries([{"statuses": chunk}], len(chunk), chunk_ids))
             for v in others:
                 self._tasks.create_task(self._deliver_with_retries([v], 1))

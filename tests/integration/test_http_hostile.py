@@ -427,7 +427,7 @@ async def test_a_fault_of_the_gateway_is_500_logged_once_and_masked() -> None:
     site = web.TCPSite(run, "127.0.0.1", 0)
     await site.start()
     try:
-        port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        port = int(run.addresses[0][1])
         with errors_logged() as errors:
             status, _, body = await asyncio.to_thread(exchange, port, request(b"POST", b"/boom", [], b"{}"))
         assert status == 500 and body == b"internal error\n"
