@@ -236,7 +236,10 @@ class Recorder:
             "telgate_whatsapp_webhooks", "Webhook statuses and POSTs by result", ["result"], registry=r
         )
         self.pbx_up = Gauge(
-            "telgate_pbx_up", "1 while the PBX answers (any response: OPTIONS or a call's), per PBX address (sip/health.py)", ["pbx"], registry=r
+            "telgate_pbx_up",
+            "1 while the PBX answers (any response: OPTIONS or a call's), per PBX address (sip/health.py)",
+            ["pbx"],
+            registry=r,
         )
         self.pbx_options_rtt = Histogram(
             "telgate_pbx_options_rtt_seconds",
