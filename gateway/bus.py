@@ -68,6 +68,16 @@ from .wire import (
 log = logging.getLogger("telgate.bus")
 COMMAND_KINDS = frozenset(COMMANDS)  # a metric label: anything else on cmd/+ is counted as "unknown"
 WINDOW = 64
+
+
+def outbox_window(receive_maximum: int | None) -> int:
+    """Outbox rows awaiting their PUBACK at once: WINDOW, within the broker's Receive Maximum (MQTT 5
+    §3.2.2.3.3; 65,535 when it says none) less one for the presence publish. Mosquitto 2.0 says 20 by
+    default (100 with deploy/'s configuration) and does not enforce it; a broker that does disconnects a
+    client over it."""
+    return max(1, min(WINDOW, (receive_maximum or 65_535) - 1))
+
+
 # ~2 bulk commands of 1,000 plain contacts (51 KB each) per batch, or every single one in flight (one
 # command is always taken, however big); 512 KiB (~9 bulks) gave bigger batches, 10-20 % fewer bulk
 # contacts per second and 10 MiB more RSS (bench/ingest --only bulk, docs/decisions.md)
@@ -195,6 +205,7 @@ class Bus:
         self.connected = asyncio.Event()
         self.accepting = True
         self.received = 0  # commands taken off the bus (the allocator trim looks for the end of a burst)
+        self.broker_receive_maximum: int | None = None  # from the CONNACK (MQTT 5): bounds the outbox window
         self.state = "online"
         self._client: aiomqtt.Client | None = None
         self._wake = asyncio.Event()
@@ -420,6 +431,16 @@ class Bus:
         client.pending_calls_threshold = WINDOW * 4
         paho = mqtt_shim.paho_of(client)
         paho.manual_ack_set(True)  # PUBACK a command only after its result is committed
+        if self.cfg.protocol == 5:
+            aiomqtt_on_connect: Any = paho.on_connect  # aiomqtt's handler (set in its __init__)
+
+            def on_connect(*args: Any) -> Any:
+                """The broker's Receive Maximum from the CONNACK (aiomqtt drops its properties)."""
+                props = args[4] if len(args) > 4 else None
+                self.broker_receive_maximum = getattr(props, "ReceiveMaximum", None) if props is not None else None
+                return aiomqtt_on_connect(*args)
+
+            paho.on_connect = on_connect
         batched_io(client)  # one recv for many packets, one send per loop turn (gateway/mqtt_io.py)
         if self.cfg.protocol == 5:
             plain_disconnect = paho.disconnect
@@ -637,7 +658,7 @@ class Bus:
         queue full) ends the connection as before; the row goes on the next one.
         """
         paho = mqtt_shim.paho_of(client)
-        window = asyncio.Semaphore(WINDOW)
+        window = asyncio.Semaphore(outbox_window(self.broker_receive_maximum))
         inflight: dict[int, OutboxRow] = {}  # paho mid -> outbox row
         # rows that can never go, to move to the dead letters before the next fetch: (row, reason, detail);
         # they stay in `_row_part` (not fetched again, their partition kept) until the move commits

@@ -40,3 +40,12 @@ async def test_batched_socket_serves_paho_its_pieces_and_coalesces_writes() -> N
     assert b.recv(100) == b"onetwothree"
     b.close()
     s.close()
+
+
+def test_the_outbox_window_stays_within_the_brokers_receive_maximum() -> None:
+    from gateway.bus import WINDOW, outbox_window
+
+    assert outbox_window(None) == WINDOW  # none said: 65,535 (MQTT 5 §3.2.2.3.3)
+    assert outbox_window(20) == 19  # Mosquitto's default, one left for the presence
+    assert outbox_window(100) == WINDOW
+    assert outbox_window(1) == 1
