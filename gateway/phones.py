@@ -49,5 +49,5 @@ def mask(phone: str | None) -> str:
 
 def normalise_all(raws: list[str], default_region: str) -> dict[str, str | None]:
     """`normalise` of each number, by the number as given: a bulk command's numbers, normalised on a
-    thread of their own while the store commits what came before (gateway/bus.py)."""
+    thread of their own while the store commits what came before (gateway/bus/intake.py)."""
     return {raw: normalise(raw, default_region) for raw in raws}

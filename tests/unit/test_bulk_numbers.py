@@ -1,4 +1,4 @@
-"""A bulk command's numbers normalised beforehand (gateway/bus.py hands them from a thread of their
+"""A bulk command's numbers normalised beforehand (gateway/bus/intake.py hands them from a thread of their
 own): `execute` takes each contact's number from them, and normalises itself any phone they lack; the
 numbers are phones.normalise's, the function the blacklist is kept with."""
 

@@ -1,4 +1,4 @@
-"""Which outbox rows can never be published (gateway/bus.py), decided before paho sees them: each class
+"""Which outbox rows can never be published (gateway/bus/outbox.py), decided before paho sees them: each class
 against Mosquitto's own answer, measured (a wildcard: paho's ValueError; a control character or a
 non-character in the topic: Mosquitto closes the connection, 'Malformed packet', so the row would end
 every connection unanswered); and paho's return codes: about the row, or about the connection."""
