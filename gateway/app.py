@@ -23,9 +23,9 @@ from whatsapp import webhook
 from whatsapp.client import CloudApiClient
 
 from . import __version__, identity, mqtt_shim
-from .bus import Bus
+from .bus import COMMAND_KINDS, Bus
 from .cluster import Cluster
-from .commands import CommandContext
+from .commands import INTERNAL_ERROR, CommandContext
 from .config import ConfigError, Settings, mask_url
 from .domain import effects as fx
 from .domain.policy import Policy
@@ -116,6 +116,7 @@ class App:
             self.started_at,
             self._channel_states,
         )
+        self.recorder.start_commands_failed((*sorted(COMMAND_KINDS), "unknown"), INTERNAL_ERROR)
         self.scheduler = Scheduler(self.engine)
         epoch = int(self.started_at.timestamp() * 1000)  # presence says the same epoch
         gw = settings.gateway

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -380,6 +380,11 @@ class Recorder:
 
     def command_failed(self, kind: str, code: str) -> None:
         self.commands_failed.labels(kind, code).inc()
+
+    def start_commands_failed(self, kinds: Iterable[str], code: str) -> None:
+        """Each kind's failure counter at 0 from the start: a panel and increase() see the first one."""
+        for kind in kinds:
+            self.commands_failed.labels(kind, code)
 
     def illegal_transition(self, channel: str) -> None:
         self.illegal.labels(channel).inc()

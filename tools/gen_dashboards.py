@@ -278,6 +278,11 @@ PROMETHEUS: dict[str, list[Entry]] = {
             [('sum by (kind, result) (rate(telgate_commands_total{result!="accepted"}[15m]))', "{{kind}} {{result}}")],
         ),
         (
+            "Commands failed inside the gateway (internal_error)",
+            "none",
+            [("sum by (kind) (increase(telgate_commands_failed_total[15m]))", "{{kind}}")],
+        ),
+        (
             "Outbox rows moved to the dead letters",
             "none",
             [("sum by (reason) (increase(telgate_outbox_dead_letters_total[15m]))", "{{reason}}")],
