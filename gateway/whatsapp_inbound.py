@@ -33,6 +33,7 @@ from whatsapp.notices import (
 from .domain.campaign import account_pause_reason
 from .domain.replies import Match, Outcome, Reply, classify
 from .domain.signals import Kind, Signal
+from .domain.state import CampaignState
 from .domain.statuses import Channel
 from .engine import Unit, pause_channel
 from .ids import uuid7
@@ -69,19 +70,20 @@ def _answered(m: Inbound) -> str | None:
     return None
 
 
-def _contact(unit: Unit, m: Inbound, number: str) -> tuple[Key | None, bool]:
-    """The contact a message answers, and whether it answers by its context (else by its sender)."""
+def _contact(unit: Unit, m: Inbound, number: str) -> tuple[Key | None, CampaignState | None, bool]:
+    """The contact a message answers, its campaign, and whether it answers by its context (else by its
+    sender): the campaign is read once, for the match and for the outcome's rules."""
     answered = _answered(m)
     if answered is not None:
         key = unit.read.lookup_wamid(answered)
         if key is not None:
-            return key, True
+            return key, unit.read.get_campaign(key[0]), True
     key = unit.read.latest_contact_by_phone(Channel.WHATSAPP, number)
     if key is not None:
         camp = unit.read.get_campaign(key[0])
         if camp is not None and camp.replies is not None and camp.replies.match is Match.SENDER:
-            return key, False
-    return None, False
+            return key, camp, False
+    return None, None, False
 
 
 def apply_message(unit: Unit, m: Inbound, phone_number_id: str, gateway_id: str, taken: Taken) -> None:
@@ -91,10 +93,9 @@ def apply_message(unit: Unit, m: Inbound, phone_number_id: str, gateway_id: str,
         return
     taken.count(taken.messages, m.type)
     number = e164(m.from_)
-    key, by_context = _contact(unit, m, number)
+    key, camp, by_context = _contact(unit, m, number)
     removed = m.reaction is not None and m.reaction.removed
     reply = Reply(m.type, m.reaction.emoji if m.reaction is not None else m.text, m.payload)
-    camp = unit.read.get_campaign(key[0]) if key is not None else None
     outcome = classify(reply, camp.replies if camp is not None else None)
     answer: InboundReply | None = None
     if key is not None and not removed:

@@ -131,8 +131,8 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
     if isinstance(target, Stay):
         return _stay(state, signal, trigger, now)
     if isinstance(target, AfterPrompt):  # transfer to connect_to, else hang up; no event
-        target_uri = _connect_to(state, signal)
-        return Decision(state, effects=(fx.Transfer(target_uri) if target_uri else fx.HangUp(),))
+        # where it goes is the contact's `connect_to` (the dial's, else `sip.connect_to`, applied at intake)
+        return Decision(state, effects=(fx.Transfer(state.connect_to) if state.connect_to else fx.HangUp(),))
     if isinstance(target, AfterTransfer):  # the outcome kept for the hangup's evidence; we leave either way
         new = replace_state(state, transfer=_transfer_outcome(signal), updated_at=now)
         return Decision(new, effects=(fx.HangUp(),))
@@ -150,18 +150,12 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
     return _move(state, signal, trigger, new_status, retry_at, now, target)
 
 
-def _connect_to(state: ContactState, signal: Signal) -> str | None:
-    """Where the answered call is transferred: the contact's `connect_to` (the dial's, else `sip.connect_to`,
-    applied at intake)."""
-    return state.connect_to or None
-
-
-def _on_answer(state: ContactState, signal: Signal) -> tuple[Effect, ...]:
-    """What the contact asked to happen on answer: its prompt, else a transfer (SPEC §5.1), else nothing."""
+def _on_answer(state: ContactState) -> tuple[Effect, ...]:
+    """What the contact asked to happen on answer: its prompt, else a transfer to its `connect_to` (SPEC
+    §5.1), else nothing."""
     if state.prompt:
         return (fx.PlayPrompt(state.prompt),)
-    target = _connect_to(state, signal)
-    return (fx.Transfer(target),) if target else ()
+    return (fx.Transfer(state.connect_to),) if state.connect_to else ()
 
 
 def _transfer_outcome(signal: Signal) -> str:
@@ -245,7 +239,7 @@ def _move(
         if state.answered and signal.duration_s:
             effects.append(fx.AddTalkTime(signal.duration_s))
     if isinstance(target, Answer):  # the call does what the contact asked on answer
-        effects.extend(_on_answer(state, signal))
+        effects.extend(_on_answer(state))
     if isinstance(target, Abort) and state.in_flight and state.channel is Channel.VOICE:
         effects.append(fx.CancelCall())
     if k is K.WA_ACCOUNT:
