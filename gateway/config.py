@@ -90,7 +90,7 @@ def _is_secret(name: str) -> bool:
 
 
 class GatewaySection(_Section):
-    # empty: made once and kept with the data dir (gateway/identity.py), so a redeploy keeps it
+    # empty: made once and kept with the data dir (gateway/cluster/identity.py), so a redeploy keeps it
     id: str = Field("", pattern=r"^[A-Za-z0-9._:-]{0,128}$")
     data_dir: Path = Path("./var")
     default_region: str = Field("CZ", pattern=r"^[A-Z]{2}$")

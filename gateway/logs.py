@@ -8,7 +8,7 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from .phones import mask
+from gateway.domain.phones import mask
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 _PHONE = re.compile(r"\+\d{7,15}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.asyncapi import document, schemas
+from gateway.contract.asyncapi import document, schemas
 from gateway.domain.statuses import STATUSES, WA_RANK, CampaignStatus, Channel, Status
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ the client (session, will, paho hooks), connecting and reconnecting, subscribing
 share group and adopting a dead member's session. `Bus` is those parts composed.
 """
 
-from .intake import COMMAND_KINDS, PARSE_AHEAD_BYTES
-from .outbox import MAX_PAYLOAD, MAX_TOPIC, WINDOW, _publish_failure, _unpublishable, outbox_window
-from .share_group import ShareGroup
+from gateway.bus.intake import COMMAND_KINDS, PARSE_AHEAD_BYTES
+from gateway.bus.outbox import MAX_PAYLOAD, MAX_TOPIC, WINDOW, _publish_failure, _unpublishable, outbox_window
+from gateway.bus.share_group import ShareGroup
 
 
 class Bus(ShareGroup):

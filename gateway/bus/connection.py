@@ -16,11 +16,12 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .. import __version__, mqtt_shim
-from ..mqtt_io import install as batched_io
-from ..wire import Presence
-from .intake import Intake
-from .outbox import WINDOW, Outbox
+from gateway import __version__
+from gateway.bus import shim as mqtt_shim
+from gateway.bus.intake import Intake
+from gateway.bus.mqtt_io import install as batched_io
+from gateway.bus.outbox import WINDOW, Outbox
+from gateway.contract.wire import Presence
 
 log = logging.getLogger("telgate.bus")
 
@@ -124,7 +125,7 @@ class Connection(Outbox, Intake):
                 return aiomqtt_on_connect(*args)
 
             paho.on_connect = on_connect
-        batched_io(client)  # one recv for many packets, one send per loop turn (gateway/mqtt_io.py)
+        batched_io(client)  # one recv for many packets, one send per loop turn (gateway/bus/mqtt_io.py)
         if self.cfg.protocol == 5:
             plain_disconnect = paho.disconnect
 

@@ -15,17 +15,9 @@ from typing import Any
 
 import aiomqtt
 
-from .. import mqtt_shim
-from ..commands import (
-    INTERNAL_ERROR,
-    command_hint,
-    execute,
-    fail_command,
-    internal_error,
-    publish_result,
-)
-from ..phones import normalise_all
-from ..wire import (
+from gateway.bus import shim as mqtt_shim
+from gateway.bus.state import BusState
+from gateway.contract.wire import (
     COMMANDS,
     Command,
     CommandError,
@@ -36,7 +28,15 @@ from ..wire import (
     check_response_topic,
     parse_command,
 )
-from .state import BusState
+from gateway.domain.phones import normalise_all
+from gateway.engine.commands import (
+    INTERNAL_ERROR,
+    command_hint,
+    execute,
+    fail_command,
+    internal_error,
+    publish_result,
+)
 
 log = logging.getLogger("telgate.bus")
 COMMAND_KINDS = frozenset(COMMANDS)  # a metric label: anything else on cmd/+ is counted as "unknown"

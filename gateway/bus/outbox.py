@@ -17,11 +17,10 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.bus import shim as mqtt_shim
+from gateway.bus.state import BusState
+from gateway.store import OutboxRow, Txn
 from sip.waiting import wait_event
-
-from .. import mqtt_shim
-from ..store import OutboxRow, Txn
-from .state import BusState
 
 log = logging.getLogger("telgate.bus")
 WINDOW = 64

@@ -10,7 +10,7 @@ import re
 
 import aiomqtt
 
-from .connection import Connection
+from gateway.bus.connection import Connection
 
 log = logging.getLogger("telgate.bus")
 

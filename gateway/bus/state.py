@@ -12,15 +12,14 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from gateway.config import BusSection
+from gateway.contract.topics import Topics
+from gateway.engine.commands import CommandContext
+from gateway.engine.engine import Engine
 from metrics.recorder import Recorder
 
-from ..commands import CommandContext
-from ..config import BusSection
-from ..engine import Engine
-from ..topics import Topics
-
 if TYPE_CHECKING:
-    from .intake import _Intake
+    from gateway.bus.intake import _Intake
 
 
 class BusState:
@@ -70,5 +69,5 @@ class BusState:
         self._end_session = False  # set by a complete `leave_group`: the DISCONNECT ends the session
         # an orphan's session adopted (`adopt`): no presence, no will, one connection only
         self._orphan = False
-        # the outbox partitions this instance publishes now (gateway/cluster.py); None: all of them
+        # the outbox partitions this instance publishes now (gateway/cluster/membership.py); None: all of them
         self.parts: Callable[[], frozenset[int] | None] = lambda: None

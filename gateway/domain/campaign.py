@@ -13,7 +13,7 @@ Rules:
   `finished` accepts nothing; repeating the current state is accepted and changes nothing.
 
 decide_campaign() returns the whole decision — the new state, whether it is published, and its effects;
-the engine commits it (gateway/commit.py) and carries the effects out in the same transaction.
+the engine commits it (gateway/engine/commit.py) and carries the effects out in the same transaction.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from .effects import StartTimer, TimerKind
-from .state import CampaignState
-from .statuses import CampaignStatus
+from gateway.domain.effects import StartTimer, TimerKind
+from gateway.domain.state import CampaignState
+from gateway.domain.statuses import CampaignStatus
 
 C = CampaignStatus
 

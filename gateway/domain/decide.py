@@ -10,12 +10,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import effects as fx
-from .effects import Effect, TimerKind
-from .signals import Kind, Signal, Trigger
-from .state import ContactState, Mode, contacts_budget_spent
-from .statuses import Channel, Status, is_final
-from .tables import (
+from gateway.domain import effects as fx
+from gateway.domain.effects import Effect, TimerKind
+from gateway.domain.signals import Kind, Signal, Trigger
+from gateway.domain.state import ContactState, Mode, contacts_budget_spent
+from gateway.domain.statuses import Channel, Status, is_final
+from gateway.domain.tables import (
     ON_CALL_AWAITING,
     TABLES,
     Abort,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .state import CallerId
+from gateway.domain.state import CallerId
 
 
 class Kind(StrEnum):

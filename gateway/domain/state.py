@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .policy import Policy
-from .replies import ReplyRules
-from .statuses import CampaignStatus, Channel, Profile, Status
+from gateway.domain.policy import Policy
+from gateway.domain.replies import ReplyRules
+from gateway.domain.statuses import CampaignStatus, Channel, Profile, Status
 
 
 class Mode(StrEnum):

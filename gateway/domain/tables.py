@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .signals import Kind, Trigger
-from .statuses import WA_RANK, Channel, Status
+from gateway.domain.signals import Kind, Trigger
+from gateway.domain.statuses import WA_RANK, Channel, Status
 
 S = Status
 K = Kind

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from ..domain.effects import TimerKind
-from ..domain.state import CampaignState, ContactState
-from ..domain.statuses import STATUSES, Channel
+from gateway.domain.effects import TimerKind
+from gateway.domain.state import CampaignState, ContactState
+from gateway.domain.statuses import STATUSES, Channel
 
 R = TypeVar("R")
 Key = tuple[str, str]  # (campaign_id, contact_id)
@@ -112,7 +112,7 @@ class Timer:
 
 class Reads(Protocol):
     """What a transaction can read. `Store.read` hands out only this; the engine's pieces of work read
-    through it (`Unit.read`) and leave every write to gateway/commit.py."""
+    through it (`Unit.read`) and leave every write to gateway/engine/commit.py."""
 
     def get_contact(self, key: Key) -> ContactState | None: ...
 
@@ -189,7 +189,7 @@ class Reads(Protocol):
 
 
 class Txn(Reads, Protocol):
-    """A write transaction: the reads, and the writes gateway/commit.py makes of a decision."""
+    """A write transaction: the reads, and the writes gateway/engine/commit.py makes of a decision."""
 
     def put_contact(
         self, state: ContactState, expected_sequence: int, owner: str | None, ready: tuple[datetime, int] | None = None
@@ -352,11 +352,11 @@ class Store(Protocol):
 
 def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
-        from .sqlite import SqliteStore
+        from gateway.store.sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite:///"))
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
+        from gateway.store.postgres import PostgresStore
 
         return PostgresStore(url)
     raise StoreError(f"unsupported store url {url.split(':', 1)[0]}:// (this build has sqlite:/// and postgresql://)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import StoreError, open_store
+from gateway.store import StoreError, open_store
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import pytest
 
-from gateway.app import App
-from gateway.commands import execute
-from gateway.wire import parse_command
+from gateway.contract.wire import parse_command
+from gateway.engine.commands import execute
+from gateway.service.app import App
 from sip.call_table import Phase
 from tests.support import ledger
 from tests.support.broker import Mosquitto

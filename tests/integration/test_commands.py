@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from gateway.contract.wire import CampaignStatusEvent, CommandResult, ContactStatusEvent
 from gateway.domain.statuses import Channel
-from gateway.wire import CampaignStatusEvent, CommandResult, ContactStatusEvent
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, scripted, scripted_ledger, settings_for
 

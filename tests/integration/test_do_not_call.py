@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.app import App
+from gateway.service.app import App
 from tests.support import ledger
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, settings_for, store_toml

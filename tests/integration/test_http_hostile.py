@@ -27,7 +27,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.http import build_app, runner
+from gateway.service.http import build_app, runner
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend
 from tests.support.wa import SECRET, VERIFY, send, wa_ledger, wa_rig

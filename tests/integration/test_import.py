@@ -3,7 +3,7 @@ a real Mosquitto (the shipped queue limits) and an in-process gateway with scrip
 is created as a draft first, so nothing is dialled or sent: what is checked is the intake — the counts
 the command prints and the contacts in the gateway's store.
 
-Also the command window (gateway/submit.py) on its own: results on MQTT 5 Response Topics and on 3.1.1's
+Also the command window (gateway/tools/submit.py) on its own: results on MQTT 5 Response Topics and on 3.1.1's
 shared result topic, a command published again when its first copy reached no gateway, and the shipped
 broker configuration (users and ACL) letting a backend get its replies.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import App
+from gateway.contract.wire import MAX_BULK_PAYLOAD_BYTES, CommandResult, RefusedContact
 from gateway.domain.statuses import Channel
-from gateway.importer import Chunk, Report, Row, plan, read_contacts
-from gateway.submit import BusTarget, CommandWindow, NoResult, encode
-from gateway.wire import MAX_BULK_PAYLOAD_BYTES, CommandResult, RefusedContact
+from gateway.service.app import App
+from gateway.tools.importer import Chunk, Report, Row, plan, read_contacts
+from gateway.tools.submit import BusTarget, CommandWindow, NoResult, encode
 from tests.support.broker import Mosquitto, shipped_broker
 from tests.support.harness import gateway, settings_for
 

@@ -193,7 +193,7 @@ async def test_a_burst_of_20000_single_dials_is_held_not_dropped(broker: Mosquit
 async def test_a_burst_over_mqtt_tls(tmp_path: Path) -> None:
     """The gateway on the broker's TLS listener (`mqtts://`, the CA in `bus.ca_file`): a burst of single
     commands and bulk ones of ~55 KB, which TLS cuts into records read and written in pieces, all taken
-    (gateway/mqtt_io.py batches the socket's reads and writes under paho, TLS included)."""
+    (gateway/bus/mqtt_io.py batches the socket's reads and writes under paho, TLS included)."""
     pki = Pki(tmp_path / "pki")
     server = pki.issue("broker")
     broker = Mosquitto(tmp_path / "mq", tls=(pki.ca, server.cert, server.key))

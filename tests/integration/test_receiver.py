@@ -13,7 +13,7 @@ import asyncio
 import aiomqtt
 import pytest
 
-from gateway.mqtt_io import Receiver
+from gateway.bus.mqtt_io import Receiver
 from tests.support.broker import Mosquitto
 
 pytestmark = pytest.mark.integration

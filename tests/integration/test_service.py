@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.contract.topics import Topics
 from gateway.domain.statuses import Channel
-from gateway.topics import Topics
 from tests.support.broker import Mosquitto, free_port
 from tests.support.harness import backend, gateway, scripted_ledger, settings_for
 
@@ -61,7 +61,7 @@ def test_docs_are_generated_from_the_models() -> None:
     doc = json.loads(out.stdout)
     assert doc["asyncapi"].startswith("3.") and "ContactStatusEvent" in doc["components"]["schemas"]
     assert json.loads((ROOT / "docs" / "asyncapi.json").read_text()) == doc, "run: python -m tools.gen_docs"
-    from gateway.asyncapi import schemas
+    from gateway.contract.asyncapi import schemas
 
     for name, schema in schemas().items():
         assert json.loads((ROOT / "docs" / "schemas" / f"{name}.json").read_text()) == schema, (

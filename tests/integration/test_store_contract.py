@@ -24,18 +24,18 @@ import psycopg
 import pytest
 
 from gateway.config import ConfigError
+from gateway.contract.topics import Topics
 from gateway.domain.effects import TimerKind
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import Budget, CampaignState, ContactState
 from gateway.domain.statuses import CampaignStatus, Channel, Status
-from gateway.engine import Engine, Unit
+from gateway.engine.engine import Engine, Unit
 from gateway.store import Conflict, Key, Store, StoreError, Txn, open_store
 from gateway.store.migrate import migrate
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres.schema import MIGRATIONS as PG_MIGRATIONS
 from gateway.store.postgres.txn import PgTxn
 from gateway.store.sqlite.schema import MIGRATIONS as SQLITE_MIGRATIONS
-from gateway.topics import Topics
 from metrics.recorder import Recorder
 from tests.support.broker import Mosquitto
 from tests.support.harness import Backend, backend, gateway, scripted_ledger, settings_for

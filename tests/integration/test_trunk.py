@@ -308,7 +308,7 @@ def test_the_documented_trunk_configuration_loads_and_builds_the_invite_it_shows
     import tomllib
 
     from gateway.config import load_settings
-    from gateway.phones import international
+    from gateway.domain.phones import international
     from sip.call import Call, UacConfig
     from sip.identity import Caller
 
@@ -337,7 +337,7 @@ def test_the_documented_tls_trunk_with_two_pbxs_loads_and_builds_the_invite_it_s
     import tomllib
 
     from gateway.config import load_settings
-    from gateway.phones import international
+    from gateway.domain.phones import international
     from sip.call import Call, UacConfig
     from sip.identity import Caller
 

@@ -15,10 +15,10 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway import mqtt_shim
-from gateway.app import App
+from gateway.bus import shim as mqtt_shim
 from gateway.config import Settings, load_settings
 from gateway.domain.statuses import Channel
+from gateway.service.app import App
 
 from . import ledger
 from .broker import free_port

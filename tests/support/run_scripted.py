@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from gateway import logs
-from gateway.app import App
 from gateway.config import load_settings
 from gateway.domain.statuses import Channel
+from gateway.service.app import App
 
 from .scripted import ScriptedPort
 

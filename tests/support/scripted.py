@@ -19,7 +19,7 @@ from gateway.domain import effects as fx
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import ContactState
 from gateway.domain.statuses import Channel
-from gateway.engine import Engine
+from gateway.engine.engine import Engine
 
 OUTCOMES = {
     "1": (Kind.REJECTED, 486, "Busy Here", 17),

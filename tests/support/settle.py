@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.app import App
+from gateway.service.app import App
 from tests.support.harness import Backend
 
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway.app import App
 from gateway.domain.statuses import Channel
+from gateway.service.app import App
 from whatsapp.standin import Scenario, StandIn
 
 from . import ledger

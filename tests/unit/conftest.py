@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.engine import Engine
+from gateway.contract.topics import Topics
+from gateway.engine.engine import Engine
 from gateway.store.sqlite import SqliteStore
-from gateway.topics import Topics
 from metrics.recorder import Recorder
 
 

@@ -17,7 +17,7 @@ from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import ContactState, Mode
 from gateway.domain.statuses import STATUSES, Channel, Status
 from gateway.domain.tables import CALL_UP_ROWS, AfterPrompt, AfterTransfer
-from gateway.engine import Engine, Unit
+from gateway.engine.engine import Engine, Unit
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 S = Status
@@ -264,9 +264,9 @@ async def test_the_engine_hands_the_answers_effects_to_the_channel_after_the_com
 
 
 async def test_sip_connect_to_is_applied_at_intake_to_a_dial_that_names_none(engine: Engine) -> None:
-    from gateway.commands import CommandContext, execute
+    from gateway.contract.wire import parse_command
     from gateway.domain.policy import Policy
-    from gateway.wire import parse_command
+    from gateway.engine.commands import CommandContext, execute
 
     ctx = CommandContext("CZ", Policy(), frozenset({Channel.VOICE}), ring_timeout_s=30, connect_to=AGENTS)
     for cid, extra in (("plain", {}), ("own", {"connect_to": "sip:own@pbx.example"})):

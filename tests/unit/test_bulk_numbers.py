@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.commands import CommandContext, execute
+from gateway.contract.wire import parse_command
+from gateway.domain.phones import normalise, normalise_all
 from gateway.domain.policy import Policy
 from gateway.domain.statuses import Channel
-from gateway.engine import Engine
-from gateway.phones import normalise, normalise_all
-from gateway.wire import parse_command
+from gateway.engine.commands import CommandContext, execute
+from gateway.engine.engine import Engine
 
 
 def test_normalise_all_is_normalise_for_each_number() -> None:

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from gateway.commands import CommandContext, execute
+from gateway.channels.voice import sip_caller
 from gateway.config import ConfigError, load_settings
+from gateway.contract.wire import Rejection, parse_command
 from gateway.domain.decide import decide
 from gateway.domain.policy import Policy
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import CallerId, ContactState
 from gateway.domain.statuses import Channel
-from gateway.engine import Engine
-from gateway.pacing import Dispatcher
-from gateway.voice_channel import sip_caller
-from gateway.wire import Rejection, parse_command
+from gateway.engine.commands import CommandContext, execute
+from gateway.engine.dispatcher import Dispatcher
+from gateway.engine.engine import Engine
 from sip.identity import Caller
 from tests.support.scripted import ScriptedPort
 

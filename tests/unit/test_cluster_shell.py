@@ -1,4 +1,4 @@
-"""The cluster's shell (gateway/cluster.py) around the lease core, with a fake clock and an in-memory store
+"""The cluster's shell (gateway/cluster/membership.py) around the lease core, with a fake clock and an in-memory store
 that answers as the store's lease calls do: what it sends, what it calls back, when it stops."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from gateway.cluster import Cluster, ClusterError, LeaseLost
-from gateway.engine import Engine
+from gateway.cluster.membership import Cluster, ClusterError, LeaseLost
+from gateway.engine.engine import Engine
 from gateway.store import PARTS, Lease, Store, StoreError
 from metrics.recorder import Recorder
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.demo import Summary, _Progress, stalled_line, whatsapp_replies, whatsapp_scenarios
+from gateway.tools.demo import Summary, _Progress, stalled_line, whatsapp_replies, whatsapp_scenarios
 
 
 def event(n: int, contact: str, status: str, final: bool = False, campaign: str = "demo-calls") -> dict[str, Any]:

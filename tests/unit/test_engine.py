@@ -7,7 +7,7 @@ import asyncio
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import ContactState
 from gateway.domain.statuses import Channel, Status
-from gateway.engine import Engine, Unit
+from gateway.engine.engine import Engine, Unit
 
 
 def create(unit: Unit, contact: str) -> object:

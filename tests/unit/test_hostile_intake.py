@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import identity
-from gateway.commands import INTERNAL_ERROR, fail_command
+from gateway.cluster import identity
 from gateway.config import Settings
-from gateway.engine import Engine, Unit
-from gateway.strict_json import MAX_DEPTH, NotJson, loads
-from gateway.wire import CommandResult, Rejection, check_response_topic, parse_command
+from gateway.contract.strict_json import MAX_DEPTH, NotJson, loads
+from gateway.contract.wire import CommandResult, Rejection, check_response_topic, parse_command
+from gateway.engine.commands import INTERNAL_ERROR, fail_command
+from gateway.engine.engine import Engine, Unit
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,7 @@ def test_an_unreadable_command_id_is_not_echoed() -> None:
 
 
 async def test_work_that_raises_commits_its_fallback_and_the_rest_of_the_batch(engine: Engine) -> None:
-    from gateway.wire import DialCommand
+    from gateway.contract.wire import DialCommand
 
     cmd = DialCommand(command_id="boom", campaign_id="c", contact_id="k", phone="+420601234567")
 

@@ -10,7 +10,7 @@ from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.http import ClientFaults, masked, masked_traceback, server_log
+from gateway.service.http import ClientFaults, masked, masked_traceback, server_log
 from whatsapp.webhook import raw, signature, signature_ok
 
 SECRET = b"app-secret"

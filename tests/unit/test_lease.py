@@ -1,11 +1,11 @@
-"""The lease core (gateway/lease.py) with a fake clock: renewal on time, fencing before the store lets
+"""The lease core (gateway/cluster/lease.py) with a fake clock: renewal on time, fencing before the store lets
 anyone take the lease, recovery, partitions given back and taken, burying, joining."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.lease import MARGIN, LeaseState, Renewed
+from gateway.cluster.lease import MARGIN, LeaseState, Renewed
 from gateway.store import PARTS, Lease
 
 L = 9.0  # lease_s: renew every 3 s, fenced 8.1 s after a renewal was sent

@@ -1,4 +1,4 @@
-"""One policy for a store failure in a background loop (gateway/loops.py), and a poison timer contained."""
+"""One policy for a store failure in a background loop (gateway/engine/loops.py), and a poison timer contained."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway import commands
 from gateway.domain.effects import TimerKind
-from gateway.engine import Engine, Unit
-from gateway.loops import StoreBackoff
-from gateway.pacing import Scheduler
+from gateway.engine import commands
+from gateway.engine.dispatcher import Scheduler
+from gateway.engine.engine import Engine, Unit
+from gateway.engine.loops import StoreBackoff
 from gateway.store import Timer
 
 

@@ -1,4 +1,4 @@
-"""The allocator policy of gateway/memory.py: the mechanism, not RSS (that figure is bench/ingest's)."""
+"""The allocator policy of gateway/service/memory.py: the mechanism, not RSS (that figure is bench/ingest's)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 # before it considers a mapping, so the test's own process, with its history, would prove nothing
 PROBE = """
 import ctypes, ctypes.util
-from gateway.memory import MMAP_THRESHOLD, tune_allocator
+from gateway.service.memory import MMAP_THRESHOLD, tune_allocator
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -41,7 +41,7 @@ def test_bulk_sized_buffers_get_mappings_of_their_own_and_give_them_back() -> No
 
 
 TRIM_PROBE = """
-from gateway.memory import trim_allocator
+from gateway.service.memory import trim_allocator
 held = [bytes(55_000) for _ in range(256)]  # a burst's bulk payloads, on the heap (default threshold)
 keep = bytes(100)  # something allocated after them holds the heap's top
 del held

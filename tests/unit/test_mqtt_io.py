@@ -1,4 +1,4 @@
-"""gateway/mqtt_io.py: the batched socket hands paho the bytes it would have read, in whatever pieces it
+"""gateway/bus/mqtt_io.py: the batched socket hands paho the bytes it would have read, in whatever pieces it
 asks for, and coalesces paho's writes of a loop turn (the PUBACK fast path: tests/unit/test_mqtt_shim.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from gateway.mqtt_io import BatchedSocket
+from gateway.bus.mqtt_io import BatchedSocket
 
 
 async def test_batched_socket_serves_paho_its_pieces_and_coalesces_writes() -> None:

@@ -1,4 +1,4 @@
-"""gateway/mqtt_shim.py: the start check finds what the installed aiomqtt and paho have, names what another
+"""gateway/bus/shim.py: the start check finds what the installed aiomqtt and paho have, names what another
 version lacks (with the installed versions), and the PUBACK fast path hands paho what paho decodes."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway import mqtt_shim
-from gateway.mqtt_shim import LibraryMismatch, problems
+from gateway.bus import shim as mqtt_shim
+from gateway.bus.shim import LibraryMismatch, problems
 
 
 def module_like(real: ModuleType, client: type[Any]) -> ModuleType:
@@ -192,7 +192,7 @@ def test_light_properties_pack_and_unpack_as_paho_does_and_leave_pahos_class_alo
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from gateway.mqtt_shim import LightProperties
+    from gateway.bus.shim import LightProperties
 
     for packet in (PacketTypes.PUBLISH, PacketTypes.PUBACK, PacketTypes.CONNECT, PacketTypes.DISCONNECT):
         light, plain = _filled(LightProperties, packet), _filled(Properties, packet)
@@ -275,7 +275,7 @@ def test_light_message_info_has_no_condition_until_somebody_waits() -> None:
     import threading
     import time
 
-    from gateway.mqtt_shim import LightMessageInfo
+    from gateway.bus.shim import LightMessageInfo
 
     info = LightMessageInfo(7)
     assert (info.mid, info.rc, info.is_published()) == (7, 0, False)
@@ -315,7 +315,7 @@ def test_light_message_info_has_no_condition_until_somebody_waits() -> None:
 
 
 def test_light_publish_takes_a_command_without_pahos_classes() -> None:
-    from gateway.mqtt_shim import LightMessageInfo, LightProperties
+    from gateway.bus.shim import LightMessageInfo, LightProperties
 
     paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     paho.manual_ack_set(True)
@@ -399,7 +399,7 @@ def test_light_send_publishes_as_paho_does() -> None:
                 )
     paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     mqtt_shim.light_send(paho)
-    from gateway.mqtt_shim import LightMessageInfo
+    from gateway.bus.shim import LightMessageInfo
 
     assert type(paho.publish("t", b"x", qos=1)) is LightMessageInfo
     assert type(paho.publish("t", b"x", qos=0)) is mqtt.MQTTMessageInfo

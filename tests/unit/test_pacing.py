@@ -13,8 +13,8 @@ from gateway.domain import effects as fx
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import CampaignState, ContactState
 from gateway.domain.statuses import Channel, Status
-from gateway.engine import Engine, Unit
-from gateway.pacing import Dispatcher, Turn
+from gateway.engine.dispatcher import Dispatcher, Turn
+from gateway.engine.engine import Engine, Unit
 from gateway.store import Conflict
 
 

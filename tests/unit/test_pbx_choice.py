@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from gateway.channels.voice import VoiceChannel
 from gateway.config import load_settings
-from gateway.engine import Engine, Unit
+from gateway.contract.topics import Topics
+from gateway.engine.engine import Engine, Unit
 from gateway.store.sqlite import SqliteStore
-from gateway.topics import Topics
-from gateway.voice_channel import VoiceChannel
 from metrics.recorder import Recorder
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.channels.whatsapp import parse_callback, result_signal, status_signal
 from gateway.domain.signals import Kind
-from gateway.whatsapp_channel import parse_callback, result_signal, status_signal
 from tests.conftest import CORPORA
 from whatsapp.client import Accepted, CloudApiClient, Failed, TimedOut
 from whatsapp.errors import ErrorClass, classify, is_account_level

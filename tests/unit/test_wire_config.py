@@ -12,11 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_settings
-from gateway.domain.statuses import Channel, Status
-from gateway.ids import uuid7
-from gateway.pacing import TokenBucket
-from gateway.phones import mask, normalise
-from gateway.wire import (
+from gateway.contract.wire import (
     MAX_BULK_PAYLOAD_BYTES,
     MAX_PAYLOAD_BYTES,
     ContactStatusEvent,
@@ -27,6 +23,10 @@ from gateway.wire import (
     encode_contact_event,
     parse_command,
 )
+from gateway.domain.phones import mask, normalise
+from gateway.domain.statuses import Channel, Status
+from gateway.engine.dispatcher import TokenBucket
+from gateway.engine.ids import uuid7
 from tests.support.certs import Pki
 
 GOOD = {"command_id": "c1", "campaign_id": "camp", "contact_id": "k1", "phone": "+420601234567"}

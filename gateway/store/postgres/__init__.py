@@ -39,6 +39,6 @@ group of tables — `contacts.py` (contacts, the ready queue, the dispatch turn'
 `whatsapp.py` (wamids, inbound message ids, marketing opt-outs, template states).
 """
 
-from .store import PostgresStore
+from gateway.store.postgres.store import PostgresStore
 
 __all__ = ["PostgresStore"]

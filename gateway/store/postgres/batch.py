@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import psycopg
 
-from .. import Conflict
+from gateway.store import Conflict
 
 COPY_AT = 32  # rows
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from .batch import WriteBatch
+from gateway.store.postgres.batch import WriteBatch
 
 
 class Blacklist(WriteBatch):

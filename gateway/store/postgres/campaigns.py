@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 
-from ...domain.state import CampaignState
-from .. import count_in_cache
-from .batch import WriteBatch
+from gateway.domain.state import CampaignState
+from gateway.store import count_in_cache
+from gateway.store.postgres.batch import WriteBatch
 
 # a transaction's counts for one campaign add up in one row while nothing else of the campaign's was
 # queued after it: one UPDATE per campaign and batch, not one per dialled contact and per ended call

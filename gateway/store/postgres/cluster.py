@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
-from .. import PARTS, Lease
-from .batch import WriteBatch
-from .connection import NOTIFY_CHANNEL
+from gateway.store import PARTS, Lease
+from gateway.store.postgres.batch import WriteBatch
+from gateway.store.postgres.connection import NOTIFY_CHANNEL
 
 
 class Cluster(WriteBatch):

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from .. import StoreError
+from gateway.store import StoreError
 
 log = logging.getLogger("telgate.store")
 NOTIFY_CHANNEL = "telgate"

@@ -9,10 +9,10 @@ from typing import Any, cast
 
 import psycopg
 
-from ...domain.state import ContactState
-from ...domain.statuses import Channel
-from .. import FINAL_STATUSES, Key, partition
-from .batch import Group, WriteBatch
+from gateway.domain.state import ContactState
+from gateway.domain.statuses import Channel
+from gateway.store import FINAL_STATUSES, Key, partition
+from gateway.store.postgres.batch import Group, WriteBatch
 
 DISPATCH_LOCK = 0x74656C68  # pg_advisory_xact_lock(DISPATCH_LOCK, channel's): one dispatch turn at a time
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from .. import DeadLetter, Key, OutboxRow, contact_partition, partition
-from .batch import WriteBatch
+from gateway.store import DeadLetter, Key, OutboxRow, contact_partition, partition
+from gateway.store.postgres.batch import WriteBatch
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (topic, payload, retain, correlation, pending, campaign_id, contact_id, part)"

@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from .. import PARTS
-from ..migrate import Migration, pending
+from gateway.store import PARTS
+from gateway.store.migrate import Migration, pending
 
 MIGRATION_LOCK = 0x74656C67  # pg_advisory_xact_lock key: one instance migrates at a time
 

@@ -14,10 +14,10 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 
-from .. import Conflict, StoreError, Txn
-from .connection import VERDICT, Backoff, Lost, connect, find_race, listen
-from .schema import migrate
-from .txn import PgTxn
+from gateway.store import Conflict, StoreError, Txn
+from gateway.store.postgres.connection import VERDICT, Backoff, Lost, connect, find_race, listen
+from gateway.store.postgres.schema import migrate
+from gateway.store.postgres.txn import PgTxn
 
 log = logging.getLogger("telgate.store")
 R = TypeVar("R")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import cast
 
-from ...domain.effects import TimerKind
-from .. import Key, Timer
-from .batch import WriteBatch
+from gateway.domain.effects import TimerKind
+from gateway.store import Key, Timer
+from gateway.store.postgres.batch import WriteBatch
 
 
 class Timers(WriteBatch):

@@ -10,16 +10,16 @@ from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
-from .. import Key
-from .blacklist import Blacklist
-from .campaigns import INSERT_CAMPAIGN, Campaigns
-from .cluster import Cluster
-from .commands import Commands
-from .connection import MARK, NOTIFY_CHANNEL
-from .contacts import INSERT_CONTACT, UPDATE_CONTACT, UPDATE_CONTACT_VERSIONED, Contacts
-from .outbox import INSERT_MESSAGE, INSERT_MESSAGE_COPY, Outbox
-from .timers import Timers
-from .whatsapp import WhatsApp
+from gateway.store import Key
+from gateway.store.postgres.blacklist import Blacklist
+from gateway.store.postgres.campaigns import INSERT_CAMPAIGN, Campaigns
+from gateway.store.postgres.cluster import Cluster
+from gateway.store.postgres.commands import Commands
+from gateway.store.postgres.connection import MARK, NOTIFY_CHANNEL
+from gateway.store.postgres.contacts import INSERT_CONTACT, UPDATE_CONTACT, UPDATE_CONTACT_VERSIONED, Contacts
+from gateway.store.postgres.outbox import INSERT_MESSAGE, INSERT_MESSAGE_COPY, Outbox
+from gateway.store.postgres.timers import Timers
+from gateway.store.postgres.whatsapp import WhatsApp
 
 
 class PgTxn(Contacts, Outbox, Timers, Campaigns, Cluster, Blacklist, Commands, WhatsApp):

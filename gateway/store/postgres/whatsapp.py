@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 
-from .. import Key
-from .batch import WriteBatch
+from gateway.store import Key
+from gateway.store.postgres.batch import WriteBatch
 
 
 class WhatsApp(WriteBatch):

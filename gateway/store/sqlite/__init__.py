@@ -7,6 +7,6 @@ Layout: `store.py` SqliteStore (the writer's and the reader's connections, each 
 `txn.py` the transaction (every table's reads and writes, the queued INSERTs), `schema.py` the migrations.
 """
 
-from .store import SqliteStore
+from gateway.store.sqlite.store import SqliteStore
 
 __all__ = ["SqliteStore"]

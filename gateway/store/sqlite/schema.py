@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from ..migrate import Migration, pending
+from gateway.store.migrate import Migration, pending
 
 MIGRATIONS = (
     Migration(

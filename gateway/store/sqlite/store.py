@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .. import StoreError, Txn
-from .schema import migrate
-from .txn import SqliteTxn
+from gateway.store import StoreError, Txn
+from gateway.store.sqlite.schema import migrate
+from gateway.store.sqlite.txn import SqliteTxn
 
 R = TypeVar("R")
 

@@ -8,10 +8,10 @@ import time
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 
-from ...domain.effects import TimerKind
-from ...domain.state import CampaignState, ContactState
-from ...domain.statuses import Channel
-from .. import FINAL_STATUSES, PARTS, DeadLetter, Key, Lease, OutboxRow, Timer, count_in_cache
+from gateway.domain.effects import TimerKind
+from gateway.domain.state import CampaignState, ContactState
+from gateway.domain.statuses import Channel
+from gateway.store import FINAL_STATUSES, PARTS, DeadLetter, Key, Lease, OutboxRow, Timer, count_in_cache
 
 ALL_PARTS = frozenset(range(PARTS))
 

@@ -9,7 +9,7 @@
    order. Each bulk's `command_id` is derived from the channel, the campaign, the SHA-256 of the file's
    bytes and the bulk's index: a second run of the same file publishes the same ids and the gateway
    answers them as duplicates, creating nothing ("already imported").
-3. The bulks go through `gateway.submit.CommandWindow` (SPEC §3's flow control). Contacts the gateway
+3. The bulks go through `gateway.tools.submit.CommandWindow` (SPEC §3's flow control). Contacts the gateway
    refuses are counted by code and listed with their line (a contact_id that appears twice in the file:
    the second is refused `contact_busy`); numbers it cannot read are accepted and end `invalid_record`.
 4. A bulk without a result after the window gives up is reported with its line range, the import stops
@@ -32,9 +32,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .strict_json import loads as strict_json
-from .submit import BusTarget, CommandWindow, NoResult, encode
-from .wire import (
+from gateway.contract.strict_json import loads as strict_json
+from gateway.contract.wire import (
     MAX_BULK_CONTACTS,
     MAX_BULK_PAYLOAD_BYTES,
     CommandResult,
@@ -42,6 +41,7 @@ from .wire import (
     SendEntry,
     field_path,
 )
+from gateway.tools.submit import BusTarget, CommandWindow, NoResult, encode
 
 MAX_ASKS = 20  # a bulk refused as a whole in an earlier run is asked again under a new id, this many times
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiomqtt
 
-from . import mqtt_shim
+from gateway.bus import shim as mqtt_shim
 
 READ_CHUNK = 256 * 1024
 

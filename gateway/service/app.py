@@ -17,31 +17,32 @@ import aiomqtt
 from aiohttp import web
 from pydantic import SecretStr
 
+from gateway import __version__
+from gateway.bus import COMMAND_KINDS, Bus
+from gateway.bus import shim as mqtt_shim
+from gateway.channels.voice import VoiceChannel
+from gateway.channels.whatsapp import WhatsAppChannel
+from gateway.cluster import identity
+from gateway.cluster.membership import Cluster
+from gateway.config import ConfigError, Settings, mask_url
+from gateway.contract.topics import Topics
+from gateway.domain import effects as fx
+from gateway.domain.policy import Policy
+from gateway.domain.state import ContactState
+from gateway.domain.statuses import Channel
+from gateway.engine.commands import INTERNAL_ERROR, CommandContext
+from gateway.engine.dispatcher import Dispatcher, Scheduler
+from gateway.engine.engine import Engine, Unit, utcnow
+from gateway.engine.loops import StoreBackoff
+from gateway.engine.ports import ChannelPort
+from gateway.service.http import build_app
+from gateway.service.http import runner as http_runner
+from gateway.service.memory import trim_allocator
+from gateway.store import Store, StoreError, Txn, open_store
 from metrics.influx import InfluxTarget, InfluxWriter
 from metrics.recorder import Recorder, influx_points
 from whatsapp import webhook
 from whatsapp.client import CloudApiClient
-
-from . import __version__, identity, mqtt_shim
-from .bus import COMMAND_KINDS, Bus
-from .cluster import Cluster
-from .commands import INTERNAL_ERROR, CommandContext
-from .config import ConfigError, Settings, mask_url
-from .domain import effects as fx
-from .domain.policy import Policy
-from .domain.state import ContactState
-from .domain.statuses import Channel
-from .engine import Engine, Unit, utcnow
-from .http import build_app
-from .http import runner as http_runner
-from .loops import StoreBackoff
-from .memory import trim_allocator
-from .pacing import Dispatcher, Scheduler
-from .ports import ChannelPort
-from .store import Store, StoreError, Txn, open_store
-from .topics import Topics
-from .voice_channel import VoiceChannel
-from .whatsapp_channel import WhatsAppChannel
 
 log = logging.getLogger("telgate.app")
 
@@ -217,7 +218,7 @@ class App:
     async def _trim_after_bursts(self, every_s: float = 1.0) -> None:
         """Once a burst of commands is over (some arrived since the last look, none in the last second),
         hand the heap's free memory back: a burst's bulk payloads left ~15 MiB of free heap that glibc
-        kept (gateway/memory.py). One malloc_trim per burst, nothing on the hot path."""
+        kept (gateway/service/memory.py). One malloc_trim per burst, nothing on the hot path."""
         seen = self.bus.received
         busy = False
         while True:
@@ -253,7 +254,7 @@ class App:
         """The adopter: each session `_adopt_session` asked for is emptied and ended by a task of its own,
         all of them children of this task's TaskGroup (cancelled with it at a stop). One the broker fails
         is logged and ends neither the others nor the service; a bug ends the service, as in every
-        background loop (gateway/loops.py)."""
+        background loop (gateway/engine/loops.py)."""
         async with asyncio.TaskGroup() as tg:
             while True:
                 bus_client = await self._adoptions.get()
@@ -271,7 +272,7 @@ class App:
 
     async def _adopt_earlier(self) -> None:
         """The bus sessions this data dir left under earlier ids (a redeploy under a new `gateway.id`): each
-        is emptied into this engine and ended, then forgotten (gateway/identity.py). One that cannot be
+        is emptied into this engine and ended, then forgotten (gateway/cluster/identity.py). One that cannot be
         (the broker down, the old id running elsewhere) is tried again at the next start."""
         await self.bus.connected.wait()
         for old in self.earlier:
@@ -314,7 +315,7 @@ class App:
 
     async def _prune(self, every_s: float = 3600.0) -> None:
         """Retention (SPEC §11): history, command ids and wamids older than `store.retention_days`, hourly.
-        Housekeeping: a failed turn follows the loops' policy (gateway/loops.py)."""
+        Housekeeping: a failed turn follows the loops' policy (gateway/engine/loops.py)."""
         keep = timedelta(days=self.settings.store.retention_days)
         backoff = StoreBackoff("store-prune")
         while True:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .domain.effects import Effect
-from .domain.state import ContactState
-from .domain.statuses import Channel
+from gateway.domain.effects import Effect
+from gateway.domain.state import ContactState
+from gateway.domain.statuses import Channel
 
 
 class ChannelPort(Protocol):

@@ -11,9 +11,9 @@ import aiomqtt
 from rich.live import Live
 from rich.table import Table
 
-from .config import Settings
-from .mqtt_io import Receiver
-from .topics import Topics
+from gateway.bus.mqtt_io import Receiver
+from gateway.config import Settings
+from gateway.contract.topics import Topics
 
 
 class Tally:

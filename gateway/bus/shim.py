@@ -3,7 +3,7 @@
 The gateway drives paho below aiomqtt in three ways no public API offers (docs/decisions.md, "The
 gateway's cost per packet"): the outbox publishes through paho on aiomqtt's connection and takes the
 queued commands without aiomqtt's task per message (aiomqtt's `_client`, `_queue`, `_disconnected`,
-`_loop`); `gateway/mqtt_io.py` puts a batched socket under paho (paho's `_sock`, and aiomqtt's reader
+`_loop`); `gateway/bus/mqtt_io.py` puts a batched socket under paho (paho's `_sock`, and aiomqtt's reader
 callback looping while the socket has `pending()` bytes); PUBACKs of success skip paho's decoding
 (`quick_puback`: paho's `_in_packet`, `_out_messages`, `_out_message_mutex`, `_logger`, `_easy_log`,
 `_do_on_publish` and `_handle_pubackcomp`); received PUBLISHes and QoS 1 publishes are made with
@@ -53,7 +53,7 @@ class LibraryMismatch(RuntimeError):
         self.missing = missing
         installed = ", ".join(f"{name} {version}" for name, version in versions.items())
         super().__init__(
-            f"the installed {installed} lack what gateway/mqtt_shim.py relies on: "
+            f"the installed {installed} lack what gateway/bus/shim.py relies on: "
             + "; ".join(missing)
             + " (pyproject.toml pins the versions the gateway is tested with)"
         )

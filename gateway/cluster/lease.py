@@ -3,7 +3,7 @@
 No store, no asyncio, no clock here (DESIGN habit 2): every call takes `now` (seconds on one monotonic
 clock, the shell's), the results of the store's `lease_join` / `lease_renew` are fed in, and the core says
 when it next needs a renewal (`get_timer()`), whether this member is fenced at `now`, which outbox
-partitions it publishes and which dead members it may bury. `gateway/cluster.py` is the shell: it makes
+partitions it publishes and which dead members it may bury. `gateway/cluster/membership.py` is the shell: it makes
 the store calls and sleeps until the core's timer. docs/cluster.md says why the rules below hold.
 
 The rules:
@@ -37,7 +37,7 @@ import math
 from collections.abc import Set
 from dataclasses import dataclass
 
-from .store import PARTS, Lease
+from gateway.store import PARTS, Lease
 
 MARGIN = 0.1  # of lease_s: a renewal is trusted for lease_s less this, from when it was sent
 

@@ -16,25 +16,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from metrics.recorder import Recorder
-
-from .commit import After, Writer
-from .domain import effects as fx
-from .domain.campaign import (
+from gateway.contract.topics import Topics
+from gateway.domain import effects as fx
+from gateway.domain.campaign import (
     Action,
     CampaignDecision,
     FinishContacts,
     decide_campaign,
     implicit,
 )
-from .domain.campaign import create as create_campaign
-from .domain.decide import Decision, decide
-from .domain.signals import Kind, Signal
-from .domain.state import CampaignState, ContactState, talk_budget_spent
-from .domain.statuses import Channel
-from .ports import ChannelPort
-from .store import Conflict, Key, Reads, Store, Txn
-from .topics import Topics
+from gateway.domain.campaign import create as create_campaign
+from gateway.domain.decide import Decision, decide
+from gateway.domain.signals import Kind, Signal
+from gateway.domain.state import CampaignState, ContactState, talk_budget_spent
+from gateway.domain.statuses import Channel
+from gateway.engine.commit import After, Writer
+from gateway.engine.ports import ChannelPort
+from gateway.store import Conflict, Key, Reads, Store, Txn
+from metrics.recorder import Recorder
 
 log = logging.getLogger("telgate.engine")
 R = TypeVar("R")
@@ -51,7 +50,7 @@ def utcnow() -> datetime:
 class Unit:
     """One piece of work inside the batch's transaction. It reads through `read`, decides with the
     domain (`apply` for a contact, `campaign_action` for a campaign), and every decision is written by
-    the engine's `Writer` (gateway/commit.py) — nothing else writes. `after` collects what is done once
+    the engine's `Writer` (gateway/engine/commit.py) — nothing else writes. `after` collects what is done once
     the transaction has committed: the channel effects of what was committed, metrics, wake-ups."""
 
     _txn: Txn

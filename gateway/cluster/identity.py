@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
+from gateway.config import Settings
 
 FILE = "gateway-id.json"
 

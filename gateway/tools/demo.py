@@ -1,6 +1,6 @@
 """`telgate demo`: the gateway on embedded defaults with a PBX simulator and the Cloud API stand-in,
 one voice and one WhatsApp campaign submitted over the bus exactly as a backend would (bulk commands
-through the command window of gateway/submit.py), live progress, and the final figures. Some of the
+through the command window of gateway/tools/submit.py), live progress, and the final figures. Some of the
 customers who read the WhatsApp message answer it — a tap on the template's quick-reply button Confirm or
 Decline, a question, a STOP — posted to the gateway's webhook as Meta would, in context of the message.
 
@@ -40,19 +40,18 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gateway.bus.mqtt_io import Receiver
+from gateway.channels.whatsapp import parse_callback
+from gateway.config import Settings, load_settings
+from gateway.contract.wire import MAX_BULK_CONTACTS, CommandResult
+from gateway.domain.statuses import STATUSES, Channel, is_final
+from gateway.logs import JsonFormatter
+from gateway.service.app import App
+from gateway.tools.submit import BusTarget, CommandWindow
+from gateway.tools.watch import Tally
 from metrics.recorder import CallKpi, WhatsAppKpi
 from sip.pbxsim import PbxSimulator
 from whatsapp.standin import Scenario, StandIn
-
-from .app import App
-from .config import Settings, load_settings
-from .domain.statuses import STATUSES, Channel, is_final
-from .logs import JsonFormatter
-from .mqtt_io import Receiver
-from .submit import BusTarget, CommandWindow
-from .watch import Tally
-from .whatsapp_channel import parse_callback
-from .wire import MAX_BULK_CONTACTS, CommandResult
 
 FINAL_STATUSES = frozenset(s.value for ch in Channel for s in STATUSES[ch] if is_final(ch, s))
 TOKEN, SECRET, VERIFY = "demo-access-token", "demo-app-secret", "demo-verify-token"
@@ -599,7 +598,7 @@ async def submit_campaigns(
 ) -> dict[str, int]:
     """Both campaigns, as a backend submits them: created and started (each command's result awaited, so
     the contacts find their campaign started), then the contacts in bulk commands through the command
-    window (SPEC §3's flow control, gateway/submit.py). A command the gateway refuses stops the demo."""
+    window (SPEC §3's flow control, gateway/tools/submit.py). A command the gateway refuses stops the demo."""
     retry = {"max_attempts": 3, "delays_s": [round(30.0 / speed, 2), round(60.0 / speed, 2)]}
     voice = [
         {"contact_id": f"client-{i:04d}", "phone": number, "meta": {"crm_id": f"A-{1000 + i}"}}
@@ -675,7 +674,7 @@ def print_summary(summary: Summary, console: Console) -> None:
         console.print(stalled_line(summary), markup=False, highlight=False)
     sent = summary.commands
     console.print(
-        f"submitted as a backend does (gateway/submit.py): {sent.get('campaign', 0)} campaign commands, "
+        f"submitted as a backend does (gateway/tools/submit.py): {sent.get('campaign', 0)} campaign commands, "
         f"{sent.get('dial', 0)} bulk dial and {sent.get('send', 0)} bulk send"
     )
     console.print(f"the gateway served {summary.metrics_url} and {summary.readyz_url} while it ran")

@@ -14,6 +14,13 @@ import time
 from collections import Counter, OrderedDict
 from typing import Any
 
+from gateway.channels.whatsapp_inbound import Taken, apply_message, apply_notice
+from gateway.domain import effects as fx
+from gateway.domain.signals import Kind, Signal
+from gateway.domain.state import ContactState
+from gateway.domain.statuses import Channel
+from gateway.engine.engine import Engine, Unit
+from gateway.store import Key
 from metrics.recorder import Recorder
 from whatsapp.client import Accepted, CloudApiClient, Failed, SendResult, TimedOut
 from whatsapp.errors import ErrorClass, classify, is_account_level
@@ -21,14 +28,6 @@ from whatsapp.inbound import inbound_messages
 from whatsapp.models import ApiError, Notification, Status
 from whatsapp.notices import PhoneQualityNotice, TemplateQualityNotice, notices
 from whatsapp.ratelimit import PairLimit, RateBackoff
-
-from .domain import effects as fx
-from .domain.signals import Kind, Signal
-from .domain.state import ContactState
-from .domain.statuses import Channel
-from .engine import Engine, Unit
-from .store import Key
-from .whatsapp_inbound import Taken, apply_message, apply_notice
 
 log = logging.getLogger("telgate.whatsapp")
 

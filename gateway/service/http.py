@@ -34,11 +34,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from gateway.contract.wire import ID_PATTERN
+from gateway.domain.phones import mask
+from gateway.store import Store
 from metrics.recorder import Recorder
-
-from .phones import mask
-from .store import Store
-from .wire import ID_PATTERN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("telgate.http")
@@ -71,7 +70,7 @@ def bearer(token: str | None) -> Callable[[Handler], Handler]:
 
 
 def masked(text: str) -> str:
-    """A traceback or a message for the log with every phone number in it masked (gateway/phones.py)."""
+    """A traceback or a message for the log with every phone number in it masked (gateway/domain/phones.py)."""
     return _DIGITS.sub(lambda m: mask(m.group(0)), text)
 
 
@@ -236,7 +235,7 @@ def build_app(
             "wa_message_id": state.wamid,
             "events": [json.loads(e) for e in events],
         }
-        from .domain.statuses import is_final
+        from gateway.domain.statuses import is_final
 
         body["final"] = is_final(state.channel, state.status)
         return web.json_response(body)

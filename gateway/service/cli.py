@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings, load_settings
 
 
 def _settings(path: str | None) -> Settings:
@@ -17,9 +17,9 @@ def _settings(path: str | None) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import logs
-    from .app import run_forever
-    from .cluster import ClusterError, LeaseLost
+    from gateway import logs
+    from gateway.cluster.membership import ClusterError, LeaseLost
+    from gateway.service.app import run_forever
 
     settings = _settings(args.config)
     logs.setup(args.log_level)
@@ -43,8 +43,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the store's schema migrations and exit (they also run when the service starts)."""
-    from .store import StoreError
-    from .store.migrate import migrate
+    from gateway.store import StoreError
+    from gateway.store.migrate import migrate
 
     settings = _settings(args.config)
     try:
@@ -62,7 +62,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     import base64
     from datetime import UTC, datetime
 
-    from .store import DeadLetter, Reads, StoreError, open_store
+    from gateway.store import DeadLetter, Reads, StoreError, open_store
 
     if args.limit <= 0:
         raise ConfigError("--limit", "must be positive")
@@ -129,7 +129,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:
-    from .asyncapi import document
+    from gateway.contract.asyncapi import document
 
     print(json.dumps(document(args.prefix), indent=2))
     return 0
@@ -138,7 +138,7 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .watch import watch
+    from gateway.tools.watch import watch
 
     settings = _settings(args.config)
     with contextlib.suppress(KeyboardInterrupt):
@@ -154,9 +154,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     import aiomqtt
     from rich.console import Console
 
-    from .importer import FileProblem, read_contacts, run_import
-    from .submit import BusTarget
-    from .wire import ID_PATTERN
+    from gateway.contract.wire import ID_PATTERN
+    from gateway.tools.importer import FileProblem, read_contacts, run_import
+    from gateway.tools.submit import BusTarget
 
     if not re.match(ID_PATTERN, args.campaign):
         raise ConfigError("--campaign", f"a campaign id matches {ID_PATTERN}")
@@ -210,7 +210,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo
+    from gateway.tools.demo import main as demo
 
     return demo(args.contacts, args.speed, args.json, args.broker)
 

@@ -22,16 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.domain.campaign import Action, template_pause_reason
+from gateway.domain.signals import Kind, Signal
+from gateway.domain.state import CampaignState, ContactState
+from gateway.domain.statuses import Channel
+from gateway.engine.engine import Engine, Unit
+from gateway.engine.loops import StoreBackoff
+from gateway.engine.ports import ChannelPort
+from gateway.store import Conflict, Key, StoreError, Timer, Txn
 from sip.waiting import wait_event
-
-from .domain.campaign import Action, template_pause_reason
-from .domain.signals import Kind, Signal
-from .domain.state import CampaignState, ContactState
-from .domain.statuses import Channel
-from .engine import Engine, Unit
-from .loops import StoreBackoff
-from .ports import ChannelPort
-from .store import Conflict, Key, StoreError, Timer, Txn
 
 log = logging.getLogger("telgate.pacing")
 EPSILON = 1e-9
@@ -298,7 +297,7 @@ class Scheduler:
         self._wake.set()
 
     async def run(self) -> None:
-        from .commands import apply_timer
+        from gateway.engine.commands import apply_timer
 
         backoff = StoreBackoff("scheduler")
         while True:

@@ -8,7 +8,7 @@ has committed: the channel effects (dial, send, cancel; an answered call's promp
 what was committed, the metrics, the wake-ups of the dispatcher and the scheduler. Nothing here decides
 a status, and nothing outside this module writes one.
 
-Payloads and topics are built here too, from the committed state (`gateway/wire.py` encodes them).
+Payloads and topics are built here too, from the committed state (`gateway/contract/wire.py` encodes them).
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gateway.contract.topics import Topics
+from gateway.contract.wire import CampaignStatusEvent, encode_contact_event
+from gateway.domain import effects as fx
+from gateway.domain.campaign import CampaignDecision, FinishContacts
+from gateway.domain.decide import Decision, EventDraft
+from gateway.domain.signals import Signal
+from gateway.domain.state import CampaignState, ContactState
+from gateway.domain.statuses import label
+from gateway.engine.ids import uuid7
+from gateway.store import Conflict, Key, Txn
 from metrics.recorder import Recorder
-
-from .domain import effects as fx
-from .domain.campaign import CampaignDecision, FinishContacts
-from .domain.decide import Decision, EventDraft
-from .domain.signals import Signal
-from .domain.state import CampaignState, ContactState
-from .domain.statuses import label
-from .ids import uuid7
-from .store import Conflict, Key, Txn
-from .topics import Topics
-from .wire import CampaignStatusEvent, encode_contact_event
 
 log = logging.getLogger("telgate.engine")
 

@@ -21,7 +21,7 @@ others for dead before they had a lease's time to renew.
 On a store one instance has to itself (SQLite), the store answers every renewal with every partition.
 
 The rules of the lease (when to renew, when it is fenced, the fair share of partitions, when the dead
-may be buried) are a pure core with a clock input, gateway/lease.py; this module is its shell: the
+may be buried) are a pure core with a clock input, gateway/cluster/lease.py; this module is its shell: the
 store calls, sleeping until the core's timer, and the callbacks of the parts that share by the lease.
 """
 
@@ -33,11 +33,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from gateway.cluster.lease import MARGIN, LeaseState
+from gateway.engine.engine import Engine, Unit
+from gateway.store import Lease, Store, StoreError, Txn
 from metrics.recorder import Recorder
-
-from .engine import Engine, Unit
-from .lease import MARGIN, LeaseState
-from .store import Lease, Store, StoreError, Txn
 
 log = logging.getLogger("telgate.cluster")
 
@@ -67,7 +66,7 @@ def _take_over(unit: Unit, member: str) -> tuple[int, str] | None:
 
 
 class Cluster:
-    """The shell around the lease's core (gateway/lease.py): the store calls, sleeping until the core's
+    """The shell around the lease's core (gateway/cluster/lease.py): the store calls, sleeping until the core's
     timer, the callbacks of the parts that share by the lease, and burying the dead it names."""
 
     MARGIN = MARGIN

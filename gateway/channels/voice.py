@@ -27,6 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.config import SipSection
+from gateway.domain import effects as fx
+from gateway.domain.signals import Kind, Signal
+from gateway.domain.state import CallerId, ContactState
+from gateway.domain.statuses import Channel
+from gateway.engine.commands import prompt_path
+from gateway.engine.engine import Engine, pause_channel
+from gateway.store import Key
 from metrics.recorder import Recorder
 from sip import sdp
 from sip.call import Answered, Ended, EndKind, Redirected, Ringing, Transferred, UacConfig
@@ -38,15 +46,6 @@ from sip.rtp import PromptError, encode, load_wav
 from sip.transport import TLS_PORT, LinkFailed, LinkLost, TcpEndpoint, TlsEndpoint, UdpEndpoint, Update, client_context
 from sip.ua import Addr, CallUpdate, Output, PbxAnswered, PbxSilent, PingAnswered, UserAgent
 from sip.waiting import wait_event
-
-from .commands import prompt_path
-from .config import SipSection
-from .domain import effects as fx
-from .domain.signals import Kind, Signal
-from .domain.state import CallerId, ContactState
-from .domain.statuses import Channel
-from .engine import Engine, pause_channel
-from .store import Key
 
 log = logging.getLogger("telgate.voice")
 

@@ -22,13 +22,12 @@ from pydantic import (
     field_validator,
 )
 
+from gateway.contract.strict_json import loads as strict_json
+from gateway.domain.phones import international
+from gateway.domain.replies import ReplyRules
+from gateway.domain.state import Mode
+from gateway.domain.statuses import CampaignStatus, Channel, Profile, Status
 from sip.uri import check_target
-
-from .domain.replies import ReplyRules
-from .domain.state import Mode
-from .domain.statuses import CampaignStatus, Channel, Profile, Status
-from .phones import international
-from .strict_json import loads as strict_json
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_BULK_PAYLOAD_BYTES = 1024 * 1024  # a bulk dial/send (SPEC §4)

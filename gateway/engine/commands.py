@@ -14,18 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sip.rtp import PromptError, load_wav
-
-from .domain.campaign import Action
-from .domain.effects import TimerKind
-from .domain.policy import Policy
-from .domain.signals import Kind, Signal
-from .domain.state import Budget, CallerId, ContactState
-from .domain.statuses import CampaignStatus, Channel
-from .engine import Hint, Unit
-from .phones import normalise
-from .store import Timer
-from .wire import (
+from gateway.contract.wire import (
     BlacklistCommand,
     CampaignCommand,
     CancelCommand,
@@ -41,6 +30,16 @@ from .wire import (
     SendCommand,
     SendEntry,
 )
+from gateway.domain.campaign import Action
+from gateway.domain.effects import TimerKind
+from gateway.domain.phones import normalise
+from gateway.domain.policy import Policy
+from gateway.domain.signals import Kind, Signal
+from gateway.domain.state import Budget, CallerId, ContactState
+from gateway.domain.statuses import CampaignStatus, Channel
+from gateway.engine.engine import Hint, Unit
+from gateway.store import Timer
+from sip.rtp import PromptError, load_wav
 
 log = logging.getLogger("telgate.commands")
 INTERNAL_ERROR = "internal_error"

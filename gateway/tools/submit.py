@@ -45,9 +45,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from .config import BusSection
-from .topics import Topics
-from .wire import CommandResult
+from gateway.config import BusSection
+from gateway.contract.topics import Topics
+from gateway.contract.wire import CommandResult
 
 log = logging.getLogger("telgate.submit")
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import __version__
-from .wire import (
+from gateway import __version__
+from gateway.contract.wire import (
     BULK_KINDS,
     COMMANDS,
     CampaignStatusEvent,
@@ -18,7 +18,7 @@ from .wire import (
     WhatsAppNotice,
 )
 
-# SPEC §3: what a backend must do when it sends commands (gateway/submit.py is the reference client)
+# SPEC §3: what a backend must do when it sends commands (gateway/tools/submit.py is the reference client)
 FLOW_CONTROL = (
     "Flow control (what a backend must do): every command gets exactly one CommandResult, matched by "
     "command_id (MQTT 5: name a Response Topic, e.g. {prefix}/v1/replies/{client_id}, and Correlation Data; "

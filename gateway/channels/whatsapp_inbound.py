@@ -20,6 +20,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.contract.wire import InboundContext, InboundMedia, InboundMessage, InboundReply, WhatsAppNotice
+from gateway.domain.campaign import account_pause_reason
+from gateway.domain.phones import international
+from gateway.domain.replies import Match, Outcome, Reply, classify
+from gateway.domain.signals import Kind, Signal
+from gateway.domain.state import CampaignState
+from gateway.domain.statuses import Channel
+from gateway.engine.engine import Unit, pause_channel
+from gateway.engine.ids import uuid7
+from gateway.store import Key
 from whatsapp.inbound import Inbound
 from whatsapp.notices import (
     AccountUpdateNotice,
@@ -29,17 +39,6 @@ from whatsapp.notices import (
     TemplateStatusNotice,
     UserPreferenceNotice,
 )
-
-from .domain.campaign import account_pause_reason
-from .domain.replies import Match, Outcome, Reply, classify
-from .domain.signals import Kind, Signal
-from .domain.state import CampaignState
-from .domain.statuses import Channel
-from .engine import Unit, pause_channel
-from .ids import uuid7
-from .phones import international
-from .store import Key
-from .wire import InboundContext, InboundMedia, InboundMessage, InboundReply, WhatsAppNotice
 
 log = logging.getLogger("telgate.whatsapp")
 
