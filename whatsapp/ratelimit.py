@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 @dataclass
 class RateBackoff:
     """The Cloud API throughput the sends may use: `rate` messages/s, halved for `backoff_s` after a 130429.
-    The one token bucket that spends it is the dispatcher's (gateway/pacing.py), which reads
+    The one token bucket that spends it is the dispatcher's (gateway/engine/dispatcher.py), which reads
     `current_rate` each turn; a second bucket here made a send held by the pair limit take two tokens."""
 
     rate: float
