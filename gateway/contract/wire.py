@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from gateway.contract.strict_json import loads as strict_json
+from gateway.domain.answering import AmdSettings, DigitMap, GatherSettings
 from gateway.domain.phones import international
 from gateway.domain.replies import ReplyRules
 from gateway.domain.state import Mode
@@ -168,7 +169,21 @@ class _ContactsCommand(_Command):
                 raise Rejection("missing_field", name, "Field required", self.command_id)
 
 
-class DialCommand(_ContactsCommand, _CallerFields):
+class _AnsweringFields(_Strict):
+    """Who answered and what they pressed (docs/voice.md §6.3, §6.4): on a dial, over its campaign's."""
+
+    amd: AmdSettings | None = Field(
+        None, description="answering-machine detection: app_amd's parameters, on_machine, wait"
+    )
+    gather: GatherSettings | None = Field(
+        None, description="digits after the prompt: max_digits, finish_on_key, timeout_s"
+    )
+    digits: DigitMap | None = Field(
+        None, description="what was pressed → confirm, opt_out, transfer or retry (a key is the whole input)"
+    )
+
+
+class DialCommand(_ContactsCommand, _CallerFields, _AnsweringFields):
     kind: Literal["dial"] = "dial"
     contacts: list[DialEntry] | None = Field(None, min_length=1, max_length=MAX_BULK_CONTACTS)
     mode: Mode = Mode.PROGRESSIVE
@@ -249,7 +264,7 @@ class BudgetIn(_Strict):
     max_contacts: int | None = Field(None, ge=0)
 
 
-class CampaignCommand(_Command, _CallerFields):
+class CampaignCommand(_Command, _CallerFields, _AnsweringFields):
     kind: Literal["campaign"] = "campaign"
     action: Literal["create", "start", "pause", "resume", "finish"]
     start_at: AwareDatetime | None = None
@@ -334,6 +349,12 @@ class SignalEvidence(BaseModel):
     wa_error_title: str | None = None
     status_timestamp: str | None = None
     reply: dict[str, str] | None = None  # `replied`: the reply's type, text or payload, and its outcome
+    # who answered (docs/voice.md §6.3): Twilio's AnsweredBy, app_amd's cause, ms from the answer
+    answered_by: str | None = None
+    amd_cause: str | None = None
+    amd_ms: int | None = None
+    digits: str | None = None  # what was pressed (§6.4)
+    outcome: str | None = None  # what the call's answer or digits decided: machine, message, confirm, opt_out…
 
 
 class ContactStatusEvent(BaseModel):

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.domain import effects as fx
+from gateway.domain.answering import MACHINE_ENDS, DigitAction, MachineAction, digit_action
 from gateway.domain.effects import Effect, TimerKind
 from gateway.domain.signals import Kind, Signal, Trigger
 from gateway.domain.state import ContactState, Mode, contacts_budget_spent
@@ -25,6 +26,11 @@ from gateway.domain.tables import (
     AfterTransfer,
     Answer,
     Attempt,
+    LeaveMessage,
+    Listen,
+    MachineHangUp,
+    Note,
+    Pressed,
     Refuse,
     Retry,
     Stay,
@@ -38,7 +44,8 @@ VOICE_OUTCOMES = frozenset(
     {K.RINGING, K.ANSWERED, K.REJECTED, K.UNREACHABLE, K.FAILED, K.INVALID_NUMBER, K.CLIENT_HANGUP, K.HANGUP}
 )
 # what an answered call reports after carrying out its effects: stale unless that call is up
-CALL_REPORTS = frozenset({K.PROMPT_DONE, K.TRANSFER_DONE})
+CALL_REPORTS = frozenset({K.PROMPT_DONE, K.TRANSFER_DONE, K.AMD, K.MACHINE_END, K.DIGITS})
+AMD_FACTS = ("answered_by", "amd_cause", "amd_ms")
 DEFAULT_AMBIGUOUS_TIMEOUT_S = 600.0
 PRIORITY_DUE = 0  # due retries, operator-ready previews: before new contacts (SPEC §10)
 PRIORITY_NEW = 1
@@ -105,6 +112,12 @@ def _trigger(state: ContactState, signal: Signal) -> str:
         not (state.in_flight and state.answered) or (signal.attempt is not None and signal.attempt != state.attempt)
     ):
         return Trigger.STALE  # of a call that is no longer up (or not this attempt's)
+    if k is K.ANSWERED and state.status is S.CALLING and _amd_waits(state):
+        return Trigger.ANSWERED_LISTEN
+    if k is K.AMD:
+        return _verdict(state, str(signal.evidence.get("answered_by", "unknown")))
+    if k is K.MACHINE_END and state.status is S.CALLING and state.call_outcome == "awaiting_greeting_end":
+        return Trigger.AMD_MESSAGE
     if k is K.DIAL_DUE:
         if signal.blacklisted:
             return Trigger.BLACKLIST_HIT
@@ -115,6 +128,24 @@ def _trigger(state: ContactState, signal: Signal) -> str:
     if k is K.CANCEL and state.channel is Channel.VOICE and (state.answered or state.status is S.ACW):
         return Trigger.SETTLE
     return k
+
+
+def _amd_waits(state: ContactState) -> bool:
+    return state.amd is not None and state.amd.enabled and state.amd.waits(state.mode is Mode.PREDICTIVE)
+
+
+def _verdict(state: ContactState, answered_by: str) -> Trigger:
+    """AMD's verdict read with the contact's rules (gateway/domain/answering.py)."""
+    action = state.amd.machine_action(answered_by, state.mode is Mode.PREDICTIVE) if state.amd else None
+    if action is None or action is MachineAction.CONTINUE:
+        return Trigger.AMD_HUMAN
+    if action is MachineAction.HANGUP:
+        return Trigger.AMD_MACHINE
+    return Trigger.AMD_MESSAGE if answered_by in MACHINE_ENDS else Trigger.AMD_MACHINE_WAIT
+
+
+def _amd_result(signal: Signal) -> dict[str, Any]:
+    return {name: signal.evidence[name] for name in AMD_FACTS if name in signal.evidence}
 
 
 def _evidence(signal: Signal, trigger: str) -> dict[str, Any]:
@@ -130,9 +161,28 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
         return Decision(state, refused=target.code)
     if isinstance(target, Stay):
         return _stay(state, signal, trigger, now)
-    if isinstance(target, AfterPrompt):  # transfer to connect_to, else hang up; no event
-        # where it goes is the contact's `connect_to` (the dial's, else `sip.connect_to`, applied at intake)
-        return Decision(state, effects=(fx.Transfer(state.connect_to) if state.connect_to else fx.HangUp(),))
+    if isinstance(target, AfterPrompt):  # gather, else transfer to connect_to, else hang up; no event
+        return Decision(state, effects=(_after_prompt(state),))
+    if isinstance(target, Listen):  # held silent while AMD listens
+        assert state.amd is not None
+        until_end = state.amd.on_machine is MachineAction.LEAVE_MESSAGE
+        return Decision(
+            replace_state(state, answered=True, updated_at=now), effects=(fx.ListenAmd(state.amd, until_end),)
+        )
+    if isinstance(target, Note):  # a verdict kept for the next event (a machine awaiting its greeting's end)
+        waiting = trigger is Trigger.AMD_MACHINE_WAIT
+        new = replace_state(
+            state,
+            amd_result=_amd_result(signal),
+            call_outcome="awaiting_greeting_end" if waiting else state.call_outcome,
+            updated_at=now,
+        )
+        return Decision(new)
+    if isinstance(target, MachineHangUp):
+        new = replace_state(state, amd_result=_amd_result(signal), call_outcome="machine", updated_at=now)
+        return Decision(new, effects=(fx.HangUp(),))
+    if isinstance(target, Pressed):
+        return _pressed(state, signal, now)
     if isinstance(target, AfterTransfer):  # the outcome kept for the hangup's evidence; we leave either way
         new = replace_state(state, transfer=_transfer_outcome(signal), updated_at=now)
         return Decision(new, effects=(fx.HangUp(),))
@@ -140,11 +190,13 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
     if isinstance(target, Attempt | Abort):
         new_status = target.status
     elif isinstance(target, Retry):
-        new_status, retry_at = _retry(state, signal, target, now)
+        new_status, retry_at = _retry(state, str(signal.kind), target, now)
     elif isinstance(target, Answer):
         new_status = target.predictive if state.mode is Mode.PREDICTIVE else target.other
     elif isinstance(target, AfterCall):
-        new_status = S.ACW if state.wrapup else S.SUCCESS
+        new_status, retry_at = _after_call(state, signal, now)
+    elif isinstance(target, LeaveMessage):
+        new_status = S.CALL_IN_PROGRESS
     else:
         new_status = target
     return _move(state, signal, trigger, new_status, retry_at, now, target)
@@ -158,6 +210,44 @@ def _on_answer(state: ContactState) -> tuple[Effect, ...]:
     return (fx.Transfer(state.connect_to),) if state.connect_to else ()
 
 
+def _after_prompt(state: ContactState) -> Effect:
+    """The prompt ended: digits are gathered when the contact asks for them (once per call), a person is
+    transferred to the contact's `connect_to` (the dial's, else `sip.connect_to`, applied at intake), and
+    every other call is hung up — a machine that got its message is never transferred."""
+    if state.gather is not None and state.pressed is None and state.call_outcome != "message":
+        return fx.Gather(state.gather)
+    if state.connect_to and state.call_outcome != "message":
+        return fx.Transfer(state.connect_to)
+    return fx.HangUp()
+
+
+def _pressed(state: ContactState, signal: Signal, now: datetime) -> Decision:
+    """A gather ended: what the input means (the contact's `digits` map), carried by the call's end."""
+    pressed = str(signal.evidence.get("digits") or "")
+    action = digit_action(state.digit_map, pressed)
+    outcome = str(action) if action is not None else "no_input"
+    new = replace_state(state, pressed=pressed, call_outcome=outcome, updated_at=now)
+    effects: list[Effect] = []
+    if action is DigitAction.OPT_OUT and state.phone:
+        effects.append(fx.BlacklistNumber(state.phone))  # in this decision's transaction
+    if action is DigitAction.TRANSFER and state.connect_to:
+        effects.append(fx.Transfer(state.connect_to))
+    else:
+        effects.append(fx.HangUp())
+    return Decision(new, effects=tuple(effects))
+
+
+def _after_call(state: ContactState, signal: Signal, now: datetime) -> tuple[Status, datetime | None]:
+    """The call ended after it was answered (AfterCall)."""
+    if state.call_outcome == "machine":  # retried like `unreachable`, by the policy
+        return _retry(state, "unreachable", Retry(S.COMPLETED_WITHOUT_ANSWER), now)
+    if state.call_outcome == "retry":  # the callee asked for another call
+        return _retry(state, "retry", Retry(S.COMPLETED_WITHOUT_ANSWER, always=True), now)
+    if state.status is S.CALLING:  # held for the verdict: the callee left before it
+        return S.CANCELED_BY_CLIENT, None
+    return (S.ACW if state.wrapup else S.SUCCESS), None
+
+
 def _transfer_outcome(signal: Signal) -> str:
     """`ok`, or `failed: <code> <reason>` (the REFER refused, or the NOTIFY's final was not a 2xx)."""
     ev = signal.evidence
@@ -167,9 +257,10 @@ def _transfer_outcome(signal: Signal) -> str:
     return f"failed: {code if code is not None else ''} {ev.get('reason') or ''}".strip()
 
 
-def _retry(state: ContactState, signal: Signal, rule: Retry, now: datetime) -> tuple[Status, datetime | None]:
+def _retry(state: ContactState, kind: str, rule: Retry, now: datetime) -> tuple[Status, datetime | None]:
+    """Retried when `kind` is in the policy's `retry_on` (or the rule retries always) and attempts remain."""
     policy = state.policy
-    allowed = rule.always or signal.kind is K.GATEWAY_RESTART or str(signal.kind) in policy.retry_on
+    allowed = rule.always or kind == K.GATEWAY_RESTART or kind in policy.retry_on
     if allowed and not state.no_retry and state.attempt < policy.max_attempts:
         return S.RETRY_SCHEDULED, policy.retry_at(state.attempt, now, rule.at_least_s)
     return rule.final, None
@@ -226,6 +317,7 @@ def _move(
     if isinstance(target, Attempt):  # entering calling / in_progress: a new attempt starts
         attempt += 1
         changes.update(attempt=attempt, in_flight=True, answered=False, no_retry=False, wamid=None, transfer=None)
+        changes.update(amd_result=None, call_outcome=None, pressed=None)
         if state.channel is Channel.VOICE:  # the caller ID this attempt is placed with: the dial's over the campaign's
             caller = state.caller.over(signal.caller) if state.caller is not None else signal.caller
             changes["attempt_caller"] = None if caller is None or caller.empty else caller
@@ -234,12 +326,20 @@ def _move(
         effects.append(fx.Dial(attempt) if state.channel is Channel.VOICE else fx.Send(attempt))
     elif k is K.ANSWERED:
         changes["answered"] = True
+    elif k is K.AMD:
+        changes["amd_result"] = _amd_result(signal)
     elif k in (K.HANGUP, K.CLIENT_HANGUP):
         changes.update(in_flight=False)
         if state.answered and signal.duration_s:
             effects.append(fx.AddTalkTime(signal.duration_s))
     if isinstance(target, Answer):  # the call does what the contact asked on answer
+        if k is K.ANSWERED and state.amd is not None and state.amd.enabled:  # AMD listens beside it
+            effects.append(fx.ListenAmd(state.amd, until_end=False))
         effects.extend(_on_answer(state))
+    if isinstance(target, LeaveMessage):  # the machine's greeting ended: its message
+        changes.update(amd_result=_amd_result(signal) or state.amd_result, call_outcome="message")
+        message = (state.amd.message_prompt if state.amd else None) or state.prompt
+        effects.append(fx.PlayPrompt(message) if message else fx.HangUp())
     if isinstance(target, Abort) and state.in_flight and state.channel is Channel.VOICE:
         effects.append(fx.CancelCall())
     if k is K.WA_ACCOUNT:
@@ -266,6 +366,12 @@ def _move(
     evidence = _evidence(signal, trigger)
     if k in (K.HANGUP, K.CLIENT_HANGUP) and state.transfer is not None:
         evidence["transfer"] = state.transfer  # the call's transfer outcome, with its end
+    if state.amd_result and k is not K.AMD:  # the verdict rides on the call's next event (no wait)
+        evidence.update({name: value for name, value in state.amd_result.items() if name not in evidence})
+    if state.call_outcome and state.call_outcome != "awaiting_greeting_end":
+        evidence.setdefault("outcome", state.call_outcome)
+    if state.pressed is not None:
+        evidence.setdefault("digits", state.pressed)
     event = EventDraft(
         sequence=state.sequence + 1,
         status=new_status,

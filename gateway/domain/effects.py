@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from gateway.domain.answering import AmdSettings, GatherSettings
+
 
 class TimerKind(StrEnum):
     BCW = "bcw"
@@ -75,6 +77,31 @@ class HangUp:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenAmd:
+    """Run answering-machine detection on the answered call's audio with `settings`; the channel signals
+    AMD with the verdict and, when `until_end` (the campaign leaves a message), MACHINE_END when a
+    machine's greeting ended."""
+
+    settings: AmdSettings
+    until_end: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Gather:
+    """Collect digits on the answered call (RFC 4733, SIP INFO, in-band) with `settings`; the channel
+    signals DIGITS when the gather ended."""
+
+    settings: GatherSettings
+
+
+@dataclass(frozen=True, slots=True)
+class BlacklistNumber:
+    """The contact's number goes on the blacklist, in the decision's own transaction (an opt-out)."""
+
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     attempt: int
 
@@ -109,10 +136,13 @@ Effect = (
     | PlayPrompt
     | Transfer
     | HangUp
+    | ListenAmd
+    | Gather
+    | BlacklistNumber
     | Send
     | MapWamid
     | AddTalkTime
     | PauseCampaign
     | CountDialed
 )
-STORE_EFFECTS = (Enqueue, Dequeue, StartTimer, CancelTimers, MapWamid, AddTalkTime, CountDialed)
+STORE_EFFECTS = (Enqueue, Dequeue, StartTimer, CancelTimers, MapWamid, AddTalkTime, CountDialed, BlacklistNumber)

@@ -30,6 +30,9 @@ class Kind(StrEnum):
     # an answered call, as the channel carried out what its decision asked (evidence-free / the outcome)
     PROMPT_DONE = "prompt_done"  # the prompt ended (played, or it could not be)
     TRANSFER_DONE = "transfer_done"  # the REFER's outcome: evidence `ok`, `sip_code`, `reason`
+    AMD = "amd"  # the verdict: evidence `answered_by`, `amd_cause`, `amd_ms` (gateway/domain/answering.py)
+    MACHINE_END = "machine_end"  # a machine's greeting ended (beep, silence): evidence `answered_by`
+    DIGITS = "digits"  # a gather ended: evidence `digits` (maybe empty), `finish` (max_digits, key, timeout)
     # operator signals (SPEC §4 operator)
     ASSIGNED = "assigned"
     ACCEPTED = "accepted"
@@ -70,6 +73,12 @@ class Trigger(StrEnum):
     SETTLE = "settle"  # let what is in flight end on its own, without a retry
     STALE = "stale_outcome"  # a call outcome of an attempt that is not the one in flight
     RECORD_ONLY = "record_only"  # webhook of a message whose contact was canceled/removed
+    # who answered (gateway/domain/answering.py): the verdict read with the contact's rules
+    ANSWERED_LISTEN = "answered_listen"  # answered, held silent while AMD listens
+    AMD_HUMAN = "amd_human"  # a person (or `unknown`), or a machine the campaign treats as one
+    AMD_MACHINE = "amd_machine"  # a machine (or a fax) to hang up on
+    AMD_MACHINE_WAIT = "amd_machine_wait"  # a machine that gets a message: wait for its greeting's end
+    AMD_MESSAGE = "amd_message"  # the greeting ended: leave the message
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from gateway.domain.answering import AmdSettings, DigitAction, GatherSettings
 from gateway.domain.policy import Policy
 from gateway.domain.replies import ReplyRules
 from gateway.domain.statuses import CampaignStatus, Channel, Profile, Status
@@ -74,6 +75,13 @@ class ContactState(BaseModel):
     answered: bool = False  # the current call was answered
     no_retry: bool = False  # admin cancel/finish while in flight: end without retry
     transfer: str | None = None  # the current call's transfer outcome ("ok", "failed: ..."): its hangup's evidence
+    # who answered and what they pressed (gateway/domain/answering.py): the rules, then this call's facts
+    amd: AmdSettings | None = None
+    gather: GatherSettings | None = None
+    digit_map: dict[str, DigitAction] | None = None
+    amd_result: dict[str, Any] | None = None  # this call's verdict: answered_by, amd_cause, amd_ms
+    call_outcome: str | None = None  # machine, message, confirm, opt_out, transfer, retry, no_input
+    pressed: str | None = None  # the digits gathered on this call
     wamid: str | None = None
     retry_at: datetime | None = None
     created_at: datetime | None = None
@@ -102,6 +110,10 @@ class CampaignState(BaseModel):
     dialed_contacts: int = 0  # contacts that got a first dial/send (max_contacts budget)
     paused_by_gateway: bool = False
     replies: ReplyRules | None = None  # what a customer's reply means (SPEC §5.2 `replied`); None: defaults
+    # defaults for its dials (a dial's own object replaces the campaign's), taken when a contact is created
+    amd: AmdSettings | None = None
+    gather: GatherSettings | None = None
+    digit_map: dict[str, DigitAction] | None = None
 
     def budget_spent(self) -> bool:
         return talk_budget_spent(self.talk_seconds, self.budget.max_talk_minutes)

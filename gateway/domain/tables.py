@@ -18,6 +18,16 @@ Rules:
   call outcome, which every voice status absorbs (decide() names it `stale_outcome`);
 - finals list nothing except the triggers that are expected after them (stale call outcomes,
   duplicate or late webhooks), which are absorbed without an event;
+- who answered (docs/voice.md §6.3, gateway/domain/answering.py): with AMD on, an answer the contact must
+  wait on (`answered_listen`) is `Listen` — the call is up, the status stays `calling`, no event — and
+  the verdict decides: a person is the `Answer`; a machine to hang up on is `MachineHangUp` (the call's
+  end then retries it like `unreachable`); a machine that gets a message waits for its greeting's end
+  (`Note`) and then `LeaveMessage` (→ `call_in_progress`, the message prompt). A verdict on a call that
+  already moved on (no wait) is a `Note` or a `MachineHangUp`; the next event carries it;
+- what they pressed: `prompt_done` with a `gather` asks for digits (`AfterPrompt`); `digits` is `Pressed`,
+  which the contact's `digits` map resolves (confirm, opt_out, transfer, retry, no input); no status
+  change until the call ends (`AfterCall` reads the outcome: `retry` and a machine are retried, the rest
+  succeed);
 - `awaiting_operator` means two things in SPEC §5.1: waiting before the dial (no call), and a
   predictive call answered and waiting for an operator; the second has its own row, `ON_CALL_AWAITING`.
 """
@@ -84,7 +94,35 @@ class AfterTransfer:
 
 @dataclass(frozen=True, slots=True)
 class AfterCall:
-    """The call ended after it was connected: ACW when the contact asked for wrap-up, else success."""
+    """The call ended after it was answered: a machine hung up on, or a `retry` pressed, is retried
+    (`Retry(completed_without_answer)`, a machine as `unreachable`); a call still held in `calling` for the
+    verdict that the callee hung up is `canceled_by_client`; else ACW when the contact asked for wrap-up,
+    else success."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Answered, held silent while AMD listens (ListenAmd): the call is up, no status change, no event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A verdict kept on the contact for the call's next event; no status change, no event."""
+
+
+@dataclass(frozen=True, slots=True)
+class MachineHangUp:
+    """A machine (or a fax) to hang up on: the verdict is kept, the call hung up (HangUp); its end decides."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveMessage:
+    """A machine's greeting ended: → `call_in_progress`, its message prompt plays (PlayPrompt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pressed:
+    """A gather ended: the `digits` map says what it means; the call's end carries it (no event now)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +144,24 @@ class Refuse:
     code: str
 
 
-Target = Status | Attempt | Abort | Retry | Answer | AfterPrompt | AfterTransfer | AfterCall | Stay | Absorb | Refuse
+Target = (
+    Status
+    | Attempt
+    | Abort
+    | Retry
+    | Answer
+    | AfterPrompt
+    | AfterTransfer
+    | AfterCall
+    | Listen
+    | Note
+    | MachineHangUp
+    | LeaveMessage
+    | Pressed
+    | Stay
+    | Absorb
+    | Refuse
+)
 Row = dict[str, Target]
 
 STALE = Absorb("stale")
@@ -124,7 +179,15 @@ _PRE_DIAL: Row = {
 # a call outcome of an attempt that is no longer in flight (decide() names it T.STALE), in any voice status
 _STALE: Row = {T.STALE: STALE}
 # what an answered call reports back after its effects (a call that is up: ON_CALL_AWAITING, call_in_progress)
-_CALL_UP: Row = {K.PROMPT_DONE: AfterPrompt(), K.TRANSFER_DONE: AfterTransfer()}
+_CALL_UP: Row = {
+    K.PROMPT_DONE: AfterPrompt(),
+    K.TRANSFER_DONE: AfterTransfer(),
+    K.DIGITS: Pressed(),
+    # a verdict that arrives after the call moved on (AMD without wait): kept for the next event
+    T.AMD_HUMAN: Note(),
+    T.AMD_MACHINE: MachineHangUp(),
+    K.MACHINE_END: Absorb("after_verdict"),
+}
 # operator signals and timers of a call that already ended
 _CALL_SIGNALS_STALE: Row = {k: STALE for k in (K.CONNECTED, K.WRAPUP_DONE, K.ACW_ELAPSED, K.BCW_ELAPSED)}
 
@@ -147,6 +210,15 @@ VOICE: dict[Status, Row] = {
     S.CALLING: {
         K.RINGING: Stay(),
         K.ANSWERED: Answer(predictive=S.AWAITING_OPERATOR, other=S.CALL_IN_PROGRESS),
+        # answered and held while AMD listens: the verdict decides (docs/voice.md §6.3)
+        T.ANSWERED_LISTEN: Listen(),
+        T.AMD_HUMAN: Answer(predictive=S.AWAITING_OPERATOR, other=S.CALL_IN_PROGRESS),
+        T.AMD_MACHINE: MachineHangUp(),
+        T.AMD_MACHINE_WAIT: Note(),
+        T.AMD_MESSAGE: LeaveMessage(),
+        K.MACHINE_END: Absorb("no_message"),
+        K.HANGUP: AfterCall(),
+        K.CLIENT_HANGUP: AfterCall(),
         K.REJECTED: Retry(S.COMPLETED_WITHOUT_ANSWER),
         K.UNREACHABLE: Retry(S.COMPLETED_WITHOUT_ANSWER),
         K.FAILED: Retry(S.DIAL_FAILED),
@@ -316,14 +388,25 @@ CONTACTING: dict[Channel, Status] = {Channel.VOICE: S.CALLING, Channel.WHATSAPP:
 
 # the rows of a voice call that is up (answered, not ended): each carries out what the answer asked
 CALL_UP_ROWS: tuple[Row, ...] = (VOICE[S.CALL_IN_PROGRESS], ON_CALL_AWAITING)
-_CALL_CONTROL: dict[type, Kind] = {Answer: K.ANSWERED, AfterPrompt: K.PROMPT_DONE, AfterTransfer: K.TRANSFER_DONE}
+# each call-control target and the triggers it may follow (voice only)
+_CALL_CONTROL: dict[type, tuple[str, ...]] = {
+    Answer: (K.ANSWERED, T.AMD_HUMAN),
+    AfterPrompt: (K.PROMPT_DONE,),
+    AfterTransfer: (K.TRANSFER_DONE,),
+    Pressed: (K.DIGITS,),
+    Listen: (T.ANSWERED_LISTEN,),
+    LeaveMessage: (T.AMD_MESSAGE,),
+    MachineHangUp: (T.AMD_MACHINE,),
+}
+# what every call that is up must list: it reports these after carrying out its effects
+_CALL_UP_REPORTS: dict[str, type] = {K.PROMPT_DONE: AfterPrompt, K.TRANSFER_DONE: AfterTransfer, K.DIGITS: Pressed}
 
 
 def _check_tables() -> None:
     """The shape SPEC §9 rests on, checked when the module loads: a row that enters a channel's
     contacting status without starting an attempt (or starts one elsewhere) is a bug in the tables; so
-    is a call-control target on another trigger or channel, or a call that is up without both of
-    `prompt_done` and `transfer_done`."""
+    is a call-control target on another trigger or channel, or a call that is up without each of
+    `prompt_done`, `transfer_done` and `digits`."""
     rows = [(ch, r) for ch, table in TABLES.items() for r in table.values()] + [(Channel.VOICE, ON_CALL_AWAITING)]
     for channel, row in rows:
         for trigger, target in row.items():
@@ -331,12 +414,12 @@ def _check_tables() -> None:
                 raise AssertionError(f"{channel} {trigger}: an attempt enters {target.status}")
             if target is CONTACTING[channel]:
                 raise AssertionError(f"{channel} {trigger} enters {target} without a new attempt")
-            kind = _CALL_CONTROL.get(type(target))
-            if kind is not None and (channel is not Channel.VOICE or trigger is not kind):
-                raise AssertionError(f"{channel} {trigger}: {type(target).__name__} belongs to voice {kind}")
+            kinds = _CALL_CONTROL.get(type(target))
+            if kinds is not None and (channel is not Channel.VOICE or trigger not in kinds):
+                raise AssertionError(f"{channel} {trigger}: {type(target).__name__} belongs to voice {kinds}")
     for row in CALL_UP_ROWS:
-        for target_type, kind in _CALL_CONTROL.items():
-            if target_type is not Answer and not isinstance(row.get(kind), target_type):
+        for kind, target_type in _CALL_UP_REPORTS.items():
+            if not isinstance(row.get(kind), target_type):
                 raise AssertionError(f"a call that is up lists {kind} as {target_type.__name__}")
 
 

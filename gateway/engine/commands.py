@@ -298,6 +298,17 @@ def _create(
     shared: dict[str, Any] = {"channel": channel, "policy": policy, "profile": cmd.profile}
     if isinstance(cmd, DialCommand):
         shared |= {"mode": cmd.mode, "wrapup": cmd.wrapup, "bcw_s": cmd.bcw_s}
+        # who answered and what they pressed: the dial's own rules, else its campaign's (as they are now)
+        shared |= {
+            "amd": cmd.amd if cmd.amd is not None else camp.amd,
+            "gather": cmd.gather if cmd.gather is not None else camp.gather,
+            "digit_map": cmd.digits if cmd.digits is not None else camp.digit_map,
+        }
+        amd = shared["amd"]
+        if amd is not None and amd.message_prompt is not None:
+            problem = prompt_problem(ctx.prompts_dir, amd.message_prompt)
+            if problem is not None:
+                raise _No("invalid_prompt", "amd.message_prompt", problem)
     else:
         shared["template"] = cmd.template.model_dump(exclude={"category"})  # what goes to the Cloud API
         shared["template_category"] = cmd.template.category
@@ -380,6 +391,9 @@ def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
         "max_cps": cmd.max_cps,
         "max_concurrent": cmd.max_concurrent,
         "replies": cmd.replies,
+        "amd": cmd.amd,
+        "gather": cmd.gather,
+        "digit_map": cmd.digits,
     }
     if cmd.budget is not None:
         settings["budget"] = Budget(**cmd.budget.model_dump())

@@ -110,13 +110,15 @@ class Writer:
                 txn.map_wamid(wamid, key)
             case fx.CountDialed():
                 txn.count_dialed(key[0])
+            case fx.BlacklistNumber(phone):
+                txn.blacklist(phone, True)  # an opt-out: with the decision that heard it
             case fx.AddTalkTime() | fx.PauseCampaign():
                 pass  # campaign decisions: the engine decides them (Unit.apply) after this write
             case fx.CancelCall():
                 after.effects.append((effect, state))
                 # the call may be another instance's: its owner hears of it once this commits
                 txn.notify(cancel_note(self.gateway_id, state))
-            case fx.Dial() | fx.Send() | fx.PlayPrompt() | fx.Transfer() | fx.HangUp():
+            case fx.Dial() | fx.Send() | fx.PlayPrompt() | fx.Transfer() | fx.HangUp() | fx.ListenAmd() | fx.Gather():
                 # an answered call's prompt, transfer and hang-up: asked by signals of the channel that
                 # holds the call, carried out by it
                 after.effects.append((effect, state))
