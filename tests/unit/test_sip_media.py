@@ -87,3 +87,21 @@ def test_wav_prompts_must_be_8khz_mono_16bit(tmp_path: Path) -> None:
         rtp.load_wav(tmp_path / "junk.wav")
     with pytest.raises(rtp.PromptError, match=r"junk2\.wav"):
         rtp.load_wav(tmp_path / "junk2.wav")
+
+
+def test_received_rtp_goes_to_its_call_by_address_and_latches_a_symmetric_sender() -> None:
+    from sip.media import MediaEndpoint
+
+    media = MediaEndpoint()
+    got: dict[str, list[bytes]] = {"a": [], "b": []}
+    media.attach(("192.0.2.1", 4000), got["a"].append)
+    media.attach(("192.0.2.1", 4002), got["b"].append)
+    media.datagram_received(b"to-a", ("192.0.2.1", 4000))
+    media.datagram_received(b"from-b-elsewhere", ("192.0.2.1", 5550))  # b's far end sends from another port
+    media.datagram_received(b"b-again", ("192.0.2.1", 5550))
+    media.datagram_received(b"stray", ("198.51.100.7", 4000))
+    assert got == {"a": [b"to-a"], "b": [b"from-b-elsewhere", b"b-again"]}
+    assert media.stray_packets == 1
+    media.detach(("192.0.2.1", 4002))
+    media.datagram_received(b"after", ("192.0.2.1", 5550))
+    assert got["b"] == [b"from-b-elsewhere", b"b-again"] and media.stray_packets == 2
