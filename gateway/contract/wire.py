@@ -23,11 +23,14 @@ from pydantic import (
 )
 
 from gateway.contract.strict_json import loads as strict_json
+from gateway.domain.abandonment import AbandonWindow
 from gateway.domain.answering import AmdSettings, DigitMap, GatherSettings
+from gateway.domain.limits import Limits
 from gateway.domain.phones import international
 from gateway.domain.replies import ReplyRules
 from gateway.domain.state import Mode
 from gateway.domain.statuses import CampaignStatus, Channel, Profile, Status
+from gateway.domain.windows import CallingWindow
 from sip.uri import check_target
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -276,13 +279,45 @@ class CampaignCommand(_Command, _CallerFields, _AnsweringFields):
         description="what a customer's WhatsApp reply means: match context|sender, and per outcome"
         " (confirm, decline, opt_out) quick-reply buttons and keywords per language",
     )
+    # lawful calling (docs/lawful-calling.md)
+    window: CallingWindow | None = Field(
+        None, description="the callee's local calling hours: preset (us_tcpa, fr_2023), weekly, holidays, margin_s"
+    )
+    limits: Limits | None = Field(
+        None, description="attempt caps per number over every campaign: max_attempts per_days, after_* holds"
+    )
+    abandon_after_s: float | None = Field(None, gt=0, le=60, description="predictive: the longest wait for an operator")
+    abandon_prompt: PromptName | None = None
+    max_abandon_rate: float | None = Field(None, ge=0, le=1)
+    abandon_window: AbandonWindow | None = None
+    operators: int | None = Field(None, ge=0, le=100_000, description="predictive: operators on this campaign")
+
+
+PRESENCE_SIGNALS = ("available", "unavailable")  # an operator for the campaign's calls, not for one contact
 
 
 class OperatorCommand(_Command):
     kind: Literal["operator"] = "operator"
-    contact_id: Id
-    signal: Literal["assigned", "accepted", "rejected", "call_now", "no_operator", "connected", "wrapup_done"]
+    contact_id: Id | None = None  # required, except with `available`/`unavailable`
+    signal: Literal[
+        "assigned",
+        "accepted",
+        "rejected",
+        "call_now",
+        "no_operator",
+        "connected",
+        "wrapup_done",
+        "available",
+        "unavailable",
+    ]
     operator_id: str | None = Field(None, max_length=128, pattern=NO_CONTROLS)
+
+    def check_shape(self) -> None:
+        if self.signal in PRESENCE_SIGNALS:
+            if self.operator_id is None:
+                raise Rejection("missing_field", "operator_id", "Field required", self.command_id)
+        elif self.contact_id is None:
+            raise Rejection("missing_field", "contact_id", "Field required", self.command_id)
 
 
 Command = (
@@ -595,7 +630,7 @@ def parse_command(kind: str, payload: bytes) -> Command:
         raise Rejection(
             _CODES.get(err["type"], "invalid_field"), field_path(err["loc"]), err["msg"], command_id
         ) from exc
-    if isinstance(cmd, DialCommand | SendCommand):
+    if isinstance(cmd, DialCommand | SendCommand | OperatorCommand):
         cmd.check_shape()
     return cmd
 

@@ -9,6 +9,12 @@ Rules:
 - the gateway pauses a campaign itself (`auto_pause`, with a reason): PBX down, WhatsApp account
   error, talk budget spent (`state.talk_budget_spent`: the campaign's talk time reached `max_talk_minutes`);
   `resume` is refused with `budget_spent` while the budget is spent;
+- predictive campaigns count every live answer's fate (`live_answer`): the abandonment rate over the
+  campaign's rolling `abandon_window` (gateway/domain/abandonment.py); above `max_abandon_rate` the
+  campaign pauses itself with reason `abandon_rate` (an operator resumes it: the window still holds the
+  abandons, so it pauses again on the next abandon until the rate falls back under the limit);
+- operators say they are `available`/`unavailable` per campaign (`operator_presence`): the set of those
+  online is the pacer's input (docs/lawful-calling.md);
 - entering `finished` finishes every contact of the campaign that is not final (`FinishContacts`);
   `finished` accepts nothing; repeating the current state is accepted and changes nothing.
 
@@ -23,6 +29,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from gateway.domain.abandonment import AbandonRate
 from gateway.domain.effects import StartTimer, TimerKind
 from gateway.domain.state import CampaignState
 from gateway.domain.statuses import CampaignStatus
@@ -203,3 +210,36 @@ def template_pause_reason(name: str, status: str | None) -> str | None:
 def account_pause_reason(event: str | None) -> str | None:
     """The reason every WhatsApp campaign pauses for on an `account_update`, or None."""
     return None if event is None or event.upper() not in ACCOUNT_BLOCKED else f"whatsapp_account_update:{event.upper()}"
+
+
+def abandon_rate(state: CampaignState) -> AbandonRate:
+    """The campaign's rolling abandonment count (empty until its first live answer)."""
+    if state.abandonment:
+        return AbandonRate.from_dict(state.abandonment)
+    return AbandonRate(window=state.abandon_window)
+
+
+def live_answer(state: CampaignState, abandoned: bool, now: datetime) -> CampaignDecision:
+    """A person answered a predictive call and reached an operator, or was `abandoned`: counted; the
+    campaign pauses itself when its abandonment rate is over `max_abandon_rate`."""
+    rate = abandon_rate(state)
+    rate = rate.record_abandon(now) if abandoned else rate.record_answer(now)
+    new = state.model_copy(update={"abandonment": rate.to_dict()})
+    limit = state.max_abandon_rate
+    if abandoned and limit is not None and state.status is C.IN_PROGRESS and rate.should_pause(now, limit):
+        answered, lost = rate.counts(now)
+        reason = f"abandon_rate: {lost} of {answered} live answers abandoned over {state.abandon_window}"
+        return decide_campaign(new, Action.AUTO_PAUSE, now, reason=reason)
+    return CampaignDecision(new, False, wrote=True)
+
+
+def operator_presence(state: CampaignState, operator_id: str, available: bool) -> CampaignDecision:
+    """An operator `available` for the campaign's calls, or no longer."""
+    if (operator_id in state.operators_online) == available:
+        return CampaignDecision(state, False)
+    online = [o for o in state.operators_online if o != operator_id]
+    if available:
+        online.append(operator_id)
+    if tuple(online) == state.operators_online:
+        return CampaignDecision(state, False)
+    return CampaignDecision(state.model_copy(update={"operators_online": tuple(online)}), False, wrote=True)

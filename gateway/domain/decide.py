@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.domain import effects as fx
+from gateway.domain import limits as caps
+from gateway.domain import windows
 from gateway.domain.answering import MACHINE_ENDS, DigitAction, MachineAction, digit_action
 from gateway.domain.effects import Effect, TimerKind
 from gateway.domain.signals import Kind, Signal, Trigger
@@ -19,6 +21,7 @@ from gateway.domain.statuses import Channel, Status, is_final
 from gateway.domain.tables import (
     ON_CALL_AWAITING,
     TABLES,
+    Abandon,
     Abort,
     Absorb,
     AfterCall,
@@ -35,6 +38,7 @@ from gateway.domain.tables import (
     Retry,
     Stay,
     Target,
+    Wait,
 )
 
 S = Status
@@ -52,7 +56,10 @@ PRIORITY_NEW = 1
 # statuses in which a contact may wait in the dispatch queue / hold a persisted timer: leaving them
 # clears the queue entry / the timers (and only leaving them costs a write)
 QUEUEABLE = frozenset({S.INITIAL, S.OPERATOR_ASSIGNED, S.BCW, S.RETRY_SCHEDULED})
-TIMED = frozenset({S.BCW, S.ACW, S.IN_PROGRESS})
+TIMED = frozenset({S.BCW, S.ACW, S.IN_PROGRESS, S.AWAITING_OPERATOR})
+REFUSAL_SIP = frozenset({603, 607, 608})  # Decline, Unwanted, Rejected: the callee said no (not 486 Busy)
+REFUSAL_Q850 = 21  # call rejected
+WINDOW_RECHECK = timedelta(days=1)  # a window that opens nowhere within its horizon is looked at again then
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +94,7 @@ def decide(state: ContactState, signal: Signal, now: datetime) -> Decision:
         return _create(state, signal, now)
     if state.sequence == 0:
         return Decision(state, refused="unknown_contact")
-    trigger = _trigger(state, signal)
+    trigger = _trigger(state, signal, now)
     row = (
         ON_CALL_AWAITING
         if state.status is S.AWAITING_OPERATOR and state.in_flight
@@ -99,7 +106,7 @@ def decide(state: ContactState, signal: Signal, now: datetime) -> Decision:
     return _apply(state, signal, trigger, target, now)
 
 
-def _trigger(state: ContactState, signal: Signal) -> str:
+def _trigger(state: ContactState, signal: Signal, now: datetime) -> str:
     k = signal.kind
     if (
         state.channel is Channel.VOICE
@@ -123,11 +130,34 @@ def _trigger(state: ContactState, signal: Signal) -> str:
             return Trigger.BLACKLIST_HIT
         if state.attempt == 0 and contacts_budget_spent(signal.contacts_dialed, signal.max_contacts):
             return Trigger.PLAN_LIMIT
+        held = _held_back(state, signal, now) if state.channel is Channel.VOICE else None
+        if held is not None:
+            return held[0]
     if k is K.FINISH and (state.in_flight or state.status in (S.ACW, S.SENT, S.DELIVERED)):
         return Trigger.SETTLE
     if k is K.CANCEL and state.channel is Channel.VOICE and (state.answered or state.status is S.ACW):
         return Trigger.SETTLE
     return k
+
+
+def _zones(state: ContactState, window: windows.CallingWindow) -> tuple[str, ...]:
+    """The callee's time zones: those of its number, else the window's `default_tz`."""
+    return (windows.zones_for_number(state.phone) if state.phone else ()) or (window.default_tz,)
+
+
+def _held_back(state: ContactState, signal: Signal, now: datetime) -> tuple[Trigger, datetime, str] | None:
+    """Why a due dial may not be placed now and until when: the callee's calling window (every zone of the
+    number inside it), then the number's caps over every campaign (docs/lawful-calling.md)."""
+    if signal.window is not None:
+        zones = _zones(state, signal.window)
+        if not windows.is_open(signal.window, zones, now):
+            opens = windows.opens_at(signal.window, zones, now)
+            return Trigger.OUTSIDE_WINDOW, opens or now + WINDOW_RECHECK, "outside_window"
+    if signal.limits is not None and signal.history is not None:
+        blocked = caps.check(signal.limits, signal.history, now)
+        if blocked is not None:
+            return Trigger.NUMBER_CAPPED, blocked.until, blocked.reason
+    return None
 
 
 def _amd_waits(state: ContactState) -> bool:
@@ -183,6 +213,14 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
         return Decision(new, effects=(fx.HangUp(),))
     if isinstance(target, Pressed):
         return _pressed(state, signal, now)
+    if isinstance(target, Wait):  # not now: retry_scheduled until it may be dialled, no attempt spent
+        held = _held_back(state, signal, now)
+        assert held is not None
+        _, until, why = held
+        moved = _move(state, signal, trigger, S.RETRY_SCHEDULED, until, now, target)
+        event = moved.events[0]
+        event = replace(event, evidence={**event.evidence, "kind": why})
+        return replace(moved, events=(event,))
     if isinstance(target, AfterTransfer):  # the outcome kept for the hangup's evidence; we leave either way
         new = replace_state(state, transfer=_transfer_outcome(signal), updated_at=now)
         return Decision(new, effects=(fx.HangUp(),))
@@ -197,6 +235,8 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
         new_status, retry_at = _after_call(state, signal, now)
     elif isinstance(target, LeaveMessage):
         new_status = S.CALL_IN_PROGRESS
+    elif isinstance(target, Abandon):
+        new_status = S.ABANDONED
     else:
         new_status = target
     return _move(state, signal, trigger, new_status, retry_at, now, target)
@@ -230,6 +270,7 @@ def _pressed(state: ContactState, signal: Signal, now: datetime) -> Decision:
     effects: list[Effect] = []
     if action is DigitAction.OPT_OUT and state.phone:
         effects.append(fx.BlacklistNumber(state.phone))  # in this decision's transaction
+        effects.append(fx.NoteNumber("opt_out"))
     if action is DigitAction.TRANSFER and state.connect_to:
         effects.append(fx.Transfer(state.connect_to))
     else:
@@ -323,6 +364,8 @@ def _move(
             changes["attempt_caller"] = None if caller is None or caller.empty else caller
         if state.attempt == 0:
             effects.append(fx.CountDialed())
+        if state.channel is Channel.VOICE:
+            effects.append(fx.NoteNumber("attempt"))  # the caps over every campaign count it
         effects.append(fx.Dial(attempt) if state.channel is Channel.VOICE else fx.Send(attempt))
     elif k is K.ANSWERED:
         changes["answered"] = True
@@ -332,6 +375,23 @@ def _move(
         changes.update(in_flight=False)
         if state.answered and signal.duration_s:
             effects.append(fx.AddTalkTime(signal.duration_s))
+    if k is K.REJECTED and (
+        signal.evidence.get("sip_code") in REFUSAL_SIP or signal.evidence.get("q850_cause") == REFUSAL_Q850
+    ):
+        effects.append(fx.NoteNumber("refusal"))
+    if isinstance(target, Answer) and new_status is S.AWAITING_OPERATOR and state.abandon_after_s is not None:
+        # a person waits for an operator: at most abandon_after_s from the end of their greeting, which a
+        # human verdict reports `after_greeting_silence` late (docs/lawful-calling.md)
+        late = state.amd.after_greeting_silence_ms / 1000 if state.amd is not None and k is K.AMD else 0.0
+        wait = max(0.0, state.abandon_after_s - late)
+        effects.append(fx.StartTimer(TimerKind.ABANDON, now + timedelta(seconds=wait)))
+    if old is S.AWAITING_OPERATOR and state.in_flight and new_status in (S.CALL_IN_PROGRESS, S.CANCELED_BY_CLIENT):
+        effects.append(fx.CountLiveAnswer(abandoned=False))  # the person reached an operator (or left first)
+    if isinstance(target, Abandon):
+        effects.append(fx.CountLiveAnswer(abandoned=True))
+        effects.append(fx.NoteNumber("abandon"))
+        prompt = state.abandon_prompt
+        effects.append(fx.PlayPrompt(prompt, then_hang_up=True) if prompt else fx.HangUp())
     if isinstance(target, Answer):  # the call does what the contact asked on answer
         if k is K.ANSWERED and state.amd is not None and state.amd.enabled:  # AMD listens beside it
             effects.append(fx.ListenAmd(state.amd, until_end=False))

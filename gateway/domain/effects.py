@@ -19,6 +19,7 @@ class TimerKind(StrEnum):
     ACW = "acw"
     AMBIGUOUS = "ambiguous"
     CAMPAIGN_START = "campaign_start"
+    ABANDON = "abandon"  # predictive: no operator for the person who answered within `abandon_after_s`
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +59,11 @@ class CancelCall:
 @dataclass(frozen=True, slots=True)
 class PlayPrompt:
     """Play the prompt `name` (a WAV in `sip.prompts_dir`) into the answered call; the channel signals
-    PROMPT_DONE when it ended (played, or could not be played)."""
+    PROMPT_DONE when it ended (played, or could not be played) — or, `then_hang_up`, hangs up after it
+    (the call's contact has already reached its final status: an abandoned call's message)."""
 
     name: str
+    then_hang_up: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,22 @@ class BlacklistNumber:
 
 
 @dataclass(frozen=True, slots=True)
+class NoteNumber:
+    """A fact about the contact's number for the caps over every campaign (docs/lawful-calling.md), in the
+    decision's transaction: `attempt` (a call placed), `refusal`, `opt_out`, `abandon`."""
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class CountLiveAnswer:
+    """A person answered a predictive call and its fate is known: reached an operator, or `abandoned`.
+    The campaign's abandonment rate counts it (a campaign decision, gateway/domain/campaign.py)."""
+
+    abandoned: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     attempt: int
 
@@ -139,10 +158,22 @@ Effect = (
     | ListenAmd
     | Gather
     | BlacklistNumber
+    | NoteNumber
+    | CountLiveAnswer
     | Send
     | MapWamid
     | AddTalkTime
     | PauseCampaign
     | CountDialed
 )
-STORE_EFFECTS = (Enqueue, Dequeue, StartTimer, CancelTimers, MapWamid, AddTalkTime, CountDialed, BlacklistNumber)
+STORE_EFFECTS = (
+    Enqueue,
+    Dequeue,
+    StartTimer,
+    CancelTimers,
+    MapWamid,
+    AddTalkTime,
+    CountDialed,
+    BlacklistNumber,
+    NoteNumber,
+)

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from gateway.domain.limits import Limits, NumberHistory
 from gateway.domain.state import CallerId
+from gateway.domain.windows import CallingWindow
 
 
 class Kind(StrEnum):
@@ -45,6 +47,7 @@ class Kind(StrEnum):
     BCW_ELAPSED = "bcw_elapsed"
     ACW_ELAPSED = "acw_elapsed"
     AMBIGUOUS_ELAPSED = "ambiguous_elapsed"
+    ABANDON_ELAPSED = "abandon_elapsed"  # a person waited `abandon_after_s` for an operator
     # admin
     CANCEL = "cancel"
     REMOVE = "remove"
@@ -79,6 +82,9 @@ class Trigger(StrEnum):
     AMD_MACHINE = "amd_machine"  # a machine (or a fax) to hang up on
     AMD_MACHINE_WAIT = "amd_machine_wait"  # a machine that gets a message: wait for its greeting's end
     AMD_MESSAGE = "amd_message"  # the greeting ended: leave the message
+    # lawful calling (docs/lawful-calling.md): a due dial that may not be placed now waits
+    OUTSIDE_WINDOW = "outside_window"  # the callee's local time is outside the campaign's window
+    NUMBER_CAPPED = "number_capped"  # the number's attempt caps (over every campaign) hold it back
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,10 @@ class Signal:
     contacts_dialed: int = 0
     max_contacts: int | None = None
     caller: CallerId | None = None  # DIAL_DUE: the campaign's caller ID, under the dial's own
+    # DIAL_DUE (voice): the campaign's calling window and caps, and the number's history over every campaign
+    window: CallingWindow | None = None
+    limits: Limits | None = None
+    history: NumberHistory | None = None
     attempt: int | None = None  # outcome of which attempt (stale outcomes are ignored)
     duration_s: float | None = None  # HANGUP
     wamid: str | None = None  # WA_ACCEPTED

@@ -8,10 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from gateway.domain.abandonment import AbandonWindow
 from gateway.domain.answering import AmdSettings, DigitAction, GatherSettings
+from gateway.domain.limits import Limits
 from gateway.domain.policy import Policy
 from gateway.domain.replies import ReplyRules
 from gateway.domain.statuses import CampaignStatus, Channel, Profile, Status
+from gateway.domain.windows import CallingWindow
 
 
 class Mode(StrEnum):
@@ -82,6 +85,9 @@ class ContactState(BaseModel):
     amd_result: dict[str, Any] | None = None  # this call's verdict: answered_by, amd_cause, amd_ms
     call_outcome: str | None = None  # machine, message, confirm, opt_out, transfer, retry, no_input
     pressed: str | None = None  # the digits gathered on this call
+    # predictive (docs/lawful-calling.md): how long a person may wait for an operator, and what they hear then
+    abandon_after_s: float | None = None
+    abandon_prompt: str | None = None
     wamid: str | None = None
     retry_at: datetime | None = None
     created_at: datetime | None = None
@@ -114,6 +120,16 @@ class CampaignState(BaseModel):
     amd: AmdSettings | None = None
     gather: GatherSettings | None = None
     digit_map: dict[str, DigitAction] | None = None
+    # lawful calling (docs/lawful-calling.md)
+    window: CallingWindow | None = None  # the callee's local hours its dials keep to
+    limits: Limits | None = None  # attempt caps per number, over every campaign
+    abandon_after_s: float = 2.0  # predictive: a person waits at most this long for an operator
+    abandon_prompt: str | None = None  # what they hear then (a WAV in sip.prompts_dir), before the hang-up
+    max_abandon_rate: float | None = 0.03  # the campaign pauses above it (None: never)
+    abandon_window: AbandonWindow = AbandonWindow.D30
+    abandonment: dict[str, Any] | None = None  # the rolling count (AbandonRate.to_dict())
+    operators: int | None = None  # predictive: operators on this campaign, when the backend counts them
+    operators_online: tuple[str, ...] = ()  # predictive: operators signalled `available`
 
     def budget_spent(self) -> bool:
         return talk_budget_spent(self.talk_seconds, self.budget.max_talk_minutes)

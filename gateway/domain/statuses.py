@@ -32,6 +32,7 @@ class Status(StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"
     SUCCESS = "success"
     CANCELED_BY_CLIENT = "canceled_by_client"
+    ABANDONED = "abandoned"
     COMPLETED_WITHOUT_ANSWER = "completed_without_answer"
     DIAL_FAILED = "dial_failed"
     INVALID_RECORD = "invalid_record"
@@ -73,6 +74,9 @@ VOICE_STATUSES: dict[Status, tuple[str, str, bool]] = {
     S.RETRY_SCHEDULED: ("Retry scheduled", "Another call attempt scheduled", False),
     S.SUCCESS: ("Success", "Answered", True),
     S.CANCELED_BY_CLIENT: ("Canceled by client", "Answered", True),
+    # predictive: a person answered, no operator within `abandon_after_s`; the gateway played
+    # `abandon_prompt` and hung up (SPEC §5.1, docs/lawful-calling.md)
+    S.ABANDONED: ("Abandoned", "Answered", True),
     S.COMPLETED_WITHOUT_ANSWER: ("Not reached", "Completed without answer", True),
     S.DIAL_FAILED: ("Dial failed", "Finished with a technical error", True),
     S.INVALID_RECORD: ("Invalid record", "Finished with a technical error", True),

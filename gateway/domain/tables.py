@@ -28,6 +28,10 @@ Rules:
   which the contact's `digits` map resolves (confirm, opt_out, transfer, retry, no input); no status
   change until the call ends (`AfterCall` reads the outcome: `retry` and a machine are retried, the rest
   succeed);
+- lawful calling (docs/lawful-calling.md): a due dial outside the callee's calling window, or held back
+  by the number's caps, is `Wait` — `retry_scheduled` with `retry_at` when it may be dialled (the attempt
+  count unchanged), queued for then; a person who waited `abandon_after_s` for an operator (predictive)
+  is `Abandon` — the final `abandoned`, the campaign's message played before the hang-up;
 - `awaiting_operator` means two things in SPEC §5.1: waiting before the dial (no call), and a
   predictive call answered and waiting for an operator; the second has its own row, `ON_CALL_AWAITING`.
 """
@@ -126,6 +130,16 @@ class Pressed:
 
 
 @dataclass(frozen=True, slots=True)
+class Wait:
+    """The dial may not be placed now (window, caps): `retry_scheduled` until it may, no attempt spent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """No operator within `abandon_after_s`: `abandoned`, the abandon prompt then BYE, counted."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stay:
     """No status change, no event; the decision may still carry effects (enqueue, timers, wamid)."""
 
@@ -158,6 +172,8 @@ Target = (
     | MachineHangUp
     | LeaveMessage
     | Pressed
+    | Wait
+    | Abandon
     | Stay
     | Absorb
     | Refuse
@@ -174,6 +190,8 @@ _PRE_DIAL: Row = {
     K.DIAL_DUE: Attempt(S.CALLING),
     T.BLACKLIST_HIT: S.BLACKLISTED,
     T.PLAN_LIMIT: S.PLAN_LIMIT_EXCEEDED,
+    T.OUTSIDE_WINDOW: Wait(),
+    T.NUMBER_CAPPED: Wait(),
     **_ADMIN,
 }
 # a call outcome of an attempt that is no longer in flight (decide() names it T.STALE), in any voice status
@@ -189,7 +207,9 @@ _CALL_UP: Row = {
     K.MACHINE_END: Absorb("after_verdict"),
 }
 # operator signals and timers of a call that already ended
-_CALL_SIGNALS_STALE: Row = {k: STALE for k in (K.CONNECTED, K.WRAPUP_DONE, K.ACW_ELAPSED, K.BCW_ELAPSED)}
+_CALL_SIGNALS_STALE: Row = {
+    k: STALE for k in (K.CONNECTED, K.WRAPUP_DONE, K.ACW_ELAPSED, K.BCW_ELAPSED, K.ABANDON_ELAPSED)
+}
 
 VOICE: dict[Status, Row] = {
     S.INITIAL: {**_PRE_DIAL, K.ASSIGNED: S.OPERATOR_ASSIGNED, K.NO_OPERATOR: S.AWAITING_OPERATOR},
@@ -252,6 +272,7 @@ VOICE: dict[Status, Row] = {
         for status in (
             S.SUCCESS,
             S.CANCELED_BY_CLIENT,
+            S.ABANDONED,
             S.COMPLETED_WITHOUT_ANSWER,
             S.DIAL_FAILED,
             S.INVALID_RECORD,
@@ -263,14 +284,16 @@ VOICE: dict[Status, Row] = {
         )
     },
 }
-for _row in VOICE.values():  # every voice status absorbs a stale call outcome
+for _row in VOICE.values():  # every voice status absorbs a stale call outcome, and an abandon timer that raced
     _row.update(_STALE)
+    _row.setdefault(K.ABANDON_ELAPSED, STALE)
 
 # predictive: answered, waiting for a free operator (a call is up)
 ON_CALL_AWAITING: Row = {
     **_CALL_UP,
     **_STALE,
     K.CONNECTED: S.CALL_IN_PROGRESS,
+    K.ABANDON_ELAPSED: Abandon(),
     K.CLIENT_HANGUP: S.CANCELED_BY_CLIENT,
     K.HANGUP: S.CANCELED_BY_CLIENT,
     K.ANSWERED: DUP,
@@ -397,6 +420,7 @@ _CALL_CONTROL: dict[type, tuple[str, ...]] = {
     Listen: (T.ANSWERED_LISTEN,),
     LeaveMessage: (T.AMD_MESSAGE,),
     MachineHangUp: (T.AMD_MACHINE,),
+    Abandon: (K.ABANDON_ELAPSED,),
 }
 # what every call that is up must list: it reports these after carrying out its effects
 _CALL_UP_REPORTS: dict[str, type] = {K.PROMPT_DONE: AfterPrompt, K.TRANSFER_DONE: AfterTransfer, K.DIGITS: Pressed}

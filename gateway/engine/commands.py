@@ -35,7 +35,7 @@ from gateway.domain.effects import TimerKind
 from gateway.domain.phones import normalise
 from gateway.domain.policy import Policy
 from gateway.domain.signals import Kind, Signal
-from gateway.domain.state import Budget, CallerId, ContactState
+from gateway.domain.state import Budget, CallerId, ContactState, Mode
 from gateway.domain.statuses import CampaignStatus, Channel
 from gateway.engine.engine import Hint, Unit
 from gateway.store import Timer
@@ -44,6 +44,7 @@ from sip.rtp import PromptError, load_wav
 log = logging.getLogger("telgate.commands")
 INTERNAL_ERROR = "internal_error"
 
+PREDICTIVE_MIN_RING_S = 15.0
 OPERATOR_SIGNALS = {
     "assigned": Kind.ASSIGNED,
     "accepted": Kind.ACCEPTED,
@@ -262,7 +263,11 @@ def _apply(
             unit.blacklist(number, action == "add")
         case CampaignCommand():
             _campaign(unit, cmd)
+        case OperatorCommand(campaign_id=campaign_id, signal=("available" | "unavailable") as sig, operator_id=op):
+            assert op is not None  # checked with the command's shape
+            unit.operator_presence(campaign_id, op, sig == "available")
         case OperatorCommand(campaign_id=campaign_id, contact_id=contact_id, signal=sig, operator_id=op):
+            assert contact_id is not None  # checked with the command's shape
             d = unit.apply(
                 (campaign_id, contact_id),
                 Signal(OPERATOR_SIGNALS[sig], {"source": "operator", "kind": sig, "operator_id": op}, operator_id=op),
@@ -304,6 +309,11 @@ def _create(
             "gather": cmd.gather if cmd.gather is not None else camp.gather,
             "digit_map": cmd.digits if cmd.digits is not None else camp.digit_map,
         }
+        if cmd.mode is Mode.PREDICTIVE:  # a person waits at most abandon_after_s for an operator
+            shared |= {"abandon_after_s": camp.abandon_after_s, "abandon_prompt": camp.abandon_prompt}
+            if policy.ring_timeout_s is not None and policy.ring_timeout_s < PREDICTIVE_MIN_RING_S:
+                # TSR 310.4(b)(4)(i): at least 15 s (four rings) before an unanswered call is given up
+                shared["policy"] = policy = policy.model_copy(update={"ring_timeout_s": PREDICTIVE_MIN_RING_S})
         amd = shared["amd"]
         if amd is not None and amd.message_prompt is not None:
             problem = prompt_problem(ctx.prompts_dir, amd.message_prompt)
@@ -391,6 +401,13 @@ def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
         "max_cps": cmd.max_cps,
         "max_concurrent": cmd.max_concurrent,
         "replies": cmd.replies,
+        "window": cmd.window,
+        "limits": cmd.limits,
+        "abandon_after_s": cmd.abandon_after_s,
+        "abandon_prompt": cmd.abandon_prompt,
+        "max_abandon_rate": cmd.max_abandon_rate,
+        "abandon_window": cmd.abandon_window,
+        "operators": cmd.operators,
         "amd": cmd.amd,
         "gather": cmd.gather,
         "digit_map": cmd.digits,
@@ -425,5 +442,6 @@ def apply_timer(unit: Unit, timer: Timer) -> None:
         TimerKind.BCW: Kind.BCW_ELAPSED,
         TimerKind.ACW: Kind.ACW_ELAPSED,
         TimerKind.AMBIGUOUS: Kind.AMBIGUOUS_ELAPSED,
+        TimerKind.ABANDON: Kind.ABANDON_ELAPSED,
     }[kind]
     unit.apply((campaign_id, contact_id), Signal(signal_kind, {"source": "scheduler", "kind": str(kind)}))

@@ -24,6 +24,8 @@ from gateway.domain.campaign import (
     FinishContacts,
     decide_campaign,
     implicit,
+    live_answer,
+    operator_presence,
 )
 from gateway.domain.campaign import create as create_campaign
 from gateway.domain.decide import Decision, decide
@@ -109,6 +111,10 @@ class Unit:
                         self.campaign_action(key[0], Action.AUTO_PAUSE, reason="budget_spent")
                 case fx.PauseCampaign(reason):
                     self.campaign_action(key[0], Action.AUTO_PAUSE, reason=reason)
+                case fx.CountLiveAnswer(abandoned):  # the abandonment rate, and the pause above its limit
+                    counted = live_answer(self.campaign(key[0], lock=True), abandoned, self.now)
+                    if counted.wrote:
+                        self.engine.writer.campaign(self._txn, self.after, counted, self.now, counted.state.reason)
         return decision
 
     def lock_dispatch(self, channel: Channel) -> bool:
@@ -150,6 +156,12 @@ class Unit:
                 for key in self._txn.unfinished_contacts(campaign_id):
                     self.apply(key, Signal(Kind.FINISH, {"source": "admin", "kind": "campaign_finished"}))
         return decision
+
+    def operator_presence(self, campaign_id: str, operator_id: str, available: bool) -> None:
+        """An operator `available` (or no longer) for the campaign's predictive calls."""
+        decision = operator_presence(self.campaign(campaign_id, lock=True), operator_id, available)
+        if decision.wrote:
+            self.engine.writer.campaign(self._txn, self.after, decision, self.now, None)
 
     # -- what commands and channels write beside decisions ----------------------------------------
     def blacklist(self, number: str, add: bool) -> None:

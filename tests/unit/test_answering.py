@@ -188,7 +188,7 @@ def test_confirm_succeeds_with_the_digits() -> None:
 def test_opt_out_blacklists_the_number_in_the_same_decision() -> None:
     state, clock = gathering()
     state, (pressed, end) = run(state, clock, sig(K.DIGITS, digits="9"), sig(K.HANGUP, duration_s=9.0))
-    assert pressed.effects == (fx.BlacklistNumber("+420601234567"), fx.HangUp())
+    assert pressed.effects == (fx.BlacklistNumber("+420601234567"), fx.NoteNumber("opt_out"), fx.HangUp())
     assert end.events[0].status is S.SUCCESS and end.events[0].evidence["outcome"] == "opt_out"
 
 

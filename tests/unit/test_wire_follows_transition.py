@@ -80,8 +80,11 @@ def check(before: ContactState, signal: Signal, d: Decision) -> None:
     if control:
         assert before.channel is Channel.VOICE and len(control) == 1 and not outside
         assert not (before.status is S.AWAITING_OPERATOR and not before.in_flight)  # a call, not the wait before
-        if d.events:  # the answer: the transition from calling into a call that is up
-            assert signal.kind is K.ANSWERED and signal.attempt in (None, before.attempt)
+        if d.events and signal.kind is K.ABANDON_ELAPSED:  # a person waited too long for an operator
+            assert before.status is S.AWAITING_OPERATOR and before.in_flight and before.answered
+            assert [e.status for e in d.events] == [S.ABANDONED] and control[0] == fx.HangUp()
+        elif d.events:  # the answer (or a person's verdict): from calling into a call that is up
+            assert signal.kind in (K.ANSWERED, K.AMD) and signal.attempt in (None, before.attempt)
             assert before.status is S.CALLING and before.in_flight
             answered = S.AWAITING_OPERATOR if before.mode is Mode.PREDICTIVE else S.CALL_IN_PROGRESS
             assert [e.status for e in d.events] == [answered]
@@ -89,11 +92,13 @@ def check(before: ContactState, signal: Signal, d: Decision) -> None:
             target = before.connect_to
             assert control[0] == (fx.PlayPrompt(before.prompt) if before.prompt else fx.Transfer(target or ""))
         else:  # a report of the call that is up: the table's next step, no status change
-            assert signal.kind in (K.PROMPT_DONE, K.TRANSFER_DONE)
+            assert signal.kind in (K.PROMPT_DONE, K.TRANSFER_DONE, K.DIGITS)
             assert before.in_flight and before.answered and before.status in CALL_UP
             assert signal.attempt in (None, before.attempt) and d.state.status is before.status
             target = before.connect_to
-            if signal.kind is K.TRANSFER_DONE or not target:
+            if signal.kind is K.DIGITS:  # no digits map here: nothing maps, the call is hung up
+                assert control[0] == fx.HangUp()
+            elif signal.kind is K.TRANSFER_DONE or not target:
                 assert control[0] == fx.HangUp()
             else:
                 assert control[0] == fx.Transfer(target)
