@@ -26,9 +26,10 @@ from functools import partial
 
 from . import auth, transitions
 from .call_classify import Role, best_contact, classify_request, classify_response, classify_timeout, sipfrag_status
-from .call_events import Answered, CallEvent, Ended, EndKind, Redirected, Ringing, Send, Transferred
+from .call_events import Answered, CallEvent, DtmfPressed, Ended, EndKind, Redirected, Ringing, Send, Transferred
 from .call_table import TABLE, TIMER_EVENT, TIMER_PHASES, Do, Ev, IllegalTransition, Phase, Timer
 from .config import ALLOW, USER_AGENT, UacConfig
+from .dtmf import InfoDigit
 from .identity import Caller, asserted, from_addr, request_user
 from .message import Request, Response, cseq, reason_q850, tag, uri_of
 from .numbers import dial_string, uri_user
@@ -49,6 +50,7 @@ class Input:
     message: Request | Response | None = None
     why: str | None = None
     target: str | None = None  # the transfer target
+    dtmf: InfoDigit | None = None  # the key an INFO carried
 
 
 def _token() -> str:
@@ -245,7 +247,8 @@ class Call:
             elif method == "INVITE" and 200 <= message.status < 300:
                 self._dispatch(Ev.ANSWER_AGAIN, Input(now, message))  # its transaction is gone: ACK it anyway
         else:
-            self._dispatch(classify_request(message), Input(now, message))
+            event, dtmf, why = classify_request(message)
+            self._dispatch(event, Input(now, message, why, dtmf=dtmf))
         return self._drain()
 
     def _relay(self, key: tuple[int, str], role: Role, events: Sequence[object], now: float) -> None:
@@ -519,6 +522,14 @@ class Call:
         assert isinstance(x.message, Request)
         self._reply(x.message, 501, "Not Implemented")
 
+    def _answer_400(self, x: Input) -> None:
+        assert isinstance(x.message, Request)
+        self._reply(x.message, 400, "Bad Request (unreadable DTMF body)")  # `x.why` says what was wrong
+
+    def _dtmf_pressed(self, x: Input) -> None:
+        assert x.dtmf is not None
+        self._out.append(DtmfPressed(x.dtmf.digit, x.dtmf.duration_ms))
+
     def _answer_pending(self, x: Input) -> None:
         assert isinstance(x.message, Request)
         self._reply(x.message, 491, "Request Pending")
@@ -571,6 +582,7 @@ __all__ = [
     "Call",
     "CallEvent",
     "Do",
+    "DtmfPressed",
     "EndKind",
     "Ended",
     "Ev",

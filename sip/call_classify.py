@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import auth
 from .call_table import Ev
+from .dtmf import DtmfError, InfoDigit, parse_info
 from .message import Request, Response, cseq, digits, params, uri_of
 from .requests import challenge
 
@@ -87,8 +88,20 @@ def classify_invite_response(call: Call, resp: Response, retransmission: bool) -
     return Ev.REFUSED, None
 
 
-def classify_request(req: Request) -> Ev:
-    return {
+DTMF_TYPES = frozenset({"application/dtmf-relay", "application/dtmf"})
+
+
+def classify_request(req: Request) -> tuple[Ev, InfoDigit | None, str | None]:
+    """A request from the far end as its event; an INFO carrying DTMF with the key it read, or why its body
+    cannot be read."""
+    if req.method == "INFO":
+        content_type = req.headers.get("content-type") or ""
+        if content_type.split(";", 1)[0].strip().lower() in DTMF_TYPES:
+            try:
+                return Ev.DTMF_RECEIVED, parse_info(content_type, req.body), None
+            except DtmfError as exc:
+                return Ev.DTMF_MALFORMED, None, str(exc)
+    event = {
         "ACK": Ev.ACK_RECEIVED,
         "BYE": Ev.BYE_RECEIVED,
         "NOTIFY": Ev.NOTIFY_RECEIVED,
@@ -97,6 +110,7 @@ def classify_request(req: Request) -> Ev:
         "OPTIONS": Ev.QUERY_RECEIVED,
         "INFO": Ev.QUERY_RECEIVED,
     }.get(req.method, Ev.UNKNOWN_RECEIVED)
+    return event, None, None
 
 
 def classify_timeout(role: Role, timer: str) -> tuple[Ev, str | None] | None:

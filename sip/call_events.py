@@ -1,5 +1,6 @@
 """What a call tells its owner (`sip.call.Call`): messages to send, ringing, the answer, a redirect
-followed, a transfer's outcome, and the end with its kind, status, reason and talk time."""
+followed, a transfer's outcome, a key pressed (SIP INFO), and the end with its kind, status, reason and
+talk time."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ class Transferred:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class DtmfPressed:
+    """A key the far end pressed, told by an in-dialog INFO (`application/dtmf-relay`, `application/dtmf`)."""
+
+    digit: str
+    duration_ms: int | None = None
+
+
 class EndKind(StrEnum):
     REJECTED = "rejected"
     UNREACHABLE = "unreachable"
@@ -65,4 +74,4 @@ class Ended:
     answered: bool = False
 
 
-CallEvent = Send | Ringing | Answered | Redirected | Transferred | Ended
+CallEvent = Send | Ringing | Answered | Redirected | Transferred | DtmfPressed | Ended

@@ -27,6 +27,9 @@ Rules, in the order SPEC §6.1 states them:
 - a refresh answered 408 or not at all ends the call with BYE, 481 ends it without (the dialog is gone
   at the far end), 422 raises the interval and refreshes again at once, anything else is tried again
   half way to the expiry; the end's `reason` says which;
+- an INFO carrying DTMF (`application/dtmf-relay`, `application/dtmf`) is answered 200 and, on an answered
+  call, told to the owner (`DtmfPressed`); one whose body cannot be read is answered 400 (a malformed
+  request); any other INFO is answered 200 as an OPTIONS is;
 - once our BYE is sent, or the call ended, what still arrives is answered or absorbed, never decided.
 
 Timers: one mechanism. The call's own timers (`Timer`) live in one dict of deadlines, each allowed only in
@@ -85,7 +88,9 @@ class Ev(StrEnum):
     NOTIFY_RECEIVED = "notify_received"
     REINVITE_RECEIVED = "reinvite_received"
     UPDATE_RECEIVED = "update_received"
-    QUERY_RECEIVED = "query_received"  # OPTIONS, INFO
+    QUERY_RECEIVED = "query_received"  # OPTIONS, an INFO that carries no DTMF
+    DTMF_RECEIVED = "dtmf_received"  # an INFO with a DTMF body we can read
+    DTMF_MALFORMED = "dtmf_malformed"  # an INFO of a DTMF content type whose body we cannot read
     ACK_RECEIVED = "ack_received"
     UNKNOWN_RECEIVED = "unknown_received"
     # our in-dialog requests
@@ -132,6 +137,8 @@ class Do(StrEnum):
     RAISE_INTERVAL = "raise_interval"
     ANSWER_OK = "answer_ok"
     ANSWER_501 = "answer_501"
+    ANSWER_400 = "answer_400"
+    DTMF_PRESSED = "dtmf_pressed"
     ANSWER_PENDING = "answer_pending"
     ANSWER_GONE = "answer_gone"
     ANSWER_REFRESH = "answer_refresh"
@@ -234,6 +241,9 @@ ROWS: list[Row] = [
     ((CLOSING, ENDED), Ev.REINVITE_RECEIVED, STAY, (Do.ANSWER_GONE,)),
     ((CLOSING, ENDED), Ev.UPDATE_RECEIVED, STAY, (Do.ANSWER_GONE,)),
     (ALL, Ev.QUERY_RECEIVED, STAY, (Do.ANSWER_OK,)),
+    ((CONFIRMED,), Ev.DTMF_RECEIVED, STAY, (Do.ANSWER_OK, Do.DTMF_PRESSED)),
+    ((INVITING, EARLY, CLOSING, ENDED), Ev.DTMF_RECEIVED, STAY, (Do.ANSWER_OK,)),  # no call to press into
+    (ALL, Ev.DTMF_MALFORMED, STAY, (Do.ANSWER_400,)),
     (ALL, Ev.UNKNOWN_RECEIVED, STAY, (Do.ANSWER_501,)),
     (ALL, Ev.ACK_RECEIVED, STAY, ()),
     # our in-dialog requests
@@ -275,6 +285,8 @@ ANY_PHASE = frozenset(
         Ev.REINVITE_RECEIVED,
         Ev.UPDATE_RECEIVED,
         Ev.QUERY_RECEIVED,
+        Ev.DTMF_RECEIVED,
+        Ev.DTMF_MALFORMED,
         Ev.ACK_RECEIVED,
         Ev.UNKNOWN_RECEIVED,
     }

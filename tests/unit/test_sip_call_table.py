@@ -82,6 +82,8 @@ STEPS = st.lists(
             "reinvite",
             "update",
             "options",
+            "info_dtmf",
+            "info_bad",
             "message",
             "ack",
             "cancel",
@@ -133,6 +135,11 @@ def test_no_order_of_inputs_reaches_a_missing_row(steps: list[str]) -> None:
         elif step in ("bye", "notify", "reinvite", "update", "options", "message") and ok is not None:
             method = {"reinvite": "INVITE"}.get(step, step.upper())
             events = call.receive(_request(ok, method, 10 + next(_ids)), now)
+        elif step in ("info_dtmf", "info_bad") and ok is not None:
+            body = b"Signal=5\r\nDuration=160\r\n" if step == "info_dtmf" else b"Signal=x"
+            info = _request(ok, "INFO", 10 + next(_ids), body)
+            info = Request(info.method, info.uri, info.headers.with_("Content-Type", "application/dtmf-relay"), body)
+            events = call.receive(info, now)
         elif step == "ack" and ok is not None:
             events = call.receive(_request(ok, "ACK", 1), now)
         elif step == "cancel":
