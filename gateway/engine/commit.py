@@ -92,9 +92,9 @@ class Writer:
                 functools.partial(self.recorder.transition, str(new.channel), str(draft.status), previous, key[0])
             )
         for effect in effects:
-            self._effect(txn, after, key, new, effect)
+            self._effect(txn, after, key, new, effect, now)
 
-    def _effect(self, txn: Txn, after: After, key: Key, state: ContactState, effect: fx.Effect) -> None:
+    def _effect(self, txn: Txn, after: After, key: Key, state: ContactState, effect: fx.Effect, now: datetime) -> None:
         match effect:
             case fx.Enqueue(ready_at, priority):
                 txn.set_ready(key, ready_at, priority)
@@ -112,6 +112,9 @@ class Writer:
                 txn.count_dialed(key[0])
             case fx.BlacklistNumber(phone):
                 txn.blacklist(phone, True)  # an opt-out: with the decision that heard it
+            case fx.NoteNumber(kind):  # the caps over every campaign count it (docs/lawful-calling.md)
+                if state.phone:
+                    txn.note_number(state.phone, kind, now, key[0])
             case fx.AddTalkTime() | fx.PauseCampaign():
                 pass  # campaign decisions: the engine decides them (Unit.apply) after this write
             case fx.CancelCall():

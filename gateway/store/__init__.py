@@ -14,12 +14,13 @@ docs/store.md says how they differ inside and why.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
 
 from gateway.domain.effects import TimerKind
+from gateway.domain.limits import NumberHistory
 from gateway.domain.state import CampaignState, ContactState
 from gateway.domain.statuses import STATUSES, Channel
 
@@ -64,6 +65,27 @@ def count_in_cache(campaigns: dict[str, CampaignState | None], campaign_id: str,
     camp = campaigns.get(campaign_id)
     if camp is not None:
         campaigns[campaign_id] = camp.model_copy(update={counter: getattr(camp, counter) + n})
+
+
+NUMBER_FACTS = ("attempt", "refusal", "opt_out", "abandon")  # what `Txn.note_number` keeps of a number
+
+
+def history_from_rows(rows: Iterable[tuple[str, datetime]]) -> NumberHistory:
+    """A number's facts (kind, at) as the caps read them (gateway/domain/limits.py): every attempt, and the
+    latest refusal, opt-out and abandon."""
+    attempts: list[datetime] = []
+    last: dict[str, datetime] = {}
+    for kind, at in rows:
+        if kind == "attempt":
+            attempts.append(at)
+        elif kind not in last or at > last[kind]:
+            last[kind] = at
+    return NumberHistory(
+        attempts=tuple(sorted(attempts)),
+        last_refusal=last.get("refusal"),
+        last_opt_out=last.get("opt_out"),
+        last_abandon=last.get("abandon"),
+    )
 
 
 class StoreError(Exception):
@@ -157,6 +179,14 @@ class Reads(Protocol):
 
     def is_blacklisted(self, phone: str) -> bool: ...
 
+    def number_history(self, phone: str, since: datetime) -> NumberHistory:
+        """What happened to `phone` (E.164 with +) at or after `since`, over every campaign
+        (`Txn.note_number`; this transaction's notes included). On a store several instances share, it
+        also holds the number until this transaction ends: another instance's `number_history` of it
+        waits, so two transactions cannot both read a history without the other's attempt and both pass
+        a cap (docs/lawful-calling.md)."""
+        ...
+
     def get_command(self, command_id: str) -> bytes | None: ...
 
     def lookup_wamid(self, wamid: str) -> Key | None: ...
@@ -248,6 +278,10 @@ class Txn(Reads, Protocol):
     def blacklist(self, phone: str, add: bool) -> None: ...
 
     def put_command(self, command_id: str, result: bytes) -> None: ...
+
+    def note_number(self, phone: str, kind: str, at: datetime, campaign_id: str) -> None:
+        """A fact about `phone` for the caps over every campaign: `kind` is one of NUMBER_FACTS."""
+        ...
 
     def map_wamid(self, wamid: str, key: Key) -> None: ...
 

@@ -26,6 +26,7 @@ import pytest
 from gateway.config import ConfigError
 from gateway.contract.topics import Topics
 from gateway.domain.effects import TimerKind
+from gateway.domain.limits import NumberHistory
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import Budget, CampaignState, ContactState
 from gateway.domain.statuses import CampaignStatus, Channel, Status
@@ -845,6 +846,75 @@ async def test_marketing_opt_outs_stop_resume(store: Store) -> None:
     assert await store.read(lambda t: t.marketing_opted_out(phone)), "an opt-out is state, never pruned"
 
 
+async def test_number_history_over_every_campaign_since_a_time_with_this_transactions_notes(store: Store) -> None:
+    """The caps' facts about a number (docs/lawful-calling.md): every attempt and the latest refusal,
+    opt-out and abandon at or after `since`, whichever campaign noted them; the notes of the reading
+    transaction itself are read too (two dials of one number in one dispatch turn)."""
+    day = timedelta(days=1)
+    await store.run(
+        lambda t: (
+            t.note_number("+420601000001", "attempt", T0 - 40 * day, "old"),  # before `since`: not read
+            t.note_number("+420601000001", "attempt", T0 - 2 * day, "a"),
+            t.note_number("+420601000001", "refusal", T0 - 2 * day, "a"),
+            t.note_number("+420601000001", "refusal", T0 - 3 * day, "b"),
+            t.note_number("+420601000001", "abandon", T0 - day, "b"),
+            t.note_number("+420601000002", "attempt", T0, "a"),  # another number
+        )
+    )
+    history = await store.read(lambda t: t.number_history("+420601000001", T0 - 30 * day))
+    assert history.attempts == (T0 - 2 * day,)
+    assert (history.last_refusal, history.last_opt_out, history.last_abandon) == (T0 - 2 * day, None, T0 - day)
+
+    def dial_twice(t: Txn) -> tuple[int, int]:
+        first = t.number_history("+420601000002", T0 - day)
+        t.note_number("+420601000002", "attempt", T0 + day, "c")
+        t.note_number("+420601000002", "opt_out", T0 + day, "c")
+        second = t.number_history("+420601000002", T0 - day)
+        assert second.last_opt_out == T0 + day
+        return len(first.attempts), len(second.attempts)
+
+    assert await store.run(dial_twice) == (1, 2)
+    assert (await store.read(lambda t: t.number_history("+420601000002", T0 + day))).attempts == (T0 + day,)
+    assert await store.read(lambda t: t.number_history("+420601000009", T0 - 30 * day)) == NumberHistory()
+
+
+async def test_postgres_two_instances_read_a_numbers_history_one_after_the_other(
+    postgres_server: Postgres,  # noqa: F811
+) -> None:
+    """What the SQLite file's one writer gives for free: two instances dialling one number. The one that
+    reads its history first holds the number until it commits; the other's read waits for it and sees its
+    attempt, so a cap of one attempt lets exactly one of them through."""
+    url = await asyncio.to_thread(postgres_server.create_database, "numbers")
+    first, second = PostgresStore(url), PostgresStore(url)
+    await first.open()
+    await second.open()
+    try:
+        holding, release = threading.Event(), threading.Event()
+
+        def dial(t: Txn) -> int:
+            seen = len(t.number_history("+420601000001", T0 - timedelta(days=30)).attempts)
+            t.note_number("+420601000001", "attempt", T0, "a")
+            holding.set()
+            release.wait(10)
+            return seen
+
+        one = asyncio.create_task(first.run(dial))
+        await asyncio.to_thread(holding.wait, 10)
+        other = asyncio.create_task(
+            second.run(lambda t: len(t.number_history("+420601000001", T0 - timedelta(days=30)).attempts))
+        )
+        done, _ = await asyncio.wait({other}, timeout=0.5)
+        assert not done, "the second instance read the number while the first held it"
+        # another number is not held
+        assert (await second.run(lambda t: t.number_history("+420601000002", T0 - timedelta(days=30)))).attempts == ()
+        release.set()
+        assert await one == 0
+        assert await other == 1, "the second read waited for the first's commit and saw its attempt"
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_template_states_exact_language_first_then_every_language(store: Store) -> None:
     def write(t: Txn) -> list[tuple[str, str | None] | None]:
         t.set_template_state("reminder", "cs", "PAUSED", "quality: low", T0)
@@ -1105,7 +1175,7 @@ async def test_migration_6_gives_existing_contacts_their_number_and_creation_tim
                     " VALUES ('a', %s, 'whatsapp', 'initial', 1, %s)",
                     (key, blob),
                 )
-    assert await migrate(url) == [6]
+    assert await migrate(url) == [6, 7]
     store = open_store(url)
     await store.open()
     try:

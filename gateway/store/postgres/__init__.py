@@ -35,8 +35,9 @@ mark, backoff and the race errors; `schema.py` the migrations; `txn.py` the tran
 `batch.py` (the write queue: executemany, pipelines, COPY, the compare-and-set check) and one module per
 group of tables — `contacts.py` (contacts, the ready queue, the dispatch turn's lock and counts),
 `outbox.py` (events, outbox and dead letters), `timers.py`, `campaigns.py` (campaigns and their counters),
-`cluster.py` (members, leases, outbox partitions, NOTIFY), `blacklist.py`, `commands.py` and
-`whatsapp.py` (wamids, inbound message ids, marketing opt-outs, template states).
+`cluster.py` (members, leases, outbox partitions, NOTIFY), `blacklist.py`, `commands.py`,
+`whatsapp.py` (wamids, inbound message ids, marketing opt-outs, template states) and `numbers.py` (each
+number's attempts, refusals, opt-outs and abandons over every campaign, and the lock on a number).
 """
 
 from gateway.store.postgres.store import PostgresStore

@@ -153,6 +153,16 @@ MIGRATIONS = (
             " (channel, phone, created_at DESC NULLS LAST, campaign_id DESC, contact_id DESC) WHERE phone IS NOT NULL",
         ),
     ),
+    Migration(
+        7,
+        "lawful calling: what happened to each number over every campaign (attempts, refusals, opt-outs, abandons)",
+        (
+            "CREATE TABLE number_history"
+            " (phone text NOT NULL, at timestamptz NOT NULL, kind text NOT NULL, campaign_id text NOT NULL)",
+            # "this number since T": one range scan
+            "CREATE INDEX number_history_phone ON number_history (phone, at)",
+        ),
+    ),
 )
 
 

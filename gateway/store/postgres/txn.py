@@ -17,12 +17,13 @@ from gateway.store.postgres.cluster import Cluster
 from gateway.store.postgres.commands import Commands
 from gateway.store.postgres.connection import MARK, NOTIFY_CHANNEL
 from gateway.store.postgres.contacts import INSERT_CONTACT, UPDATE_CONTACT, UPDATE_CONTACT_VERSIONED, Contacts
+from gateway.store.postgres.numbers import Numbers
 from gateway.store.postgres.outbox import INSERT_MESSAGE, INSERT_MESSAGE_COPY, Outbox
 from gateway.store.postgres.timers import Timers
 from gateway.store.postgres.whatsapp import WhatsApp
 
 
-class PgTxn(Contacts, Outbox, Timers, Campaigns, Cluster, Blacklist, Commands, WhatsApp):
+class PgTxn(Contacts, Outbox, Timers, Campaigns, Cluster, Blacklist, Commands, WhatsApp, Numbers):
     # each row must change exactly one row
     CAS = frozenset({INSERT_CONTACT, UPDATE_CONTACT, UPDATE_CONTACT_VERSIONED, INSERT_CAMPAIGN})
     COPY_FORMS = {INSERT_MESSAGE: INSERT_MESSAGE_COPY}

@@ -128,6 +128,16 @@ MIGRATIONS = (
             "CREATE INDEX contacts_phone ON contacts (channel, phone, created_at) WHERE phone IS NOT NULL",
         ),
     ),
+    Migration(
+        7,
+        "lawful calling: what happened to each number over every campaign (attempts, refusals, opt-outs, abandons)",
+        (
+            "CREATE TABLE number_history"
+            " (phone TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, campaign_id TEXT NOT NULL)",
+            # "this number since T": one range scan
+            "CREATE INDEX number_history_phone ON number_history (phone, at)",
+        ),
+    ),
 )
 
 

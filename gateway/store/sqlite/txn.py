@@ -9,9 +9,20 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 
 from gateway.domain.effects import TimerKind
+from gateway.domain.limits import NumberHistory
 from gateway.domain.state import CampaignState, ContactState
 from gateway.domain.statuses import Channel
-from gateway.store import FINAL_STATUSES, PARTS, DeadLetter, Key, Lease, OutboxRow, Timer, count_in_cache
+from gateway.store import (
+    FINAL_STATUSES,
+    PARTS,
+    DeadLetter,
+    Key,
+    Lease,
+    OutboxRow,
+    Timer,
+    count_in_cache,
+    history_from_rows,
+)
 
 ALL_PARTS = frozenset(range(PARTS))
 
@@ -460,6 +471,19 @@ class SqliteTxn:
             self.db.execute("INSERT OR IGNORE INTO blacklist (phone) VALUES (?)", (phone,))
         else:
             self.db.execute("DELETE FROM blacklist WHERE phone=?", (phone,))
+
+    # numbers over every campaign (the caps; one writer holds the file, so nothing moves under the read)
+    def note_number(self, phone: str, kind: str, at: datetime, campaign_id: str) -> None:
+        self.db.execute(
+            "INSERT INTO number_history (phone, at, kind, campaign_id) VALUES (?,?,?,?)",
+            (phone, _ts(at), kind, campaign_id),
+        )
+
+    def number_history(self, phone: str, since: datetime) -> NumberHistory:
+        rows = self.db.execute(
+            "SELECT kind, at FROM number_history WHERE phone=? AND at >= ?", (phone, _ts(since))
+        ).fetchall()
+        return history_from_rows((kind, _dt(at)) for kind, at in rows)
 
     def get_command(self, command_id: str) -> bytes | None:
         if command_id in self._commands:
