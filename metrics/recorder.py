@@ -22,6 +22,7 @@ from .influx import Point
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PDD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+AMD_BUCKETS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 STATUS_TIME_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 M = TypeVar("M", Counter, Gauge)
 OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
@@ -29,7 +30,9 @@ OUTCOMES = ("answered", "rejected", "unreachable", "invalid_number", "failed")
 WA_RANK = {"in_progress": 0, "sent": 1, "delivery_failed": 1, "delivered": 2, "read": 3, "replied": 4}
 WA_FAILED = ("delivery_failed", "sending_failed", "error")
 PHONE_QUALITY_EVENTS = ("upgrade", "downgrade", "flagged", "unflagged")
-PAUSE_CAUSES = ("pbx_down", "whatsapp_account_error", "budget_spent", "other")
+PAUSE_CAUSES = ("pbx_down", "whatsapp_account_error", "budget_spent", "abandon_rate", "other")
+# why a due dial was held back (docs/lawful-calling.md): the callee's window, the number's caps
+HELD_REASONS = ("outside_window", "max_attempts", "after_refusal", "after_opt_out", "after_abandon")
 # why an outbox row can never be published (gateway/bus.py): a topic no MQTT client may publish to, a
 # packet over the limit, another refusal by the client library, a PUBACK with a failure reason
 DEAD_LETTER_REASONS = ("invalid_topic", "too_large", "client_refused", "broker_refused")
@@ -300,6 +303,48 @@ class Recorder:
             "Account-level errors from the Cloud API (send responses and webhook value.errors)",
             registry=r,
         )
+        # who answered and what they pressed (docs/voice.md §6.3, §6.4), reported by the voice channel
+        self.amd_results = Counter(
+            "telgate_amd_results",
+            "AMD verdicts (human, machine_start, fax, unknown) and machine greeting ends (machine_end_*)",
+            ["campaign", "answered_by"],
+            registry=r,
+        )
+        self.amd_decision = Histogram(
+            "telgate_amd_decision_seconds",
+            "From the answer to the AMD verdict",
+            ["campaign"],
+            registry=r,
+            buckets=AMD_BUCKETS,
+        )
+        self.dtmf_gathers = Counter(
+            "telgate_dtmf_gathers",
+            "Digit gathers ended, by what ended them and what the digits map made of the input",
+            ["campaign", "finish", "outcome"],
+            registry=r,
+        )
+        self.dtmf_digits = Counter(
+            "telgate_dtmf_digits", "Keys counted into gathers, by source", ["campaign", "via"], registry=r
+        )
+        # lawful calling (docs/lawful-calling.md)
+        self.dials_held = Counter(
+            "telgate_dials_held",
+            "Due dials the gateway held back (no INVITE): outside the callee's window, or the number's caps",
+            ["campaign", "reason"],
+            registry=r,
+        )
+        self.calls_abandoned = Counter(
+            "telgate_calls_abandoned",
+            "Predictive calls answered by a person who reached no operator within abandon_after_s",
+            ["campaign"],
+            registry=r,
+        )
+        self.abandon_rate = Gauge(
+            "telgate_campaign_abandon_rate",
+            "A predictive campaign's abandoned share of live answers over its rolling window, at its last live answer",
+            ["campaign"],
+            registry=r,
+        )
         self.sip = _SipCounters()
         r.register(self.sip)
         # per-campaign figures for InfluxDB, kept whatever `campaign_label` says (they never become labels)
@@ -321,6 +366,8 @@ class Recorder:
             self.counts[(campaign, channel, previous)] -= 1
         if channel == "whatsapp":
             self.whatsapp.setdefault(campaign, WhatsAppKpi()).transition(status, previous)
+        elif status == "abandoned":
+            self.calls_abandoned.labels(c).inc()
 
     @staticmethod
     def _child(children: dict[tuple[str, str, str], M], metric: M, key: tuple[str, str, str]) -> M:
@@ -359,6 +406,19 @@ class Recorder:
             self.call_duration.observe(duration_s)
             kpi.talk_s += duration_s
 
+    def amd_result(self, campaign: str, answered_by: str, decision_s: float | None) -> None:
+        """An AMD verdict (with its time from the answer) or a machine greeting's end (None)."""
+        c = self._campaign(campaign)
+        self.amd_results.labels(c, answered_by).inc()
+        if decision_s is not None:
+            self.amd_decision.labels(c).observe(decision_s)
+
+    def dtmf_gather(self, campaign: str, finish: str, outcome: str) -> None:
+        self.dtmf_gathers.labels(self._campaign(campaign), finish, outcome).inc()
+
+    def dtmf_digit(self, campaign: str, via: str) -> None:
+        self.dtmf_digits.labels(self._campaign(campaign), via).inc()
+
     def set_contacts(self, rows: list[tuple[str, str, str, int]]) -> None:
         """Contacts per status as the store counts them (SPEC §11: every instance reports the store's
         totals, not the transitions it made itself). Replaces what the transitions counted since the
@@ -374,6 +434,13 @@ class Recorder:
         for (channel, status, label), n in gauge.items():
             self.contacts.labels(channel, status, label).set(n)
         self.counts = counts
+
+    def dial_held(self, campaign: str, reason: str) -> None:
+        self.dials_held.labels(self._campaign(campaign), reason if reason in HELD_REASONS else "other").inc()
+
+    def campaign_abandonment(self, campaign: str, rate: float) -> None:
+        """The campaign's rolling abandonment rate, as its last live answer left it."""
+        self.abandon_rate.labels(self._campaign(campaign)).set(rate)
 
     def command(self, kind: str, result: str) -> None:
         self.commands.labels(kind, result).inc()

@@ -289,6 +289,9 @@ class CampaignCommand(_Command, _CallerFields, _AnsweringFields):
     abandon_after_s: float | None = Field(None, gt=0, le=60, description="predictive: the longest wait for an operator")
     abandon_prompt: PromptName | None = None
     max_abandon_rate: float | None = Field(None, ge=0, le=1)
+    abandon_min_answers: int | None = Field(
+        None, ge=1, le=1_000_000, description="the live answers below which the rate alone does not pause (100)"
+    )
     abandon_window: AbandonWindow | None = None
     operators: int | None = Field(None, ge=0, le=100_000, description="predictive: operators on this campaign")
 

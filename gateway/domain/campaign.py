@@ -226,7 +226,12 @@ def live_answer(state: CampaignState, abandoned: bool, now: datetime) -> Campaig
     rate = rate.record_abandon(now) if abandoned else rate.record_answer(now)
     new = state.model_copy(update={"abandonment": rate.to_dict()})
     limit = state.max_abandon_rate
-    if abandoned and limit is not None and state.status is C.IN_PROGRESS and rate.should_pause(now, limit):
+    if (
+        abandoned
+        and limit is not None
+        and state.status is C.IN_PROGRESS
+        and rate.should_pause(now, limit, state.abandon_min_answers)
+    ):
         answered, lost = rate.counts(now)
         reason = f"abandon_rate: {lost} of {answered} live answers abandoned over {state.abandon_window}"
         return decide_campaign(new, Action.AUTO_PAUSE, now, reason=reason)

@@ -126,6 +126,9 @@ class CampaignState(BaseModel):
     abandon_after_s: float = 2.0  # predictive: a person waits at most this long for an operator
     abandon_prompt: str | None = None  # what they hear then (a WAV in sip.prompts_dir), before the hang-up
     max_abandon_rate: float | None = 0.03  # the campaign pauses above it (None: never)
+    # the sample below which it pauses only once its abandons alone exceed max_abandon_rate of this many
+    # live answers (AbandonRate.should_pause): 100, so 1 abandon in the first 2 answers is no pause
+    abandon_min_answers: int = 100
     abandon_window: AbandonWindow = AbandonWindow.D30
     abandonment: dict[str, Any] | None = None  # the rolling count (AbandonRate.to_dict())
     operators: int | None = None  # predictive: operators on this campaign, when the backend counts them

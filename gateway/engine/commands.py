@@ -406,6 +406,7 @@ def _campaign(unit: Unit, cmd: CampaignCommand) -> None:
         "abandon_after_s": cmd.abandon_after_s,
         "abandon_prompt": cmd.abandon_prompt,
         "max_abandon_rate": cmd.max_abandon_rate,
+        "abandon_min_answers": cmd.abandon_min_answers,
         "abandon_window": cmd.abandon_window,
         "operators": cmd.operators,
         "amd": cmd.amd,

@@ -56,13 +56,19 @@ class After:
     wake_timers: bool = False  # a timer was set: the scheduler looks again
 
 
+Watcher = Callable[[ContactState, EventDraft, datetime], None]
+
+
 @dataclass(frozen=True)
 class Writer:
-    """The instance-wide parts a commit needs: who writes, where events go, what is counted."""
+    """The instance-wide parts a commit needs: who writes, where events go, what is counted, and who
+    hears of each contact's committed status changes (`watchers`, called in the event loop after the
+    commit with the committed state: the predictive pacer's observations)."""
 
     gateway_id: str
     topics: Topics
     recorder: Recorder
+    watchers: list[Watcher] = field(default_factory=list)
 
     # -- contacts -----------------------------------------------------------------------------------
     def contact(self, txn: Txn, after: After, before: int, decision: Decision, now: datetime) -> None:
@@ -91,6 +97,8 @@ class Writer:
             after.notes.append(
                 functools.partial(self.recorder.transition, str(new.channel), str(draft.status), previous, key[0])
             )
+            for watcher in self.watchers:
+                after.notes.append(functools.partial(watcher, new, draft, now))
         for effect in effects:
             self._effect(txn, after, key, new, effect, now)
 

@@ -10,6 +10,19 @@ claims its contacts (`FOR UPDATE SKIP LOCKED`), so a ready contact is started by
 (`max_cps`, `max_mps`, a campaign's `max_cps`) are split evenly between the live members; concurrency
 (`max_concurrent_calls`, a campaign's `max_concurrent`) is counted from the store's calls in flight,
 under a lock that lets one voice turn of the cluster run at a time.
+
+Lawful calling (docs/lawful-calling.md): a voice campaign with a `window` or `limits` hands the domain
+its window, its caps and the number's history over every campaign (read in the turn's transaction, which
+on PostgreSQL holds the number until it commits) with every DIAL_DUE; the domain holds a dial back
+(`retry_scheduled` with `retry_at`, its row queued for then) or places it. Every dial — a first one, a
+retry, one after a restart or a resume, any instance's — is a DIAL_DUE of this turn.
+
+Predictive campaigns are paced (gateway/domain/pacer.py): each campaign's `PredictivePacer` lives in the
+event loop and hears the campaign's committed status changes (`Writer.watchers`); after each turn it says
+how many calls the next turn may place, from the figures the turn read in its transaction (operators,
+operators connected, calls in flight). A turn that meets a predictive contact beyond that allowance asks
+the domain what the dial would do (decide() is pure): a dial that would be held back, blacklisted or
+refused is applied, one that would ring waits for the pacer.
 """
 
 from __future__ import annotations
@@ -22,10 +35,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.domain.campaign import Action, template_pause_reason
+from gateway.domain import pacer as pacing
+from gateway.domain.abandonment import AbandonRate
+from gateway.domain.campaign import Action, abandon_rate, template_pause_reason
+from gateway.domain.decide import EventDraft, decide
+from gateway.domain.limits import Limits
 from gateway.domain.signals import Kind, Signal
-from gateway.domain.state import CampaignState, ContactState
-from gateway.domain.statuses import Channel
+from gateway.domain.state import CampaignState, ContactState, Mode
+from gateway.domain.statuses import Channel, Status
 from gateway.engine.engine import Engine, Unit
 from gateway.engine.loops import StoreBackoff
 from gateway.engine.ports import ChannelPort
@@ -78,6 +95,73 @@ class TokenBucket:
 
 
 BURST_S = 0.1
+PACE_TICK_S = 0.5  # a predictive campaign the pacer holds back is looked at again this often (at least)
+CONNECTED = (Status.CALL_IN_PROGRESS, Status.ACW)  # an operator has the call
+RINGING_OR_WAITING = (Status.CALLING, Status.AWAITING_OPERATOR)  # calls the pacer counts in flight
+
+
+def lookback(limits: Limits) -> timedelta:
+    """How far back a number's history must be read for every rule of `limits` to be exact."""
+    days = [
+        limits.per_days if limits.max_attempts is not None else 0.0,
+        limits.after_refusal_days or 0.0,
+        limits.after_opt_out_days or 0.0,
+        (limits.after_abandon_h or 0.0) / 24,
+    ]
+    return timedelta(days=max(days))
+
+
+@dataclass(frozen=True, slots=True)
+class PaceInputs:
+    """A predictive campaign's figures, read in a turn's transaction, for its pacer in the event loop."""
+
+    operators: int  # the campaign's `operators`, else the operators signalled available
+    busy: int  # operators with a call: the campaign's contacts in call_in_progress or acw
+    in_flight: int  # its calls ringing or answered and waiting for an operator
+    settings: pacing.PacerSettings
+    history: AbandonRate  # the campaign's rolling abandonment count (a new pacer starts from it)
+
+
+def pace_inputs(camp: CampaignState, counts: dict[str, int]) -> PaceInputs:
+    settings = pacing.PacerSettings(
+        max_abandon_rate=camp.max_abandon_rate if camp.max_abandon_rate is not None else 0.03,
+        abandon_after_s=camp.abandon_after_s,
+        abandon_window=camp.abandon_window,
+        min_answers=camp.abandon_min_answers,
+    )
+    return PaceInputs(
+        operators=camp.operators if camp.operators is not None else len(camp.operators_online),
+        busy=sum(counts.get(s, 0) for s in CONNECTED),
+        in_flight=sum(counts.get(s, 0) for s in RINGING_OR_WAITING),
+        settings=settings,
+        history=abandon_rate(camp),
+    )
+
+
+def observations(state: ContactState, draft: EventDraft, now: datetime) -> list[pacing.Observation]:
+    """What a predictive contact's committed status change tells its campaign's pacer."""
+    call = f"{state.contact_id}#{draft.attempt}"
+    old, new = draft.previous_status, draft.status
+    if new is Status.CALLING:
+        return [pacing.Placed(call, now)]
+    if old is Status.CALLING:
+        if new is Status.AWAITING_OPERATOR:
+            return [pacing.Answered(call, now, human=True)]
+        if new is Status.CALL_IN_PROGRESS:  # connected on answer
+            return [pacing.Answered(call, now, human=True), pacing.Connected(call, now)]
+        return [pacing.NotAnswered(call, now)]  # no answer, busy, failed, a machine hung up on
+    if old is Status.AWAITING_OPERATOR:
+        if new is Status.CALL_IN_PROGRESS:
+            return [pacing.Connected(call, now)]
+        if new is Status.ABANDONED:
+            return [pacing.Abandoned(call, now)]
+        return [pacing.Left(call, now)]
+    if old is Status.CALL_IN_PROGRESS:
+        ended: list[pacing.Observation] = [pacing.CallEnded(call, now)]
+        return ended if new is Status.ACW else [*ended, pacing.Freed(call, now)]
+    if old is Status.ACW:
+        return [pacing.Freed(call, now)]
+    return []
 
 
 @dataclass
@@ -88,6 +172,8 @@ class Turn:
     at: float  # the turn's clock (seconds)
     started: dict[str, int] = field(default_factory=dict)  # campaign -> contacts started
     allowance: dict[str, int] = field(default_factory=dict)  # campaign -> how many it may start in this turn
+    paced: dict[str, PaceInputs] = field(default_factory=dict)  # predictive campaigns met: their figures
+    held_by_pacer: set[str] = field(default_factory=set)  # predictive campaigns with dials left for the pacer
 
     @property
     def taken(self) -> int:
@@ -112,6 +198,37 @@ class Dispatcher:
         self.campaign_buckets: dict[str, TokenBucket] = {}
         self.backoff = StoreBackoff(f"dispatch-{port.channel}")
         self._wake = asyncio.Event()
+        # predictive pacing, in the event loop: a pacer per campaign, and what each may place in the next
+        # turn with the calls in flight that figure counted (the turn takes off what others placed since)
+        self.pacers: dict[str, pacing.PredictivePacer] = {}
+        self.pace: dict[str, tuple[int, int]] = {}
+        if port.channel is Channel.VOICE:
+            engine.writer.watchers.append(self.observe)
+
+    def observe(self, state: ContactState, draft: EventDraft, now: datetime) -> None:
+        """A committed status change (after the commit, in the event loop): its campaign's pacer hears it."""
+        if state.mode is not Mode.PREDICTIVE:
+            return
+        pacer = self.pacers.get(state.campaign_id)
+        if pacer is not None:
+            for obs in observations(state, draft, now):
+                pacer.observe(obs)
+
+    def _repace(self, turn: Turn, now: datetime) -> bool:
+        """After a turn's commit: each predictive campaign it met gets the pacer's figure for the next turn.
+        True when one the turn held back may place a call now."""
+        pace: dict[str, tuple[int, int]] = {}
+        for campaign_id, inputs in turn.paced.items():
+            pacer = self.pacers.get(campaign_id)
+            if pacer is None:
+                pacer = self.pacers[campaign_id] = pacing.PredictivePacer(inputs.settings, inputs.history)
+            elif pacer.settings != inputs.settings:
+                pacer.settings = inputs.settings
+            in_flight = inputs.in_flight + turn.started.get(campaign_id, 0)
+            free = max(0, inputs.operators - inputs.busy)
+            pace[campaign_id] = (pacer.calls_to_place(now, free, inputs.operators, in_flight), in_flight)
+        self.pace = pace
+        return any(pace.get(c, (0, 0))[0] > 0 for c in turn.held_by_pacer)
 
     def wake(self) -> None:
         self._wake.set()
@@ -142,15 +259,19 @@ class Dispatcher:
             # the channel's calls per campaign, read here in the loop: the turn runs on the store thread
             on_wire = self.port.active_counts()
             try:
-                turn, next_at = await self.engine.execute(functools.partial(self._turn, room=room, on_wire=on_wire))
+                turn, next_at = await self.engine.execute(
+                    functools.partial(self._turn, room=room, on_wire=on_wire, pace=dict(self.pace))
+                )
             except (Conflict, StoreError) as exc:  # nothing was started: the next turn tries again
                 await self._sleep(self.backoff.failed(exc))
                 continue
             self.backoff.ok()
             self.spend(turn)
-            if turn.taken:
+            if self._repace(turn, self.engine.clock()) or turn.taken:
                 continue
             wait = self.max_sleep_s if next_at is None else (next_at - self.engine.clock()).total_seconds()
+            if turn.held_by_pacer:  # the pacer is asked again soon (calls end and operators free up)
+                wait = min(wait, PACE_TICK_S) if wait > 0 else PACE_TICK_S
             await self._sleep(min(self.max_sleep_s, wait))
 
     def spend(self, turn: Turn) -> None:
@@ -178,13 +299,22 @@ class Dispatcher:
             allowance = min(allowance, bucket.whole(now))
         return max(0, allowance)
 
-    def _turn(self, unit: Unit, room: int, on_wire: dict[str, int] | None = None) -> tuple[Turn, datetime | None]:
-        """Inside the transaction: pick ready contacts in order and start them (blacklist, budget checked).
-        Nothing outside the transaction changes here (the buckets are spent after the commit): the
-        engine may run it again on fresh state. `on_wire`: the channel's attempts in flight per campaign,
-        taken in the event loop before the turn (the turn runs on the store thread and reads no channel;
-        None: nothing on the wire)."""
+    def _turn(
+        self,
+        unit: Unit,
+        room: int,
+        on_wire: dict[str, int] | None = None,
+        pace: dict[str, tuple[int, int]] | None = None,
+    ) -> tuple[Turn, datetime | None]:
+        """Inside the transaction: pick ready contacts in order and start them (blacklist, budget, window
+        and caps checked by the domain). Nothing outside the transaction changes here (the buckets are
+        spent and the pacers asked after the commit): the engine may run it again on fresh state.
+        `on_wire`: the channel's attempts in flight per campaign, taken in the event loop before the turn
+        (the turn runs on the store thread and reads no channel; None: nothing on the wire). `pace`: per
+        predictive campaign, the calls its pacer allows and the calls in flight it counted then."""
         on_wire = on_wire or {}
+        pace = pace or {}
+        paced: dict[str, int] = {}  # predictive campaign -> calls it may still place in this turn
         txn, now = unit.read, unit.now
         turn = Turn(at=now.timestamp())
         channel = self.port.channel
@@ -241,6 +371,11 @@ class Dispatcher:
                     if opted_out:
                         evidence |= {"reason": "marketing_opt_out", "wa_error_code": 131050}
                         unit.after.notes.append(self.engine.recorder.wa_marketing_refused.inc)  # once committed
+                lawful: dict[str, Any] = {}
+                if channel is Channel.VOICE and (camp.window is not None or camp.limits is not None):
+                    lawful = {"window": camp.window, "limits": camp.limits}
+                    if camp.limits is not None and contact.phone:  # the number held until this commits
+                        lawful["history"] = txn.number_history(contact.phone, now - lookback(camp.limits))
                 signal = Signal(
                     Kind.DIAL_DUE,
                     evidence,
@@ -248,8 +383,22 @@ class Dispatcher:
                     contacts_dialed=camp.dialed_contacts + dialed.get(key[0], 0),
                     max_contacts=camp.budget.max_contacts,
                     caller=camp.caller,
+                    **lawful,
                 )
+                if channel is Channel.VOICE and contact.mode is Mode.PREDICTIVE:
+                    if key[0] not in turn.paced:
+                        inputs = turn.paced[key[0]] = pace_inputs(camp, txn.counts(key[0]))
+                        allowed, counted = pace.get(key[0], (0, inputs.in_flight))
+                        # calls placed since the pacer's figure (another instance's, in a cluster) count
+                        paced[key[0]] = allowed - max(0, inputs.in_flight - counted)
+                    if turn.started.get(key[0], 0) >= paced[key[0]] and decide(contact, signal, now).state.in_flight:
+                        turn.held_by_pacer.add(key[0])  # it would ring: the pacer has the last word
+                        skip.add(key[0])
+                        continue
                 decision = unit.apply(key, signal, current=contact)
+                held = decision.events[0].evidence.get("kind") if decision.events else None
+                if decision.state.status is Status.RETRY_SCHEDULED and held:  # the domain held it back: why
+                    unit.after.notes.append(functools.partial(self.engine.recorder.dial_held, key[0], str(held)))
                 if decision.illegal or not decision.events:
                     unit.dequeue(key)  # never spin on a contact that cannot start
                     continue
@@ -257,7 +406,7 @@ class Dispatcher:
                     dialed[key[0]] = dialed.get(key[0], 0) + 1
                 if decision.state.in_flight:
                     turn.started[key[0]] = turn.started.get(key[0], 0) + 1
-        next_at = None if turn.taken else txn.next_ready_at(channel, frozenset())
+        next_at = None if turn.taken else txn.next_ready_at(channel, frozenset(turn.held_by_pacer))
         return turn, next_at
 
     @staticmethod

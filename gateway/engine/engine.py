@@ -22,6 +22,7 @@ from gateway.domain.campaign import (
     Action,
     CampaignDecision,
     FinishContacts,
+    abandon_rate,
     decide_campaign,
     implicit,
     live_answer,
@@ -115,6 +116,8 @@ class Unit:
                     counted = live_answer(self.campaign(key[0], lock=True), abandoned, self.now)
                     if counted.wrote:
                         self.engine.writer.campaign(self._txn, self.after, counted, self.now, counted.state.reason)
+                        share = abandon_rate(counted.state).rate(self.now)
+                        self.after.notes.append(functools.partial(rec.campaign_abandonment, key[0], share))
         return decision
 
     def lock_dispatch(self, channel: Channel) -> bool:
