@@ -5,7 +5,6 @@ reconnecting with backoff, subscribing to the commands, and the retained presenc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import socket
@@ -36,8 +35,10 @@ class Connection(Outbox, Intake):
         self.state = "draining"
         client = self._client
         if client is not None and self.connected.is_set():
-            with contextlib.suppress(aiomqtt.MqttError):
+            try:
                 await self._presence(client, "draining")
+            except aiomqtt.MqttError as exc:  # the connection is going: the next one announces the state
+                log.info("could not announce draining", extra={"detail": str(exc)})
 
     def abort(self) -> None:
         """The app is going down without a drain (LeaseLost, a failed task): stop reconnecting. The task's
@@ -54,8 +55,10 @@ class Connection(Outbox, Intake):
         self._normaliser.shutdown(wait=False)  # what was handed to it still runs
         client = self._client
         if client is not None and self.connected.is_set():
-            with contextlib.suppress(aiomqtt.MqttError):
+            try:
                 await self._presence(client, "offline")
+            except aiomqtt.MqttError as exc:  # the will says `offline` for it once the broker drops the connection
+                log.info("could not announce offline", extra={"detail": str(exc)})
 
     # -- connection loop -------------------------------------------------------------------------
     def _command_filter(self) -> str:

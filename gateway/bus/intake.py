@@ -85,7 +85,9 @@ class Intake(BusState):
                 fut, mid, qos = await acks.get()
                 try:
                     await fut
-                except Exception:  # nothing was committed (the store failed): the broker redelivers it
+                except Exception as exc:  # nothing was committed: the broker redelivers it
+                    # the engine logged a store failure where it happened; this says what became of the command
+                    log.info("command left unacknowledged for redelivery", extra={"mid": mid, "detail": repr(exc)})
                     continue
                 if qos > 0:
                     paho.ack(mid, qos)

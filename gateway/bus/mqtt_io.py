@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import threading
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 
 from gateway.bus import shim as mqtt_shim
 
+log = logging.getLogger("telgate.bus")
 READ_CHUNK = 256 * 1024
 
 
@@ -83,9 +85,11 @@ class BatchedSocket:
         self._closed = True
         self._unregister()
         if self._wbuf:
-            with contextlib.suppress(OSError, ValueError):
+            try:
                 self._sock.settimeout(1.0)
                 self._sock.sendall(self._wbuf)
+            except (OSError, ValueError) as exc:  # the last packets (a DISCONNECT) are lost with the connection
+                log.debug("could not write the last bytes before closing", extra={"detail": repr(exc)})
         self._wbuf.clear()
         self._sock.close()
 
@@ -101,9 +105,10 @@ class BatchedSocket:
                 sent = self._sock.send(self._wbuf)
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
-            except OSError:
+            except OSError as exc:
                 # the connection is broken: make paho's reader see it (end of stream), which ends
-                # aiomqtt's connection as any other loss would
+                # aiomqtt's connection as any other loss would (logged there, as "bus disconnected")
+                log.debug("write failed: ending the connection", extra={"detail": repr(exc)})
                 self._wbuf.clear()
                 with contextlib.suppress(OSError):
                     self._sock.shutdown(socket.SHUT_RDWR)
@@ -185,25 +190,43 @@ class Receiver:
     the message is dropped. So a timeout around `anext(client.messages)` that expires in the loop turn a
     message arrives loses that message (one `telgate demo` run in six waited for an event it had lost).
     Here the wait for the next message outlives a timeout: `get` waits on it without cancelling it, and
-    the next `get` goes on waiting for the same message."""
+    the next `get` goes on waiting for the same message.
+
+    That wait is a task the receiver owns: `async with Receiver(client) as receiver:` cancels and awaits
+    it at the end, so none outlives the connection it reads."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
         self._messages = aiter(client.messages)
-        self._next: asyncio.Future[aiomqtt.Message] | None = None
+        self._next: asyncio.Task[aiomqtt.Message] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _read(self) -> aiomqtt.Message:
+        return await anext(self._messages)
 
     async def get(self, within: float | None) -> aiomqtt.Message | None:
         """The next message, or None when `within` seconds went by first; raises what the iterator
         raises (aiomqtt.MqttError on a disconnect)."""
         if self._next is None:
-            self._next = asyncio.ensure_future(anext(self._messages))
+            self._next = asyncio.get_running_loop().create_task(self._read(), name="mqtt-receiver-next")
         done, _ = await asyncio.wait((self._next,), timeout=within)
         if not done:
             return None
         ready, self._next = self._next, None
         return ready.result()
 
-    def close(self) -> None:
-        """Stop waiting (the connection is being closed: what is not read by now is not wanted)."""
-        if self._next is not None:
-            self._next.cancel()
-            self._next = None
+    async def aclose(self) -> None:
+        """Stop waiting and wait for the wait to end (the connection is being closed: what is not read by
+        now is not wanted). What it ended with other than the cancel is logged, not raised: a
+        disconnect at the close is no news, and the close goes on."""
+        task, self._next = self._next, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait((task,))
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.debug("the receiver's last wait ended in an error", extra={"detail": repr(exc)})

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 
@@ -99,19 +98,34 @@ class ShareGroup(Connection):
         )
         orphan._orphan = True
         orphan.parts = frozenset  # publishes nothing: the outbox belongs to the partitions' holders
-        task = asyncio.create_task(orphan.run(), name=f"bus-adopt-{client_id}")
+        outcome: bool | aiomqtt.MqttError | OSError = False
+        failed = False
         try:
-            async with asyncio.timeout(timeout_s):
-                await orphan.connected.wait()
-            await orphan.leave_group(timeout_s)
-            ended = orphan._end_session
-            await orphan.close()
-        except TimeoutError:
-            ended = False
-        finally:  # cancelled, the connection's `async with` sends the DISCONNECT (ending the session)
-            orphan._closing = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        log.info("adopted a dead member's bus session", extra={"client_id": client_id, "ended": ended})
-        return ended
+            async with asyncio.TaskGroup() as tg:
+                connection = tg.create_task(orphan.run(), name=f"bus-adopt-{client_id}")
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await orphan.connected.wait()
+                    await orphan.leave_group(timeout_s)
+                    outcome = orphan._end_session
+                    await orphan.close()
+                except TimeoutError:
+                    outcome = False
+                except (aiomqtt.MqttError, OSError) as exc:  # the caller's to handle, once the connection is down
+                    outcome = exc
+                finally:  # cancelled, the connection's `async with` sends the DISCONNECT (ending the session)
+                    orphan._closing = True
+                    connection.cancel()
+        except* Exception as group:  # the orphan's connection failed (a bug, its outbox deleter's store)
+            log.error(
+                "adopting a dead member's bus session failed: it is kept for the next start",
+                exc_info=group,
+                extra={"client_id": client_id},
+            )
+            failed = True
+        if failed:
+            return False
+        if not isinstance(outcome, bool):
+            raise outcome
+        log.info("adopted a dead member's bus session", extra={"client_id": client_id, "ended": outcome})
+        return outcome

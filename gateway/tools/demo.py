@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from metrics.recorder import CallKpi, WhatsAppKpi
 from sip.pbxsim import PbxSimulator
 from whatsapp.standin import Scenario, StandIn
 
+log = logging.getLogger("telgate.demo")
 FINAL_STATUSES = frozenset(s.value for ch in Channel for s in STATUSES[ch] if is_final(ch, s))
 TOKEN, SECRET, VERIFY = "demo-access-token", "demo-app-secret", "demo-verify-token"
 VOICE, WHATSAPP = "demo-calls", "demo-notices"
@@ -481,30 +482,30 @@ async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7,
                     settings = _settings(folder, bus_url, protocol, pbx.address, standin.api_base, speed)
                     app = App(settings)
                     stop = asyncio.Event()
-                    gateway_task = asyncio.create_task(app.run(stop), name="gateway")
-                    try:
-                        async with asyncio.timeout(20):
-                            await app.ready.wait()
-                        standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
-                        summary.metrics_url = f"http://127.0.0.1:{app.http_port}/metrics"
-                        summary.readyz_url = f"http://127.0.0.1:{app.http_port}/readyz"
-                        customers = Customers(standin, replies)
-                        await _drive(
-                            bus_url,
-                            protocol,
-                            voice_numbers,
-                            wa_numbers,
-                            speed,
-                            console,
-                            summary,
-                            state,
-                            customers,
-                            lambda: standin.outstanding == 0 and customers.answered(state.latest),
-                        )
-                    finally:
-                        stop.set()
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(gateway_task, 30)
+                    async with asyncio.TaskGroup() as tg:  # the gateway fails: the demo stops, saying why
+                        gateway_task = tg.create_task(app.run(stop), name="gateway")
+                        try:
+                            async with asyncio.timeout(20):
+                                await app.ready.wait()
+                            standin.webhook_url = f"http://127.0.0.1:{app.http_port}/webhooks/whatsapp"
+                            summary.metrics_url = f"http://127.0.0.1:{app.http_port}/metrics"
+                            summary.readyz_url = f"http://127.0.0.1:{app.http_port}/readyz"
+                            customers = Customers(standin, replies)
+                            await _drive(
+                                bus_url,
+                                protocol,
+                                voice_numbers,
+                                wa_numbers,
+                                speed,
+                                console,
+                                summary,
+                                state,
+                                customers,
+                                lambda: standin.outstanding == 0 and customers.answered(state.latest),
+                            )
+                        finally:
+                            stop.set()
+                            await _stopped(gateway_task, 30.0)
                     # after the gateway stopped: whatever it put on the wire, to the end, is in the peers' records
                     summary.wire = wire_ledger(
                         state.contacts, pbx.invites_by_number(), [s.callback_data for s in standin.received]
@@ -513,6 +514,15 @@ async def run_demo(contacts: int, speed: float, console: Console, seed: int = 7,
                 pbx_transport.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def _stopped(gateway: asyncio.Task[None], within_s: float) -> None:
+    """Give the gateway `within_s` to drain and stop after its stop was asked, then cancel it: the demo
+    always ends. A cancel or its own error reaches the caller through the task group that owns it."""
+    _, running = await asyncio.wait((gateway,), timeout=within_s)
+    if running:
+        log.warning("the gateway did not stop in time: cancelled", extra={"s": within_s})
+        gateway.cancel()
 
 
 async def _drive(
@@ -555,9 +565,8 @@ async def _drive(
         # past that the demo stops and names the contacts it is still waiting for
         stall_s = max(30.0, 200.0 / speed)
         last_change = time.monotonic()
-        receiver = Receiver(client)
-        with Live(_render(progress, tasks, state), console=console, refresh_per_second=4, transient=False) as live:
-            try:
+        async with Receiver(client) as receiver:
+            with Live(_render(progress, tasks, state), console=console, refresh_per_second=4, transient=False) as live:
                 while True:
                     message = await receiver.get(0.25)
                     if message is not None and str(message.topic).startswith("telgate/v1/evt/contact/"):
@@ -582,8 +591,6 @@ async def _drive(
                                 "the Cloud API stand-in: status webhooks or customers' replies still to come"
                             ]
                             break
-            finally:
-                receiver.close()
     summary.counts = {
         campaign: dict(sorted(by_status.items())) for (campaign, _), by_status in sorted(state.tally.counts().items())
     }
@@ -681,19 +688,23 @@ def print_summary(summary: Summary, console: Console) -> None:
     console.print("next: `telgate watch` against your own broker, or `telgate run --config telgate.toml`")
 
 
+async def _until_signal(work: Coroutine[Any, Any, Summary]) -> Summary:
+    """`work` in the main task, which SIGINT and SIGTERM cancel (it then stops the gateway it runs)."""
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main_task.cancel)
+    return await work
+
+
 def main(contacts: int, speed: float, as_json: bool, broker: str = "auto") -> int:
     console = Console(stderr=as_json)
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(run_demo(contacts, speed, console, broker=broker))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        summary = loop.run_until_complete(task)
+        summary = asyncio.run(_until_signal(run_demo(contacts, speed, console, broker=broker)))
     except asyncio.CancelledError:
         console.print("demo stopped")
         return 130
-    finally:
-        loop.close()
     if as_json:
         console.print()
         console.print(ledger_line(summary.wire), markup=False, highlight=False)  # stderr, beside the live view

@@ -27,13 +27,14 @@ it is retried until `give_up_after_s`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import random
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -167,7 +168,8 @@ class CommandWindow:
         self._room = asyncio.Semaphore(size)
         self._client: aiomqtt.Client | None = None
         self._first_connect: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # children of `_group`, cancelled and awaited at the exit
+        self._group: contextlib.AsyncExitStack | None = None
         self._last_error = ""
 
     @property
@@ -175,15 +177,20 @@ class CommandWindow:
         """Commands published (or waiting for the connection) without a result."""
         return len(self._pending)
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now (False from the moment a connection is lost until the next one)."""
+        return self._client is not None
+
     # -- lifecycle -----------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         """Connect; raises `aiomqtt.MqttError` when the first connection fails (later ones are retried)."""
+        self._group = contextlib.AsyncExitStack()
+        group = await self._group.enter_async_context(asyncio.TaskGroup())
         self._tasks = [
-            asyncio.create_task(self._connection(), name="window-connection"),
-            asyncio.create_task(self._timers(), name="window-timers"),
+            group.create_task(self._background(self._connection()), name="window-connection"),
+            group.create_task(self._background(self._timers()), name="window-timers"),
         ]
-        for task in self._tasks:
-            task.add_done_callback(self._background_ended)
         try:
             await self._first_connect
         except BaseException:
@@ -199,22 +206,26 @@ class CommandWindow:
     async def _stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._group is not None:
+            await self._group.aclose()  # the task group's exit: every child has ended
+            self._group = None
         for p in list(self._pending.values()):
             p.future.cancel()
 
-    def _background_ended(self, task: asyncio.Task[None]) -> None:
-        """A background task that ends by itself is a bug or a failed first connection: nobody waits forever."""
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            return
-        if not self._first_connect.done():
-            self._first_connect.set_exception(exc)
-        for p in list(self._pending.values()):
-            if not p.future.done():
-                p.future.set_exception(exc)
+    async def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """A background task of the window. One that fails is a failed first connection (raised by
+        `__aenter__`) or a bug, logged: either way nobody waits forever, every command still waiting
+        fails with it. It never raises into the task group, which would cancel the caller's task."""
+        try:
+            await work
+        except Exception as exc:
+            if not self._first_connect.done():
+                self._first_connect.set_exception(exc)
+            else:
+                log.error("the command window failed", exc_info=exc, extra={"pending": len(self._pending)})
+            for p in list(self._pending.values()):
+                if not p.future.done():
+                    p.future.set_exception(exc)
 
     # -- submitting ----------------------------------------------------------------------------------
     async def submit(self, kind: str, command: Mapping[str, Any]) -> asyncio.Future[CommandResult]:

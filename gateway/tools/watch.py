@@ -66,8 +66,8 @@ async def watch(settings: Settings, campaign: str | None, seconds: float | None)
         protocol=aiomqtt.ProtocolVersion.V5 if settings.bus.protocol == 5 else aiomqtt.ProtocolVersion.V311,
     ) as client:
         await client.subscribe(topic, qos=1)
-        receiver = Receiver(client)  # a timeout around anext(client.messages) can drop a message
-        try:
+        # a timeout around anext(client.messages) can drop a message
+        async with Receiver(client) as receiver:
             with Live(tally.table(), refresh_per_second=4) as live:
                 while deadline is None or time.monotonic() < deadline:
                     remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
@@ -80,5 +80,3 @@ async def watch(settings: Settings, campaign: str | None, seconds: float | None)
                         continue
                     if isinstance(event, dict) and tally.add(event):
                         live.update(tally.table())
-        finally:
-            receiver.close()

@@ -21,12 +21,17 @@ N = 3000
 
 
 async def _read_all(broker: Mosquitto, read: str) -> tuple[list[int], int]:
-    """(the numbers read, how many `get`s timed out), reading with `read` = 'receiver' or 'anext'."""
+    """(the numbers read, how many `get`s timed out), reading with `read` = 'receiver' or 'anext'.
+
+    After the numbers the writer publishes `end` on the same topic: the broker delivers one publisher's
+    QoS 1 messages on a topic in order, so once `end` is read every number before it was delivered, and
+    one not read by then was lost (no quiet period has to be waited out to say so)."""
     async with (
         aiomqtt.Client("127.0.0.1", broker.port, identifier="reader") as reader,
         aiomqtt.Client("127.0.0.1", broker.port, identifier="writer") as writer,
+        Receiver(reader) as receiver,
     ):
-        await reader.subscribe("t/#", qos=1)
+        await reader.subscribe("t/#", qos=1)  # SUBACK awaited: the writer's first message is routed to it
         got: list[int] = []
         timeouts = 0
 
@@ -34,15 +39,13 @@ async def _read_all(broker: Mosquitto, read: str) -> tuple[list[int], int]:
             for i in range(N):
                 await writer.publish("t/n", str(i).encode(), qos=1)
                 if i % 50 == 0:
-                    await asyncio.sleep(0.002)
+                    await asyncio.sleep(0.002)  # kept: the messages spread out, so the timeouts interleave
+            await writer.publish("t/n", b"end", qos=1)
 
-        sender = asyncio.create_task(publish())
-        receiver = Receiver(reader)
         messages = aiter(reader.messages)
-        try:
-            quiet_since = None
-            loop = asyncio.get_running_loop()
-            while len(got) < N:
+        async with asyncio.TaskGroup() as tg, asyncio.timeout(60):  # `end` lost too (anext): fail, named
+            tg.create_task(publish())
+            while True:
                 if read == "receiver":
                     message = await receiver.get(0.0005)
                 else:
@@ -53,16 +56,11 @@ async def _read_all(broker: Mosquitto, read: str) -> tuple[list[int], int]:
                         message = None
                 if message is None:
                     timeouts += 1
-                    if sender.done():
-                        quiet_since = quiet_since or loop.time()
-                        if loop.time() - quiet_since > 2.0:
-                            break  # the publisher is done and nothing came for 2 s: whatever is missing is lost
                     continue
-                quiet_since = None
-                got.append(int(bytes(message.payload)))  # type: ignore[arg-type]
-        finally:
-            receiver.close()
-            await sender
+                payload = bytes(message.payload)  # type: ignore[arg-type]
+                if payload == b"end":
+                    break
+                got.append(int(payload))
         return got, timeouts
 
 
