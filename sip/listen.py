@@ -112,6 +112,16 @@ class CallListener:
         """Anything still listening: AMD before its last event, or a gather before its result."""
         return self.amd is not None or self._gather is not None
 
+    @property
+    def gathering(self) -> bool:
+        return self._gather is not None
+
+    def stop(self) -> None:
+        """Listen no more (the shell gave up on this call's analysis)."""
+        self.amd = None
+        self._gather = None
+        self._flush_at = None
+
     def packet(self, data: bytes, now: float) -> list[Heard]:
         self._flush_at = now + FLUSH_S
         return self._released(self.receiver.packet(data, now), now)

@@ -11,6 +11,12 @@ OPTIONS it asks for, and re-arms its one timer. Several PBXs (`sip.pbx` as a lis
 best PBX that is up (lowest priority number; equal ones in turn), and every request of its dialog stays
 with that PBX. Voice campaigns pause (`pbx_down`, `engine.pause_channel`) when the core says the last PBX
 went down. Over TCP and TLS each PBX has a connection of its own (its own certificate check over TLS).
+
+Who answered and what they pressed (docs/voice.md §6.3, §6.4): `ListenAmd` and `Gather` give the call a
+listener (sip/listen.py) fed with the RTP the far end sends (the media socket hands each far end's packets
+to its call) and with the keys its INFOs carry; what it hears is reported as `amd`, `machine_end` and
+`digits`. Its timeouts share one timer task of the channel. A failure inside one call's analysis is logged
+once and ends that call's listening (`unknown`, `machine_end_other`, or no digits); the channel goes on.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import logging
 import secrets
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.config import SipSection
 from gateway.domain import effects as fx
+from gateway.domain.answering import AmdSettings, DigitAction, GatherSettings, digit_action
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import CallerId, ContactState
 from gateway.domain.statuses import Channel
@@ -37,12 +45,16 @@ from gateway.engine.engine import Engine, pause_channel
 from gateway.store import Key
 from metrics.recorder import Recorder
 from sip import sdp
-from sip.call import Answered, Ended, EndKind, Redirected, Ringing, Transferred, UacConfig
+from sip.amd import AmdParams
+from sip.call import Answered, DtmfPressed, Ended, EndKind, Redirected, Ringing, Transferred, UacConfig
+from sip.dtmf import Gather as GatherCore
 from sip.health import PbxHealth, ProbeDue, WentDown, WentUp
 from sip.identity import Caller
+from sip.listen import CallListener, Gathered, GreetingEnded, Heard, Pressed, Verdict
 from sip.media import MediaEndpoint
 from sip.register import Registration
 from sip.rtp import PromptError, encode, load_wav
+from sip.sdp import TELEPHONE_EVENT
 from sip.transport import TLS_PORT, LinkFailed, LinkLost, TcpEndpoint, TlsEndpoint, UdpEndpoint, Update, client_context
 from sip.ua import Addr, CallUpdate, Output, PbxAnswered, PbxSilent, PingAnswered, UserAgent
 from sip.waiting import wait_event
@@ -129,6 +141,29 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def amd_params(settings: AmdSettings) -> AmdParams:
+    """The dial's (or campaign's) `amd` as app_amd's parameters (sip/amd.py); the rest are sip/amd.py's."""
+    return AmdParams(
+        initial_silence=settings.initial_silence_ms,
+        greeting=settings.greeting_ms,
+        after_greeting_silence=settings.after_greeting_silence_ms,
+        total_analysis_time=settings.total_analysis_ms,
+        min_word_length=settings.min_word_length_ms,
+        between_words_silence=settings.between_words_silence_ms,
+        maximum_number_of_words=settings.maximum_number_of_words,
+        maximum_word_length=settings.maximum_word_length_ms,
+        silence_threshold=settings.silence_threshold,
+        beep_wait_ms=settings.beep_wait_ms,
+    )
+
+
+def gather_core(settings: GatherSettings) -> GatherCore:
+    return GatherCore(settings.max_digits, settings.finish_on_key, settings.timeout_s)
+
+
+AMD_CAUSE = {"CED": "FAX"}  # sip/amd.py's cause → the contract's (docs/voice.md §6.3)
+
+
 def sip_caller(caller: CallerId | None) -> Caller | None:
     """The domain's caller ID of an attempt → the SIP one (None: `sip.from_user`)."""
     if caller is None:
@@ -148,6 +183,9 @@ class _Placed:
     media: sdp.Media | None = None  # where the far end takes RTP (the answer's SDP): a prompt goes there
     prompt: asyncio.Task[None] | None = None  # the prompt playing (a task of the channel's task group)
     redirect: dict[str, Any] | None = None  # the 301/302 followed, in the evidence of every later event
+    answered_at: float = 0.0  # the loop's time of the 2xx: the received audio's timeline starts there
+    listener: CallListener | None = None  # AMD and gathers (sip/listen.py), from the first ListenAmd/Gather
+    digit_map: dict[str, DigitAction] | None = None  # the contact's, to count what a gather meant
 
 
 class VoiceChannel:
@@ -200,6 +238,9 @@ class VoiceChannel:
         self._active: Counter[str] = Counter()
         self._prompts: dict[tuple[str, int], bytes] = {}
         self._tasks: asyncio.TaskGroup | None = None  # run()'s task group: the prompts play in it
+        self._listening: dict[str, _Placed] = {}  # calls whose listener may need a tick
+        self._listen_wake = asyncio.Event()
+        self._listen_armed: float | None = None  # when the listeners' timer sleeps until
         self.ready = asyncio.Event()
         for pbx in self.pbxs:
             recorder.pbx_up.labels(pbx.address).set(1)
@@ -281,24 +322,45 @@ class VoiceChannel:
             self._emit(outputs)
         elif isinstance(effect, fx.CancelCall) and (ringing := self._by_key.get(key)) is not None:
             self._emit(self.ua.cancel(ringing, self._now()))
-        elif isinstance(effect, fx.PlayPrompt | fx.Transfer | fx.HangUp):
-            self._answered_call(effect, key, contact.attempt)
+        elif isinstance(effect, fx.PlayPrompt | fx.Transfer | fx.HangUp | fx.ListenAmd | fx.Gather):
+            self._answered_call(effect, key, contact)
 
-    def _answered_call(self, effect: fx.PlayPrompt | fx.Transfer | fx.HangUp, key: Key, attempt: int) -> None:
+    def _answered_call(
+        self,
+        effect: fx.PlayPrompt | fx.Transfer | fx.HangUp | fx.ListenAmd | fx.Gather,
+        key: Key,
+        contact: ContactState,
+    ) -> None:
         """Carry out what the decision on an answered call asked, on the contact's call of that attempt (none:
         the call ended meanwhile, and its end is on its way to the engine)."""
         call_id = self._by_key.get(key)
         placed = self._calls.get(call_id) if call_id is not None else None
+        attempt = contact.attempt
         if call_id is None or placed is None or placed.attempt != attempt:
             extra = {"campaign_id": key[0], "contact_id": key[1], "effect": type(effect).__name__}
             log.info("no call for the effect", extra=extra)
             return
         match effect:
-            case fx.PlayPrompt(name):
+            case fx.PlayPrompt(name, then_hang_up):
                 if self._tasks is None:  # not running: nothing can be played
-                    self._report(placed, Kind.PROMPT_DONE, {"source": "gateway", "kind": "prompt_done"})
+                    if then_hang_up:
+                        self._emit(self.ua.hangup(call_id, self._now()))
+                    else:
+                        self._report(placed, Kind.PROMPT_DONE, {"source": "gateway", "kind": "prompt_done"})
                     return
-                placed.prompt = self._tasks.create_task(self._play(call_id, placed, name), name=f"prompt-{call_id}")
+                play = self._play(call_id, placed, name, then_hang_up)
+                placed.prompt = self._tasks.create_task(play, name=f"prompt-{call_id}")
+            case fx.ListenAmd(settings, until_end):
+                if (listener := self._listener(call_id, placed)) is not None:
+                    listener.listen_amd(amd_params(settings), until_end)
+                    self._listening[call_id] = placed
+                    self._rearm_listening(listener)
+            case fx.Gather(settings):
+                if (listener := self._listener(call_id, placed)) is not None:
+                    placed.digit_map = contact.digit_map
+                    listener.gather(gather_core(settings), self._now())
+                    self._listening[call_id] = placed
+                    self._rearm_listening(listener)
             case fx.Transfer(target):
                 self._emit(self.ua.transfer(call_id, target, self._now()))
             case fx.HangUp():
@@ -319,8 +381,9 @@ class VoiceChannel:
             cached = self._prompts[(name, payload_type)] = encode(load_wav(path), payload_type)
         return cached
 
-    async def _play(self, call_id: str, placed: _Placed, name: str) -> None:
-        """Play the prompt into the call, then report `prompt_done` (also when it could not be played)."""
+    async def _play(self, call_id: str, placed: _Placed, name: str, then_hang_up: bool = False) -> None:
+        """Play the prompt into the call, then report `prompt_done` (also when it could not be played) — or,
+        `then_hang_up`, hang up (the contact already has its final status)."""
         try:
             if placed.media is None:
                 log.warning("no media to play the prompt to", extra={"call_id": call_id})
@@ -330,7 +393,137 @@ class VoiceChannel:
             log.error("prompt not played", extra={"call_id": call_id, "why": str(exc)})
         except Exception as exc:  # a bug playing one call's prompt: that call goes on, not the channel's tasks
             log.error("prompt failed", exc_info=exc, extra={"call_id": call_id})
+        if then_hang_up:
+            self._emit(self.ua.hangup(call_id, self._now()))
+            return
         self._report(placed, Kind.PROMPT_DONE, {"source": "sip", "kind": "prompt_done", "call_id": call_id})
+
+    # -- what the far end sends: AMD and gathers (sip/listen.py) ----------------------------------------
+    def _listener(self, call_id: str, placed: _Placed) -> CallListener | None:
+        """The call's listener, made (and its far end's RTP attached) at the first ListenAmd/Gather."""
+        if placed.listener is None:
+            placed.listener = CallListener(placed.answered_at, TELEPHONE_EVENT)
+            if placed.media is not None:
+                media = placed.media
+                self.media.attach((media.host, media.port), functools.partial(self._rtp, call_id))
+        return placed.listener
+
+    def _rtp(self, call_id: str, data: bytes) -> None:
+        placed = self._calls.get(call_id)
+        if placed is None or placed.listener is None or not placed.listener.active:
+            return
+        listener = placed.listener
+        now = self._now()
+        self._hear(call_id, placed, lambda: listener.packet(data, now))
+
+    def _hear(self, call_id: str, placed: _Placed, listen: Callable[[], list[Heard]]) -> None:
+        """Run one step of the call's listener and report what it heard. A failure inside it is that call's
+        alone: logged once, its listening ends with what is still owed (`unknown`, `machine_end_other`, no
+        digits), the channel goes on."""
+        listener = placed.listener
+        assert listener is not None
+        try:
+            heard = listen()
+        except Exception as exc:
+            log.error("call audio analysis failed; its listening ends", exc_info=exc, extra={"call_id": call_id})
+            self._listening.pop(call_id, None)
+            self._owed(call_id, placed, listener)
+            return
+        for item in heard:
+            self._heard(call_id, placed, item)
+        if not listener.active:
+            self._listening.pop(call_id, None)
+        else:
+            self._rearm_listening(listener)
+
+    def _owed(self, call_id: str, placed: _Placed, listener: CallListener) -> None:
+        """What a listener that failed still owes its call: the verdict (`unknown`, cause ERROR), the
+        greeting's end (`machine_end_other`), the gather's end (no digits). It listens no more (the
+        far end's packets still reach `_rtp`, which finds nothing active)."""
+        base: dict[str, Any] = {"source": "sip", "call_id": call_id, "amd_cause": "ERROR"}
+        ms = round((self._now() - placed.answered_at) * 1000)
+        if listener.amd is not None and listener.verdict is None:
+            self.recorder.amd_result(placed.key[0], "unknown", ms / 1000)
+            self._report(placed, Kind.AMD, {**base, "kind": "amd", "answered_by": "unknown", "amd_ms": ms})
+        elif listener.amd is not None and listener.verdict is not None:
+            evidence = {
+                **base,
+                "kind": "machine_end",
+                "answered_by": "machine_end_other",
+                "amd_ms": listener.verdict.ms,
+            }
+            self._report(placed, Kind.MACHINE_END, evidence)
+        if listener.gathering:
+            self._report(placed, Kind.DIGITS, {"source": "sip", "call_id": call_id, "kind": "digits", "digits": ""})
+        listener.stop()
+
+    def _heard(self, call_id: str, placed: _Placed, item: Heard) -> None:
+        campaign = placed.key[0]
+        base: dict[str, Any] = {"source": "sip", "call_id": call_id}
+        match item:
+            case Verdict(verdict):
+                self.recorder.amd_result(campaign, verdict.answered_by, verdict.ms / 1000)
+                evidence = {
+                    **base,
+                    "kind": "amd",
+                    "answered_by": verdict.answered_by,
+                    "amd_cause": AMD_CAUSE.get(verdict.cause, verdict.cause),
+                    "amd_ms": verdict.ms,
+                }
+                log.info("amd verdict", extra={**evidence, "campaign_id": campaign})
+                self._report(placed, Kind.AMD, evidence)
+            case GreetingEnded(end, verdict):
+                self.recorder.amd_result(campaign, end.answered_by, None)
+                evidence = {
+                    **base,
+                    "kind": "machine_end",
+                    "answered_by": end.answered_by,
+                    "amd_cause": AMD_CAUSE.get(verdict.cause, verdict.cause),
+                    "amd_ms": verdict.ms,
+                    "end_ms": end.t_ms,
+                }
+                if end.beep_end_ms is not None:
+                    evidence["beep_end_ms"] = end.beep_end_ms
+                log.info("machine greeting ended", extra={**evidence, "campaign_id": campaign})
+                self._report(placed, Kind.MACHINE_END, evidence)
+            case Pressed(_digit, via):
+                self.recorder.dtmf_digit(campaign, via)
+            case Gathered(result, via):
+                action = digit_action(placed.digit_map, result.digits)
+                self.recorder.dtmf_gather(campaign, result.reason, str(action) if action else "no_input")
+                evidence = {**base, "kind": "digits", "digits": result.digits, "finish": result.reason, "via": via}
+                self._report(placed, Kind.DIGITS, evidence)
+
+    def _rearm_listening(self, listener: CallListener) -> None:
+        at = listener.deadline()
+        if at is not None and (self._listen_armed is None or at < self._listen_armed):
+            self._listen_wake.set()
+
+    def _forget_listener(self, call_id: str, placed: _Placed) -> None:
+        """The call ended: its far end's RTP detached, its AMD and gather dropped (nothing more is owed)."""
+        self._listening.pop(call_id, None)
+        if placed.listener is not None and placed.media is not None:
+            self.media.detach((placed.media.host, placed.media.port))
+        placed.listener = None
+
+    async def _listen_timer(self) -> None:
+        """The listeners' one timer: AMD when audio stops, gather timeouts, packets held for reordering."""
+        while True:
+            self._listen_wake.clear()
+            due = [d for p in self._listening.values() if p.listener and (d := p.listener.deadline()) is not None]
+            at = self._listen_armed = min(due, default=None)
+            if await wait_event(self._listen_wake, None if at is None else max(0.0, at - self._now())):
+                continue
+            self._listen_armed = None
+            now = self._now()
+            for call_id, placed in list(self._listening.items()):
+                listener = placed.listener
+                if listener is None:
+                    self._listening.pop(call_id, None)
+                    continue
+                at = listener.deadline()
+                if at is not None and at <= now:
+                    self._hear(call_id, placed, functools.partial(listener.tick, now))
 
     def _transferred(self, call_id: str, placed: _Placed, event: Transferred) -> None:
         """The REFER's outcome: counted, and reported (the domain keeps it and hangs up)."""
@@ -376,7 +569,14 @@ class VoiceChannel:
             self.recorder.call_ringing(key[0], self._now() - placed.dialed_at)
         elif isinstance(event, Answered) and not placed.answered:
             placed.answered = True
+            placed.answered_at = self._now()
             placed.media = event.media  # what the answer does is the domain's (effects after the commit)
+        elif isinstance(event, DtmfPressed):
+            listener = placed.listener
+            if listener is not None and listener.active:
+                now = self._now()
+                self._hear(update.call_id, placed, lambda: listener.info(event.digit, now))
+            return
         elif isinstance(event, Ended):
             self.recorder.call_ended(key[0], str(event.kind), placed.answered, event.duration_s)
         if isinstance(update.event, Ended):
@@ -390,6 +590,7 @@ class VoiceChannel:
                 del self._active[key[0]]
             if placed.prompt is not None and not placed.prompt.done():
                 placed.prompt.cancel()
+            self._forget_listener(update.call_id, placed)
         if signal is not None:
             future = self.engine.submit_signal(key, signal)
             future.add_done_callback(_log_failure)
@@ -535,6 +736,7 @@ class VoiceChannel:
                 self._tasks = tg
                 tg.create_task(endpoint.run_timers(), name="sip-timers")
                 tg.create_task(self._health_timer(), name="sip-pbx-health")
+                tg.create_task(self._listen_timer(), name="sip-call-listeners")
         finally:
             self._tasks = None
             if transport is not None:
