@@ -148,6 +148,8 @@ async def test_mutated_corpus_at_the_sip_port_then_a_call_goes_through(
                 fresh = OPTIONS.replace(b"branch=z9hG4bKq", b"branch=z9hG4bKafter")
                 assert await asyncio.to_thread(ask, port, fresh) == [200]  # still answering
 
+                # predictive calls are paced by the gateway: no operators, no calls (docs/lawful-calling.md)
+                await b.send("campaign", {"command_id": "c1", "campaign_id": "fz", "action": "start", "operators": 1})
                 await b.send(
                     "dial",
                     {

@@ -134,6 +134,8 @@ async def test_200_crossing_our_cancel_is_acked_then_byed(broker: Mosquitto, tmp
 async def test_client_hangs_up_before_the_operator_connects(broker: Mosquitto, tmp_path: Path) -> None:
     with Sipp("answer_then_bye.xml", tmp_path / "sipp") as pbx:
         async with backend(broker.url) as b, gateway(voice_settings(broker, tmp_path, pbx.address), channels=()):
+            # predictive calls are paced by the gateway: no operators, no calls (docs/lawful-calling.md)
+            await b.send("campaign", {"command_id": "c1", "campaign_id": "p", "action": "start", "operators": 1})
             await b.send(
                 "dial",
                 {
@@ -337,6 +339,8 @@ async def test_no_response_at_all_ends_on_timer_b(broker: Mosquitto, tmp_path: P
 async def test_blind_transfer_to_connect_to_connects_the_predictive_call(broker: Mosquitto, tmp_path: Path) -> None:
     with Sipp("answer_refer_notify.xml", tmp_path / "sipp") as pbx:
         async with backend(broker.url) as b, gateway(voice_settings(broker, tmp_path, pbx.address), channels=()) as app:
+            # predictive calls are paced by the gateway: no operators, no calls (docs/lawful-calling.md)
+            await b.send("campaign", {"command_id": "c1", "campaign_id": "v", "action": "start", "operators": 1})
             await b.send("dial", _dial(mode="predictive", connect_to="sip:agents@queue.example"))
             await b.wait_for(lambda: b.final("v", "k"), timeout=15)
             events = b.unique("v", "k")

@@ -77,6 +77,8 @@ async def test_blind_transfer_through_kamailio_to_an_operator_line(broker: Mosqu
             await b.wait_for(lambda: kam.logged("registered sip:telgate@127.0.0.1"), timeout=10)
             dial = {"command_id": "d1", "campaign_id": "e2e", "contact_id": "k1", "phone": f"+{NUMBER}"}
             connect_to = f"sip:operator@{kam.address}"
+            # predictive calls are paced by the gateway: no operators, no calls (docs/lawful-calling.md)
+            await b.send("campaign", {"command_id": "c1", "campaign_id": "e2e", "action": "start", "operators": 1})
             await b.send("dial", {**dial, "mode": "predictive", "connect_to": connect_to})
             await b.wait_for(lambda: b.final("e2e", "k1"), timeout=20)
             events = b.unique("e2e", "k1")

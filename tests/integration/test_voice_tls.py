@@ -95,6 +95,8 @@ async def test_transfer_over_tls_comes_back_on_our_connection(broker: Mosquitto,
             await b.wait_for(lambda: kam.logged("registered sip:telgate@127.0.0.1"), timeout=10)
             dial = {"command_id": "d1", "campaign_id": "tls", "contact_id": "k1", "phone": f"+{NUMBER}"}
             connect_to = f"sip:operator@{kam.tls_address};transport=tls"
+            # predictive calls are paced by the gateway: no operators, no calls (docs/lawful-calling.md)
+            await b.send("campaign", {"command_id": "c1", "campaign_id": "tls", "action": "start", "operators": 1})
             await b.send("dial", {**dial, "mode": "predictive", "connect_to": connect_to})
             await b.wait_for(lambda: b.final("tls", "k1"), timeout=20)
             events = b.unique("tls", "k1")
