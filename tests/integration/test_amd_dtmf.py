@@ -196,7 +196,7 @@ async def test_a_long_greeting_is_a_machine_hung_up_and_retried(broker: Mosquitt
             last = events[-1]["signal"]
             assert last["answered_by"] == "machine_start" and last["outcome"] == "machine", last
             assert last["kind"] == "hangup"  # we hung up
-            FIGURES.setdefault("machine_amd_ms", []).append(last["amd_ms"])
+            FIGURES.setdefault("machine_amd_ms", []).append((last["amd_ms"], last["amd_cause"]))
             messages = await peer.finish()
             seen = await ledger.check(b, "voice", lambda: ledger.invites_in(messages))
             assert seen.attempts == 1 and seen.wire == 1
