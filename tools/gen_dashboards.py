@@ -60,6 +60,16 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         " flagged, unflagged); a downgrade or a flag raises TelgateWhatsAppPhoneQualityDropped."
     ),
     ("Gateway", "Oldest unacknowledged event"): _FROM_STORE,
+    ("Campaigns", "Abandonment rate per campaign"): (
+        "A predictive campaign's abandoned share of the calls a person answered, over its rolling abandon_window"
+        " (24h or 30d), as the instance that decided its last live answer left it (max over the instances)."
+        " Above max_abandon_rate (3 %) the campaign pauses itself (alert TelgateCampaignAbandonRate)."
+    ),
+    ("Campaigns", "Dials held back (window, caps)"): (
+        "Due dials the gateway held back instead of placing (retry_scheduled with retry_at, no INVITE), by"
+        " reason: outside_window (the callee's local hours), max_attempts, after_refusal, after_opt_out,"
+        " after_abandon (the number's caps over every campaign), summed over the instances."
+    ),
     ("Gateway", "Cluster members"): (
         "Instances holding a live lease in the store, as each instance counts them: the lines agree but for"
         " a few seconds around a join, a stop or a takeover. The cluster's limits (sip.max_cps,"
@@ -120,6 +130,22 @@ PROMETHEUS: dict[str, list[Entry]] = {
             ],
         ),
         ("Commands / s", "ops", [("sum by (kind, result) (rate(telgate_commands_total[5m]))", "{{kind}} {{result}}")]),
+        # lawful calling (docs/lawful-calling.md)
+        (
+            "Abandonment rate per campaign",
+            "percentunit",
+            [("max by (campaign) (telgate_campaign_abandon_rate)", "{{campaign}}")],
+        ),
+        (
+            "Abandoned calls",
+            "none",
+            [("sum by (campaign) (increase(telgate_calls_abandoned_total[15m]))", "{{campaign}}")],
+        ),
+        (
+            "Dials held back (window, caps)",
+            "none",
+            [("sum by (campaign, reason) (increase(telgate_dials_held_total[15m]))", "{{campaign}} {{reason}}")],
+        ),
     ],
     "Voice": [
         ("Call attempts / s", "ops", [("sum by (outcome) (rate(telgate_call_attempts_total[5m]))", "{{outcome}}")]),

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -36,6 +38,10 @@ from whatsapp.standin import Scenario
 pytestmark = [pytest.mark.integration, pytest.mark.both_stores]
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+# a calling window closed now for NIGHT (a Prague number): open only three days from today, local time
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WEEK = {"weekly": {_DAYS[(datetime.now(ZoneInfo("Europe/Prague")).weekday() + 3) % 7]: ["10:00-11:00"]}}
+NIGHT = "+420601000016"
 QUIET: tuple[Any, ...] = ()
 ONE_ATTEMPT = {"max_attempts": 1}
 CUSTOMER = ("420602000000", "420602000001")  # they answer the campaign's messages
@@ -89,6 +95,24 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                     await b.send("send", send(f"w{i}", f"m{i}", f"42060200000{i}", "notices", policy=ONE_ATTEMPT))
                 await b.send("dial", {"command_id": "bad", "campaign_id": "calls"})  # rejected: no contact_id
                 await b.wait_for(lambda: all(b.final("calls", f"c{i}") for i in range(12)), timeout=30)
+                # lawful calling (docs/lawful-calling.md): a dial the callee's window holds back, and a predictive
+                # call nobody takes within abandon_after_s (0.2 s: SIPp hangs up after its -d) — abandoned, and
+                # its campaign pauses at its abandonment limit (one abandon over a minimum sample of one)
+                night = {"command_id": "lw", "campaign_id": "night", "action": "start", "window": WEEK}
+                await b.send("campaign", night)
+                await b.send("dial", {"command_id": "ln", "campaign_id": "night", "contact_id": "n0", "phone": NIGHT})
+                pred = {"operators": 1, "abandon_after_s": 0.2, "abandon_min_answers": 1}
+                await b.send("campaign", {"command_id": "lp", "campaign_id": "pred", "action": "start", **pred})
+                dial = {"command_id": "lpd", "campaign_id": "pred", "contact_id": "p0", "phone": "+420601000015"}
+                await b.send("dial", {**dial, "mode": "predictive", "policy": {"max_attempts": 1}})
+                await b.wait_for(
+                    lambda: (
+                        b.statuses("night", "n0")[-1:] == ["retry_scheduled"]
+                        and b.statuses("pred", "p0")[-1:] == ["abandoned"]
+                        and any(c["campaign_id"] == "pred" and c["status"] == "paused" for c in b.campaigns)
+                    ),
+                    timeout=20,
+                )
                 await b.wait_for(
                     lambda: (
                         all(b.statuses("notices", f"m{i}")[-1:] == ["read"] for i in range(4))
@@ -163,7 +187,7 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 # one send request per contact, errors included; the rejected command and the refused MARKETING
                 # send put nothing on the wire
                 calls_seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
-                assert calls_seen.compared == 12 and calls_seen.attempts == 12 and calls_seen.wire == 12
+                assert calls_seen.compared == 14 and calls_seen.attempts == 13 and calls_seen.wire == 13
                 sends_seen = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
                 assert sends_seen.compared == 9 and sends_seen.attempts == 8 and sends_seen.wire == 8
 
@@ -208,7 +232,7 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 # and after the faults: the webhooks of the outage started no send, nothing was dialled again
                 sends_after = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
                 assert sends_after.attempts == 8 and sends_after.wire == 8
-                assert (await ledger.check(b, "voice", ledger.sipp_invites(pbx))).wire == 12
+                assert (await ledger.check(b, "voice", ledger.sipp_invites(pbx))).wire == 13
 
             # InfluxDB: every query of the InfluxDB dashboards returns data
             await asyncio.sleep(1.0)
@@ -219,7 +243,8 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                     missing.append(f"{board} / {panel}: {q}")
             assert not missing, "InfluxQL without data:\n" + "\n".join(missing)
             calls = await asyncio.to_thread(
-                influx.series, 'SELECT last("attempts"), last("answered") FROM telgate_calls'
+                influx.series,
+                """SELECT last("attempts"), last("answered") FROM telgate_calls WHERE campaign = 'calls'""",
             )
             assert calls[0]["values"][0][1:] == [12, 8]  # digits 0-5 answer: 0-5, and 0 and 1 of the second ten
             wa = await asyncio.to_thread(
