@@ -17,6 +17,7 @@ import pytest
 from gateway.contract.topics import Topics
 from gateway.domain import effects as fx
 from gateway.domain import pacer as pacing
+from gateway.domain.campaign import Action
 from gateway.domain.decide import EventDraft
 from gateway.domain.limits import Limits
 from gateway.domain.signals import Kind, Signal
@@ -223,3 +224,50 @@ def test_committed_status_changes_are_the_pacers_observations() -> None:
         seen = observations(state, draft(old, new), at)
         assert [type(o) for o in seen] == kinds, (old, new)
         assert all(o.call == "k#1" and o.at == at for o in seen)
+
+
+async def test_a_retry_a_restart_and_a_resume_outside_the_window_are_held_too(
+    setup: tuple[Engine, Dispatcher, Port, Clock],
+) -> None:
+    """Every path to a dial is the turn's DIAL_DUE (the only voice Attempt of the tables): a retry due after
+    the window closed, a call the restart rule settled, a campaign resumed at night — each waits for the
+    next opening."""
+    engine, dispatcher, port, clock = setup
+    monday = CallingWindow(weekly={"mon": ("13:00-14:00",)}, margin_s=0)  # Prague: 12:00-13:00 UTC
+    next_monday = MONDAY_NOON + timedelta(days=7)
+    await queue(engine, "c", {"busy": "+420601000001", "cut": "+420601000002"}, window=monday)
+    await turn(engine, dispatcher)
+    assert port.started == [("c", "busy"), ("c", "cut")]
+
+    def busy_and_restart(unit: Unit) -> None:
+        rejected = Signal(Kind.REJECTED, {"source": "sip", "kind": "rejected", "sip_code": 486}, attempt=1)
+        unit.apply(("c", "busy"), rejected)
+        unit.restart_rule("gw")  # the instance died with the other call up
+
+    clock.now = MONDAY_NOON + timedelta(minutes=30)
+    await engine.execute(busy_and_restart)
+    assert {(await contact(engine, "c", k)).status for k in ("busy", "cut")} == {Status.RETRY_SCHEDULED}
+    clock.now = MONDAY_NOON + timedelta(hours=2)  # both retries are due; the window closed at 13:00 UTC
+    await turn(engine, dispatcher)
+    for k in ("busy", "cut"):
+        state = await contact(engine, "c", k)
+        assert (state.status, state.attempt, state.retry_at) == (Status.RETRY_SCHEDULED, 1, next_monday), k
+    # a campaign paused and resumed at night: its new contact waits too
+    await engine.execute(lambda unit: unit.campaign_action("c", Action.PAUSE))
+    await queue_more(engine, "c", {"new": "+420601000003"})
+    await engine.execute(lambda unit: unit.campaign_action("c", Action.RESUME))
+    await turn(engine, dispatcher)
+    assert (await contact(engine, "c", "new")).retry_at == next_monday
+    assert port.started == [("c", "busy"), ("c", "cut")], "nothing more on the wire"
+    clock.now = next_monday
+    await turn(engine, dispatcher)
+    assert sorted(port.started[2:]) == [("c", "busy"), ("c", "cut"), ("c", "new")]
+
+
+async def queue_more(engine: Engine, campaign: str, contacts: dict[str, str]) -> None:
+    def create(unit: Unit) -> None:
+        for contact_id, phone in contacts.items():
+            state = ContactState(campaign_id=campaign, contact_id=contact_id, channel=Channel.VOICE)
+            unit.apply((campaign, contact_id), Signal(Kind.CREATE, phone=phone), create=state)
+
+    await engine.execute(create)
