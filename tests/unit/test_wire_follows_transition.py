@@ -96,9 +96,8 @@ def check(before: ContactState, signal: Signal, d: Decision) -> None:
             assert before.in_flight and before.answered and before.status in CALL_UP
             assert signal.attempt in (None, before.attempt) and d.state.status is before.status
             target = before.connect_to
-            if signal.kind is K.DIGITS:  # no digits map here: nothing maps, the call is hung up
-                assert control[0] == fx.HangUp()
-            elif signal.kind is K.TRANSFER_DONE or not target:
+            # DIGITS: no digits map here, nothing maps, the call is hung up
+            if signal.kind in (K.DIGITS, K.TRANSFER_DONE) or not target:
                 assert control[0] == fx.HangUp()
             else:
                 assert control[0] == fx.Transfer(target)
