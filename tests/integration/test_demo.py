@@ -5,10 +5,12 @@ outcomes, and the peers' records match the events."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -87,6 +89,18 @@ def test_readme_starts_with_the_demo_and_the_tests() -> None:
     assert commands[1] == "bash .ci/run"
 
 
+def _channels_in_flight(tmp_path: Path) -> int:
+    """How many channels have a contact in flight in the demo's store (0 before it exists)."""
+    for db in tmp_path.glob("telgate-demo-*/var/telgate.db"):
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                row = conn.execute("SELECT COUNT(DISTINCT channel) FROM contacts WHERE in_flight = 1").fetchone()
+        except sqlite3.OperationalError:  # not created yet (no contacts table)
+            return 0
+        return int(row[0])
+    return 0
+
+
 def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
     telgate = Path(sys.executable).with_name("telgate")
     proc = subprocess.Popen(
@@ -97,10 +111,12 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
         env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not list(tmp_path.glob("telgate-demo-*/var/telgate.db")):
-            time.sleep(0.2)
-        time.sleep(3.0)  # calls and sends under way
+        # calls and sends under way: the demo's gateway has contacts of both channels in flight (its store)
+        deadline = time.monotonic() + 60
+        while _channels_in_flight(tmp_path) < 2:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the demo never had calls and sends under way"
+            time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=30)

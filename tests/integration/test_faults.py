@@ -61,7 +61,7 @@ async def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_pa
             )
         await b.wait_for(lambda: len(b.events) >= 300, timeout=30)
         broker.stop()  # SIGTERM: the broker keeps what it acknowledged (persistence), loses its connections
-        await asyncio.sleep(1.0)
+        await b.wait_for(lambda: not app.bus.connected.is_set())  # the gateway has lost its connection
         broker.start()
         await b.wait_for(
             lambda: (
@@ -78,6 +78,11 @@ async def test_broker_restart_mid_stream_loses_nothing(broker: Mosquitto, tmp_pa
             assert isinstance(port, ScriptedPort)
             seen = await ledger.check(b, channel.value, ledger.scripted_started(port.started), by="contact")
             assert seen.compared == n and seen.attempts == n and seen.wire == n
+
+
+def _sent(message: str, first_line: str) -> bool:
+    """A message of SIPp's record (`-trace_msg`) that SIPp sent, whose first line starts with `first_line`."""
+    return "message sent" in message.split("\n", 1)[0] and f"\n{first_line}" in message
 
 
 def _start_gateway(cfg: Path, log: Path, record: Path | None = None) -> subprocess.Popen[bytes]:
@@ -132,12 +137,17 @@ async def test_gateway_sigkill_and_restart(broker: Mosquitto, tmp_path: Path) ->
             await b.send("dial", cmd("c5", "late", "+420601234560"))
             await b.wait_for(lambda: "calling" in b.statuses("crash", "late"), timeout=10)
             broker.stop()  # the rest of "late" is committed while nobody can take it
-            await asyncio.sleep(1.5)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
             store = open_store(harness.STORE_URL or f"sqlite:///{data / 'telgate.db'}")  # the gateway's store
             await store.open()
             try:
+                # the gateway's own record: "late" committed to its end (its 4th event, success), unpublished
+                async with asyncio.timeout(10):
+                    while (late := await store.read(lambda t: t.get_contact(("crash", "late")))) is None or (
+                        late.sequence < 4
+                    ):
+                        await asyncio.sleep(0.02)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
                 pending, _ = await store.read(lambda t: t.outbox_stats())
             finally:
                 await store.close()
@@ -203,7 +213,10 @@ async def test_sigkill_during_live_sip_calls_applies_the_restart_rule(broker: Mo
                     ),
                     timeout=15,
                 )
-                await asyncio.sleep(0.3)  # the ringing call has had its 180
+                # the ringing call has had its 180: SIPp's record says it sent one for each call
+                async with asyncio.timeout(10):
+                    while sum(1 for m in pbx.messages() if _sent(m, "SIP/2.0 180 ")) < 2:
+                        await asyncio.sleep(0.02)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
                 proc = _start_gateway(cfg, log)

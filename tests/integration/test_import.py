@@ -321,7 +321,9 @@ async def test_the_window_publishes_again_after_the_broker_comes_back(
         async with CommandWindow(BusTarget(url=broker.url), retry_after_s=retry_after, give_up_after_s=20) as window:
             assert (await window.call("campaign", create("back"))).accepted
             broker.stop()
-            await asyncio.sleep(0.3)
+            async with asyncio.timeout(10):  # the window has seen the broker go: the command waits in it
+                while window.connected:
+                    await asyncio.sleep(0.02)
             future = await window.submit("dial", dial("back-1", "k1") | {"campaign_id": "back"})
             assert window.outstanding == 1
             broker.start()

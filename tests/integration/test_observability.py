@@ -204,17 +204,20 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                     lambda: app.recorder.registry.get_sample_value("telgate_pbx_up", {"pbx": pbx.address}) == 0,
                     timeout=10,
                 )
-                await asyncio.sleep(2.5)  # scrapes with the PBX down, before the broker goes
+                # Prometheus has scraped the PBX down before the broker goes
+                assert await prom.until(f'telgate_pbx_up{{pbx="{pbx.address}"}} == 0', timeout=15)
                 broker.stop()
-                await asyncio.sleep(1.5)
+                assert await prom.until("telgate_bus_connected == 0", timeout=15), "no scrape with the bus down"
+                grown = (await app.store.read(lambda t: t.outbox_stats()))[0]
                 for sent in [s for s in standin.sent if s.to in ("420602000005", "420602000006")]:
                     for status in ("sent", "delivered"):
                         payload = standin.envelope(
                             [standin._status(sent.wamid, sent.to, status, None, sent.callback_data)]
                         )
-                        assert await standin.post_webhook(payload) == 200
-                        await asyncio.sleep(1.2)  # a scrape between each: the outbox grows step by step
-                await asyncio.sleep(2.0)
+                        assert await standin.post_webhook(payload) == 200  # answered after its commit
+                        # a scrape between each: the outbox grows step by step
+                        grown = max(grown + 1, (await app.store.read(lambda t: t.outbox_stats()))[0])
+                        assert await prom.until(f"telgate_outbox_pending >= {grown}", timeout=15), grown
 
                 empty: list[str] = []
                 for board, panel, expr in queries("prometheus"):
@@ -234,8 +237,8 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 assert sends_after.attempts == 8 and sends_after.wire == 8
                 assert (await ledger.check(b, "voice", ledger.sipp_invites(pbx))).wire == 13
 
-            # InfluxDB: every query of the InfluxDB dashboards returns data
-            await asyncio.sleep(1.0)
+            # InfluxDB: every query of the InfluxDB dashboards returns data. Nothing to wait for: the gateway
+            # has stopped, so whatever its writer wrote (every 0.5 s while the traffic ran) is all there will be
             missing = []
             for board, panel, q in queries("influxdb"):
                 series = await asyncio.to_thread(influx.series, _influxql(q))
@@ -266,10 +269,12 @@ async def test_influx_outage_only_delays_points(broker: Mosquitto, tmp_path: Pat
         settings = settings_for(broker.url, tmp_path, influx={"url": influx.url, "interval_s": 0.3})
         async with gateway(settings, channels=(Channel.VOICE,)) as app:
             assert app.influx is not None
-            await asyncio.sleep(1.0)
+            async with asyncio.timeout(10):  # points are written before the outage
+                while not app.influx.stats.written_lines:
+                    await asyncio.sleep(0.05)
             influx.stop()
             down_from = int(time.time() * 1000)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # kept: the outage itself, whose points (one per 0.3 s) are checked below
             down_to = int(time.time() * 1000)
             assert app.influx.stats.failed_writes >= 1 and app.influx.pending > 0
             influx.start()

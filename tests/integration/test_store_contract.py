@@ -1308,7 +1308,8 @@ async def test_postgres_killed_and_restarted_mid_run(
         await asyncio.to_thread(pg.kill)
         assert sum(b.final("kill", f"k{i}") for i in range(n)) < n // 2, "the kill came too late to matter"
         await poll("/readyz 503", lambda: _is(readyz(app.http_port), 503), 10)
-        await asyncio.sleep(1.0)  # down for a while: signals from calls on the wire wait
+        # down for a while: signals from calls on the wire wait, queued behind the transaction the store holds
+        await b.wait_for(lambda: app.engine._queue.qsize() > 0, 10)
         assert await readyz(app.http_port) == 503
         await asyncio.to_thread(pg.start)
         await poll("/readyz 200", lambda: _is(readyz(app.http_port), 200), 20)

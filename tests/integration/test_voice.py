@@ -103,8 +103,8 @@ async def test_answered_then_the_callee_hangs_up(broker: Mosquitto, tmp_path: Pa
             assert end["q850_cause"] == 16 and 0.8 <= end["duration_s"] <= 3.0
             seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
             assert seen.attempts == 1 and seen.wire == 1
-            await asyncio.sleep(0.2)
-            assert pbx.proc is not None and pbx.proc.wait(5) == 0, pbx.errors()  # SIPp saw its scenario through
+            # SIPp saw its scenario through
+            assert pbx.proc is not None and await asyncio.to_thread(pbx.proc.wait, 5) == 0, pbx.errors()
 
 
 async def test_200_crossing_our_cancel_is_acked_then_byed(broker: Mosquitto, tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ async def test_200_crossing_our_cancel_is_acked_then_byed(broker: Mosquitto, tmp
                 },
             )
             await b.wait_for(lambda: b.statuses("v", "k")[-1:] == ["calling"])
-            await asyncio.sleep(0.3)  # ringing
+            await _until_sent(pbx, "SIP/2.0 180 ")  # ringing: SIPp's record says it sent the 180
             await b.send("cancel", {"command_id": "x1", "campaign_id": "v", "contact_id": "k"})
             await b.wait_for(lambda: b.final("v", "k"))
             assert [e["status"] for e in b.unique("v", "k")] == ["initial", "calling", "canceled_by_admin"]
@@ -166,9 +166,9 @@ async def test_the_sip_port_answers_bad_and_stray_requests(broker: Mosquitto, tm
         await asyncio.wait_for(app.voice.ready.wait(), 5)
         port = app.voice.ua.cfg.local_port
 
-        def ask(data: bytes) -> Status | None:
+        def ask(data: bytes, wait_s: float = 1.0) -> Status | None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(1.0)
+                s.settimeout(wait_s)
                 s.sendto(data, ("127.0.0.1", port))
                 try:
                     reply = s.recv(65536)
@@ -200,9 +200,10 @@ async def test_the_sip_port_answers_bad_and_stray_requests(broker: Mosquitto, tm
                 s.sendto(data, ("127.0.0.1", port))
 
         await asyncio.to_thread(fuzz)
-        await asyncio.sleep(0.3)
-        fresh = base.format(m="OPTIONS").replace("branch=z9hG4bKq", "branch=z9hG4bKq2")  # a new transaction
-        after = await asyncio.to_thread(ask, fresh.encode())
+        # a new transaction after the fuzz: the port takes datagrams in order, so its answer comes after
+        # every fuzzed one was handled
+        fresh = base.format(m="OPTIONS").replace("branch=z9hG4bKq", "branch=z9hG4bKq2")
+        after = await asyncio.to_thread(ask, fresh.encode(), 10.0)
         assert after is not None and after.status == 200  # still answering
         assert app.voice.ua.stats["out_of_dialog_options"] >= 2
 
@@ -234,7 +235,18 @@ async def test_pbx_answering_options_stays_up(broker: Mosquitto, tmp_path: Path)
             broker.url, tmp_path, sip={"pbx": pbx.address, "local": "127.0.0.1:0", "options_interval_s": 0.2}
         )
         async with backend(broker.url) as b, gateway(settings, channels=()) as app:
-            await asyncio.sleep(1.2)
+            # several keepalives answered (their round trips counted), and the PBX is still up
+            await b.wait_for(
+                lambda: (
+                    (
+                        app.recorder.registry.get_sample_value(
+                            "telgate_pbx_options_rtt_seconds_count", {"pbx": pbx.address}
+                        )
+                        or 0
+                    )
+                    >= 4
+                )
+            )
             assert app.voice is not None and app.voice.state == "up"
             text = __import__("prometheus_client").generate_latest(app.recorder.registry).decode()
             assert (
@@ -286,6 +298,17 @@ def _dial(contact: str = "k", campaign: str = "v", **extra: Any) -> dict[str, An
     }
 
 
+async def _until_sent(pbx: Sipp, first_line: str, count: int = 1, timeout_s: float = 10.0) -> None:
+    """Return once SIPp's record (`-trace_msg`) holds `count` messages it sent starting with `first_line`."""
+    async with asyncio.timeout(timeout_s):
+        while len(_sent(pbx.messages(), first_line)) < count:
+            await asyncio.sleep(0.02)
+
+
+def _sent(messages: list[str], first_line: str) -> list[str]:
+    return [m for m in messages if "message sent" in m.split("\n", 1)[0] and f"\n{first_line}" in m]
+
+
 def _received(messages: list[str], first_line: str) -> list[str]:
     """SIPp's log lines say 'UDP message received' / 'TCP message received' above each message."""
     return [m for m in messages if "message received" in m.split("\n", 1)[0] and f"\n{first_line}" in m]
@@ -329,7 +352,8 @@ async def test_no_response_at_all_ends_on_timer_b(broker: Mosquitto, tmp_path: P
             last = b.unique("v", "k")[-1]
             assert last["status"] == "dial_failed"
             assert last["signal"]["kind"] == "failed" and last["signal"]["sip_code"] is None
-            assert "Timer B" in last["signal"]["reason"] and 3.0 <= took <= 6.0
+            # the timer's length is the behaviour: not before 64 x T1 (its end, not a deadline, is checked)
+            assert "Timer B" in last["signal"]["reason"] and took >= 3.0
             seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
             assert seen.attempts == 1 and seen.wire == 1  # Timer A retransmissions are the same INVITE
         invites = _received(pbx.messages(), "INVITE ")
@@ -434,10 +458,9 @@ async def test_tcp_connection_refused_fails_the_attempt_at_once(broker: Mosquitt
 
     settings = voice_settings(broker, tmp_path, f"127.0.0.1:{free_port()}", transport="tcp")
     async with backend(broker.url) as b, gateway(settings, channels=()):
-        started = asyncio.get_running_loop().time()
         await b.send("dial", _dial())
+        # "at once": the transport's error ends it, not Timer B (32 s at the default T1, beyond this wait)
         await b.wait_for(lambda: b.final("v", "k"), timeout=10)
         last = b.unique("v", "k")[-1]
         assert last["status"] == "dial_failed" and last["signal"]["kind"] == "failed"
         assert last["signal"]["reason"].startswith("transport error") and last["signal"]["sip_code"] is None
-        assert asyncio.get_running_loop().time() - started < 5

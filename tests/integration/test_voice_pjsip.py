@@ -4,6 +4,7 @@ call must stay up past our session refresh, and PJSIP's own message log must sho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import sys
@@ -49,15 +50,32 @@ async def test_pjsip_with_session_timers_required_sees_our_refresh(
     )
     said: list[str] = []  # what the PJSIP process reports, line by line (its log file is written late)
     assert callee.stdout is not None
-    reader = threading.Thread(target=lambda: said.extend(line.strip() for line in callee.stdout), daemon=True)  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+    spoke = asyncio.Event()  # set at each line it reports, and at the end of its output
+
+    def read() -> None:
+        for line in callee.stdout:  # type: ignore[union-attr]
+            said.append(line.strip())
+            with contextlib.suppress(RuntimeError):  # the test is over: nobody listens
+                loop.call_soon_threadsafe(spoke.set)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(spoke.set)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
 
     async def reported(what: str, patience_s: float) -> None:
-        deadline = asyncio.get_running_loop().time() + patience_s
-        while not any(line.startswith(what) for line in said):
-            assert callee.poll() is None, f"the PJSIP callee exited: {said}"
-            assert asyncio.get_running_loop().time() < deadline, f"PJSIP did not report {what!r}: {said}"
-            await asyncio.sleep(0.1)
+        """Wait for PJSIP to report `what` (each line it reports wakes this up)."""
+        try:
+            async with asyncio.timeout(patience_s):
+                while True:
+                    spoke.clear()
+                    if any(line.startswith(what) for line in said):
+                        return
+                    assert callee.poll() is None, f"the PJSIP callee exited: {said}"
+                    await spoke.wait()
+        except TimeoutError:
+            raise AssertionError(f"PJSIP did not report {what!r} within {patience_s} s: {said}") from None
 
     try:
         await reported("ready", 10)
@@ -65,7 +83,8 @@ async def test_pjsip_with_session_timers_required_sees_our_refresh(
         async with backend(broker.url) as b, gateway(settings, channels=()):
             await b.send("dial", _dial())
             await b.wait_for(lambda: b.statuses("v", "k")[-1:] == ["call_in_progress"], timeout=15)
-            # our refresh is due at half the interval PJSIP's 2xx set; PJSIP reports the one it answered
+            # our refresh is due at half the interval PJSIP's 2xx set (the session timer under test: its
+            # length is the wait); PJSIP reports the one it answered
             await reported("tsx UPDATE 200", session_expires)
             assert b.statuses("v", "k")[-1] == "call_in_progress"  # still up after the refresh
             callee.stdin.close()  # type: ignore[union-attr]  # PJSIP hangs up

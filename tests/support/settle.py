@@ -30,3 +30,29 @@ async def settled(b: Backend, app: App, idle: Callable[[], bool] = lambda: True,
                 if pending == 0 and taken(b) >= app.recorder.events_published._value.get():
                     return
             await asyncio.sleep(0.02)
+
+
+async def bus_caught_up(app: App, timeout_s: float = 10.0) -> int:
+    """Return once every command the broker had routed to `app`'s session is committed, acknowledged and
+    its result published; returns how many messages its connection has taken. The barrier is a round trip
+    on the app's own connection (a SUBSCRIBE and UNSUBSCRIBE of a topic no command is sent to, as
+    `leave_group` does): the broker writes what it holds for a client, and what a PUBACK released, before
+    it answers that client's next packet. Two rounds that bring nothing new: nothing more was routed."""
+    fence = "telgate/v1/cmd/fence/test-caught-up"
+    async with asyncio.timeout(timeout_s):
+        quiet = 0
+        while quiet < 2:
+            await app.bus.connected.wait()
+            client, intake = app.bus._client, app.bus._intake
+            if client is None or intake is None or intake.client is not client:
+                await asyncio.sleep(0.01)  # the receiver of a new connection is starting
+                continue
+            while not intake.settled():  # its PUBACKs go out after the commits
+                await asyncio.sleep(0.005)
+            seen = intake.arrived
+            await client.subscribe(fence, qos=1, timeout=10)
+            await client.unsubscribe(fence, timeout=10)
+            quiet = quiet + 1 if intake.arrived == seen and intake.settled() else 0
+        while (await app.store.read(lambda t: t.outbox_stats()))[0]:
+            await asyncio.sleep(0.02)
+        return intake.arrived
