@@ -122,6 +122,13 @@ class PaceInputs:
     history: AbandonRate  # the campaign's rolling abandonment count (a new pacer starts from it)
 
 
+def declares_operators(camp: CampaignState) -> bool:
+    """A predictive campaign is paced by its operators once it says how many it has (`operators`) or one
+    signalled `available`. One that never did is paced as before the pacer, by its `max_cps` and
+    `max_concurrent` (the PBX's queue takes its calls): an upgrade does not stop it (docs/lawful-calling.md)."""
+    return camp.operators is not None or bool(camp.operators_online)
+
+
 def pace_inputs(camp: CampaignState, counts: dict[str, int]) -> PaceInputs:
     settings = pacing.PacerSettings(
         max_abandon_rate=camp.max_abandon_rate if camp.max_abandon_rate is not None else 0.03,
@@ -385,7 +392,7 @@ class Dispatcher:
                     caller=camp.caller,
                     **lawful,
                 )
-                if channel is Channel.VOICE and contact.mode is Mode.PREDICTIVE:
+                if channel is Channel.VOICE and contact.mode is Mode.PREDICTIVE and declares_operators(camp):
                     if key[0] not in turn.paced:
                         inputs = turn.paced[key[0]] = pace_inputs(camp, txn.counts(key[0]))
                         allowed, counted = pace.get(key[0], (0, inputs.in_flight))

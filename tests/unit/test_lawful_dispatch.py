@@ -160,7 +160,8 @@ async def test_a_predictive_campaign_places_what_its_pacer_allows_and_nothing_wi
 ) -> None:
     engine, dispatcher, port, clock = setup
     numbers = {f"k{i}": f"+42060100000{i}" for i in range(6)}
-    await queue(engine, "p", numbers, mode=Mode.PREDICTIVE, window=CallingWindow(weekly={"mon": ("00:00-24:00",)}))
+    every_day = CallingWindow(weekly={"mon": ("00:00-24:00",)})
+    await queue(engine, "p", numbers, mode=Mode.PREDICTIVE, window=every_day, operators=0)
     first, _ = await turn(engine, dispatcher, pace=dispatcher.pace)
     assert first.taken == 0 and first.held_by_pacer == {"p"} and port.started == []
     assert dispatcher._repace(first, clock.now) is False, "no operators: the pacer allows nothing"
@@ -271,3 +272,15 @@ async def queue_more(engine: Engine, campaign: str, contacts: dict[str, str]) ->
             unit.apply((campaign, contact_id), Signal(Kind.CREATE, phone=phone), create=state)
 
     await engine.execute(create)
+
+
+async def test_a_predictive_campaign_that_never_declared_operators_is_paced_as_before(
+    setup: tuple[Engine, Dispatcher, Port, Clock],
+) -> None:
+    """No `operators` and nobody `available`: the PBX's queue takes its calls; max_cps/max_concurrent pace
+    it, as before the pacer (an upgrade does not stop a running campaign)."""
+    engine, dispatcher, port, _ = setup
+    await queue(engine, "q", {"k0": "+420601000010", "k1": "+420601000011"}, mode=Mode.PREDICTIVE)
+    done, _ = await turn(engine, dispatcher, pace=dispatcher.pace)
+    assert done.taken == 2 and done.held_by_pacer == set()
+    assert port.started == [("q", "k0"), ("q", "k1")]
