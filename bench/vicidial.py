@@ -34,6 +34,7 @@ from gateway.domain.pacer import (
     Answered,
     CallEnded,
     Connected,
+    Left,
     NotAnswered,
     Observation,
 )
@@ -81,6 +82,8 @@ class VicidialAdaptive:
         elif isinstance(obs, Abandoned):
             self._waiting.discard(obs.call)
             self._answered.append((obs.at.timestamp(), True))
+        elif isinstance(obs, Left):
+            self._waiting.discard(obs.call)
         elif isinstance(obs, CallEnded):
             self._talking.discard(obs.call)
         elif isinstance(obs, NotAnswered):
