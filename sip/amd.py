@@ -80,6 +80,9 @@ Cause = Literal[
 Vad = Literal["webrtc", "energy"]
 
 
+BEEP_STOP_MS = 100  # no audio this long while a beep sounds: the beep ended with the last frame
+
+
 @dataclass(frozen=True, slots=True)
 class AmdParams:
     """app_amd's parameters (amd.conf names, ms) and telgate's additions; see the module's rules."""
@@ -196,12 +199,22 @@ class Amd:
             if a.in_greeting:
                 left.append(p.after_greeting_silence - a.silence)
             return self._next + max(FRAME_MS, min(left))
+        if self._beep.in_beep:  # a far end that stops sending right after its beep: the beep ended
+            return self._next + BEEP_STOP_MS
         return self._next + max(FRAME_MS, self.params.end_silence_ms - self._silence_run)
 
     def tick(self, now: int) -> list[AmdEvent]:
-        """No audio since the last frame up to `now`: the missing time counts as lost frames."""
+        """No audio since the last frame up to `now`: the missing time counts as lost frames — except a beep
+        that was sounding when the audio stopped, which ended with its last frame (a machine that goes
+        quiet, or stops sending, once it starts recording)."""
         if self.done or now <= self._next:
             return []
+        if self._beep.in_beep and now - self._next >= BEEP_STOP_MS:
+            ended = [e for e in self._beep.flush() if isinstance(e, BeepEnded)]
+            if ended and self.verdict is not None and self.verdict.answered_by == "machine_start":
+                self.end = MachineEnd("machine_end_beep", now, ended[0].end_ms)
+                self._next = max(self._next, now)
+                return [self.end]
         events = self._gap(now)
         self._next = max(self._next, now)
         return events

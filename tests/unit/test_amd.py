@@ -155,3 +155,20 @@ def test_random_frames_never_crash_and_events_stay_in_order(frames: list[tuple[b
     ends = [e for e in events if isinstance(e, MachineEnd)]
     assert len(verdicts) == 1 and isinstance(events[0], AmdVerdict)
     assert len(ends) == (1 if verdicts[0].answered_by == "machine_start" else 0)
+
+
+def test_a_beep_whose_audio_stops_ends_when_the_far_end_goes_quiet() -> None:
+    """A machine that stops sending RTP right after its beep: no frame ever ends the beep, the deadline does."""
+    greeting = S.at_level(S.speak(GREETING, "en-us", 170), -18)
+    greeting = greeting[: greeting.size // 160 * 160]  # whole frames: the last frame is all beep
+    pcm = S.concat(S.silence(400), greeting, S.silence(700), S.beep(1000, 400))[:-320]  # cut in the beep
+    amd, events, last = Amd(), [], 0
+    for t, frame in S.packets(pcm, 0.0, 0):
+        events += amd.feed(frame, t)
+        last = t + 20
+    assert [type(e) for e in events] == [AmdVerdict]  # the beep is still sounding as far as frames tell
+    deadline = amd.deadline()
+    assert deadline is not None and deadline <= last + 100
+    (end,) = amd.tick(deadline)
+    assert isinstance(end, MachineEnd) and end.answered_by == "machine_end_beep"
+    assert end.beep_end_ms == last and end.t_ms - last <= 100
