@@ -19,13 +19,16 @@ import hashlib
 import hmac
 import itertools
 import json
+import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+log = logging.getLogger("telgate.standin")
 Step = tuple[float, str, int | None]  # (seconds after the send, status, error code for `failed`)
 
 ERROR_TITLES = {
@@ -94,6 +97,7 @@ class StandIn:
         self._on_wire: set[str] = set()  # wamids with a status POST not yet answered
         self._runner: web.AppRunner | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._children: set[asyncio.Task[None]] = set()  # the group's tasks, cancelled at the exit
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -111,16 +115,24 @@ class StandIn:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._session = await self._stack.enter_async_context(aiohttp.ClientSession())
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self._tasks.create_task(self._deliver_loop())
+        self._spawn(self._deliver_loop())
         return self
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """`work` as a task of the stand-in's TaskGroup, tracked so that the exit can cancel it."""
+        assert self._tasks is not None
+        task = self._tasks.create_task(work)
+        self._children.add(task)
+        task.add_done_callback(self._children.discard)
 
     async def __aexit__(self, *exc: object) -> None:
         self._closing = True
-        if self._tasks is not None:
-            for task in list(self._tasks._tasks):
-                task.cancel()
-        with contextlib.suppress(Exception):
+        for task in list(self._children):
+            task.cancel()
+        try:
             await self._stack.aclose()
+        except Exception as exc:  # a delivery that failed in the group (or the session's close): said, not raised
+            log.error("the Cloud API stand-in ended with an error", exc_info=exc)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -447,6 +459,6 @@ class StandIn:
                 chunk = merged[i : i + self.max_batch]
                 chunk_ids = frozenset(s["id"] for s in chunk)
                 self._on_wire |= chunk_ids
-                self._tasks.create_task(self._deliver_with_retries([{"statuses": chunk}], len(chunk), chunk_ids))
+                self._spawn(self._deliver_with_retries([{"statuses": chunk}], len(chunk), chunk_ids))
             for v in others:
-                self._tasks.create_task(self._deliver_with_retries([v], 1))
+                self._spawn(self._deliver_with_retries([v], 1))
