@@ -106,3 +106,27 @@ def test_relative_imports_stay_inside_their_package() -> None:
             if isinstance(node, ast.ImportFrom) and node.level > 1:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_no_module_writes_through_unit_read() -> None:
+    """`Unit.read` is the open transaction typed as `Reads`; a write called on it (`unit.read.put_contact`,
+    or through a cast) would commit beside the decision, not as one. Every call on `.read` must be a read."""
+    from gateway.store import Reads, Txn
+
+    reads = {name for name in dir(Reads) if not name.startswith("_")}
+    writes = {name for name in dir(Txn) if not name.startswith("_")} - reads
+    assert "put_contact" in writes and "get_contact" in reads  # the protocols are what this test thinks
+    offenders = []
+    for path in sorted(GATEWAY.rglob("*.py")):
+        rel = path.relative_to(GATEWAY)
+        if rel.parts[0] == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in writes
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "read"
+            ):
+                offenders.append(f"{rel}:{node.lineno} .read.{node.attr}")
+    assert not offenders, f"a write through Unit.read: {offenders}"
