@@ -70,6 +70,30 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         " reason: outside_window (the callee's local hours), max_attempts, after_refusal, after_opt_out,"
         " after_abandon (the number's caps over every campaign), summed over the instances."
     ),
+    ("Campaigns", "AMD verdicts"): (
+        "Answering-machine detection's verdicts per campaign (docs/voice.md §6.3), by answered_by: human,"
+        " machine_start, fax, unknown (a person: the call goes on), and the greeting ends of the machines that"
+        " get a message (machine_end_beep, machine_end_silence, machine_end_other), summed over the instances."
+        " A campaign answered mostly by machine_start that should reach people may have a one-way media path:"
+        " a callee whose RTP telgate does not hear is silence, and silence is a machine (INITIALSILENCE); the"
+        " events' amd_cause tells."
+    ),
+    ("Campaigns", "AMD decision time"): (
+        "From the answer to the verdict, per campaign (p50 and p95 over the instances). A held call"
+        " (amd.wait, leave_message, predictive) is silent this long: app_amd's defaults decide a person about"
+        " after_greeting_silence_ms (800) after their hello, a silent line at initial_silence_ms (2500), and"
+        " nothing later than total_analysis_ms (5000, unknown)."
+    ),
+    ("Campaigns", "Digit gathers by finish and outcome"): (
+        "Gathers ended after a prompt (docs/voice.md §6.4), by what ended them (max_digits, finish_on_key,"
+        " timeout) and what the contact's digits map made of the input (confirm, opt_out, transfer, retry;"
+        " no_input when nothing was pressed or the input has no entry), summed over the instances."
+    ),
+    ("Campaigns", "Digits by source"): (
+        "Keys counted into gathers, by how they came: rfc4733 (telephone-events), info (SIP INFO) or inband"
+        " (tones in the audio). A press told by two sources counts once, under the first. Keys pressed"
+        " during the prompt are not counted."
+    ),
     ("Gateway", "Cluster members"): (
         "Instances holding a live lease in the store, as each instance counts them: the lines agree but for"
         " a few seconds around a join, a stop or a takeover. The cluster's limits (sip.max_cps,"
@@ -145,6 +169,47 @@ PROMETHEUS: dict[str, list[Entry]] = {
             "Dials held back (window, caps)",
             "none",
             [("sum by (campaign, reason) (increase(telgate_dials_held_total[15m]))", "{{campaign}} {{reason}}")],
+        ),
+        # who answered and what they pressed (docs/voice.md §6.3, §6.4)
+        "Who answered and what they pressed",
+        (
+            "AMD verdicts",
+            "none",
+            [
+                (
+                    "sum by (campaign, answered_by) (increase(telgate_amd_results_total[15m]))",
+                    "{{campaign}} {{answered_by}}",
+                )
+            ],
+        ),
+        (
+            "AMD decision time",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.5, sum by (le, campaign) (rate(telgate_amd_decision_seconds_bucket[15m])))",
+                    "p50 {{campaign}}",
+                ),
+                (
+                    "histogram_quantile(0.95, sum by (le, campaign) (rate(telgate_amd_decision_seconds_bucket[15m])))",
+                    "p95 {{campaign}}",
+                ),
+            ],
+        ),
+        (
+            "Digit gathers by finish and outcome",
+            "none",
+            [
+                (
+                    "sum by (campaign, finish, outcome) (increase(telgate_dtmf_gathers_total[15m]))",
+                    "{{campaign}} {{finish}} {{outcome}}",
+                )
+            ],
+        ),
+        (
+            "Digits by source",
+            "none",
+            [("sum by (campaign, via) (increase(telgate_dtmf_digits_total[15m]))", "{{campaign}} {{via}}")],
         ),
     ],
     "Voice": [

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import math
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+import wave
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from line_protocol_parser import parse_line
 
 from gateway.domain.statuses import Channel
 from metrics.influx import InfluxTarget, InfluxWriter, Point
-from tests.support import ledger
+from tests.support import ledger, speech
 from tests.support.broker import Mosquitto
 from tests.support.harness import backend, gateway, settings_for
 from tests.support.sipp import Sipp
@@ -47,6 +49,24 @@ ONE_ATTEMPT = {"max_attempts": 1}
 CUSTOMER = ("420602000000", "420602000001")  # they answer the campaign's messages
 OPTED_OUT = "420602000007"  # stops marketing messages, then a MARKETING template is sent to it
 MARKETING = {"name": "promo", "language": "cs", "category": "MARKETING"}
+# who answered and what they pressed (docs/voice.md §6.3, §6.4): mix.xml's 420605…1 answers and stays silent
+# (no RTP: AMD hears silence, a machine at initial_silence_ms, hung up), 420605…2 presses 1 by SIP INFO 1.5 s
+# after its answer, once the 0.3 s prompt has ended and the gather runs
+SILENT, KEYS = "+420605000001", "+420605000002"
+AMD_SILENT = {"wait": True, "initial_silence_ms": 300}
+GATHER = {"prompt": "menu.wav", "gather": {"max_digits": 1, "timeout_s": 5}, "digits": {"1": "confirm"}}
+LISTENING = ("AMD verdicts", "AMD decision time", "Digit gathers by finish and outcome", "Digits by source")
+
+
+def _prompts(folder: Path) -> Path:
+    """sip.prompts_dir with the menu the gather's dials play: a 0.3 s tone, 8 kHz mono 16-bit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(folder / "menu.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(speech.tone(440, 300, -14).astype("<i2").tobytes())
+    return folder
 
 
 def _influxql(query: str) -> str:
@@ -66,7 +86,13 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
         InfluxDB(tmp_path / "influx") as influx,
     ):
         sections = {
-            "sip": {"pbx": pbx.address, "local": "127.0.0.1:0", "options_interval_s": 0.5, "ring_timeout_s": 5},
+            "sip": {
+                "pbx": pbx.address,
+                "local": "127.0.0.1:0",
+                "options_interval_s": 0.5,
+                "ring_timeout_s": 5,
+                "prompts_dir": str(_prompts(tmp_path / "prompts")),
+            },
             "influx": {"url": influx.url, "database": "telgate", "interval_s": 0.5},
         }
         async with (
@@ -113,6 +139,26 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                     ),
                     timeout=20,
                 )
+                # who answered and what they pressed: a held AMD dial to the silent callee and a prompt with a
+                # gather to the one that presses 1, twice. The first round makes each campaign's series (a
+                # counter is born at its first count), Prometheus scrapes them, and the second round is what
+                # the panels' increase() and rate() see
+                for n in range(2):
+                    if n:
+                        for series in ("telgate_amd_decision_seconds_count", "telgate_dtmf_digits_total"):
+                            assert await prom.until(f'{series}{{campaign="listen"}}', timeout=15), series
+                    amd = {"command_id": f"la{n}", "campaign_id": "listen", "contact_id": f"a{n}", "phone": SILENT}
+                    await b.send("dial", {**amd, "amd": AMD_SILENT, "policy": ONE_ATTEMPT})
+                    keys = {"command_id": f"lg{n}", "campaign_id": "listen", "contact_id": f"g{n}", "phone": KEYS}
+                    await b.send("dial", {**keys, **GATHER, "policy": ONE_ATTEMPT})
+                    await b.wait_for(lambda n=n: b.final("listen", f"a{n}") and b.final("listen", f"g{n}"), timeout=20)
+                    signals = [e.get("signal", {}) for e in b.unique("listen", f"a{n}")]
+                    verdicts = [(s["answered_by"], s["amd_cause"]) for s in signals if s.get("answered_by")]
+                    assert verdicts == [("machine_start", "INITIALSILENCE")], signals
+                    assert b.statuses("listen", f"a{n}")[-1] == "completed_without_answer"
+                    gathered = b.unique("listen", f"g{n}")[-1]
+                    assert gathered["status"] == "success", b.unique("listen", f"g{n}")
+                    assert (gathered["signal"]["digits"], gathered["signal"]["outcome"]) == ("1", "confirm")
                 await b.wait_for(
                     lambda: (
                         all(b.statuses("notices", f"m{i}")[-1:] == ["read"] for i in range(4))
@@ -187,7 +233,7 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                 # one send request per contact, errors included; the rejected command and the refused MARKETING
                 # send put nothing on the wire
                 calls_seen = await ledger.check(b, "voice", ledger.sipp_invites(pbx))
-                assert calls_seen.compared == 14 and calls_seen.attempts == 13 and calls_seen.wire == 13
+                assert calls_seen.compared == 18 and calls_seen.attempts == 17 and calls_seen.wire == 17
                 sends_seen = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
                 assert sends_seen.compared == 9 and sends_seen.attempts == 8 and sends_seen.wire == 8
 
@@ -229,13 +275,24 @@ async def test_dashboards_and_alerts_against_prometheus_and_influxdb(broker: Mos
                     for rule in group["rules"]:
                         if not await prom.until(rule["expr"], timeout=5):
                             empty.append(f"alert {rule['alert']}: {rule['expr']}")
+                # the listening panels show the second round, not just a series: counts above 0, decision
+                # times inside the verdicts' bucket (0.3 s: 0 to 0.5 s)
+                for board, panel, expr in queries("prometheus"):
+                    if panel not in LISTENING:
+                        continue
+                    values = [float(r["value"][1]) for r in prom.query(expr)]
+                    seconds = panel == "AMD decision time"
+                    if not values or not all(
+                        math.isfinite(v) and (0 < v <= 0.5 if seconds else v >= 0.99) for v in values
+                    ):
+                        empty.append(f"{board} / {panel}: {expr} = {values}")
                 samples = prom.query("telgate_outbox_pending[5m]")
                 broker.start()
                 assert not empty, "queries without data:\n" + "\n".join(empty) + f"\noutbox samples: {samples}"
                 # and after the faults: the webhooks of the outage started no send, nothing was dialled again
                 sends_after = await ledger.check(b, "whatsapp", ledger.standin_sends(standin.received), by="contact")
                 assert sends_after.attempts == 8 and sends_after.wire == 8
-                assert (await ledger.check(b, "voice", ledger.sipp_invites(pbx))).wire == 13
+                assert (await ledger.check(b, "voice", ledger.sipp_invites(pbx))).wire == 17
 
             # InfluxDB: every query of the InfluxDB dashboards returns data. Nothing to wait for: the gateway
             # has stopped, so whatever its writer wrote (every 0.5 s while the traffic ran) is all there will be
