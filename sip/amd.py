@@ -36,6 +36,9 @@ Rules:
   silence, as app_amd counts the frames it never got. A frame that is not 160 samples is cut or
   zero-padded to 160; an empty one is a lost one. Decision times are the end of the deciding frame;
   `AmdVerdict.ms` is counted from the answer.
+- no packet at all by `initial_silence` -> unknown (NOAUDIODATA), not INITIALSILENCE: silence that arrives
+  as RTP is a machine's dead air, no RTP is a media path we do not hear (a NAT), and a person must not be
+  hung up on for it (app_amd answers NOTSURE when frames stop coming);
 - `finish(now)`: no audio at all -> unknown (NOAUDIODATA); audio but no verdict -> unknown (HANGUP);
   a machine without its end -> machine_end_beep if a beep was still sounding, else machine_end_other.
 """
@@ -208,6 +211,12 @@ class Amd:
         that was sounding when the audio stopped, which ended with its last frame (a machine that goes
         quiet, or stops sending, once it starts recording)."""
         if self.done or now <= self._next:
+            return []
+        if not self._fed and self.verdict is None:  # no packet at all: a media path we do not hear
+            if now - self.answered_ms >= self.params.initial_silence:
+                self.verdict = AmdVerdict("unknown", "NOAUDIODATA", now - self.answered_ms)
+                self._next = max(self._next, now)
+                return [self.verdict]
             return []
         if self._beep.in_beep and now - self._next >= BEEP_STOP_MS:
             ended = [e for e in self._beep.flush() if isinstance(e, BeepEnded)]

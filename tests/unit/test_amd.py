@@ -86,10 +86,15 @@ def test_no_audio_at_all_and_the_deadline() -> None:
     amd = Amd(answered_ms=10_000)
     assert amd.deadline() == 12_500
     assert amd.tick(12_000) == []
+    # no packet at all: a media path we do not hear, not a machine's dead air (a person is not hung up on)
+    assert amd.tick(12_500) == [AmdVerdict("unknown", "NOAUDIODATA", 2500)]
+    assert amd.deadline() is None and amd.feed(S.silence(20), 20_000) == []
+    # dead air that arrives as RTP silence is a machine (app_amd's INITIALSILENCE)
+    amd = Amd(answered_ms=10_000)
+    assert amd.feed(S.silence(20), 10_000) == []
     assert amd.tick(12_500) == [AmdVerdict("machine_start", "INITIALSILENCE", 2500)]
     assert amd.deadline() is not None  # now waiting for the machine's end
     assert amd.finish(13_000) == [MachineEnd("machine_end_other", 13_000)]
-    assert amd.deadline() is None and amd.feed(S.silence(20), 20_000) == []
 
 
 def test_lost_late_and_odd_frames() -> None:
