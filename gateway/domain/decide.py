@@ -57,6 +57,9 @@ PRIORITY_NEW = 1
 # clears the queue entry / the timers (and only leaving them costs a write)
 QUEUEABLE = frozenset({S.INITIAL, S.OPERATOR_ASSIGNED, S.BCW, S.RETRY_SCHEDULED})
 TIMED = frozenset({S.BCW, S.ACW, S.IN_PROGRESS, S.AWAITING_OPERATOR})
+# the abandon timer fires this much before `abandon_after_s`, so that the message has started by then (the
+# timer, the commit and the first RTP packet took 1-10 ms in tests/integration/test_lawful_calling.py)
+ABANDON_MARGIN_S = 0.2
 REFUSAL_SIP = frozenset({603, 607, 608})  # Decline, Unwanted, Rejected: the callee said no (not 486 Busy)
 REFUSAL_Q850 = 21  # call rejected
 WINDOW_RECHECK = timedelta(days=1)  # a window that opens nowhere within its horizon is looked at again then
@@ -382,8 +385,9 @@ def _move(
     if isinstance(target, Answer) and new_status is S.AWAITING_OPERATOR and state.abandon_after_s is not None:
         # a person waits for an operator: at most abandon_after_s from the end of their greeting, which a
         # human verdict reports `after_greeting_silence` late (docs/lawful-calling.md)
+        # (`ABANDON_MARGIN_S` earlier still: the commit and the message's first packet fit inside it)
         late = state.amd.after_greeting_silence_ms / 1000 if state.amd is not None and k is K.AMD else 0.0
-        wait = max(0.0, state.abandon_after_s - late)
+        wait = max(0.0, state.abandon_after_s - late - ABANDON_MARGIN_S)
         effects.append(fx.StartTimer(TimerKind.ABANDON, now + timedelta(seconds=wait)))
     if old is S.AWAITING_OPERATOR and state.in_flight and new_status in (S.CALL_IN_PROGRESS, S.CANCELED_BY_CLIENT):
         effects.append(fx.CountLiveAnswer(abandoned=False))  # the person reached an operator (or left first)

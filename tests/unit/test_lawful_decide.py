@@ -76,7 +76,8 @@ def predictive_waiting(**kw: Any) -> tuple[ContactState, datetime]:
     state = decide(state, Signal(K.DIAL_DUE), now).state
     answered = decide(state, Signal(K.ANSWERED, attempt=1), now)
     assert answered.state.status is S.AWAITING_OPERATOR
-    assert fx.StartTimer(TimerKind.ABANDON, now + timedelta(seconds=2)) in answered.effects
+    # the message must have started within 2 s: the timer fires ABANDON_MARGIN_S (0.2 s) before
+    assert fx.StartTimer(TimerKind.ABANDON, now + timedelta(seconds=1.8)) in answered.effects
     return answered.state, now
 
 
