@@ -37,8 +37,9 @@ class Limits(BaseModel):
     preset: Literal["fr_2023"] | None = None
     max_attempts: int | None = Field(None, ge=1, le=1000)
     per_days: float = Field(30.0, gt=0, le=366)
-    after_refusal_days: float | None = Field(None, ge=0, le=3660)
-    after_opt_out_days: float | None = Field(None, ge=0, le=3660)
+    # at most a year: the number history is kept 366 days (a longer hold belongs on the blacklist)
+    after_refusal_days: float | None = Field(None, ge=0, le=366)
+    after_opt_out_days: float | None = Field(None, ge=0, le=366)
     after_abandon_h: float | None = Field(72.0, ge=0, le=24 * 366)
 
     @model_validator(mode="before")

@@ -52,8 +52,12 @@ def restart_rule(unit: Unit, gateway_id: str) -> int:
     return unit.restart_rule(gateway_id)
 
 
-def prune_history(txn: Txn, older_than: datetime) -> dict[str, int]:
-    return txn.prune(older_than)
+# the number history the caps read is kept at least this long: every hold `Limits` accepts fits in it
+NUMBER_HISTORY_DAYS = 366
+
+
+def prune_history(txn: Txn, older_than: datetime, numbers_older_than: datetime | None = None) -> dict[str, int]:
+    return txn.prune(older_than, numbers_older_than)
 
 
 def influx_writer(settings: Settings, recorder: Recorder) -> InfluxWriter | None:
@@ -319,9 +323,13 @@ class App:
         keep = timedelta(days=self.settings.store.retention_days)
         backoff = StoreBackoff("store-prune")
         while True:
-            cutoff = utcnow() - keep
+            now = utcnow()
+            cutoff = now - keep
+            numbers = now - max(keep, timedelta(days=NUMBER_HISTORY_DAYS))
             try:
-                pruned = await self.store.run(functools.partial(prune_history, older_than=cutoff))
+                pruned = await self.store.run(
+                    functools.partial(prune_history, older_than=cutoff, numbers_older_than=numbers)
+                )
             except StoreError as exc:
                 await asyncio.sleep(backoff.failed(exc))  # then the next turn, not an hour later
                 continue

@@ -337,10 +337,11 @@ class Txn(Reads, Protocol):
         """A member that stops: its row and its partitions' leases go at once."""
         ...
 
-    def prune(self, older_than: datetime) -> dict[str, int]:
+    def prune(self, older_than: datetime, numbers_older_than: datetime | None = None) -> dict[str, int]:
         """Delete event history (messages no longer pending), command ids, wamids and inbound message
         ids written before `older_than`, and dead letters moved before it (SPEC §11:
-        `store.retention_days`); the rows deleted per table."""
+        `store.retention_days`); with `numbers_older_than`, the number history (the caps' facts) before
+        that; the rows deleted per table."""
         ...
 
 

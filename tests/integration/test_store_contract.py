@@ -876,6 +876,10 @@ async def test_number_history_over_every_campaign_since_a_time_with_this_transac
     assert await store.run(dial_twice) == (1, 2)
     assert (await store.read(lambda t: t.number_history("+420601000002", T0 + day))).attempts == (T0 + day,)
     assert await store.read(lambda t: t.number_history("+420601000009", T0 - 30 * day)) == NumberHistory()
+    # retention: the number history goes only with its own cutoff (kept 366 days, longer than the history)
+    assert "number_history" not in await store.run(lambda t: t.prune(T0 + 2 * day))
+    assert (await store.run(lambda t: t.prune(T0 - 40 * day, T0 - 10 * day)))["number_history"] == 1
+    assert (await store.read(lambda t: t.number_history("+420601000001", T0 - 60 * day))).attempts == (T0 - 2 * day,)
 
 
 async def test_postgres_two_instances_read_a_numbers_history_one_after_the_other(

@@ -83,10 +83,14 @@ class PgTxn(Contacts, Outbox, Timers, Campaigns, Cluster, Blacklist, Commands, W
         mark = self._send(tuple(self._queued), [*wakes, (MARK, (owner, token))])[-1]
         return token if mark.rowcount == 1 else None
 
-    def prune(self, older_than: datetime) -> dict[str, int]:
+    def prune(self, older_than: datetime, numbers_older_than: datetime | None = None) -> dict[str, int]:
         self._flush()
         self._inbound.clear()  # what this transaction noted may be deleted now
         counts = {}
+        if numbers_older_than is not None:
+            counts["number_history"] = self.cur.execute(
+                "DELETE FROM number_history WHERE at < %s", (numbers_older_than,)
+            ).rowcount
         for table, where in (
             ("messages", "NOT pending AND created_at"),
             ("commands", "created_at"),

@@ -546,11 +546,16 @@ class SqliteTxn:
         return None if row is None else (row[0], row[1])
 
     # retention
-    def prune(self, older_than: datetime) -> dict[str, int]:
+    def prune(self, older_than: datetime, numbers_older_than: datetime | None = None) -> dict[str, int]:
         cutoff = _ts(older_than)
         self._commands.clear()  # what this transaction knew of them may be deleted now
         self.flush()
-        return {
+        numbers = {}
+        if numbers_older_than is not None:
+            numbers["number_history"] = self.db.execute(
+                "DELETE FROM number_history WHERE at < ?", (_ts(numbers_older_than),)
+            ).rowcount
+        return numbers | {
             "messages": self.db.execute(
                 "DELETE FROM messages WHERE pending = 0 AND created_at < ?", (cutoff,)
             ).rowcount,
