@@ -204,12 +204,18 @@ async def test_a_long_greeting_is_a_machine_hung_up_and_retried(broker: Mosquitt
             assert [m for m in messages if m.startswith("BYE ")]
 
 
-async def test_a_message_is_left_after_the_beep(broker: Mosquitto, tmp_path: Path) -> None:
-    gap_before_beep = 500
+@pytest.mark.parametrize(
+    ("gap_ms", "beep_hz"),
+    [(500, 1000), (500, 1400), (2000, 1000), (2000, 1400)],
+    ids=["0.5s-1000Hz", "0.5s-1400Hz", "2s-1000Hz", "2s-1400Hz"],
+)
+async def test_a_message_is_left_after_the_beep(gap_ms: int, beep_hz: int, broker: Mosquitto, tmp_path: Path) -> None:
+    """The beep right after the greeting, and 2 s after it (the complaint users make most: "a beep missed
+    because it came 2 s after the greeting"): the message starts after the beep ended, within 300 ms."""
     audio = speech.concat(
-        speech.silence(200), GREETING, speech.silence(gap_before_beep), speech.beep(1000, 400), speech.silence(8000)
+        speech.silence(200), GREETING, speech.silence(gap_ms), speech.beep(beep_hz, 400), speech.silence(8000)
     )
-    beep_end_ms = (200 * 8 + GREETING.size + gap_before_beep * 8 + 400 * 8) // 8
+    beep_end_ms = (200 * 8 + GREETING.size + gap_ms * 8 + 400 * 8) // 8
     play = _wav(tmp_path / "machine.wav", audio)
     record = tmp_path / "heard.wav"
     async with pjsip(tmp_path, codec="PCMA", play=str(play), record=str(record)) as (peer, address):
@@ -227,16 +233,92 @@ async def test_a_message_is_left_after_the_beep(broker: Mosquitto, tmp_path: Pat
             messages = await peer.finish()
             seen = await ledger.check(b, "voice", lambda: ledger.invites_in(messages))
             assert seen.attempts == 1 and seen.wire == 1
+            assert [m for m in messages if m.startswith("BYE ")]  # we hung up after the message
     heard = _read_wav(record)  # what PJSIP received from telgate, from the moment its media was up
     start_ms = _first_loud_ms(heard)
     assert start_ms is not None, "PJSIP recorded nothing of our message"
     gap = start_ms - beep_end_ms
-    FIGURES["beep_to_prompt_ms"] = gap
-    # the message starts after the beep ended (never over the greeting), within 300 ms of it; the
-    # allowance is PJSIP's jitter buffer and its recorder's frame, which the recording includes
+    FIGURES.setdefault("beep_to_prompt_ms", {})[f"{gap_ms}ms/{beep_hz}Hz"] = gap
+    # the message starts after the beep ended (never over the greeting or the beep), within 300 ms of it;
+    # the allowance is PJSIP's jitter buffer and its recorder's frame, which the recording includes
     assert 0 < gap <= 300 + 100, gap
     tone_ms = _first_loud_ms(heard, start_ms + 50)
     assert tone_ms is not None and _first_loud_ms(heard, start_ms + 1700) is None  # 1.5 s of message, once
+
+
+async def test_a_fax_is_hung_up_never_transferred_and_retried(broker: Mosquitto, tmp_path: Path) -> None:
+    """A fax machine answers with CED (2,100 Hz): `fax`, we BYE, no REFER though the dial has connect_to,
+    and the attempt is retried as `unreachable` is."""
+    play = _wav(tmp_path / "fax.wav", speech.concat(speech.silence(200), speech.ced(3300, -14), speech.silence(4000)))
+    async with pjsip(tmp_path, codec="PCMU", play=str(play)) as (peer, address):
+        settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
+        async with backend(broker.url) as b, gateway(settings, channels=()) as app:
+            connect_to = f"sip:operator@{address}"
+            await b.send("dial", _dial(amd={"wait": True}, connect_to=connect_to))
+            await b.wait_for(lambda: b.statuses("amd", "k")[-1:] == ["retry_scheduled"], timeout=20)
+            events = b.unique("amd", "k")
+            assert [e["status"] for e in events] == ["initial", "calling", "retry_scheduled"]
+            last = events[-1]["signal"]
+            assert last["answered_by"] == "fax" and last["amd_cause"] == "FAX", last
+            assert last["kind"] == "hangup"  # we hung up
+            FIGURES.setdefault("fax_amd_ms", []).append(last["amd_ms"])
+            sample = app.recorder.registry.get_sample_value
+            assert sample("telgate_amd_results_total", {"campaign": "amd", "answered_by": "fax"}) == 1
+            messages = await peer.finish()
+            seen = await ledger.check(b, "voice", lambda: ledger.invites_in(messages))
+            assert seen.attempts == 1 and seen.wire == 1  # PJSIP's log: one INVITE, none to the operator
+            assert not [m for m in messages if m.startswith("REFER ")]
+            assert [m for m in messages if m.startswith("BYE ")]
+            assert not [line for line in peer.said if line.startswith("refer ")]
+
+
+NOISY_GREETING = speech.add_noise(speech.concat(speech.silence(200), GREETING, speech.silence(4000)), 15, seed=24)
+NOISY_HELLO = speech.add_noise(HELLO, 15, seed=25)
+
+
+async def test_a_greeting_over_noise_is_a_machine(broker: Mosquitto, tmp_path: Path) -> None:
+    """A greeting with background noise 15 dB below it (white, over the whole call, the silences too)."""
+    play = _wav(tmp_path / "greeting.wav", NOISY_GREETING)
+    async with pjsip(tmp_path, codec="PCMA", play=str(play)) as (peer, address):
+        settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
+        async with backend(broker.url) as b, gateway(settings, channels=()):
+            connect_to = f"sip:operator@{address}"
+            await b.send("dial", _dial(amd={"wait": True}, connect_to=connect_to))
+            await b.wait_for(lambda: b.statuses("amd", "k")[-1:] == ["retry_scheduled"], timeout=20)
+            events = b.unique("amd", "k")
+            assert [e["status"] for e in events] == ["initial", "calling", "retry_scheduled"]
+            last = events[-1]["signal"]
+            assert last["answered_by"] == "machine_start" and last["outcome"] == "machine", last
+            FIGURES.setdefault("noisy_machine_amd_ms", []).append((last["amd_ms"], last["amd_cause"]))
+            messages = await peer.finish()
+            seen = await ledger.check(b, "voice", lambda: ledger.invites_in(messages))
+            assert seen.attempts == 1 and seen.wire == 1
+            assert not [m for m in messages if m.startswith("REFER ")]
+            assert [m for m in messages if m.startswith("BYE ")]
+
+
+async def test_a_hello_over_noise_is_a_person(broker: Mosquitto, tmp_path: Path) -> None:
+    """ "Hello?" with noise 15 dB below it: the noise after the word is silence to the detector (its floor),
+    so the person is `human` and transferred."""
+    play = _wav(tmp_path / "hello.wav", NOISY_HELLO)
+    async with pjsip(tmp_path, codec="PCMU", play=str(play)) as (peer, address):
+        settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
+        async with backend(broker.url) as b, gateway(settings, channels=()):
+            connect_to = f"sip:operator@{address}"
+            await b.send("dial", _dial(amd={"wait": True}, connect_to=connect_to))
+            await b.wait_for(lambda: b.final("amd", "k") or "retry_scheduled" in b.statuses("amd", "k"), timeout=20)
+            events = b.unique("amd", "k")
+            assert [e["status"] for e in events] == ["initial", "calling", "call_in_progress", "success"]
+            answer = events[2]["signal"]
+            assert answer["answered_by"] == "human" and answer["amd_cause"] == "HUMAN", answer
+            FIGURES.setdefault("noisy_human_amd_ms", []).append(answer["amd_ms"])
+            assert events[-1]["signal"]["transfer"] == "ok"
+            await peer.reported(f"refer <{connect_to}>")
+            messages = await peer.finish()
+            ours = [m for m in messages if not m.startswith("INVITE sip:operator@")]
+            seen = await ledger.check(b, "voice", lambda: ledger.invites_in(ours))
+            assert seen.attempts == 1 and seen.wire == 1
+            assert [m for m in messages if m.startswith("REFER ")]
 
 
 KEYS = {"1": "confirm", "9": "opt_out"}
