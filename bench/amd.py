@@ -1,6 +1,7 @@
 """Answering-machine detection benchmark: telgate's sip.amd.Amd beside Asterisk app_amd's algorithm.
 
     python -m bench.amd [--calls 300] [--seed 1] [--quick] [--json PATH]
+    python -m bench.amd --live 200 [--live-seconds 30] [--live-pool 60] [--seed 1] [--json PATH]
 
 - A corpus of answered calls is rendered in memory (tests/support/speech.py: espeak-ng + sox in a temp
   dir, nothing stored): people answering ("Hello?", "Yes, speaking", "Hello, this is Jana", one word then
@@ -20,13 +21,38 @@
   core sustains in real time.
 - Tuning and reporting are split: the figures are given for the corpus the classifier was tuned on
   (`--seed`) and for a held-out corpus rendered with another seed (`--seed` + 1000).
+
+`--live N` (off by default; replaces the offline run) measures the path the voice channel runs per packet,
+under load: N concurrent calls' RTP into ONE receiving process. The receiver (pinned to core 0) runs what
+gateway/channels/voice.py runs for a call it listens to: one UDP socket with sip/media.py's MediaEndpoint
+demultiplexing by source address, per call a sip/listen.py CallListener (sip/rtp_in.py's RtpReceiver,
+sip/amd.py's Amd with the shipped defaults, `until_end` as for `leave_message`, the heavier case) and the
+channel's one timer for the listeners' deadlines, on the asyncio loop, the socket's receive buffer left
+at the kernel's default as the channel leaves it. The sender (this process, pinned to core 1) paces the
+packets in real time: `--live-pool` calls rendered as above (quick corpus: greetings of 5-9 s, three
+voices; noise, loss and reordering included), each of the N slots its own UDP source port playing them
+back to back (a slot's call lasts until 500 ms after its offline AMD was done; the next starts 100 ms
+later with a new SSRC and a new listener), 20 ms G.711 packets, each sent when its 20 ms of audio exists.
+Reported: the receiver's CPU share of its core (mean over the run, and its busiest second), the listeners
+analysing at once, whether every verdict came and equals the offline one, how late (the verdict's wall
+time from the call's start minus the same call's offline decision time, p50/p95/max; the floor is the
+receiver's 60 ms of reordering), the greeting ends likewise, and packets dropped (sent minus received, and
+the kernel's count for the socket), with the receive buffer's size.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import itertools
 import json
+import multiprocessing
+import os
 import random
+import resource
+import socket
+import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -37,7 +63,10 @@ from typing import Any
 import numpy as np
 
 from bench.amd_baseline import AppAmdBaseline
+from sip import rtp
 from sip.amd import Amd, AmdEvent, AmdParams, AmdVerdict, MachineEnd
+from sip.listen import CallListener, GreetingEnded, Verdict
+from sip.media import MediaEndpoint
 from sip.sdp import PCMA, PCMU
 from tests.support import speech as S
 
@@ -295,6 +324,327 @@ def mistakes(calls: list[Call], limit: int = 20) -> list[str]:
     return out[:limit]
 
 
+# -- --live N: the channel's per-packet path under load ----------------------------------------------------
+
+LIVE_TAIL_MS = 500  # a slot's call goes on this long after its offline AMD was done
+LIVE_GAP_S = 0.1  # between a slot's calls
+LIVE_LEAD_S = 1.0  # from the schedule's handover to the first call
+
+
+@dataclass(frozen=True)
+class Offline:
+    """One pool call through sip.amd.Amd offline (as `run`, listening on to the greeting's end)."""
+
+    verdict: AmdVerdict
+    end: MachineEnd | None
+    done_ms: int  # the last event decided by a frame (the end, else the verdict)
+    payload_type: int
+    payloads: list[tuple[int, int, bytes]]  # (send slot ms, RTP timestamp ms, G.711 payload) in sending order
+
+
+def offline(call: Call) -> Offline:
+    amd = Amd()
+    events: list[AmdEvent] = []
+    for t, frame in call.packets:
+        events += amd.feed(frame, t)
+        if amd.done:
+            break
+    done_ms = max((e.ms if isinstance(e, AmdVerdict) else e.t_ms for e in events), default=0)
+    events += amd.finish(call.audio.size * 1000 // S.RATE)
+    verdict = next(e for e in events if isinstance(e, AmdVerdict))
+    end = next((e for e in events if isinstance(e, MachineEnd)), None)
+    pt = PCMU if "PCMU" in call.describe else PCMA
+    limit = done_ms + LIVE_TAIL_MS
+    slots = sorted(t for t, _ in call.packets)  # a packet that comes after its successor takes its slot
+    payloads = [
+        (slot, t, rtp.encode(frame.astype("<i2").tobytes(), pt))
+        for slot, (t, frame) in zip(slots, call.packets, strict=True)
+        if slot < limit
+    ]
+    return Offline(verdict, end, done_ms, pt, payloads)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One call of a slot: which pool call, when it starts (the answer), its SSRC."""
+
+    slot: int
+    index: int
+    start_s: float  # from the schedule's zero
+    ssrc: int
+
+
+def schedule(n: int, seconds: float, pool: list[Offline], seed: int) -> list[Placed]:
+    rng = random.Random(seed)
+    placed = []
+    for slot in range(n):
+        t = rng.uniform(0, 1.0)  # the answers spread over the first second
+        while t < seconds:
+            index = rng.randrange(len(pool))
+            placed.append(Placed(slot, index, t, rng.getrandbits(32)))
+            t += (pool[index].done_ms + LIVE_TAIL_MS) / 1000 + LIVE_GAP_S
+    return placed
+
+
+def _kernel_drops(port: int) -> int | None:
+    """The kernel's drop count for the local UDP socket on `port` (/proc/net/udp's last column)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port:
+                return int(fields[-1])
+    return None
+
+
+async def _receive(conn: Any, pool: list[Offline], plan: list[Placed], sources: list[tuple[str, int]]) -> None:
+    """The receiving process: the channel's per-packet path for every call of the plan."""
+    loop = asyncio.get_running_loop()
+    endpoint = MediaEndpoint()
+    transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, local_addr=("127.0.0.1", 0))
+    sock = transport.get_extra_info("socket")
+    port = transport.get_extra_info("sockname")[1]
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    conn.send(("port", port, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), affinity))
+    zero = conn.recv()
+    listening: dict[int, CallListener] = {}  # the plan's index → its listener, while active
+    current: dict[int, int] = {}  # slot → the plan's index of its call
+    results: dict[int, dict[str, Any]] = {}
+    wake = asyncio.Event()
+    armed: list[float | None] = [None]
+
+    def rearm(listener: CallListener) -> None:  # the channel's _rearm_listening
+        at = listener.deadline()
+        if at is not None and (armed[0] is None or at < armed[0]):
+            wake.set()
+
+    def heard(k: int, items: list[Any], now: float) -> None:  # with the wall time since the call's answer
+        since = now - (zero + plan[k].start_s)
+        for item in items:
+            if isinstance(item, Verdict):
+                results[k]["verdict"] = (item.verdict.answered_by, item.verdict.cause, item.verdict.ms, since)
+            elif isinstance(item, GreetingEnded):
+                results[k]["end"] = (item.end.answered_by, item.end.t_ms, since)
+
+    def hear(k: int, listener: CallListener, items: list[Any], now: float) -> None:  # the channel's _hear
+        heard(k, items, now)
+        if not listener.active:
+            listening.pop(k, None)
+        else:
+            rearm(listener)
+
+    def sink(k: int, listener: CallListener, data: bytes) -> None:  # the channel's _rtp
+        if not listener.active:
+            return
+        now = loop.time()
+        hear(k, listener, listener.packet(data, now), now)
+
+    def begin(k: int) -> None:  # the answer: the call's listener, its far end's RTP attached
+        call = plan[k]
+        answered_at = zero + call.start_s
+        if (previous := current.get(call.slot)) is not None:  # the slot's last call ended
+            listening.pop(previous, None)
+            endpoint.detach(sources[call.slot])
+        listener = CallListener(answered_at)
+        listener.listen_amd(AmdParams(), until_end=True)
+        listening[k] = listener
+        current[call.slot] = k
+        results[k] = {}
+        endpoint.attach(sources[call.slot], lambda data: sink(k, listener, data))
+        rearm(listener)
+
+    async def timer() -> None:  # the channel's _listen_timer
+        while True:
+            wake.clear()
+            due = [d for li in listening.values() if (d := li.deadline()) is not None]
+            at = armed[0] = min(due, default=None)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if at is None else max(0.0, at - loop.time())):
+                    await wake.wait()
+                    continue
+            armed[0] = None
+            now = loop.time()
+            for k, listener in list(listening.items()):
+                at = listener.deadline()
+                if at is not None and at <= now:
+                    hear(k, listener, listener.tick(now), now)
+
+    samples: list[tuple[float, float, int]] = []  # (wall, CPU, listeners analysing)
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    async def sampler() -> None:
+        while True:
+            samples.append((loop.time(), cpu(), len(listening)))
+            await asyncio.sleep(1.0)
+
+    for k, call in enumerate(plan):
+        loop.call_at(zero + call.start_s, begin, k)
+    tasks = [asyncio.ensure_future(timer())]
+    await asyncio.sleep(max(0.0, zero - loop.time()))
+    tasks.append(asyncio.ensure_future(sampler()))
+    last_end = max(c.start_s + (pool[c.index].done_ms + LIVE_TAIL_MS) / 1000 for c in plan)
+    await asyncio.sleep(max(0.0, zero + last_end + 0.5 - loop.time()))
+    samples.append((loop.time(), cpu(), len(listening)))
+    for task in tasks:
+        task.cancel()
+    conn.send(
+        (
+            "done",
+            results,
+            samples,
+            endpoint.received_packets,
+            endpoint.stray_packets,
+            _kernel_drops(port),
+        )
+    )
+    transport.close()
+
+
+def _receiver(conn: Any, pool: list[Offline], plan: list[Placed], sources: list[tuple[str, int]]) -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {0})
+    asyncio.run(_receive(conn, pool, plan, sources))
+
+
+def live(n: int, seconds: float, pool_size: int, seed: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    calls = corpus(pool_size, seed, True)
+    pool = [offline(c) for c in calls]
+    rendered = time.perf_counter() - started
+    plan = schedule(n, seconds, pool, seed)
+    socks = []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    sources = [s.getsockname() for s in socks]
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_receiver, args=(child, pool, plan, sources), daemon=True)
+    proc.start()
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {1})
+    # every packet of the run, built before it starts (after the fork: the receiver
+    # inherits none of it): (send time from zero, slot, datagram)
+    sends: list[tuple[float, int, bytes]] = []
+    for call in plan:
+        o = pool[call.index]
+        seq0 = call.ssrc & 0xFFFF
+        for slot_ms, t_ms, payload in o.payloads:
+            header = struct.pack("!BBHII", 0x80, o.payload_type, (seq0 + t_ms // 20) & 0xFFFF, t_ms * 8, call.ssrc)
+            sends.append((call.start_s + (slot_ms + 20) / 1000, call.slot, header + payload))
+    sends.sort(key=lambda s: s[0])
+    _, port, rcvbuf, affinity = parent.recv()
+    zero = time.monotonic() + LIVE_LEAD_S  # asyncio's loop.time() is time.monotonic()
+    parent.send(zero)
+    dest = ("127.0.0.1", port)
+    sent, blocked, late = 0, 0, []
+    for at, slot, data in sends:
+        wait = zero + at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            late.append(-wait)
+        try:
+            socks[slot].sendto(data, dest)
+            sent += 1
+        except BlockingIOError:
+            blocked += 1
+    _, results, samples, received, stray, kernel_drops = parent.recv()
+    proc.join(10)
+    for sock in socks:
+        sock.close()
+    report = _live_report(n, seconds, pool, plan, results, samples, sent, received, stray, kernel_drops, rcvbuf, late)
+    return report | {
+        "sender_blocked": blocked,
+        "receiver_core": affinity,
+        "pool_calls": pool_size,
+        "render_s": round(rendered, 1),
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def _live_report(
+    n: int,
+    seconds: float,
+    pool: list[Offline],
+    plan: list[Placed],
+    results: dict[int, dict[str, Any]],
+    samples: list[tuple[float, float, int]],
+    sent: int,
+    received: int,
+    stray: int,
+    kernel_drops: int | None,
+    rcvbuf: int,
+    late: list[float],
+) -> dict[str, Any]:
+    came = same = 0
+    verdict_late, media_shift, end_late = [], [], []
+    ends_expected = ends_came = 0
+    for k, call in enumerate(plan):
+        o, got = pool[call.index], results.get(k, {})
+        if "verdict" in got:
+            came += 1
+            answered_by, cause, ms, wall = got["verdict"]
+            same += answered_by == o.verdict.answered_by and cause == o.verdict.cause
+            verdict_late.append(wall * 1000 - o.verdict.ms)
+            media_shift.append(ms - o.verdict.ms)
+        if o.end is not None and o.end.t_ms <= o.done_ms and o.verdict.answered_by == "machine_start":
+            ends_expected += 1
+            if "end" in got:
+                ends_came += 1
+                end_late.append(got["end"][2] * 1000 - o.end.t_ms)
+    t0, c0, _ = samples[0]
+    t1, c1, _ = samples[-1]
+    per_second = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
+    # the seconds in which at least 90 % of the N slots were analysing (sampled at both ends of the second)
+    full = [
+        (b[1] - a[1]) / (b[0] - a[0])
+        for a, b in itertools.pairwise(samples)
+        if b[0] > a[0] and min(a[2], b[2]) >= 0.9 * n
+    ]
+    analysing = [s[2] for s in samples[1:-1]]
+
+    def pcts(values: list[float]) -> list[float | None]:
+        return [_round(_pct(values, 50)), _round(_pct(values, 95)), _round(max(values, default=None))]
+
+    return {
+        "live_calls": n,
+        "seconds": seconds,
+        "calls_placed": len(plan),
+        "listeners_analysing_mean_max": [
+            round(float(np.mean(analysing)), 1) if analysing else None,
+            max(analysing, default=None),
+        ],
+        "receiver_cpu_share_mean": round((c1 - c0) / (t1 - t0), 3),
+        "receiver_cpu_share_busiest_second": round(max(per_second, default=0.0), 3),
+        "receiver_cpu_share_while_90pct_analysing_mean_max_seconds": [
+            round(float(np.mean(full)), 3) if full else None,
+            round(max(full), 3) if full else None,
+            len(full),
+        ],
+        "verdicts_came": f"{came}/{len(plan)}",
+        "verdicts_equal_offline": f"{same}/{came}",
+        "verdict_late_ms_p50_p95_max": pcts(verdict_late),
+        "verdict_media_time_minus_offline_ms_p50_p95": [_round(_pct(media_shift, 50)), _round(_pct(media_shift, 95))],
+        "greeting_ends_came": f"{ends_came}/{ends_expected}",
+        "greeting_end_late_ms_p50_p95_max": pcts(end_late),
+        "packets_sent_received": [sent, received],
+        "packets_dropped": sent - received,
+        "kernel_drops": kernel_drops,
+        "stray_packets": stray,
+        "receive_buffer_bytes": rcvbuf,
+        "sender_late_packets_over_5ms": sum(x > 0.005 for x in late),
+        "sender_late_ms_max": round(1000 * max(late, default=0.0), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=300, help="calls per corpus (tuning and held-out)")
@@ -302,7 +652,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="60 calls, three voices, greetings of 5-9 s")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--mistakes", action="store_true", help="list telgate's wrong verdicts")
+    parser.add_argument("--live", type=int, metavar="N", help="N concurrent calls' RTP into one receiving process")
+    parser.add_argument("--live-seconds", type=float, default=30.0, help="how long the live run sends")
+    parser.add_argument("--live-pool", type=int, default=60, help="distinct calls rendered for the live run")
     args = parser.parse_args()
+    if args.live:
+        figures = live(args.live, args.live_seconds, args.live_pool, args.seed)
+        text = json.dumps(figures, indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text + "\n")
+        return
     n = 60 if args.quick and args.calls == 300 else args.calls
     report: dict[str, Any] = {"calls_per_corpus": n, "seed": args.seed}
     for name, seed in (("tuning", args.seed), ("held_out", args.seed + 1000)):
