@@ -39,7 +39,20 @@ FAX = "fax"
 MACHINE_START = "machine_start"
 MACHINE_ENDS = ("machine_end_beep", "machine_end_silence", "machine_end_other")
 ANSWERED_BY = (HUMAN, MACHINE_START, *MACHINE_ENDS, FAX, UNKNOWN)
-AMD_CAUSES = ("INITIALSILENCE", "HUMAN", "LONGGREETING", "MAXWORDS", "MAXWORDLENGTH", "TOOLONG", "NOAUDIODATA", "FAX")
+# app_amd's causes, and telgate's: FAX (the CED tone), BEEP (a beep before any verdict), ERROR (the analysis
+# of one call failed: `unknown`)
+AMD_CAUSES = (
+    "INITIALSILENCE",
+    "HUMAN",
+    "LONGGREETING",
+    "MAXWORDS",
+    "MAXWORDLENGTH",
+    "TOOLONG",
+    "NOAUDIODATA",
+    "FAX",
+    "BEEP",
+    "ERROR",
+)
 
 
 class MachineAction(StrEnum):
