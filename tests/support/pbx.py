@@ -156,21 +156,26 @@ class Baresip:
         users: tuple[str, ...],
         password: str = "secret",
         tls: tuple[Issued, Path] | None = None,  # (its certificate, the CA of the proxy's): register over TLS
+        audio_file: Path | None = None,  # a WAV (8 kHz mono 16-bit) its calls play in place of a 440 Hz sine
     ) -> None:
         self.binary = binary("baresip", "baresip")
         self.port = free_port_pair()
         self.workdir = workdir
         self.users = users
         workdir.mkdir(parents=True, exist_ok=True)
+        source = ["audio_source\tausine,440", "ausrc_srate\t48000", "ausrc_channels\t2"]  # ausine: 48 kHz only
+        if audio_file is not None:
+            source = [f"audio_source\taufile,{audio_file}", "ausrc_srate\t8000", "ausrc_channels\t1"]
+            # its media on loopback: without this baresip binds its media to the host's other address
+            # (eth0 here), and telgate on 127.0.0.1 heard nothing of the file (NOAUDIODATA)
+            source.append("net_interface\t127.0.0.1")
         config = [
             f"sip_listen\t127.0.0.1:{self.port}",
             "sip_trans_def\tudp",
-            "audio_source\tausine,440",
-            "ausrc_srate\t48000",  # ausine produces 48 kHz only
-            "ausrc_channels\t2",
+            *source,
             f"module_path\t{BARESIP_MODULES}",
             "module\tg711.so",
-            "module\tausine.so",
+            f"module\t{'ausine.so' if audio_file is None else 'aufile.so'}",
             "module\taccount.so",
             "module\tmenu.so",
             "call_max_calls\t8",
