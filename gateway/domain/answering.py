@@ -38,21 +38,6 @@ UNKNOWN = "unknown"
 FAX = "fax"
 MACHINE_START = "machine_start"
 MACHINE_ENDS = ("machine_end_beep", "machine_end_silence", "machine_end_other")
-ANSWERED_BY = (HUMAN, MACHINE_START, *MACHINE_ENDS, FAX, UNKNOWN)
-# app_amd's causes, and telgate's: FAX (the CED tone), BEEP (a beep before any verdict), ERROR (the analysis
-# of one call failed: `unknown`)
-AMD_CAUSES = (
-    "INITIALSILENCE",
-    "HUMAN",
-    "LONGGREETING",
-    "MAXWORDS",
-    "MAXWORDLENGTH",
-    "TOOLONG",
-    "NOAUDIODATA",
-    "FAX",
-    "BEEP",
-    "ERROR",
-)
 
 
 class MachineAction(StrEnum):
@@ -130,8 +115,6 @@ def digit_action(digit_map: dict[str, DigitAction] | None, pressed: str | None) 
 
 
 __all__ = [
-    "AMD_CAUSES",
-    "ANSWERED_BY",
     "FAX",
     "HUMAN",
     "MACHINE_ENDS",

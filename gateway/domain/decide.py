@@ -97,7 +97,8 @@ def decide(state: ContactState, signal: Signal, now: datetime) -> Decision:
         return _create(state, signal, now)
     if state.sequence == 0:
         return Decision(state, refused="unknown_contact")
-    trigger = _trigger(state, signal, now)
+    held = _held_back(state, signal, now) if signal.kind is K.DIAL_DUE and state.channel is Channel.VOICE else None
+    trigger = _trigger(state, signal, held)
     row = (
         ON_CALL_AWAITING
         if state.status is S.AWAITING_OPERATOR and state.in_flight
@@ -106,10 +107,11 @@ def decide(state: ContactState, signal: Signal, now: datetime) -> Decision:
     target: Target | None = row.get(trigger)
     if target is None:
         return Decision(state, illegal=f"{state.status} + {trigger}")
-    return _apply(state, signal, trigger, target, now)
+    return _apply(state, signal, trigger, target, now, held)
 
 
-def _trigger(state: ContactState, signal: Signal, now: datetime) -> str:
+def _trigger(state: ContactState, signal: Signal, held: Held | None) -> str:
+    """The table's key for this signal in this state; `held`: why a due dial may not be placed now."""
     k = signal.kind
     if (
         state.channel is Channel.VOICE
@@ -133,9 +135,8 @@ def _trigger(state: ContactState, signal: Signal, now: datetime) -> str:
             return Trigger.BLACKLIST_HIT
         if state.attempt == 0 and contacts_budget_spent(signal.contacts_dialed, signal.max_contacts):
             return Trigger.PLAN_LIMIT
-        held = _held_back(state, signal, now) if state.channel is Channel.VOICE else None
         if held is not None:
-            return held[0]
+            return held.trigger
     if k is K.FINISH and (state.in_flight or state.status in (S.ACW, S.SENT, S.DELIVERED)):
         return Trigger.SETTLE
     if k is K.CANCEL and state.channel is Channel.VOICE and (state.answered or state.status is S.ACW):
@@ -148,18 +149,26 @@ def _zones(state: ContactState, window: windows.CallingWindow) -> tuple[str, ...
     return (windows.zones_for_number(state.phone) if state.phone else ()) or (window.default_tz,)
 
 
-def _held_back(state: ContactState, signal: Signal, now: datetime) -> tuple[Trigger, datetime, str] | None:
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A due dial that may not be placed now: the trigger the tables know it by, until when, and why."""
+
+    trigger: Trigger
+    until: datetime
+    why: str
+
+
+def _held_back(state: ContactState, signal: Signal, now: datetime) -> Held | None:
     """Why a due dial may not be placed now and until when: the callee's calling window (every zone of the
     number inside it), then the number's caps over every campaign (docs/lawful-calling.md)."""
     if signal.window is not None:
-        zones = _zones(state, signal.window)
-        if not windows.is_open(signal.window, zones, now):
-            opens = windows.opens_at(signal.window, zones, now)
-            return Trigger.OUTSIDE_WINDOW, opens or now + WINDOW_RECHECK, "outside_window"
+        opens = windows.opens_at(signal.window, _zones(state, signal.window), now)  # `now` when open
+        if opens is None or opens > now:
+            return Held(Trigger.OUTSIDE_WINDOW, opens or now + WINDOW_RECHECK, "outside_window")
     if signal.limits is not None and signal.history is not None:
         blocked = caps.check(signal.limits, signal.history, now)
         if blocked is not None:
-            return Trigger.NUMBER_CAPPED, blocked.until, blocked.reason
+            return Held(Trigger.NUMBER_CAPPED, blocked.until, blocked.reason)
     return None
 
 
@@ -187,7 +196,9 @@ def _evidence(signal: Signal, trigger: str) -> dict[str, Any]:
     return ev
 
 
-def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, now: datetime) -> Decision:
+def _apply(
+    state: ContactState, signal: Signal, trigger: str, target: Target, now: datetime, held: Held | None = None
+) -> Decision:
     if isinstance(target, Absorb):
         return Decision(state, absorbed=target.why)
     if isinstance(target, Refuse):
@@ -217,12 +228,10 @@ def _apply(state: ContactState, signal: Signal, trigger: str, target: Target, no
     if isinstance(target, Pressed):
         return _pressed(state, signal, now)
     if isinstance(target, Wait):  # not now: retry_scheduled until it may be dialled, no attempt spent
-        held = _held_back(state, signal, now)
-        assert held is not None
-        _, until, why = held
-        moved = _move(state, signal, trigger, S.RETRY_SCHEDULED, until, now, target)
+        assert held is not None  # the tables reach Wait only by a held dial's trigger
+        moved = _move(state, signal, trigger, S.RETRY_SCHEDULED, held.until, now, target)
         event = moved.events[0]
-        event = replace(event, evidence={**event.evidence, "kind": why})
+        event = replace(event, evidence={**event.evidence, "kind": held.why})
         return replace(moved, events=(event,))
     if isinstance(target, AfterTransfer):  # the outcome kept for the hangup's evidence; we leave either way
         new = replace_state(state, transfer=_transfer_outcome(signal), updated_at=now)

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.domain.presets import with_preset
+
 PRESETS: dict[str, dict[str, Any]] = {
     "fr_2023": {"max_attempts": 4, "per_days": 30.0, "after_refusal_days": 60.0},
 }
@@ -45,9 +47,7 @@ class Limits(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
-            return {**PRESETS[data["preset"]], **data}
-        return data
+        return with_preset(data, PRESETS)
 
 
 @dataclass(frozen=True, slots=True)

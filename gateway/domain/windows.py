@@ -39,6 +39,8 @@ import phonenumbers
 from phonenumbers import timezone as phone_tz
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.domain.presets import with_preset
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HORIZON_DAYS = 366
 _RANGE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
@@ -91,9 +93,7 @@ class CallingWindow(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_from_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
-            return {**PRESETS[data["preset"]], **data}
-        return data
+        return with_preset(data, PRESETS)
 
     @field_validator("weekly")
     @classmethod
