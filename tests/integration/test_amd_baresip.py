@@ -6,7 +6,6 @@ baresip's log and Kamailio's record of the call's requests are read beside the e
 
 from __future__ import annotations
 
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,6 @@ GREETING = speech.concat(
 HELLO = speech.concat(speech.silence(300), speech.at_level(speech.speak("Hello?"), -18), speech.silence(10000))
 
 
-def _wav(path: Path, pcm: speech.Pcm) -> Path:
-    """8 kHz mono 16-bit: what aufile plays as it is, to a PCMU call."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(pcm.astype("<i2").tobytes())
-    return path
-
-
 def _dial(connect_to: str) -> dict[str, Any]:
     return {
         "command_id": "d1",
@@ -62,7 +50,7 @@ def _dial(connect_to: str) -> dict[str, Any]:
 async def test_a_long_greeting_is_a_machine_hung_up_and_retried(
     transport: str, broker: Mosquitto, tmp_path: Path
 ) -> None:
-    play = _wav(tmp_path / "greeting.wav", GREETING)
+    play = speech.write_wav(tmp_path / "greeting.wav", GREETING)
     pki = Pki(tmp_path / "pki")
     tls = KamailioTls(pki.issue("pbx", "IP:127.0.0.1,DNS:pbx.test"), pki.ca) if transport == "tls" else None
     with Kamailio(tmp_path / "kamailio", tls=tls) as kam:
@@ -100,7 +88,7 @@ async def test_a_long_greeting_is_a_machine_hung_up_and_retried(
 
 
 async def test_a_person_says_hello_and_is_transferred(broker: Mosquitto, tmp_path: Path) -> None:
-    play = _wav(tmp_path / "hello.wav", HELLO)
+    play = speech.write_wav(tmp_path / "hello.wav", HELLO)
     with (
         Kamailio(tmp_path / "kamailio") as kam,
         Baresip(tmp_path / "baresip", kam.address, (NUMBER, "operator"), audio_file=play) as phone,

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import threading
-import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,26 +36,10 @@ NUMBER = ledger.digits(PHONE)
 FIGURES: dict[str, Any] = {}  # measured figures, printed at the end of the module (docs/voice.md quotes them)
 
 
-def _wav(path: Path, pcm: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(pcm.astype("<i2").tobytes())
-    return path
-
-
-def _read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        assert w.getframerate() == 8000 and w.getnchannels() == 1
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-
-
 def _prompts(folder: Path) -> Path:
     """The prompts telgate plays: a short menu and a voicemail message (tones, easy to find in a recording)."""
-    _wav(folder / "menu.wav", speech.tone(440, 400, -14))
-    _wav(folder / "message.wav", speech.tone(600, 1500, -14))
+    speech.write_wav(folder / "menu.wav", speech.tone(440, 400, -14))
+    speech.write_wav(folder / "message.wav", speech.tone(600, 1500, -14))
     return folder
 
 
@@ -157,7 +140,7 @@ GREETING = speech.at_level(
 
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
 async def test_a_person_says_hello_and_is_transferred(codec: str, broker: Mosquitto, tmp_path: Path) -> None:
-    play = _wav(tmp_path / "hello.wav", HELLO)
+    play = speech.write_wav(tmp_path / "hello.wav", HELLO)
     async with pjsip(tmp_path, codec=codec, play=str(play)) as (peer, address):
         settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
         async with backend(broker.url) as b, gateway(settings, channels=()) as app:
@@ -184,7 +167,9 @@ async def test_a_person_says_hello_and_is_transferred(codec: str, broker: Mosqui
 
 
 async def test_a_long_greeting_is_a_machine_hung_up_and_retried(broker: Mosquitto, tmp_path: Path) -> None:
-    play = _wav(tmp_path / "greeting.wav", speech.concat(speech.silence(200), GREETING, speech.silence(4000)))
+    play = speech.write_wav(
+        tmp_path / "greeting.wav", speech.concat(speech.silence(200), GREETING, speech.silence(4000))
+    )
     async with pjsip(tmp_path, codec="PCMU", play=str(play)) as (peer, address):
         settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
         async with backend(broker.url) as b, gateway(settings, channels=()):
@@ -216,7 +201,7 @@ async def test_a_message_is_left_after_the_beep(gap_ms: int, beep_hz: int, broke
         speech.silence(200), GREETING, speech.silence(gap_ms), speech.beep(beep_hz, 400), speech.silence(8000)
     )
     beep_end_ms = (200 * 8 + GREETING.size + gap_ms * 8 + 400 * 8) // 8
-    play = _wav(tmp_path / "machine.wav", audio)
+    play = speech.write_wav(tmp_path / "machine.wav", audio)
     record = tmp_path / "heard.wav"
     async with pjsip(tmp_path, codec="PCMA", play=str(play), record=str(record)) as (peer, address):
         settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
@@ -234,7 +219,7 @@ async def test_a_message_is_left_after_the_beep(gap_ms: int, beep_hz: int, broke
             seen = await ledger.check(b, "voice", lambda: ledger.invites_in(messages))
             assert seen.attempts == 1 and seen.wire == 1
             assert [m for m in messages if m.startswith("BYE ")]  # we hung up after the message
-    heard = _read_wav(record)  # what PJSIP received from telgate, from the moment its media was up
+    heard = speech.read_wav(record)  # what PJSIP received from telgate, from the moment its media was up
     start_ms = _first_loud_ms(heard)
     assert start_ms is not None, "PJSIP recorded nothing of our message"
     gap = start_ms - beep_end_ms
@@ -249,7 +234,9 @@ async def test_a_message_is_left_after_the_beep(gap_ms: int, beep_hz: int, broke
 async def test_a_fax_is_hung_up_never_transferred_and_retried(broker: Mosquitto, tmp_path: Path) -> None:
     """A fax machine answers with CED (2,100 Hz): `fax`, we BYE, no REFER though the dial has connect_to,
     and the attempt is retried as `unreachable` is."""
-    play = _wav(tmp_path / "fax.wav", speech.concat(speech.silence(200), speech.ced(3300, -14), speech.silence(4000)))
+    play = speech.write_wav(
+        tmp_path / "fax.wav", speech.concat(speech.silence(200), speech.ced(3300, -14), speech.silence(4000))
+    )
     async with pjsip(tmp_path, codec="PCMU", play=str(play)) as (peer, address):
         settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
         async with backend(broker.url) as b, gateway(settings, channels=()) as app:
@@ -278,7 +265,7 @@ NOISY_HELLO = speech.add_noise(HELLO, 15, seed=25)
 
 async def test_a_greeting_over_noise_is_a_machine(broker: Mosquitto, tmp_path: Path) -> None:
     """A greeting with background noise 15 dB below it (white, over the whole call, the silences too)."""
-    play = _wav(tmp_path / "greeting.wav", NOISY_GREETING)
+    play = speech.write_wav(tmp_path / "greeting.wav", NOISY_GREETING)
     async with pjsip(tmp_path, codec="PCMA", play=str(play)) as (peer, address):
         settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
         async with backend(broker.url) as b, gateway(settings, channels=()):
@@ -300,7 +287,7 @@ async def test_a_greeting_over_noise_is_a_machine(broker: Mosquitto, tmp_path: P
 async def test_a_hello_over_noise_is_a_person(broker: Mosquitto, tmp_path: Path) -> None:
     """ "Hello?" with noise 15 dB below it: the noise after the word is silence to the detector (its floor),
     so the person is `human` and transferred."""
-    play = _wav(tmp_path / "hello.wav", NOISY_HELLO)
+    play = speech.write_wav(tmp_path / "hello.wav", NOISY_HELLO)
     async with pjsip(tmp_path, codec="PCMU", play=str(play)) as (peer, address):
         settings = voice_settings(broker, tmp_path, address, prompts_dir=str(_prompts(tmp_path / "prompts")))
         async with backend(broker.url) as b, gateway(settings, channels=()):
@@ -334,7 +321,7 @@ async def test_keys_map_to_confirm_and_opt_out(
     spec: dict[str, Any] = {"codec": codec}
     if method == "inband":  # a phone that sends the tones in the audio: pressed 2 s after the answer
         tones = speech.concat(speech.silence(2000), speech.dtmf(digit, 120, 120, -10), speech.silence(3000))
-        spec["play"] = str(_wav(tmp_path / "keys.wav", tones))
+        spec["play"] = str(speech.write_wav(tmp_path / "keys.wav", tones))
     else:
         spec["keys"] = [{"after_s": 2.0, "digits": digit, "method": method}]
     async with pjsip(tmp_path, **spec) as (peer, address):
@@ -365,7 +352,9 @@ async def test_over_tls_a_machine_is_hung_up(broker: Mosquitto, tmp_path: Path) 
     """The trunk over TLS (PJSIP's TLS listener, our certificate check): the audio arrives all the same."""
     pki = Pki(tmp_path / "pki")
     cert = pki.issue("pbx")
-    play = _wav(tmp_path / "greeting.wav", speech.concat(speech.silence(200), GREETING, speech.silence(4000)))
+    play = speech.write_wav(
+        tmp_path / "greeting.wav", speech.concat(speech.silence(200), GREETING, speech.silence(4000))
+    )
     spec = {"codec": "PCMA", "play": str(play), "transport": "tls"}
     async with pjsip(tmp_path, **spec, cert=str(cert.cert), key=str(cert.key), ca=str(pki.ca)) as (peer, address):
         settings = voice_settings(

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import wave
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,12 +60,7 @@ LISTENING = ("AMD verdicts", "AMD decision time", "Digit gathers by finish and o
 
 def _prompts(folder: Path) -> Path:
     """sip.prompts_dir with the menu the gather's dials play: a 0.3 s tone, 8 kHz mono 16-bit."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(folder / "menu.wav"), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(speech.tone(440, 300, -14).astype("<i2").tobytes())
+    speech.write_wav(folder / "menu.wav", speech.tone(440, 300, -14))
     return folder
 
 

@@ -191,3 +191,21 @@ def packets(x: Pcm, loss: float = 0.0, seed: int = 0, start_ms: int = 0) -> list
 def g711_round_trip(x: Pcm, payload_type: int) -> Pcm:
     """`x` encoded with sip/rtp.encode (PCMU 0 or PCMA 8) and decoded with sip/g711."""
     return g711.decode(rtp.encode(x.astype("<i2").tobytes(), payload_type), payload_type)
+
+
+def write_wav(path: Path, x: Pcm) -> Path:
+    """`x` as an 8 kHz mono 16-bit WAV (what sip.prompts_dir, PJSIP's player and baresip's aufile take)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(x.astype("<i2").tobytes())
+    return path
+
+
+def read_wav(path: Path) -> Pcm:
+    """An 8 kHz mono 16-bit WAV (a callee's recording) as samples."""
+    with wave.open(str(path), "rb") as w:
+        assert w.getframerate() == RATE and w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")

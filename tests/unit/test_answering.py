@@ -5,7 +5,6 @@ up, leave the message after the greeting, gather, blacklist the number, retry) a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,30 +15,11 @@ from gateway.domain.decide import Decision, decide
 from gateway.domain.policy import Policy
 from gateway.domain.signals import Kind, Signal
 from gateway.domain.state import ContactState, Mode
-from gateway.domain.statuses import Channel, Status
+from gateway.domain.statuses import Status
+from tests.unit.test_answer_effects import AGENTS, Clock, calling  # the same fake clock and ringing call
 
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 S = Status
 K = Kind
-AGENTS = "sip:agents@queue.example"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
-def calling(mode: Mode = Mode.PROGRESSIVE, **kw: Any) -> tuple[ContactState, Clock]:
-    clock = Clock()
-    state = ContactState(campaign_id="c", contact_id="k", channel=Channel.VOICE, mode=mode, **kw)
-    state = decide(state, Signal(K.CREATE, phone="+420601234567"), clock()).state
-    state = decide(state, Signal(K.DIAL_DUE), clock()).state
-    assert state.status is S.CALLING
-    return state, clock
 
 
 def sig(kind: Kind, attempt: int = 1, **evidence: Any) -> Signal:
