@@ -43,6 +43,7 @@ from gateway.domain.presets import with_preset
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HORIZON_DAYS = 366
+MAX_RANGES_PER_DAY = 24
 _RANGE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 Preset = Literal["us_tcpa", "fr_2023"]
@@ -102,6 +103,8 @@ class CallingWindow(BaseModel):
         if unknown:
             raise ValueError(f"unknown day {unknown[0]!r}: days are {', '.join(DAYS)}")
         for ranges in v.values():
+            if len(ranges) > MAX_RANGES_PER_DAY:  # every dial's check walks them, day after day
+                raise ValueError(f"at most {MAX_RANGES_PER_DAY} time ranges a day")
             for text in ranges:
                 _parse_range(text)
         return {day: tuple(v[day]) for day in DAYS if day in v}

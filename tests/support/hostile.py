@@ -129,6 +129,18 @@ def hostile(draw: st.DrawFn, serial: int) -> Hostile:
                     "meta",
                     "campaign_id",
                     "contacts",
+                    # who answered and lawful calling (issues 24, 25): objects the domain reads
+                    "amd",
+                    "gather",
+                    "digits",
+                    "window",
+                    "limits",
+                    "abandon_after_s",
+                    "abandon_prompt",
+                    "max_abandon_rate",
+                    "abandon_window",
+                    "operators",
+                    "signal",
                 ]
             )
         )

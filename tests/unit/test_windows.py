@@ -202,3 +202,9 @@ def test_opens_at_is_never_before_now_and_always_open(now: datetime, zones: list
         ranges = window.ranges()[first.weekday()]
         minute = first.hour * 60 + first.minute
         assert any(a <= minute and (last.hour * 60 + last.minute) <= b for a, b in ranges), (name, first)
+
+
+def test_a_day_of_more_ranges_than_a_dial_should_walk_is_refused() -> None:
+    many = (*(f"{h:02d}:00-{h:02d}:30" for h in range(24)), "23:40-23:50")
+    with pytest.raises(ValidationError, match="at most 24 time ranges"):
+        CallingWindow(weekly={"mon": many})
